@@ -1,0 +1,34 @@
+# scredge developer entry points. `make test` needs nothing but python3 >= 3.10.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is installed first and pinned exactly, so the extras' range (>=2.9,<2.15) is
+# already satisfied and pip never swaps in a multi-GB CUDA build on a CPU machine.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= export,ort,dev
+
+.PHONY: test venv lint engine clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+test: venv
+	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests
+
+engine: venv
+	@echo "make engine: the export, runtime and TensorRT steps land with their issues."
+	@echo "Today this writes a seeded tiny reference checkpoint (artifacts/tiny-ref.safetensors)."
+	@mkdir -p artifacts
+	$(VENV)/bin/scredge init --preset tiny --seed 0 --out artifacts/tiny-ref.safetensors --force
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis artifacts

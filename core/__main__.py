@@ -1,0 +1,3 @@
+from scredge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""The `scredge` command: thin subcommands over library functions.
+
+A subcommand is listed only once it works. User errors (ScredgeError) print
+their message and exit with status 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import scredge
+from scredge.config import PRESETS, SCRConfig
+from scredge.deps import available
+from scredge.errors import ScredgeError
+
+OPTIONAL_MODULES = ("numpy", "torch", "safetensors", "onnx", "onnxscript", "onnxruntime",
+                    "tensorrt", "tensorrt_rtx", "transformers")
+
+
+def _config_from_args(args: argparse.Namespace) -> SCRConfig:
+    if args.config is not None:
+        return SCRConfig.load(args.config)
+    return SCRConfig.preset(args.preset)
+
+
+# ---- info ---------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def module_version(mod: str) -> str | None:
+        if not available(mod):
+            return None
+        dist = {"tensorrt_rtx": "tensorrt-rtx-cu13"}.get(mod, mod)
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "installed"
+
+    report = {
+        "scredge": scredge.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "modules": {m: module_version(m) for m in OPTIONAL_MODULES},
+        "presets": {name: cfg.to_dict() for name, cfg in PRESETS.items()},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"scredge {report['scredge']} on Python {report['python']} ({report['machine']})")
+    for mod, ver in report["modules"].items():
+        print(f"  {mod:<13} {ver or 'not installed'}")
+    print("presets: " + ", ".join(PRESETS))
+    return 0
+
+
+# ---- init ---------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a seeded reference checkpoint and its config next to it."""
+    config = _config_from_args(args)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ScredgeError(
+            "--out must name a .safetensors file", received=str(out), expected="PATH.safetensors"
+        )
+    config_path = out.with_suffix(".config.json")
+    for p in (out, config_path):
+        if p.exists() and not args.force:
+            raise ScredgeError(
+                "output file exists", received=str(p), fix="pass --force to replace it"
+            )
+    if not out.parent.is_dir():
+        raise ScredgeError(
+            "output folder does not exist", received=str(out.parent), fix="create it first"
+        )
+    from scredge.ref import build_model, save_checkpoint
+
+    model = build_model(config, args.seed, gamma=args.gamma)
+    save_checkpoint(model, out)
+    config_path.write_text(json.dumps({"model": config.to_dict()}, indent=2) + "\n")
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({n:,} parameters, seed {args.seed}) and {config_path}")
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", default="tiny",
+                   help=f"named config: {', '.join(PRESETS)} (default tiny)")
+    g.add_argument("--config", type=Path,
+                   help="a config JSON file (bare fields or {\"model\": {...}})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scredge",
+        description="SCR language models from PyTorch to ONNX Runtime and TensorRT.",
+    )
+    parser.add_argument("--version", action="version", version=f"scredge {scredge.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("info", help="versions, installed backends and presets")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("init", help="write a seeded reference checkpoint (needs the ref extra)")
+    _add_model_source(p)
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--gamma", type=float, default=0.1,
+                   help="initial SCR scale; 0 makes SCR an exact identity (default 0.1)")
+    p.add_argument("--out", required=True, help="checkpoint path, ending in .safetensors")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.set_defaults(func=cmd_init)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScredgeError as exc:
+        print(f"scredge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

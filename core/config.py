@@ -1,0 +1,214 @@
+"""The model config of SCR_SPEC section 1: a typed, validated, JSON-able dataclass.
+
+Torch-free on purpose: the reference model, the exporter, the builder and the
+torch-free runtime all read the same `config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from scredge.errors import ScredgeError
+
+
+@dataclass(frozen=True)
+class SCRConfig:
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_ff: int = 384
+    window: int | None = 128  # tokens a query may see, itself included; None = full causal
+    rope_theta: float = 1e4
+    norm_eps: float = 1e-5
+    scr_layers: tuple[int, ...] = field(default=(0, 1, 2, 3))  # () = plain transformer
+    kappa: float = 8.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep an immutable, hashable tuple.
+        if isinstance(self.scr_layers, list):
+            object.__setattr__(self, "scr_layers", tuple(self.scr_layers))
+        _validate(self)
+
+    # ---- derived fields ------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_groups(self) -> int:
+        """Query heads served by each key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def max_cache(self) -> int | None:
+        """Most cached positions a call may receive or return (W-1), None if unbounded."""
+        return None if self.window is None else self.window - 1
+
+    def present_len(self, past: int, new: int) -> int:
+        """P' of SCR_SPEC section 3: cache length returned by a call with P past, T new tokens."""
+        total = past + new
+        return total if self.window is None else min(total, self.window - 1)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor of a checkpoint, in HF-Llama names (SCR_SPEC section 1)."""
+        d, f, v = self.d_model, self.d_ff, self.vocab_size
+        kv = self.n_kv_heads * self.head_dim
+        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d)}
+        for i in range(self.n_layers):
+            p = f"model.layers.{i}."
+            shapes[p + "input_layernorm.weight"] = (d,)
+            shapes[p + "self_attn.q_proj.weight"] = (d, d)
+            shapes[p + "self_attn.k_proj.weight"] = (kv, d)
+            shapes[p + "self_attn.v_proj.weight"] = (kv, d)
+            shapes[p + "self_attn.o_proj.weight"] = (d, d)
+            shapes[p + "post_attention_layernorm.weight"] = (d,)
+            shapes[p + "mlp.gate_proj.weight"] = (f, d)
+            shapes[p + "mlp.up_proj.weight"] = (f, d)
+            shapes[p + "mlp.down_proj.weight"] = (d, f)
+            if i in self.scr_layers:
+                shapes[p + "scr.relevance.weight"] = (d,)
+                shapes[p + "scr.relevance.bias"] = (1,)
+                shapes[p + "scr.gate.weight"] = (d,)
+                shapes[p + "scr.gate.bias"] = (1,)
+                shapes[p + "scr.proj.weight"] = (d, d)
+                shapes[p + "scr.proj.bias"] = (d,)
+                shapes[p + "scr.scale"] = (d,)
+        shapes["model.norm.weight"] = (d,)
+        if not self.tie_embeddings:
+            shapes["lm_head.weight"] = (v, d)
+        return shapes
+
+    # ---- construction --------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> SCRConfig:
+        if name not in PRESETS:
+            raise ScredgeError(
+                "unknown preset",
+                received=repr(name),
+                expected=f"one of {sorted(PRESETS)}",
+                fix="pass --preset tiny or --preset small, or a config file with --config",
+            )
+        return PRESETS[name]
+
+    def with_(self, **changes: object) -> SCRConfig:
+        """A validated copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["scr_layers"] = list(self.scr_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = "config") -> SCRConfig:
+        if not isinstance(data, dict):
+            raise ScredgeError(
+                f"{source} must be a JSON object of model fields",
+                received=type(data).__name__,
+                expected=f"an object with keys {[f.name for f in fields(cls)]}",
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScredgeError(
+                f"{source} has unknown model fields",
+                received=unknown,
+                expected=f"only {sorted(known)}",
+                fix="remove or rename those keys",
+            )
+        missing = sorted(known - set(data))
+        if missing:
+            raise ScredgeError(
+                f"{source} lacks model fields",
+                received=sorted(data),
+                expected=f"also {missing}",
+                fix="write every field of SCR_SPEC section 1 (see `scredge init --preset tiny`)",
+            )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SCRConfig:
+        """Read a config file: either bare model fields or an artifact's `{"model": {...}}`."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ScredgeError(
+                "cannot read config file",
+                received=f"{path}: {exc.strerror}",
+                fix="check the path",
+            ) from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ScredgeError(
+                "config file is not valid JSON",
+                received=f"{path}, line {exc.lineno} column {exc.colno}: {exc.msg}",
+                expected="a JSON object of model fields",
+                fix="fix the JSON syntax",
+            ) from exc
+        if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
+            data = data["model"]
+        return cls.from_dict(data, source=str(path))
+
+
+def _validate(c: SCRConfig) -> None:
+    def bad(name: str, value: object, expected: str, fix: str | None = None) -> None:
+        raise ScredgeError(
+            f"invalid config field '{name}'", received=repr(value), expected=expected, fix=fix
+        )
+
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+        v = getattr(c, name)
+        if not _is_int(v) or v < 1:
+            bad(name, v, "a positive integer")
+    if c.window is not None and (not _is_int(c.window) or c.window < 1):
+        bad("window", c.window, "an integer >= 1, or null for full causal attention")
+    for name in ("rope_theta", "norm_eps", "kappa"):
+        v = getattr(c, name)
+        if not _is_real(v) or not math.isfinite(v) or v <= 0:
+            bad(name, v, "a finite number > 0")
+    if not isinstance(c.tie_embeddings, bool):
+        bad("tie_embeddings", c.tie_embeddings, "true or false")
+    if c.d_model % c.n_heads:
+        bad("n_heads", c.n_heads, f"a divisor of d_model={c.d_model}")
+    if c.n_heads % c.n_kv_heads:
+        bad("n_kv_heads", c.n_kv_heads, f"a divisor of n_heads={c.n_heads}")
+    if c.head_dim % 2:
+        bad(
+            "n_heads",
+            c.n_heads,
+            f"a value making head_dim = d_model/n_heads even (rotary); now {c.head_dim}",
+        )
+    if not isinstance(c.scr_layers, tuple) or not all(_is_int(i) for i in c.scr_layers):
+        bad("scr_layers", c.scr_layers, "a list of layer indices")
+    if any(not 0 <= i < c.n_layers for i in c.scr_layers):
+        bad("scr_layers", list(c.scr_layers), f"indices in 0..{c.n_layers - 1}")
+    if list(c.scr_layers) != sorted(set(c.scr_layers)):
+        bad("scr_layers", list(c.scr_layers), "strictly increasing indices, no repeats")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+PRESETS: dict[str, SCRConfig] = {
+    "tiny": SCRConfig(),
+    "small": SCRConfig(
+        d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1536, window=512,
+        scr_layers=tuple(range(8)),
+    ),
+}

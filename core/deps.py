@@ -1,0 +1,49 @@
+"""Lazy imports of heavy optional dependencies.
+
+torch, onnx, onnxruntime and tensorrt are imported where they are used, never
+at module import time, so a torch-free or CPU-only install imports every
+scredge package. A missing one becomes a `ScredgeError` naming the extra that
+installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+from scredge.errors import ScredgeError
+
+# module -> (pip extra that provides it, what it is needed for)
+_EXTRAS: dict[str, tuple[str, str]] = {
+    "torch": ("ref", "the reference model, export and training"),
+    "safetensors": ("ref", "reading and writing checkpoints"),
+    "onnx": ("export", "building and checking ONNX graphs"),
+    "onnxscript": ("export", "the ONNX export of the Realign op"),
+    "onnxruntime": ("ort", "running ONNX artifacts"),
+    "tensorrt": ("trt", "building and running TensorRT engines"),
+    "transformers": ("dev", "the Hugging Face oracle in tests and --from-llama"),
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import `module` or raise a ScredgeError that says which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra, purpose = _EXTRAS.get(module.split(".")[0], ("", "this feature"))
+        fix = (
+            f"pip install 'scredge[{extra}]'" if extra else f"pip install {module}"
+        )
+        raise ScredgeError(
+            f"optional dependency '{module}' is needed for {purpose} but cannot be imported",
+            received=f"ImportError: {exc}",
+            expected=f"an importable '{module}'",
+            fix=fix,
+        ) from exc
+
+
+def available(module: str) -> bool:
+    """True when `module` can be found, without importing it."""
+    return importlib.util.find_spec(module) is not None
+

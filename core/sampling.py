@@ -1,0 +1,94 @@
+"""The one token sampler, in NumPy, shared by the reference loop and every runtime backend.
+
+Same seed and same logits give the same tokens whatever produced the logits,
+so a backend is checked by its logits alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from scredge.errors import ScredgeError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = no top-k cut
+    top_p: float = 1.0  # 1 = no nucleus cut
+    repetition_penalty: float = 1.0  # 1 = off; CTRL/HF convention
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: object, expected: str) -> None:
+            raise ScredgeError(
+                f"invalid sampling parameter '{name}'", received=repr(value), expected=expected
+            )
+
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
+            bad("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
+        if self.temperature < 0:
+            bad("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            bad("top_k", self.top_k, "an integer >= 0 (0 = off)")
+        if not (0.0 < self.top_p <= 1.0):
+            bad("top_p", self.top_p, "a number in (0, 1]")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            bad("repetition_penalty", self.repetition_penalty, "a finite number > 0 (1 = off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+class Sampler:
+    """Picks the next token of each row from float logits `[B, V]`."""
+
+    def __init__(self, params: SamplingParams = GREEDY, seed: int | None = 0) -> None:
+        self.params = params
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray, history: np.ndarray | None = None) -> np.ndarray:
+        """logits [B,V] -> ids [B] int64; `history` [B,S] are ids already in each row."""
+        x = np.asarray(logits, dtype=np.float64)
+        assert x.ndim == 2, "logits must be [B, V]"
+        p = self.params
+        if p.repetition_penalty != 1.0 and history is not None and history.size:
+            x = x.copy()
+            for row, seen in zip(x, np.asarray(history)):
+                idx = np.unique(seen)
+                vals = row[idx]
+                row[idx] = np.where(
+                    vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty
+                )
+        if p.greedy:
+            return x.argmax(axis=-1).astype(np.int64)
+        x = x / p.temperature
+        if p.top_k and p.top_k < x.shape[-1]:
+            kth = np.partition(x, -p.top_k, axis=-1)[:, -p.top_k][:, None]  # [B,1]
+            x = np.where(x < kth, -np.inf, x)
+        probs = _softmax(x)  # [B,V]
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, axis=-1, kind="stable")  # [B,V]
+            sorted_p = np.take_along_axis(probs, order, axis=-1)
+            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+            drop_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p >= p.top_p
+            drop = np.zeros_like(drop_sorted)
+            np.put_along_axis(drop, order, drop_sorted, axis=-1)
+            probs = np.where(drop, 0.0, probs)
+            probs /= probs.sum(axis=-1, keepdims=True)
+        # inverse-CDF draw: one uniform per row, reproducible across NumPy versions
+        u = self._rng.random(x.shape[0])[:, None]  # [B,1]
+        cdf = np.cumsum(probs, axis=-1)
+        ids = (cdf < u * cdf[:, -1:]).sum(axis=-1)
+        return np.minimum(ids, x.shape[-1] - 1).astype(np.int64)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)

@@ -1,0 +1,134 @@
+"""Safetensors checkpoints with the HF-Llama names of SCR_SPEC section 1.
+
+A checkpoint must hold exactly the tensors `config.parameter_shapes()` lists:
+a missing, extra or mis-shaped tensor is refused by name. The config travels
+in the file's metadata so a checkpoint can be loaded on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from scredge.config import SCRConfig
+from scredge.deps import require
+from scredge.errors import ScredgeError
+from scredge.ref.model import SCRForCausalLM
+
+CONFIG_METADATA_KEY = "scredge.model_config"
+_MATCH_FIX = (
+    "check that the checkpoint and the config (scr_layers, n_layers, tie_embeddings) "
+    "belong together"
+)
+
+
+def save_checkpoint(model: SCRForCausalLM, path: str | Path) -> Path:
+    """Write `model` to `path` atomically (temporary file, then rename)."""
+    st = require("safetensors.torch")
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        st.save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_config(path: str | Path) -> SCRConfig | None:
+    """The config stored in a checkpoint's metadata, or None if it has none."""
+    meta = _open(Path(path)).metadata() or {}
+    raw = meta.get(CONFIG_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        return SCRConfig.from_dict(json.loads(raw), source=f"{path} metadata")
+    except json.JSONDecodeError as exc:
+        raise ScredgeError(
+            "checkpoint metadata holds a malformed config",
+            received=f"{path}: {exc.msg}",
+            fix="re-save the checkpoint with scredge, or pass --config explicitly",
+        ) from exc
+
+
+def load_state_dict(path: str | Path, config: SCRConfig) -> dict[str, torch.Tensor]:
+    """Read every tensor and check names and shapes against `config`, in float32."""
+    path = Path(path)
+    handle = _open(path)
+    expected = config.parameter_shapes()
+    present = set(handle.keys())
+    missing = sorted(set(expected) - present)
+    extra = sorted(present - set(expected))
+    if missing:
+        raise ScredgeError(
+            f"checkpoint {path} is missing {len(missing)} tensor(s) the config needs",
+            received=f"no tensor named {missing[:8]}" + (" ..." if len(missing) > 8 else ""),
+            expected=f"all {len(expected)} tensors of SCR_SPEC section 1 for this config",
+            fix=_MATCH_FIX,
+        )
+    if extra:
+        raise ScredgeError(
+            f"checkpoint {path} has {len(extra)} tensor(s) the config does not use",
+            received=f"unexpected tensor(s) {extra[:8]}" + (" ..." if len(extra) > 8 else ""),
+            expected="exactly the tensors of SCR_SPEC section 1 for this config",
+            fix=_MATCH_FIX,
+        )
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in expected.items():
+        t = handle.get_tensor(name)
+        if tuple(t.shape) != shape:
+            raise ScredgeError(
+                f"checkpoint tensor '{name}' has the wrong shape",
+                received=list(t.shape),
+                expected=list(shape),
+                fix="check d_model, d_ff, n_heads, n_kv_heads and vocab_size in the config",
+            )
+        if not t.is_floating_point():
+            raise ScredgeError(
+                f"checkpoint tensor '{name}' is not floating point",
+                received=str(t.dtype),
+                expected="float32, float16 or bfloat16",
+            )
+        out[name] = t.to(torch.float32)
+    return out
+
+
+def load_checkpoint(path: str | Path, config: SCRConfig | None = None) -> SCRForCausalLM:
+    """A float32 reference model from a checkpoint; config from metadata when not given."""
+    config = config or read_config(path)
+    if config is None:
+        raise ScredgeError(
+            f"checkpoint {path} carries no scredge config",
+            expected=f"metadata key '{CONFIG_METADATA_KEY}' or an explicit config",
+            fix="pass the config (--config FILE) alongside the weights",
+        )
+    model = SCRForCausalLM(config)
+    model.load_state_dict(load_state_dict(path, config), strict=True)
+    return model.eval()
+
+
+def _open(path: Path):
+    require("safetensors")
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ScredgeError(
+            "checkpoint file not found", received=str(path), fix="check the path"
+        )
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as exc:  # safetensors raises its own SafetensorError and OSError
+        raise ScredgeError(
+            "not a readable safetensors file",
+            received=f"{path}: {exc}",
+            expected="a .safetensors checkpoint",
+            fix="re-save the weights with scredge or safetensors.torch.save_file",
+        ) from exc

@@ -1,0 +1,64 @@
+"""The `scredge` command. Oracles: the files it writes load back; errors exit 2 with the
+project's message; --help lists only subcommands that work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scredge.cli import build_parser, main
+from scredge.config import SCRConfig
+
+WORKING = {"info", "init"}
+
+
+def test_help_lists_only_working_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == WORKING
+    out = capsys.readouterr().out
+    assert all(name in out for name in WORKING)
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["modules"]["numpy"] and set(report["presets"]) == {"tiny", "small"}
+
+
+def test_init_writes_a_loadable_checkpoint(tmp_path, capsys):
+    from scredge.ref import load_checkpoint
+
+    out = tmp_path / "w.safetensors"
+    assert main(["init", "--preset", "tiny", "--seed", "3", "--out", str(out)]) == 0
+    assert SCRConfig.load(tmp_path / "w.config.json") == SCRConfig.preset("tiny")
+    assert load_checkpoint(out).config == SCRConfig.preset("tiny")
+    assert main(["init", "--out", str(out)]) == 2  # exists, no --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["init", "--out", str(out), "--force"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["init", "--preset", "huge", "--out", "x.safetensors"], "unknown preset"),
+        (["init", "--out", "weights.bin"], ".safetensors"),
+        (["init", "--out", "/nonexistent-dir/w.safetensors"], "output folder does not exist"),
+    ],
+)
+def test_init_bad_input(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scredge init: error:") and needle in err
+    assert not list(tmp_path.iterdir()), "a failed init wrote files"
+
+
+def test_init_malformed_config(tmp_path, capsys):
+    bad = tmp_path / "c.json"
+    bad.write_text("{ nope")
+    assert main(["init", "--config", str(bad), "--out", str(tmp_path / "w.safetensors")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
