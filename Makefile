@@ -18,17 +18,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test: venv
-	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests
+	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests
+	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks
 
 engine: venv
-	@echo "make engine: the export, runtime and TensorRT steps land with their issues."
-	@echo "Today this writes a seeded tiny reference checkpoint (artifacts/tiny-ref.safetensors)."
+	@echo "make engine: export + verify the tiny model (engine build, parity and generation"
+	@echo "steps are added by the runtime and TensorRT issues)."
 	@mkdir -p artifacts
-	$(VENV)/bin/scredge init --preset tiny --seed 0 --out artifacts/tiny-ref.safetensors --force
+	$(VENV)/bin/scredge export --preset tiny --seed 0 --out artifacts/tiny --force
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis artifacts

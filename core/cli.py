@@ -86,6 +86,56 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- export -------------------------------------------------------------------
+def parse_scr_layers(text: str | None) -> tuple[int, ...] | None:
+    """'all' (or absent) -> None (every layer), 'none' -> (), '0,2' -> (0, 2)."""
+    if text is None or text == "all":
+        return None
+    if text == "none":
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ScredgeError("invalid --scr-layers", received=repr(text),
+                           expected="'all', 'none' or comma-separated layer indices like 0,2,3"
+                           ) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from scredge.export import sources
+    from scredge.export.pipeline import check_options, export_artifact
+
+    out = Path(args.out)
+    layers = parse_scr_layers(args.scr_layers)
+    # refuse bad options before building or loading anything
+    check_options(out.absolute(), args.dtype, args.opset, args.force, window=None)
+    if args.from_llama is not None:
+        src = sources.from_llama(args.from_llama, layers, seed=args.seed)
+    elif args.weights is not None:
+        src = sources.from_files(args.config, args.weights)
+        if layers is not None and layers != src.model.config.scr_layers:
+            raise ScredgeError("--scr-layers differs from the checkpoint's SCR layers",
+                               received=list(layers),
+                               expected=list(src.model.config.scr_layers),
+                               fix="drop --scr-layers; a checkpoint's SCR layers are fixed")
+    elif args.config is not None:
+        from scredge.ref import build_model
+
+        config = SCRConfig.load(args.config)
+        if layers is not None:
+            config = config.with_(scr_layers=layers)
+        src = sources.ModelSource(build_model(config, args.seed),
+                                  {"kind": "config", "config": str(args.config),
+                                   "seed": args.seed})
+    else:
+        src = sources.from_preset(args.preset, args.seed, layers)
+    path = export_artifact(src.model, out, dtype=args.dtype, opset=args.opset,
+                           force=args.force, source=src.description,
+                           log=lambda s: print(s, flush=True))
+    print(f"wrote {path}")
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
@@ -115,6 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint path, ending in .safetensors")
     p.add_argument("--force", action="store_true", help="replace existing files")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("export", help="export a model to a verified ONNX artifact folder")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="tiny",
+                     help=f"seeded model of a named config: {', '.join(PRESETS)} (default tiny)")
+    src.add_argument("--from-llama", type=Path, metavar="DIR",
+                     help="a local Hugging Face Llama/Mistral folder (config.json + safetensors); "
+                          "SCR layers are added with gamma = 0")
+    p.add_argument("--config", type=Path,
+                   help="a config JSON file (seeded weights, or the config of --weights)")
+    p.add_argument("--weights", type=Path, help="a .safetensors checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or float16")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    p.add_argument("--scr-layers", help="'all' (default), 'none', or indices like 0,2")
+    p.add_argument("--out", required=True, help="the artifact folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

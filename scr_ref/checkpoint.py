@@ -64,33 +64,11 @@ def load_state_dict(path: str | Path, config: SCRConfig) -> dict[str, torch.Tens
     path = Path(path)
     handle = _open(path)
     expected = config.parameter_shapes()
-    present = set(handle.keys())
-    missing = sorted(set(expected) - present)
-    extra = sorted(present - set(expected))
-    if missing:
-        raise ScredgeError(
-            f"checkpoint {path} is missing {len(missing)} tensor(s) the config needs",
-            received=f"no tensor named {missing[:8]}" + (" ..." if len(missing) > 8 else ""),
-            expected=f"all {len(expected)} tensors of SCR_SPEC section 1 for this config",
-            fix=_MATCH_FIX,
-        )
-    if extra:
-        raise ScredgeError(
-            f"checkpoint {path} has {len(extra)} tensor(s) the config does not use",
-            received=f"unexpected tensor(s) {extra[:8]}" + (" ..." if len(extra) > 8 else ""),
-            expected="exactly the tensors of SCR_SPEC section 1 for this config",
-            fix=_MATCH_FIX,
-        )
+    found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    check_tensor_names_and_shapes(found, expected, f"checkpoint {path}")
     out: dict[str, torch.Tensor] = {}
-    for name, shape in expected.items():
+    for name in expected:
         t = handle.get_tensor(name)
-        if tuple(t.shape) != shape:
-            raise ScredgeError(
-                f"checkpoint tensor '{name}' has the wrong shape",
-                received=list(t.shape),
-                expected=list(shape),
-                fix="check d_model, d_ff, n_heads, n_kv_heads and vocab_size in the config",
-            )
         if not t.is_floating_point():
             raise ScredgeError(
                 f"checkpoint tensor '{name}' is not floating point",
@@ -99,6 +77,36 @@ def load_state_dict(path: str | Path, config: SCRConfig) -> dict[str, torch.Tens
             )
         out[name] = t.to(torch.float32)
     return out
+
+
+def check_tensor_names_and_shapes(
+    found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], source: str
+) -> None:
+    """Refuse missing, extra or mis-shaped tensors, naming them."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        raise ScredgeError(
+            f"{source} is missing {len(missing)} tensor(s) the config needs",
+            received=f"no tensor named {missing[:8]}" + (" ..." if len(missing) > 8 else ""),
+            expected=f"all {len(expected)} tensors of SCR_SPEC section 1 for this config",
+            fix=_MATCH_FIX,
+        )
+    if extra:
+        raise ScredgeError(
+            f"{source} has {len(extra)} tensor(s) the config does not use",
+            received=f"unexpected tensor(s) {extra[:8]}" + (" ..." if len(extra) > 8 else ""),
+            expected="exactly the tensors of SCR_SPEC section 1 for this config",
+            fix=_MATCH_FIX,
+        )
+    for name, shape in expected.items():
+        if tuple(found[name]) != tuple(shape):
+            raise ScredgeError(
+                f"{source}: tensor '{name}' has the wrong shape",
+                received=list(found[name]),
+                expected=list(shape),
+                fix="check d_model, d_ff, n_heads, n_kv_heads and vocab_size in the config",
+            )
 
 
 def load_checkpoint(path: str | Path, config: SCRConfig | None = None) -> SCRForCausalLM:

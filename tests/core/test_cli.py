@@ -10,7 +10,7 @@ import pytest
 from scredge.cli import build_parser, main
 from scredge.config import SCRConfig
 
-WORKING = {"info", "init"}
+WORKING = {"info", "init", "export"}
 
 
 def test_help_lists_only_working_subcommands(capsys):

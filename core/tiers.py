@@ -1,0 +1,85 @@
+"""Parity tiers of SCR_SPEC section 5, in NumPy: shared by export verification, the
+parity tool and the runtime, so every backend is judged by the same numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scredge.errors import ScredgeError
+
+
+@dataclass(frozen=True)
+class LogitsThresholds:
+    max_abs: float | None  # None: reported, not enforced
+    kl: float  # KL(ref || backend), per position, max over positions
+    top1: float  # fraction of positions whose argmax agrees (near-ties excluded)
+    margin: float  # a position is a near-tie when ref's top-2 gap is below this
+
+
+LOGITS_TIER = {
+    "float32": LogitsThresholds(max_abs=1e-3, kl=1e-6, top1=1.0, margin=1e-3),
+    "float16": LogitsThresholds(max_abs=None, kl=1e-3, top1=0.99, margin=5e-2),
+}
+
+
+def logits_thresholds(dtype: str) -> LogitsThresholds:
+    if dtype not in LOGITS_TIER:
+        raise ScredgeError("no parity thresholds for this dtype", received=repr(dtype),
+                           expected=f"one of {sorted(LOGITS_TIER)}")
+    return LOGITS_TIER[dtype]
+
+
+@dataclass
+class LogitsReport:
+    max_abs: float
+    kl_max: float
+    top1: float  # agreement over decisive positions
+    decisive: int  # positions compared for top-1
+    near_ties: int  # positions excluded from top-1
+    positions: int
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        status = "PASS" if self.passed else "FAIL: " + "; ".join(self.failures)
+        return (f"max|diff| {self.max_abs:.3g}, KL max {self.kl_max:.3g}, top-1 "
+                f"{self.top1:.2%} over {self.decisive} positions ({self.near_ties} near-ties "
+                f"excluded) -> {status}")
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compare_logits(ref: np.ndarray, got: np.ndarray, t: LogitsThresholds) -> LogitsReport:
+    """ref, got [..., V]: the logits tier, per position."""
+    if ref.shape != got.shape:
+        raise ScredgeError("logits shapes differ", received=str(got.shape),
+                           expected=str(ref.shape))
+    r = np.asarray(ref, np.float64).reshape(-1, ref.shape[-1])
+    g = np.asarray(got, np.float64).reshape(-1, ref.shape[-1])
+    if not np.isfinite(g).all():
+        return LogitsReport(float("inf"), float("inf"), 0.0, 0, 0, len(r),
+                            ["backend logits contain NaN or Inf"])
+    max_abs = float(np.abs(r - g).max())
+    lr, lg = _log_softmax(r), _log_softmax(g)
+    kl = float(np.max(np.sum(np.exp(lr) * (lr - lg), axis=-1)))
+    top2 = np.sort(r, axis=-1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) >= t.margin
+    agree = r.argmax(-1) == g.argmax(-1)
+    n = int(decisive.sum())
+    top1 = float(agree[decisive].mean()) if n else 1.0
+    rep = LogitsReport(max_abs, max(kl, 0.0), top1, n, len(r) - n, len(r))
+    if t.max_abs is not None and max_abs > t.max_abs:
+        rep.failures.append(f"max|diff| {max_abs:.3g} > {t.max_abs:g}")
+    if kl > t.kl:
+        rep.failures.append(f"KL {kl:.3g} > {t.kl:g}")
+    if top1 < t.top1:
+        rep.failures.append(f"top-1 {top1:.2%} < {t.top1:.0%}")
+    return rep

@@ -1,0 +1,164 @@
+"""`export_artifact`: a verified artifact folder (SCR_SPEC section 4), written atomically.
+
+Everything is written to a temporary folder beside the destination, verified, hashed into
+the manifest, and only then renamed into place: an interrupted or failed export leaves no
+folder behind (and, with `force`, leaves the old one untouched).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import scredge
+from scredge.artifact import CONFIG_FILE, ONNX_DATA_FILE, ONNX_FILE, WEIGHTS_FILE, write_manifest
+from scredge.deps import require
+from scredge.errors import ScredgeError
+from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, GraphIO, export_graph
+from scredge.export.verify import verify_onnx
+
+DTYPES = ("float32", "float16")
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | None) -> None:
+    """Refuse bad options before any work is done or anything is written."""
+    if dtype not in DTYPES:
+        raise ScredgeError("unknown export dtype", received=repr(dtype),
+                           expected=f"one of {list(DTYPES)}")
+    onnx = require("onnx")
+    max_opset = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
+        raise ScredgeError("unsupported ONNX opset", received=opset,
+                           expected=f"{MIN_OPSET}..{max_opset} (default {DEFAULT_OPSET}, "
+                                    "which TensorRT 10.3 on JetPack 6 and onnxruntime take)")
+    if window is not None and window < 3:
+        raise ScredgeError(
+            "window too small to export", received=f"window = {window}",
+            expected="window >= 3 or null",
+            fix="the exported graph needs a past-length axis that can hold 0..W-1 with W-1 >= 2; "
+                "windows of 1 or 2 run only in the reference model")
+    if out.exists() and not force:
+        raise ScredgeError("output folder already exists", received=str(out),
+                           fix="pass --force to replace it, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ScredgeError("output path exists and is not a folder", received=str(out))
+    parent = out.parent
+    if not parent.is_dir():
+        raise ScredgeError("the output's parent folder does not exist", received=str(parent),
+                           fix=f"create it first: mkdir -p {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ScredgeError("the output's parent folder is not writable", received=str(parent),
+                           fix="choose a writable --out or fix the folder's permissions")
+
+
+def cast_for_export(model, dtype: str):
+    """A copy of the float32 reference in the deployment dtype. float16: weights and
+    activations in half; Realign's relevance and gate parameters stay float32 (the op
+    accumulates in float32); RMSNorm statistics and logits are float32 by construction."""
+    model = copy.deepcopy(model)
+    if dtype == "float16":
+        model.half()
+        for block in model.model.layers:
+            if hasattr(block, "scr"):
+                block.scr.relevance.float()
+                block.scr.gate.float()
+    return model.eval()
+
+
+def _versions() -> dict[str, str]:
+    out = {"scredge": scredge.__version__, "python": platform.python_version()}
+    for dist in ("torch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def export_artifact(model, out: str | Path, *, dtype: str = "float32",
+                    opset: int = DEFAULT_OPSET, force: bool = False,
+                    source: dict | None = None,
+                    log: Callable[[str], None] = lambda s: None) -> Path:
+    """Export the float32 reference `model` to a verified artifact folder at `out`."""
+    from scredge.ref import save_checkpoint
+
+    onnx = require("onnx")
+    out = Path(out).absolute()
+    c = model.config
+    check_options(out, dtype, opset, force, c.window)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise ScredgeError("cannot create the output folder", received=f"{out}: {exc.strerror}",
+                           fix="choose a writable --out") from exc
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        t0 = time.perf_counter()
+        log(f"exporting {dtype} graph (opset {opset}) ...")
+        proto = export_graph(cast_for_export(model, dtype), opset)
+        large = proto.ByteSize() > EXTERNAL_DATA_BYTES
+        onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
+                        all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
+        save_checkpoint(model, tmp / WEIGHTS_FILE)
+        io = GraphIO.for_config(c)
+        config = {
+            "model": c.to_dict(),
+            "export": {"dtype": dtype, "opset": opset, "source": source or {},
+                       "external_data": large,
+                       "realign": {"domain": "scr", "op_type": "Realign", "version": 1,
+                                   "onnx_function": True}},
+            "io": {"inputs": list(io.inputs), "outputs": list(io.outputs),
+                   "kv_dtype": dtype, "scr_dtype": "float32", "logits_dtype": "float32"},
+            "versions": _versions(),
+        }
+        t1 = time.perf_counter()
+        log(f"  graph written in {t1 - t0:.1f} s ({len(proto.graph.node)} nodes)")
+
+        log("verifying with onnxruntime against the reference ...")
+        report = verify_onnx(tmp / ONNX_FILE, model, dtype)
+        for line in report.lines():
+            log("  " + line)
+        if not report.passed:
+            raise ScredgeError(
+                f"export verification failed: the {dtype} graph does not meet the logits tier",
+                received="; ".join(f"{n}: {', '.join(r.failures)}" for n, r in report.phases
+                                   if not r.passed),
+                expected="SCR_SPEC section 5, logits tier",
+                fix="nothing was written; report this with the model and options used")
+        config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        write_manifest(tmp)
+        for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private files
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+        log(f"  verified in {time.perf_counter() - t1:.1f} s")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is moved aside first and removed last."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

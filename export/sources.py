@@ -1,0 +1,140 @@
+"""Where an exported model comes from: a preset, a config + checkpoint, or a local Hugging
+Face Llama-family folder retrofitted with SCR layers at gamma = 0 (an exact identity, so the
+export first reproduces the original model)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scredge.config import SCRConfig
+from scredge.deps import require
+from scredge.errors import ScredgeError
+
+
+@dataclass
+class ModelSource:
+    """A float32 reference model and a description of where it came from."""
+
+    model: object  # scredge.ref.SCRForCausalLM
+    description: dict = field(default_factory=dict)
+
+
+def from_preset(name: str, seed: int = 0, scr_layers: tuple[int, ...] | None = None,
+                gamma: float = 0.1) -> ModelSource:
+    from scredge.ref import build_model
+
+    config = SCRConfig.preset(name)
+    if scr_layers is not None:
+        config = config.with_(scr_layers=scr_layers)
+    return ModelSource(build_model(config, seed, gamma=gamma),
+                       {"kind": "preset", "preset": name, "seed": seed, "gamma_init": gamma})
+
+
+def from_files(config_path: Path | None, weights: Path) -> ModelSource:
+    """A checkpoint, with its config from `config_path` or from the checkpoint's metadata."""
+    from scredge.ref import load_checkpoint
+
+    config = SCRConfig.load(config_path) if config_path is not None else None
+    model = load_checkpoint(weights, config)
+    return ModelSource(model, {"kind": "checkpoint", "weights": str(weights),
+                               "config": str(config_path) if config_path else "metadata"})
+
+
+# ---- Hugging Face Llama family -------------------------------------------------------
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+
+def _hf_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ScredgeError("not a Hugging Face model folder: no config.json",
+                           received=str(folder),
+                           expected="a folder written by save_pretrained (config.json + "
+                                    "*.safetensors)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ScredgeError("config.json of the Hugging Face folder is not valid JSON",
+                           received=f"{path}: {exc.msg}") from exc
+
+
+def llama_config(hf: dict, scr_layers: tuple[int, ...] | None) -> SCRConfig:
+    """Map a HF Llama/Mistral config to SCRConfig, refusing what the spec cannot express."""
+    archs = hf.get("architectures") or []
+    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        raise ScredgeError("unsupported Hugging Face architecture", received=archs,
+                           expected=f"one of {list(SUPPORTED_ARCHITECTURES)}")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    unsupported = []
+    if hf.get("hidden_act", "silu") != "silu":
+        unsupported.append(f"hidden_act={hf['hidden_act']!r} (only 'silu')")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag):
+            unsupported.append(f"{flag}=true (no biases in the spec's projections)")
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        unsupported.append(f"rope scaling {rope.get('rope_type', rope.get('type'))!r} "
+                           "(only plain rotary)")
+    heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and head_dim * heads != hf["hidden_size"]:
+        unsupported.append(f"head_dim={head_dim} != hidden_size/num_attention_heads")
+    if unsupported:
+        raise ScredgeError("the Hugging Face model uses fields scredge cannot export",
+                           received="; ".join(unsupported),
+                           expected="a Llama-family model with SwiGLU, no biases, plain rotary")
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    n_layers = hf["num_hidden_layers"]
+    return SCRConfig(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=n_layers,
+        n_heads=heads, n_kv_heads=hf.get("num_key_value_heads") or heads,
+        d_ff=hf["intermediate_size"], window=window,
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        scr_layers=tuple(range(n_layers)) if scr_layers is None else scr_layers,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+def _read_safetensors(folder: Path) -> dict:
+    st = require("safetensors.torch")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = [p.name for p in sorted(folder.glob("*.safetensors"))]
+    if not files:
+        raise ScredgeError("no safetensors weights in the Hugging Face folder",
+                           received=str(folder),
+                           fix="save the model with save_pretrained(safe_serialization=True)")
+    tensors = {}
+    for name in files:
+        tensors.update(st.load_file(str(folder / name)))
+    return tensors
+
+
+def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
+               seed: int = 0) -> ModelSource:
+    """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto Llama weights."""
+    from scredge.ref import build_model
+    from scredge.ref.checkpoint import check_tensor_names_and_shapes
+
+    torch = require("torch")
+    folder = Path(folder)
+    config = llama_config(_hf_config(folder), scr_layers)
+    tensors = {k: v for k, v in _read_safetensors(folder).items()
+               if not k.endswith("rotary_emb.inv_freq")}
+    if config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # HF may store the tied copy
+    model = build_model(config, seed, gamma=0.0)
+    expected = {k: s for k, s in config.parameter_shapes().items() if ".scr." not in k}
+    check_tensor_names_and_shapes({k: tuple(v.shape) for k, v in tensors.items()}, expected,
+                                  f"Hugging Face weights in {folder}")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in tensors.items():
+            params[name].copy_(value.to(torch.float32))
+    return ModelSource(model, {"kind": "huggingface", "folder": str(folder),
+                               "architectures": _hf_config(folder).get("architectures"),
+                               "scr_seed": seed, "gamma_init": 0.0})

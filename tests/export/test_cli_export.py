@@ -1,0 +1,76 @@
+"""`scredge export` from the command line. Oracles: the folder passes its own manifest check
+and loads back; every refusal exits 2 with the project's message and writes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scredge.artifact import read_config, verify_manifest
+from scredge.cli import main
+from scredge.config import SCRConfig
+
+MICRO = SCRConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                  window=8, scr_layers=(0, 1))
+
+
+@pytest.fixture
+def micro_config(tmp_path):
+    path = tmp_path / "micro.json"
+    path.write_text(MICRO.to_json())
+    return path
+
+
+def test_export_config_float16(tmp_path, micro_config, capsys):
+    out = tmp_path / "art16"
+    argv = ["export", "--config", str(micro_config), "--dtype", "float16", "--scr-layers", "1",
+            "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "prefill:" in printed and "PASS" in printed and f"wrote {out}" in printed
+    verify_manifest(out)
+    config, raw = read_config(out)
+    assert config == MICRO.with_(scr_layers=(1,)) and raw["export"]["dtype"] == "float16"
+
+
+def test_export_weights_with_checkpoint_config(tmp_path, micro_config):
+    weights = tmp_path / "w.safetensors"
+    assert main(["init", "--config", str(micro_config), "--seed", "4", "--out", str(weights)]) == 0
+    assert main(["export", "--weights", str(weights), "--out", str(tmp_path / "a")]) == 0
+    source = json.loads((tmp_path / "a" / "config.json").read_text())["export"]["source"]
+    assert source == {"kind": "checkpoint", "weights": str(weights), "config": "metadata"}
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--dtype", "int8"], "unknown export dtype"),
+    (["--opset", "13"], "unsupported ONNX opset"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--scr-layers", "0,x"], "invalid --scr-layers"),
+    (["--scr-layers", "0,7"], "scr_layers"),
+])
+def test_refusals_write_nothing(tmp_path, extra, needle, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--out", "art", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scredge export: error:") and needle in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_checkpoint_writes_nothing(tmp_path, micro_config, capsys):
+    from safetensors.torch import save_file
+
+    from scredge.ref import build_model
+
+    sd = dict(build_model(MICRO).state_dict())
+    sd["model.layers.0.mlp.up_proj.weight"] = sd["model.layers.0.mlp.up_proj.weight"][:10]
+    save_file(sd, str(tmp_path / "bad.safetensors"))
+    out = tmp_path / "art"
+    assert main(["export", "--config", str(micro_config), "--weights",
+                 str(tmp_path / "bad.safetensors"), "--out", str(out)]) == 2
+    assert "'model.layers.0.mlp.up_proj.weight' has the wrong shape" in capsys.readouterr().err
+    assert not out.exists()
+    (tmp_path / "existing").mkdir()
+    assert main(["export", "--config", str(micro_config), "--out",
+                 str(tmp_path / "existing")]) == 2
+    assert "--force" in capsys.readouterr().err
