@@ -12,6 +12,7 @@ EXTRAS ?= export,ort,dev
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@echo "== setting up $(VENV) (first run only: about two minutes) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
@@ -25,10 +26,13 @@ lint: venv
 	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks
 
 engine: venv
-	@echo "make engine: export + verify the tiny model (engine build, parity and generation"
-	@echo "steps are added by the runtime and TensorRT issues)."
+	@echo "== [1/3] export the tiny model to artifacts/tiny, verified against the reference"
 	@mkdir -p artifacts
 	$(VENV)/bin/scredge export --preset tiny --seed 0 --out artifacts/tiny --force
+	@echo "== [2/3] build the best engine this machine allows, checked against the export"
+	$(VENV)/bin/scredge build artifacts/tiny
+	@echo "== [3/3] a short generation (torch-free runtime)"
+	$(VENV)/bin/scredge generate artifacts/tiny --prompt "The " --max-new-tokens 48 --stream
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis artifacts

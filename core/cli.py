@@ -136,6 +136,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- generate / build ---------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> int:
+    from scredge.runtime import Engine
+
+    engine = Engine.load(args.folder, backend=args.backend)
+    kwargs = dict(max_new_tokens=args.max_new_tokens,
+                  temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                  stop=args.stop or ())
+    if args.stream and not args.json:
+        print(args.prompt, end="", flush=True)
+        for piece in engine.stream(args.prompt, **kwargs):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    result = engine.generate(args.prompt, **kwargs)
+    if args.json:
+        print(json.dumps({"ids": result.ids, "text": result.text, "backend": engine.backend,
+                          "finish_reason": result.finish_reason,
+                          "prompt_tokens": result.prompt_tokens, "timing": result.timing}))
+    else:
+        print(args.prompt + result.text)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from scredge.runtime.build import build_ort
+    from scredge.runtime.loaders import open_artifact
+
+    artifact = open_artifact(args.folder)
+    path, _ = build_ort(artifact, device=args.device, log=lambda s: print(s, flush=True))
+    print(f"wrote {path} (onnxruntime-optimised graph, listed in manifest.json)")
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
@@ -183,6 +218,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the artifact folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="generate text from an artifact folder (torch-free)")
+    p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--backend", default="auto", choices=["auto", "ort", "trt"])
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: ids, text, backend, timing")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("build", help="build the best engine for this machine into the folder")
+    p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
+    p.add_argument("--backend", default="ort", choices=["ort"],
+                   help="ort: save the onnxruntime-optimised graph (default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default)")
+    p.set_defaults(func=cmd_build)
     return parser
 
 

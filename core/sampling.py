@@ -46,6 +46,13 @@ class SamplingParams:
 GREEDY = SamplingParams(temperature=0.0)
 
 
+def seen_mask(rows: np.ndarray, vocab_size: int) -> np.ndarray:
+    """ids [B,S] -> bool [B,V], True where a row contains the id."""
+    mask = np.zeros((rows.shape[0], vocab_size), dtype=bool)
+    np.put_along_axis(mask, np.asarray(rows, dtype=np.int64), True, axis=1)
+    return mask
+
+
 class Sampler:
     """Picks the next token of each row from float logits `[B, V]`."""
 
@@ -53,19 +60,18 @@ class Sampler:
         self.params = params
         self._rng = np.random.default_rng(seed)
 
-    def __call__(self, logits: np.ndarray, history: np.ndarray | None = None) -> np.ndarray:
-        """logits [B,V] -> ids [B] int64; `history` [B,S] are ids already in each row."""
-        x = np.asarray(logits, dtype=np.float64)
-        assert x.ndim == 2, "logits must be [B, V]"
+    def __call__(self, logits: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
+        """logits [B,V] -> ids [B] int64. `seen` [B,V] bool marks ids already in each row
+        (prompt and output), for the repetition penalty: constant memory however long the
+        generation runs."""
         p = self.params
-        if p.repetition_penalty != 1.0 and history is not None and history.size:
-            x = x.copy()
-            for row, seen in zip(x, np.asarray(history)):
-                idx = np.unique(seen)
-                vals = row[idx]
-                row[idx] = np.where(
-                    vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty
-                )
+        if p.greedy and p.repetition_penalty == 1.0:  # the hot path: no copy, no float64
+            return np.asarray(logits).argmax(axis=-1).astype(np.int64)
+        x = np.asarray(logits, dtype=np.float64)  # a fresh copy: the caller's array is kept
+        assert x.ndim == 2, "logits must be [B, V]"
+        if p.repetition_penalty != 1.0 and seen is not None:
+            penalised = np.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty)
+            x = np.where(seen, penalised, x)
         if p.greedy:
             return x.argmax(axis=-1).astype(np.int64)
         x = x / p.temperature

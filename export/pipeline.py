@@ -131,8 +131,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         if not report.passed:
             raise ScredgeError(
                 f"export verification failed: the {dtype} graph does not meet the logits tier",
-                received="; ".join(f"{n}: {', '.join(r.failures)}" for n, r in report.phases
-                                   if not r.passed),
+                received=report.failures(),
                 expected="SCR_SPEC section 5, logits tier",
                 fix="nothing was written; report this with the model and options used")
         config["export"]["verification"] = {n: r.summary() for n, r in report.phases}

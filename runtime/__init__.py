@@ -1,10 +1,22 @@
 """scredge.runtime: torch-free inference over artifact folders.
 
-Imports numpy (and, where used, onnxruntime or tensorrt) only; never torch.
-The runners and the application API land with the runtime issue; the shared
-sampler already lives in `scredge.sampling` and is re-exported here.
+Imports numpy only at import time; onnxruntime (or TensorRT) is imported when a runner is
+loaded. Never torch.
+
+    from scredge.runtime import Engine
+    engine = Engine.load("artifacts/tiny")
+    print(engine.generate("Hello", max_new_tokens=32, temperature=0).text)
 """
 
+from scredge.runtime.engine import Engine, GenerationResult
+from scredge.runtime.generation import Generator, decode_step, prefill, sample
+from scredge.runtime.loaders import Artifact, load_ort, open_artifact
+from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
+from scredge.runtime.tokenizer import ByteTokenizer, StreamDecoder
 from scredge.sampling import GREEDY, Sampler, SamplingParams
 
-__all__ = ["GREEDY", "Sampler", "SamplingParams"]
+__all__ = [
+    "GREEDY", "Artifact", "ByteTokenizer", "Decoder", "Engine", "GenerationResult", "Generator",
+    "Runner", "Sampler", "SamplingParams", "StreamDecoder", "TensorMeta", "decode_step",
+    "load_ort", "open_artifact", "prefill", "sample",
+]

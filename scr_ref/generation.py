@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from scredge.ref.model import ModelState, SCRForCausalLM
-from scredge.sampling import GREEDY, Sampler, SamplingParams
+from scredge.sampling import GREEDY, Sampler, SamplingParams, seen_mask
 
 
 @torch.no_grad()
@@ -34,9 +34,9 @@ def decode_step(
     return prefill(model, token.view(-1, 1), state, start=position)
 
 
-def sample(logits: torch.Tensor, sampler: Sampler, history: np.ndarray) -> torch.Tensor:
-    """logits [B,V] -> ids [B] via the shared NumPy sampler."""
-    return torch.from_numpy(sampler(logits.numpy(), history))
+def sample(logits: torch.Tensor, sampler: Sampler, seen: np.ndarray) -> torch.Tensor:
+    """logits [B,V] -> ids [B] via the shared NumPy sampler; `seen` [B,V] bool."""
+    return torch.from_numpy(sampler(logits.numpy(), seen))
 
 
 def generate(
@@ -51,20 +51,20 @@ def generate(
     rows = [list(prompt)] if prompt and isinstance(prompt[0], int) else [list(p) for p in prompt]
     ids = torch.tensor(rows, dtype=torch.int64)  # [B,T]
     sampler = Sampler(params, seed)
-    history = ids.numpy()
+    seen = seen_mask(ids.numpy(), model.config.vocab_size)
     logits, state = prefill(model, ids)
     out: list[list[int]] = [[] for _ in rows]
     done = np.zeros(len(rows), dtype=bool)
     position = ids.shape[1]
     for step in range(max_new_tokens):
-        token = sample(logits, sampler, history)  # [B]
+        token = sample(logits, sampler, seen)  # [B]
         for b, t in enumerate(token.tolist()):
             if not done[b]:
                 out[b].append(t)
                 done[b] = t in stop_ids
         if done.all() or step == max_new_tokens - 1:
             break
-        history = np.concatenate([history, token.numpy()[:, None]], axis=1)
+        seen[np.arange(len(rows)), token.numpy()] = True
         logits, state = decode_step(model, token, position, state)
         position += 1
     return out

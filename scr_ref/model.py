@@ -292,6 +292,8 @@ def init_weights(
     return model
 
 
-def build_model(config: SCRConfig, seed: int = 0, *, gamma: float = 0.1) -> SCRForCausalLM:
+def build_model(
+    config: SCRConfig, seed: int = 0, *, gamma: float = 0.1, std: float = 0.02
+) -> SCRForCausalLM:
     """A float32 reference model with deterministic seeded weights, in eval mode."""
-    return init_weights(SCRForCausalLM(config), seed, gamma=gamma).eval()
+    return init_weights(SCRForCausalLM(config), seed, std=std, gamma=gamma).eval()

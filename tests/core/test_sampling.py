@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scredge.errors import ScredgeError
-from scredge.sampling import GREEDY, Sampler, SamplingParams
+from scredge.sampling import GREEDY, Sampler, SamplingParams, seen_mask
 
 
 def test_greedy_is_argmax():
@@ -39,7 +39,8 @@ def test_top_p_keeps_the_smallest_prefix():
 def test_repetition_penalty_demotes_seen_tokens():
     logits = np.array([[2.0, 1.9, -1.0]])
     s = Sampler(SamplingParams(temperature=0.0, repetition_penalty=2.0))
-    assert s(logits, history=np.array([[0]]))[0] == 1
+    assert s(logits, seen=seen_mask(np.array([[0, 0]]), 3))[0] == 1
+    assert s(logits)[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,15 @@ def test_repetition_penalty_demotes_seen_tokens():
 def test_bad_parameters(kwargs):
     with pytest.raises(ScredgeError, match=list(kwargs)[0]):
         SamplingParams(**kwargs)
+
+
+def test_sampled_frequencies_follow_the_softmax():
+    """Oracle: softmax(logits / T) itself; 20,000 draws land within 4 standard errors."""
+    logits = np.array([[1.0, 0.5, 0.0, -1.0, 2.0]])
+    for temperature in (0.5, 1.0, 2.0):
+        z = np.exp(logits[0] / temperature)
+        p = z / z.sum()
+        s = Sampler(SamplingParams(temperature=temperature), seed=3)
+        n = 20_000
+        counts = np.bincount([int(s(logits)[0]) for _ in range(n)], minlength=5) / n
+        assert np.all(np.abs(counts - p) <= 4 * np.sqrt(p * (1 - p) / n) + 1e-12)

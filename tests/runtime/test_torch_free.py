@@ -1,5 +1,6 @@
-"""The runtime must import without torch. Oracle: a child interpreter in which
-`import torch` is made impossible; importing every scredge package there must succeed."""
+"""The runtime must import and generate without torch. Oracle: a child interpreter in which
+`import torch` is made impossible; importing every scredge package there must succeed, and
+an exported artifact must generate the same ids as in this (torch-enabled) process."""
 
 from __future__ import annotations
 
@@ -23,6 +24,29 @@ else:
     raise AssertionError("scredge.ref.build_model resolved without torch")
 print("ok")
 """
+
+
+GENERATE = """
+import sys, json
+sys.modules["torch"] = None
+from scredge.runtime import Engine
+ids = Engine.load(sys.argv[1]).generate([7, 8, 9], 30, temperature=0).ids
+assert "torch" not in sys.modules or sys.modules["torch"] is None
+print(json.dumps(ids))
+"""
+
+
+def test_generation_without_torch(small_window_artifact):
+    import json
+
+    from scredge.runtime import Engine
+
+    folder = small_window_artifact[1]
+    result = subprocess.run([sys.executable, "-c", GENERATE, str(folder)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    expected = Engine.load(folder).generate([7, 8, 9], 30, temperature=0).ids
+    assert json.loads(result.stdout) == expected
 
 
 def test_runtime_imports_without_torch():

@@ -1,0 +1,67 @@
+"""`scredge build --backend ort`: save the onnxruntime-optimised graph beside model.onnx,
+check it against the exported graph, and list it in the manifest.
+
+The optimised graph is tied to the onnxruntime version and provider that made it (its fused
+kernels are theirs), so the manifest records both and the loader uses it only when they
+match. The check is torch-free: the exported graph was verified against the reference at
+export time, so parity with it closes the chain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from scredge.artifact import MANIFEST_FILE, ONNX_FILE, sha256_file
+from scredge.deps import require
+from scredge.errors import ScredgeError
+from scredge.runtime.check import ParityReport, teacher_forced
+from scredge.runtime.loaders import Artifact, ort_providers, session_options
+from scredge.runtime.runners.ort_runner import OrtRunner
+
+ORT_OPTIMIZED_FILE = "model.ort-{device}.onnx"
+
+
+def build_ort(artifact: Artifact, device: str = "cpu",
+              log: Callable[[str], None] = lambda s: None) -> tuple[Path, ParityReport]:
+    ort = require("onnxruntime")
+    providers = ort_providers(device)
+    kind = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+    name = ORT_OPTIMIZED_FILE.format(device=kind)
+    target = artifact.folder / name
+    tmp = artifact.folder / f".{name}.partial"
+    log(f"optimising the graph for onnxruntime {ort.__version__} ({providers[0]}) ...")
+    try:
+        opts = session_options()
+        opts.optimized_model_filepath = str(tmp)
+        ort.InferenceSession(str(artifact.folder / ONNX_FILE), opts, providers=providers)
+        log("checking the optimised graph against the exported one ...")
+
+        def runner(path: Path, optimize: bool) -> OrtRunner:
+            session = ort.InferenceSession(str(path), session_options(optimize=optimize),
+                                           providers=providers)
+            return OrtRunner(session, artifact.config, artifact.kv_dtype)
+
+        report = teacher_forced(runner(artifact.folder / ONNX_FILE, False).decoder(2).step,
+                                runner(tmp, False).decoder(2).step,
+                                artifact.config.vocab_size, artifact.dtype)
+        for line in report.lines():
+            log("  " + line)
+        if not report.passed:
+            raise ScredgeError("the optimised graph does not match the exported graph",
+                               received=report.failures(), expected="the logits tier",
+                               fix="nothing was changed; run with the plain model.onnx")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest = dict(artifact.manifest)
+    manifest["files"] = {**manifest["files"], name: {"sha256": sha256_file(target),
+                                                     "bytes": target.stat().st_size}}
+    manifest["engines"] = {**manifest.get("engines", {}), f"ort-{kind}": {
+        "file": name, "backend": "onnxruntime", "onnxruntime": ort.__version__,
+        "providers": providers}}
+    mtmp = artifact.folder / f".{MANIFEST_FILE}.partial"
+    mtmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    mtmp.replace(artifact.folder / MANIFEST_FILE)
+    return target, report

@@ -1,0 +1,145 @@
+"""Generation over any runner: `prefill`, `decode_step`, `sample`, and the stateful
+`Generator` that callers drive themselves (`append`, `next_token`, `is_done`).
+
+Memory stays constant however long generation runs: the decoder's KV cache holds at most
+W-1 positions, the SCR carry is O(layers x width), and the repetition-penalty history is a
+[B, V] mask, not a growing list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from scredge.errors import ScredgeError
+from scredge.runtime.runners.base import Decoder, Runner
+from scredge.sampling import GREEDY, Sampler, SamplingParams
+
+MAX_NEW_TOKENS = 100_000_000  # beyond this a request is a mistake, not a plan
+PREFILL_CHUNK = 512  # long prompts go in chunks: bounded attention memory per call
+
+
+def check_ids(rows: np.ndarray, vocab_size: int, what: str = "prompt") -> np.ndarray:
+    """[B,T] int64 ids, each in [0, V), T >= 1."""
+    if rows.ndim != 2 or rows.shape[1] == 0 or rows.shape[0] == 0:
+        raise ScredgeError(f"empty {what}", received=f"shape {list(rows.shape)}",
+                           expected="at least one token per row",
+                           fix="pass a non-empty prompt")
+    if not np.issubdtype(rows.dtype, np.integer):
+        raise ScredgeError(f"{what} ids must be integers", received=str(rows.dtype))
+    bad = (rows < 0) | (rows >= vocab_size)
+    if bad.any():
+        b, t = map(int, np.argwhere(bad)[0])
+        raise ScredgeError(f"{what} token id outside the vocabulary",
+                           received=f"id {int(rows[b, t])} at row {b}, position {t}",
+                           expected=f"ids in 0..{vocab_size - 1}")
+    return rows.astype(np.int64, copy=False)
+
+
+def check_max_new_tokens(n: object) -> int:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 <= n <= MAX_NEW_TOKENS:
+        raise ScredgeError("invalid max_new_tokens", received=repr(n),
+                           expected=f"an integer in 0..{MAX_NEW_TOKENS:,}")
+    return int(n)
+
+
+def positions(start: int, batch: int, length: int) -> np.ndarray:
+    """[B,T] absolute positions start..start+T-1 (consecutive, shared by every row)."""
+    if length == 1:  # the per-token path: the cheapest array NumPy can make
+        return np.full((batch, 1), start, dtype=np.int64)
+    return np.tile(np.arange(start, start + length, dtype=np.int64), (batch, 1))
+
+
+def prefill(decoder: Decoder, ids: np.ndarray, start: int = 0,
+            chunk: int = PREFILL_CHUNK) -> np.ndarray:
+    """ids [B,T] at positions start.. -> logits of the last position [B,V]."""
+    B, T = ids.shape
+    for s in range(0, T, chunk):
+        part = ids[:, s:s + chunk]
+        logits = decoder.step(part, positions(start + s, B, part.shape[1]))
+    return logits[:, -1]
+
+
+def decode_step(decoder: Decoder, tokens: np.ndarray, position: int) -> np.ndarray:
+    """tokens [B] at absolute `position` -> logits [B,V]."""
+    return decoder.step(tokens.reshape(-1, 1), positions(position, len(tokens), 1))[:, -1]
+
+
+def sample(sampler: Sampler, logits: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """logits [B,V] -> ids [B]; marks them in `seen` [B,V]."""
+    ids = sampler(logits, seen)
+    seen[np.arange(len(ids)), ids] = True
+    return ids
+
+
+class Generator:
+    """Token-by-token generation that the caller drives.
+
+        gen = Generator(runner, params, seed=0, max_new_tokens=64, stop_ids={10})
+        gen.append(prompt_ids)            # [T] or [B,T]
+        while not gen.is_done():
+            token = gen.next_token()      # [B]
+
+    A sampled token is fed to the model lazily, by the next `next_token` or `append`, so no
+    model call is spent on a token nobody asks to continue from.
+    """
+
+    def __init__(self, runner: Runner, params: SamplingParams = GREEDY, seed: int | None = 0,
+                 max_new_tokens: int = MAX_NEW_TOKENS, stop_ids: Sequence[int] = (),
+                 batch: int | None = None) -> None:
+        self.runner = runner
+        self.vocab_size = runner.config.vocab_size
+        self.sampler = Sampler(params, seed)
+        self.max_new_tokens = check_max_new_tokens(max_new_tokens)
+        self.stop_ids = np.array(sorted(set(stop_ids)), dtype=np.int64)
+        self.batch = batch
+        self.decoder: Decoder | None = None
+        self.position = 0  # absolute position of the next token fed
+        self.generated = 0
+        self.done: np.ndarray | None = None  # [B] bool
+        self._logits: np.ndarray | None = None  # [B,V], of the last fed position
+        self._unfed: np.ndarray | None = None  # [B], sampled but not yet fed
+        self._seen: np.ndarray | None = None
+
+    def append(self, ids) -> None:
+        """Feed more tokens (a prompt, or a later turn) to every row."""
+        rows = np.asarray(ids)
+        rows = check_ids(rows[None] if rows.ndim == 1 else rows, self.vocab_size)
+        if self.decoder is None:
+            self.batch = rows.shape[0]
+            self.decoder = self.runner.decoder(self.batch)
+            self._seen = np.zeros((self.batch, self.vocab_size), dtype=bool)
+            self.done = np.zeros(self.batch, dtype=bool)
+        elif rows.shape[0] != self.batch:
+            raise ScredgeError("appended ids have another batch size",
+                               received=rows.shape[0], expected=self.batch)
+        if self._unfed is not None:
+            rows = np.concatenate([self._unfed[:, None], rows], axis=1)
+            self._unfed = None
+        self._seen[np.arange(self.batch)[:, None], rows] = True
+        self._logits = prefill(self.decoder, rows, self.position)
+        self.position += rows.shape[1]
+
+    def next_token(self) -> np.ndarray:
+        """Sample the next token of every row ([B] int64). Rows already done keep going
+        (batched rows share every call) but their tokens are theirs to ignore."""
+        if self.decoder is None:
+            raise ScredgeError("next_token() before any input",
+                               fix="call append(prompt_ids) first")
+        if self.is_done():
+            raise ScredgeError("generation is done", received=f"{self.generated} new tokens",
+                               fix="check is_done() before next_token(), or append() more")
+        if self._unfed is not None:
+            self._logits = decode_step(self.decoder, self._unfed, self.position)
+            self.position += 1
+        token = sample(self.sampler, self._logits, self._seen)
+        self._unfed = token
+        self.generated += 1
+        if self.stop_ids.size:
+            self.done |= np.isin(token, self.stop_ids)
+        return token
+
+    def is_done(self) -> bool:
+        return self.done is not None and (bool(self.done.all())
+                                          or self.generated >= self.max_new_tokens)

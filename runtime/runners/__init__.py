@@ -1,0 +1,1 @@
+"""Backends behind one interface: onnxruntime now, TensorRT with its issue."""

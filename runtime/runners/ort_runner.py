@@ -1,0 +1,173 @@
+"""The ONNX Runtime backend: CPU by default, CUDA when onnxruntime-gpu and a GPU are there.
+
+`OrtDecoder` keeps the KV and SCR state as OrtValues in the session's device memory and
+binds them straight back as the next call's inputs (IOBinding): no host copy of the cache
+per token. Once the cache is full (P = W-1) every shape is constant, and it alternates
+between two preallocated sets of state buffers: no allocation per token either.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from scredge.config import SCRConfig
+from scredge.runtime.cache import empty_state
+from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def _past_name(output: str) -> str:
+    if output.startswith("scr_present."):
+        return "scr_past." + output[len("scr_present."):]
+    return "past_key_values." + output[len("present."):]
+
+
+class OrtRunner(Runner):
+    backend = "ort"
+
+    def __init__(self, session, config: SCRConfig, kv_dtype) -> None:
+        super().__init__(config, kv_dtype)
+        self.session = session
+        self.providers = list(session.get_providers())
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self._inputs = {i.name: TensorMeta(np.dtype(_ORT_TYPES[i.type]), tuple(i.shape))
+                        for i in session.get_inputs()}
+        self._outputs = [o.name for o in session.get_outputs()]
+
+    @property
+    def input_metadata(self) -> dict[str, TensorMeta]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._outputs
+
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self.session.run(None, dict(feed))))
+
+    def decoder(self, batch: int) -> OrtDecoder:
+        return OrtDecoder(self, batch)
+
+
+class OrtDecoder(Decoder):
+    """Decoding state kept where the session computes.
+
+    Growing phase (P < W-1: the cache length changes every call). On CUDA the state stays
+    in device OrtValues bound back as inputs through IOBinding, so the cache never crosses
+    to the host. On the CPU the host *is* the device, and a plain `run` on NumPy state is
+    the cheapest call (binding 2L+2S values one by one costs more than it saves).
+
+    Steady phase (P = W-1, decode): every shape is fixed. Two state buffer sets S0, S1 and
+    two IOBindings prepared once (S0 -> S1, S1 -> S0), with the token and position arrays
+    bound by reference: a step writes two integers and runs, with no allocation.
+    """
+
+    def __init__(self, runner: OrtRunner, batch: int) -> None:
+        super().__init__(runner, batch)
+        import onnxruntime as ort
+
+        self._ort = ort
+        self._session = runner.session
+        self._device = runner.device
+        self._state_outputs = runner.output_names[1:]  # present.*, scr_present.*
+        self._past_names = [_past_name(o) for o in self._state_outputs]
+        c = runner.config
+        self._full = None if c.window is None else c.window - 1
+        zeros = empty_state(c, batch, runner.kv_dtype)  # P = 0
+        self._state: dict = zeros if self._device == "cpu" else {
+            k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for k, v in zeros.items()}
+        self._binding = self._session.io_binding() if self._device != "cpu" else None
+        self._steady: list | None = None  # the two prepared bindings, once P = W-1
+        self._steady_was_used = False
+        self._parity = 0
+
+    def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        B, T = ids.shape
+        new_past = self.runner.config.present_len(self.past, T)
+        if T == 1 and self._full is not None and self.past == new_past == self._full:
+            return self._steady_step(ids, positions)
+        self._steady = None  # shapes change: the prepared bindings no longer apply
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        if self._device == "cpu":
+            logits = self._host_step(ids, positions)
+        else:
+            logits = self._bound_step(ids, positions)
+        self.past = new_past
+        return logits
+
+    def _host_step(self, ids, positions) -> np.ndarray:
+        state = self._state
+        if self._steady_was_used:  # leaving the steady phase: OrtValues back to arrays
+            state = {k: v.numpy() for k, v in state.items()}
+            self._steady_was_used = False
+        t0 = time.perf_counter()
+        out = self._session.run(None, {"input_ids": ids, "position_ids": positions, **state})
+        self.last_run_s = time.perf_counter() - t0
+        self._state = dict(zip(self._past_names, out[1:]))
+        return out[0]
+
+    def _bound_step(self, ids, positions) -> np.ndarray:
+        b = self._binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        b.bind_cpu_input("input_ids", ids)
+        b.bind_cpu_input("position_ids", positions)
+        for name, value in self._state.items():
+            b.bind_ortvalue_input(name, value)
+        b.bind_output("logits", "cpu")
+        for o in self._state_outputs:
+            b.bind_output(o, self._device)
+        t0 = time.perf_counter()
+        self._session.run_with_iobinding(b)
+        self.last_run_s = time.perf_counter() - t0
+        values = b.get_outputs()
+        self._state = dict(zip(self._past_names, values[1:]))
+        return values[0].numpy()
+
+    def _prepare_steady(self) -> None:
+        ort, c = self._ort, self.runner.config
+        self._ids = np.zeros((self.batch, 1), np.int64)
+        self._pos = np.zeros((self.batch, 1), np.int64)
+        self._logits = np.empty((self.batch, 1, c.vocab_size), np.float32)
+        ids_v, pos_v, logits_v = (ort.OrtValue.ortvalue_from_numpy(a)
+                                  for a in (self._ids, self._pos, self._logits))
+        current = {k: ort.OrtValue.ortvalue_from_numpy(v) if isinstance(v, np.ndarray) else v
+                   for k, v in self._state.items()}  # CPU: wraps, no copy
+        spare = {k: ort.OrtValue.ortvalue_from_shape_and_type(
+            v.shape(), _NP_OF[v.data_type()], self._device, 0) for k, v in current.items()}
+        self._sets = [current, spare]
+        self._steady = []
+        self._steady_was_used = True
+        for src, dst in ((0, 1), (1, 0)):
+            b = self._session.io_binding()
+            b.bind_ortvalue_input("input_ids", ids_v)
+            b.bind_ortvalue_input("position_ids", pos_v)
+            for name, value in self._sets[src].items():
+                b.bind_ortvalue_input(name, value)
+            b.bind_ortvalue_output("logits", logits_v)
+            for o, name in zip(self._state_outputs, self._past_names):
+                b.bind_ortvalue_output(o, self._sets[dst][name])
+            self._steady.append(b)
+        self._parity = 0
+
+    def _steady_step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Returns a buffer that the next step overwrites: read it before stepping again."""
+        if self._steady is None:
+            self._prepare_steady()
+        self._ids[:] = ids
+        self._pos[:] = positions
+        t0 = time.perf_counter()
+        self._session.run_with_iobinding(self._steady[self._parity])
+        self.last_run_s = time.perf_counter() - t0
+        self._parity ^= 1
+        self._state = self._sets[self._parity]
+        return self._logits
+
+
+_NP_OF = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
