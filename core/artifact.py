@@ -87,3 +87,20 @@ def read_config(folder: str | Path) -> tuple[SCRConfig, dict]:
     path = Path(folder) / CONFIG_FILE
     config = SCRConfig.load(path)
     return config, json.loads(path.read_text())
+
+
+def add_to_manifest(folder: str | Path, files: list[str], **sections: dict) -> dict:
+    """List new files (paths relative to `folder`) in manifest.json and merge `sections`
+    (e.g. engines=...) into it; the manifest is rewritten atomically."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    for name in files:
+        p = folder / name
+        manifest["files"][name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    for key, value in sections.items():
+        manifest[key] = {**manifest.get(key, {}), **value}
+    tmp = folder / f".{MANIFEST_FILE}.partial"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path)
+    return manifest

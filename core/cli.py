@@ -171,6 +171,97 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- parity -----------------------------------------------------------------------
+def cmd_parity(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from scredge.runtime.golden import GOLDEN_FILE, Golden
+    from scredge.runtime.loaders import load_ort, open_artifact
+    from scredge.runtime.parity import run_parity
+    from scredge.tiers import tier_thresholds
+
+    artifact = open_artifact(args.folder)
+    if args.record:
+        from scredge.export.golden import record_into
+
+        print(f"recording the reference (scr_ref) into {args.folder / GOLDEN_FILE} ...",
+              flush=True)
+        record_into(artifact)
+        artifact = open_artifact(args.folder)  # the manifest now lists the golden file
+    if args.live:
+        from scredge.export.golden import record_golden
+
+        golden = record_golden(artifact)
+    else:
+        golden = Golden.load(args.folder / GOLDEN_FILE)
+    if args.backend == "trt":
+        raise ScredgeError("parity on TensorRT needs the TensorRT runner, not in this version",
+                           received="--backend trt", expected="--backend ort")
+    th = tier_thresholds(args.dtype or artifact.dtype)
+    th = replace(th, **{k: v for k, v in (("op_abs", args.op_tol),
+                                          ("layer_cosine", args.cosine),
+                                          ("layer_norm_tol", args.norm_tol)) if v is not None})
+    if args.kl is not None or args.max_abs is not None or args.top1 is not None:
+        lt = th.logits
+        th = replace(th, logits=replace(lt, kl=args.kl if args.kl is not None else lt.kl,
+                                        max_abs=args.max_abs if args.max_abs is not None
+                                        else lt.max_abs,
+                                        top1=args.top1 if args.top1 is not None else lt.top1))
+    runner = load_ort(artifact, device=args.device)
+    result = run_parity(artifact, golden, runner, th, device=runner.device, dump=args.dump)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
+    return 0 if result.passed else 1
+
+
+# ---- bench ------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from scredge.runtime import bench as b
+    from scredge.runtime.loaders import load_ort, open_artifact
+
+    if args.backend == "trt":
+        raise ScredgeError("bench on TensorRT needs the TensorRT runner, not in this version",
+                           received="--backend trt", expected="--backend ort")
+    for name in ("prompt_len", "gen_len", "batch", "repeat"):
+        if getattr(args, name) < 1:
+            raise ScredgeError(f"--{name.replace('_', '-')} must be >= 1",
+                               received=getattr(args, name))
+    if args.scr_overhead:
+        from scredge.runtime.scr_overhead import scr_overhead
+
+        report = scr_overhead(args.folder, args)
+        print(json.dumps(report, indent=2) if args.json else "\n".join(report["lines"]))
+        return 0
+    artifact = open_artifact(args.folder)
+    runner = load_ort(artifact, device=args.device, threads=args.threads)
+    settings = dict(gen_len=args.gen_len, batch=args.batch, warmup=args.warmup,
+                    repeat=args.repeat)
+    result = b.bench(runner, prompt_len=args.prompt_len, **settings)
+    lines = b.summary_lines(result)
+    if args.compare == "torch":
+        from scredge.ref import load_checkpoint
+
+        model = load_checkpoint(artifact.folder / "model.safetensors", artifact.config)
+        ref = b.measure(b.torch_stepper(model), args.prompt_len, vocab_size=256, **settings)
+        result["compare"] = {"torch": ref, "ratios": {
+            "decode_tokens_per_s": result["decode_tokens_per_s"] / ref["decode_tokens_per_s"],
+            "ttft": ref["ttft_s"] / result["ttft_s"]}}
+        lines.append(f"  vs scr_ref (torch, same process): decode "
+                     f"{result['compare']['ratios']['decode_tokens_per_s']:.2f}x, TTFT "
+                     f"{result['compare']['ratios']['ttft']:.2f}x faster "
+                     f"(torch decode {ref['decode_tokens_per_s']:.1f} tok/s)")
+    if args.sweep:
+        result["sweep"] = b.sweep(runner, [int(x) for x in args.sweep.split(",")],
+                                  gen_len=min(args.gen_len, 32), repeat=args.repeat)
+        for row in result["sweep"]:
+            lines.append(f"  context {row['context']:6d}: TTFT {row['ttft_s'] * 1e3:8.2f} ms,"
+                         f" ITL p50 {row['itl_p50_s'] * 1e3:.3f} ms")
+        if args.plot:
+            b.plot_sweep(result["sweep"], args.plot)
+            lines.append(f"  plot: {args.plot}")
+    print(json.dumps(result, indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
@@ -243,6 +334,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default)")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("parity", help="check a backend against the reference, tier by tier")
+    p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
+    p.add_argument("--record", action="store_true",
+                   help="run scr_ref (needs torch) and store parity/golden.npz first")
+    p.add_argument("--live", action="store_true",
+                   help="compare with scr_ref run now (needs torch) instead of the golden file")
+    p.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", choices=["float32", "float16"],
+                   help="thresholds of this dtype (default: the artifact's)")
+    p.add_argument("--dump", type=Path, metavar="DIR",
+                   help="write the first diverging call's inputs for polygraphy run")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    for flag, what in (("--op-tol", "op tier max error / scale"),
+                       ("--cosine", "layer tier minimum cosine"),
+                       ("--norm-tol", "layer tier max |norm ratio - 1|"),
+                       ("--max-abs", "logits max abs diff"), ("--kl", "logits max KL"),
+                       ("--top1", "logits minimum top-1 agreement (0..1)")):
+        p.add_argument(flag, type=float, help=f"override the {what}")
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("bench", help="latency of real generation: TTFT, ITL percentiles, tok/s")
+    p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
+    p.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all)")
+    p.add_argument("--prompt-len", type=int, default=128, help="default 128")
+    p.add_argument("--gen-len", type=int, default=128, help="default 128")
+    p.add_argument("--batch", type=int, default=1, help="default 1")
+    p.add_argument("--warmup", type=int, default=1, help="default 1")
+    p.add_argument("--repeat", type=int, default=3, help="default 3")
+    p.add_argument("--compare", choices=["torch"],
+                   help="also run scr_ref's loop in this process and print ratios")
+    p.add_argument("--sweep", metavar="L1,L2,...",
+                   help="context lengths to sweep (TTFT and ITL at each)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="with --sweep: a PNG of latency against context (needs matplotlib)")
+    p.add_argument("--scr-overhead", action="store_true",
+                   help="the same weights with and without SCR layers (needs torch): ratios")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

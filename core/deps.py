@@ -23,6 +23,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("ort", "running ONNX artifacts"),
     "tensorrt": ("trt", "building and running TensorRT engines"),
     "transformers": ("dev", "the Hugging Face oracle in tests and --from-llama"),
+    "matplotlib": ("plot", "the latency plot of `scredge bench --sweep --plot`"),
+    "cuda": ("gpu", "launching the Realign kernel from the Python plugin (cuda-python)"),
 }
 
 

@@ -24,6 +24,40 @@ LOGITS_TIER = {
 }
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """Every tier of SCR_SPEC section 5 for one dtype; override any field with replace()."""
+
+    op_abs: float  # Realign: max abs error / scale, scale = max(1, max|h|, max|m_prev|)
+    layer_cosine: float  # hidden state after each layer: minimum cosine similarity
+    layer_norm_tol: float  # and |norm ratio - 1|
+    logits: LogitsThresholds
+    greedy_identical: bool  # free-running greedy must match exactly (else: reported)
+
+
+TIERS = {
+    "float32": Thresholds(1e-5, 0.99999, 1e-4, LOGITS_TIER["float32"], True),
+    "float16": Thresholds(2e-3, 0.999, 1e-2, LOGITS_TIER["float16"], False),
+}
+
+
+def tier_thresholds(dtype: str) -> Thresholds:
+    if dtype not in TIERS:
+        raise ScredgeError("no parity thresholds for this dtype", received=repr(dtype),
+                           expected=f"one of {sorted(TIERS)}",
+                           fix="export the model as float32 or float16")
+    return TIERS[dtype]
+
+
+def hidden_metrics(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """ref, got [..., D] -> (min cosine, max |norm ratio - 1|) over positions."""
+    r = np.asarray(ref, np.float64).reshape(-1, ref.shape[-1])
+    g = np.asarray(got, np.float64).reshape(-1, ref.shape[-1])
+    rn, gn = np.linalg.norm(r, axis=-1), np.linalg.norm(g, axis=-1)
+    cos = np.sum(r * g, axis=-1) / np.maximum(rn * gn, 1e-30)
+    return float(cos.min()), float(np.abs(gn / np.maximum(rn, 1e-30) - 1).max())
+
+
 def logits_thresholds(dtype: str) -> LogitsThresholds:
     if dtype not in LOGITS_TIER:
         raise ScredgeError("no parity thresholds for this dtype", received=repr(dtype),

@@ -9,11 +9,10 @@ export time, so parity with it closes the chain.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from scredge.artifact import MANIFEST_FILE, ONNX_FILE, sha256_file
+from scredge.artifact import ONNX_FILE, add_to_manifest
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.runtime.check import ParityReport, teacher_forced
@@ -55,13 +54,7 @@ def build_ort(artifact: Artifact, device: str = "cpu",
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
-    manifest = dict(artifact.manifest)
-    manifest["files"] = {**manifest["files"], name: {"sha256": sha256_file(target),
-                                                     "bytes": target.stat().st_size}}
-    manifest["engines"] = {**manifest.get("engines", {}), f"ort-{kind}": {
+    add_to_manifest(artifact.folder, [name], engines={f"ort-{kind}": {
         "file": name, "backend": "onnxruntime", "onnxruntime": ort.__version__,
-        "providers": providers}}
-    mtmp = artifact.folder / f".{MANIFEST_FILE}.partial"
-    mtmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    mtmp.replace(artifact.folder / MANIFEST_FILE)
+        "providers": providers}})
     return target, report

@@ -1,0 +1,71 @@
+"""Graph surgery for parity, torch-free (needs `onnx`): expose the hidden state after every
+layer as extra outputs `hidden.{l}`, and cut out the `scr.Realign` op alone.
+
+The hidden state after layer l is the value layer l+1's input RMSNorm reads first (the final
+norm's, after the last layer); the exporter names nodes after their modules, so it is found
+by name, in whatever graph the folder holds, faults included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scredge.deps import require
+from scredge.errors import ScredgeError
+
+
+def hidden_value_names(model) -> list[str]:
+    n_layers = 1 + max((int(n.name.split("/")[2].split(".")[1]) for n in model.graph.node
+                        if n.name.startswith("/model/layers.")), default=-1)
+    names = []
+    for l in range(n_layers):
+        scope = f"/model/layers.{l + 1}/input_layernorm/" if l + 1 < n_layers else "/model/norm/"
+        first = next((n for n in model.graph.node if n.name.startswith(scope)), None)
+        if first is None:
+            raise ScredgeError("cannot find the layer outputs in this graph",
+                               received=f"no node named {scope}*",
+                               expected="a graph exported by scredge (readable node names)",
+                               fix="re-export the artifact with this scredge version")
+        names.append(first.input[0])
+    return names
+
+
+def with_hidden_outputs(onnx_path: Path) -> bytes:
+    """model.onnx with outputs hidden.0 .. hidden.{L-1} ([B,T,D], model dtype) appended."""
+    onnx = require("onnx")
+    model = onnx.load(str(onnx_path))
+    elem = next(i.type.tensor_type.elem_type for i in model.graph.input
+                if i.name.startswith("past_key_values."))
+    for l, value in enumerate(hidden_value_names(model)):
+        model.graph.node.append(onnx.helper.make_node(
+            "Identity", [value], [f"hidden.{l}"], name=f"/parity/hidden.{l}"))
+        model.graph.output.append(onnx.helper.make_tensor_value_info(
+            f"hidden.{l}", elem, ["batch", "sequence", None]))
+    return model.SerializeToString()
+
+
+def realign_alone(onnx_path: Path, kappa: float) -> bytes:
+    """A one-node model: the artifact's own `scr.Realign` function applied to fresh inputs."""
+    onnx = require("onnx")
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if not model.functions:
+        raise ScredgeError("the graph carries no scr.Realign function",
+                           received=str(onnx_path), fix="re-export the artifact")
+    elem = next(i.type.tensor_type.elem_type for i in model.graph.input
+                if i.name.startswith("past_key_values."))
+    f32 = TensorProto.FLOAT
+    ins = [helper.make_tensor_value_info(n, t, None) for n, t in (
+        ("h", elem), ("m_prev", elem), ("num_in", f32), ("den_in", f32), ("w_r", f32),
+        ("b_r", f32), ("w_g", f32), ("b_g", f32))]
+    outs = [helper.make_tensor_value_info(n, t, None)
+            for n, t in (("m", elem), ("num_out", f32), ("den_out", f32))]
+    node = helper.make_node("Realign", [i.name for i in ins], [o.name for o in outs],
+                            domain="scr", kappa=kappa, plugin_namespace="scr",
+                            plugin_version="1")
+    graph = helper.make_graph([node], "realign_alone", ins, outs)
+    single = helper.make_model(graph, opset_imports=list(model.opset_import),
+                               functions=list(model.functions))
+    single.ir_version = model.ir_version
+    return single.SerializeToString()

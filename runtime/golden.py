@@ -1,0 +1,95 @@
+"""The golden file `parity/golden.npz`: what `scredge parity --record` stores (see
+`scredge.export.golden`) and every backend is compared against, torch-free."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scredge.artifact import WEIGHTS_FILE, add_to_manifest, sha256_file
+from scredge.errors import ScredgeError
+
+GOLDEN_FILE = "parity/golden.npz"
+
+
+@dataclass
+class Golden:
+    weights_sha256: str  # of the artifact's model.safetensors: which model this is for
+    config: dict
+    steps_ids: list[np.ndarray]  # per call [B,T] int64: prefill, then decode tokens
+    steps_logits: list[np.ndarray]  # per call [B,T,V]
+    steps_hidden: list[np.ndarray]  # per call [L,B,T,D]: x after each layer
+    final_state: dict[str, np.ndarray]  # present.* / scr_present.* after the last call
+    op_inputs: list[list[np.ndarray]]  # Realign cases: the 8 inputs
+    op_outputs: list[list[np.ndarray]]  # and the reference's 3 outputs
+    kappa: float
+    greedy_prompt: np.ndarray  # [T]
+    greedy_ids: np.ndarray  # [N] the reference's free-running greedy tokens
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {
+            "meta": np.frombuffer(json.dumps({
+                "weights_sha256": self.weights_sha256, "config": self.config,
+                "steps": len(self.steps_ids), "op_cases": len(self.op_inputs),
+                "kappa": self.kappa, "state": sorted(self.final_state)}).encode(), np.uint8),
+            "greedy_prompt": self.greedy_prompt, "greedy_ids": self.greedy_ids,
+        }
+        for k, (ids, lg, hid) in enumerate(zip(self.steps_ids, self.steps_logits,
+                                               self.steps_hidden)):
+            arrays[f"step{k}.ids"], arrays[f"step{k}.logits"] = ids, lg
+            arrays[f"step{k}.hidden"] = hid
+        for name, value in self.final_state.items():
+            arrays[f"state.{name}"] = value
+        for k, (ins, outs) in enumerate(zip(self.op_inputs, self.op_outputs)):
+            for j, a in enumerate(ins):
+                arrays[f"op{k}.in{j}"] = a
+            for j, a in enumerate(outs):
+                arrays[f"op{k}.out{j}"] = a
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".golden-", suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez_compressed(tmp, **arrays)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> Golden:
+        if not path.is_file():
+            raise ScredgeError("no golden reference in the artifact folder",
+                               received=f"{path} is missing",
+                               fix="record one where torch is installed: scredge parity "
+                                   f"{path.parent.parent} --record")
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes())
+            n, ops = meta["steps"], meta["op_cases"]
+            return cls(
+                meta["weights_sha256"], meta["config"],
+                [z[f"step{k}.ids"] for k in range(n)], [z[f"step{k}.logits"] for k in range(n)],
+                [z[f"step{k}.hidden"] for k in range(n)],
+                {name: z[f"state.{name}"] for name in meta["state"]},
+                [[z[f"op{k}.in{j}"] for j in range(8)] for k in range(ops)],
+                [[z[f"op{k}.out{j}"] for j in range(3)] for k in range(ops)],
+                meta["kappa"], z["greedy_prompt"], z["greedy_ids"])
+
+    def check_matches(self, folder: Path) -> None:
+        """Refuse a golden file recorded for other weights."""
+        actual = sha256_file(folder / WEIGHTS_FILE)
+        if actual != self.weights_sha256:
+            raise ScredgeError(
+                "the golden file was recorded for another model",
+                received=f"golden for weights sha256 {self.weights_sha256[:16]}...",
+                expected=f"this folder's weights, sha256 {actual[:16]}...",
+                fix=f"re-record it: scredge parity {folder} --record")
+
+
+def add_golden_to_manifest(folder: Path) -> None:
+    add_to_manifest(folder, [GOLDEN_FILE])

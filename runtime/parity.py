@@ -1,0 +1,202 @@
+"""`scredge parity`: every tier of SCR_SPEC section 5 against the golden file, torch-free,
+with a decode-aware bisect: the first (decode step, layer) where a divergence crosses its
+threshold, and an optional dump of that step's inputs and state for `polygraphy run`.
+
+Tiers: op (the artifact's `Realign` function alone), layer (hidden state after each layer,
+through a copy of the graph that exposes them), logits (the prefill), teacher-forced decode
+(N steps fed the reference's tokens; each backend threads its own state), free-running
+greedy (agreement length over the reference's greedy tokens).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scredge.artifact import ONNX_FILE
+from scredge.deps import require
+from scredge.runtime.cache import empty_state, state_from_outputs
+from scredge.runtime.debug_graph import realign_alone, with_hidden_outputs
+from scredge.runtime.golden import Golden
+from scredge.runtime.loaders import Artifact, ort_providers, session_options
+from scredge.tiers import Thresholds, compare_logits, hidden_metrics
+
+
+@dataclass
+class TierResult:
+    tier: str
+    passed: bool | None  # None: reported, not enforced (e.g. float16 greedy)
+    summary: str
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class ParityResult:
+    backend: str
+    dtype: str
+    tiers: list[TierResult]
+    first_divergence: dict | None  # {"step": k, "layer": l, "tier": ...} or None
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed is not False for t in self.tiers)
+
+    def table(self) -> str:
+        rows = [f"{'tier':<22} {'result':<7} summary"]
+        for t in self.tiers:
+            mark = {True: "PASS", False: "FAIL", None: "report"}[t.passed]
+            rows.append(f"{t.tier:<22} {mark:<7} {t.summary}")
+        if self.first_divergence:
+            d = self.first_divergence
+            rows.append(f"first divergence: step {d['step']} ({d['phase']}), layer {d['layer']}"
+                        f" ({d['tier']})")
+        rows.append(f"overall: {'PASS' if self.passed else 'FAIL'} "
+                    f"({self.backend}, {self.dtype}, {self.seconds:.1f} s)")
+        return "\n".join(rows)
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "dtype": self.dtype, "passed": self.passed,
+                "first_divergence": self.first_divergence, "seconds": self.seconds,
+                "tiers": [asdict(t) for t in self.tiers]}
+
+
+def _session(model_bytes: bytes, device: str):
+    ort = require("onnxruntime")
+    return ort.InferenceSession(model_bytes, session_options(), providers=ort_providers(device))
+
+
+def op_tier(artifact: Artifact, golden: Golden, th: Thresholds, device: str) -> TierResult:
+    session = _session(realign_alone(artifact.folder / ONNX_FILE, golden.kappa), device)
+    x = artifact.kv_dtype
+    worst = 0.0
+    for ins, outs in zip(golden.op_inputs, golden.op_outputs):
+        feed = dict(zip(("h", "m_prev", "num_in", "den_in", "w_r", "b_r", "w_g", "b_g"), ins))
+        feed["h"], feed["m_prev"] = feed["h"].astype(x), feed["m_prev"].astype(x)
+        got = session.run(None, feed)
+        scale = max(1.0, float(np.abs(ins[0]).max()), float(np.abs(ins[1]).max()))
+        m_err = float(np.abs(got[0].astype(np.float32) - outs[0]).max()) / scale
+        carry = max(float(np.abs(g - o).max() / max(1.0, np.abs(o).max()))
+                    for g, o in zip(got[1:], outs[1:]))
+        worst = max(worst, m_err, carry)
+    cases = ", ".join(f"B{a[0].shape[0]} T{a[0].shape[1]}" for a in golden.op_inputs)
+    return TierResult("op (Realign)", worst <= th.op_abs,
+                      f"max err/scale {worst:.3g} (<= {th.op_abs:g}) over {cases}",
+                      {"max_err_over_scale": worst})
+
+
+def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str,
+                 dump: Path | None = None) -> tuple[list[TierResult], dict | None]:
+    """Layer, logits and teacher-forced decode tiers, and the first divergence."""
+    session = _session(with_hidden_outputs(artifact.folder / ONNX_FILE), device)
+    names = [o.name for o in session.get_outputs()]
+    c = artifact.config
+    B = golden.steps_ids[0].shape[0]
+    state = empty_state(c, B, artifact.kv_dtype)
+    start, first, worst_layer = 0, None, (1.0, 0.0)
+    logit_reports = []
+    for k, (ids, ref_logits, ref_hidden) in enumerate(zip(
+            golden.steps_ids, golden.steps_logits, golden.steps_hidden)):
+        T = ids.shape[1]
+        pos = np.tile(np.arange(start, start + T, dtype=np.int64), (B, 1))
+        feed = {"input_ids": ids, "position_ids": pos, **state}
+        out = dict(zip(names, session.run(None, feed)))
+        phase = "prefill" if k == 0 else f"decode {k}"
+        for l in range(c.n_layers):
+            cos, norm = hidden_metrics(ref_hidden[l], out[f"hidden.{l}"])
+            worst_layer = (min(worst_layer[0], cos), max(worst_layer[1], norm))
+            if first is None and (cos < th.layer_cosine or norm > th.layer_norm_tol):
+                first = {"step": k, "phase": phase, "layer": l, "tier": "layer",
+                         "cosine": cos, "norm_ratio_error": norm}
+                if dump is not None:
+                    write_repro(dump, artifact, feed, k, l)
+        report = compare_logits(ref_logits, out["logits"], th.logits)
+        logit_reports.append(report)
+        if first is None and not report.passed:  # logits diverge with every layer in bounds
+            first = {"step": k, "phase": phase, "layer": c.n_layers - 1, "tier": "logits"}
+            if dump is not None:
+                write_repro(dump, artifact, feed, k, c.n_layers - 1)
+        state = state_from_outputs(out)
+        start += T
+    expected = state_from_outputs(golden.final_state)  # same names as `state`
+    state_err = max(float(np.abs(state[n].astype(np.float32) - v).max())
+                    / max(1.0, float(np.abs(v).max())) for n, v in expected.items())
+    layer_ok = worst_layer[0] >= th.layer_cosine and worst_layer[1] <= th.layer_norm_tol
+    tiers = [
+        TierResult("layer", layer_ok,
+                   f"min cosine {worst_layer[0]:.7f} (>= {th.layer_cosine}), max |norm ratio"
+                   f" - 1| {worst_layer[1]:.2g} (<= {th.layer_norm_tol:g}), {c.n_layers} "
+                   f"layers x {len(golden.steps_ids)} calls",
+                   {"min_cosine": worst_layer[0], "max_norm_ratio_error": worst_layer[1]}),
+        TierResult("logits", logit_reports[0].passed, logit_reports[0].summary(),
+                   _report_metrics(logit_reports[0])),
+    ]
+    decode = logit_reports[1:]
+    failed = [k + 1 for k, r in enumerate(decode) if not r.passed]
+    tiers.append(TierResult(
+        "teacher-forced decode", not failed,
+        f"{len(decode)} steps, worst KL {max(r.kl_max for r in decode):.3g}, worst max|diff| "
+        f"{max(r.max_abs for r in decode):.3g}, min top-1 {min(r.top1 for r in decode):.2%}"
+        f", final state rel. err {state_err:.2g}"
+        + (f"; failing steps {failed[:5]}" if failed else ""),
+        {"steps": len(decode), "failing_steps": failed, "final_state_rel_err": state_err,
+         "kl_max": max(r.kl_max for r in decode)}))
+    return tiers, first
+
+
+def _report_metrics(r) -> dict:
+    return {"max_abs": r.max_abs, "kl_max": r.kl_max, "top1": r.top1,
+            "near_ties": r.near_ties, "positions": r.positions}
+
+
+def greedy_tier(runner, golden: Golden, th: Thresholds) -> TierResult:
+    from scredge.runtime.generation import Generator
+
+    n = len(golden.greedy_ids)
+    gen = Generator(runner, max_new_tokens=n)
+    gen.append(golden.greedy_prompt)
+    got = [int(gen.next_token()[0]) for _ in range(n)]
+    agree = next((i for i, (a, b) in enumerate(zip(got, golden.greedy_ids)) if a != b), n)
+    passed = agree == n if th.greedy_identical else None
+    return TierResult("free-running greedy", passed,
+                      f"{agree}/{n} tokens identical to the reference",
+                      {"agreement_length": agree, "tokens": n})
+
+
+def run_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds,
+               device: str = "cpu", dump: Path | None = None) -> ParityResult:
+    t0 = time.perf_counter()
+    golden.check_matches(artifact.folder)
+    tiers = [op_tier(artifact, golden, th, device)]
+    decode, first = decode_tiers(artifact, golden, th, device, dump)
+    tiers += decode
+    tiers.append(greedy_tier(runner, golden, th))
+    return ParityResult(runner.backend, artifact.dtype, tiers, first,
+                        time.perf_counter() - t0)
+
+
+def write_repro(folder: Path, artifact: Artifact, feed: dict, step: int, layer: int) -> None:
+    """The inputs and state of the failing call, for `polygraphy run --load-inputs`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "inputs.npz", **feed)
+    try:
+        from polygraphy.json import save_json
+    except ImportError:
+        save_json = None
+    if save_json is not None:
+        save_json([{k: np.asarray(v) for k, v in feed.items()}], str(folder / "inputs.json"))
+    model = artifact.folder / ONNX_FILE
+    (folder / "README.txt").write_text(
+        f"scredge parity: first divergence at call {step} (0 = prefill), layer {layer}.\n"
+        f"inputs.npz / inputs.json: that call's inputs, KV and SCR state included.\n\n"
+        f"Replay on any box (onnxruntime only):\n"
+        f"  polygraphy run {model} --onnxrt --load-inputs inputs.json --save-outputs ort.json\n"
+        f"Compare onnxruntime and TensorRT (a box with TensorRT and the plugin):\n"
+        f"  polygraphy run {model} --onnxrt --trt --plugins libscr_realign_plugin.so \\\n"
+        f"      --onnx-flags enable_plugin_override --load-inputs inputs.json \\\n"
+        f"      --atol 1e-3 --rtol 1e-3 --check-error-stat median\n"
+        + ("" if save_json else "(polygraphy was not installed: only inputs.npz was written;"
+           " pip install polygraphy for inputs.json)\n"))

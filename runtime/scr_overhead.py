@@ -1,0 +1,61 @@
+"""The SCR overhead figure: the same weights with and without SCR layers
+(`scr_layers = []`, every other tensor identical), each benchmarked in its own process so
+peak memory is that model's alone. Needs torch to export the SCR-free twin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from scredge.deps import require
+
+
+def _twin_without_scr(folder: Path, out: Path) -> Path:
+    require("torch")
+    from scredge.export.pipeline import export_artifact
+    from scredge.ref import load_checkpoint
+    from scredge.ref.model import SCRForCausalLM
+    from scredge.runtime.loaders import open_artifact
+
+    artifact = open_artifact(folder)
+    model = load_checkpoint(folder / "model.safetensors", artifact.config)
+    plain = SCRForCausalLM(artifact.config.with_(scr_layers=()))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".scr." not in k})
+    return export_artifact(plain.eval(), out, dtype=artifact.dtype,
+                           source={"kind": "scr-overhead twin", "of": str(folder)})
+
+
+def _bench_in_child(folder: Path, args) -> dict:
+    cmd = [sys.executable, "-m", "scredge", "bench", str(folder), "--json",
+           "--device", args.device, "--prompt-len", str(args.prompt_len),
+           "--gen-len", str(args.gen_len), "--batch", str(args.batch),
+           "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def scr_overhead(folder: Path, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="scredge-noscr-") as tmp:
+        twin = _twin_without_scr(Path(folder), Path(tmp) / "no-scr")
+        with_scr = _bench_in_child(Path(folder), args)
+        without = _bench_in_child(twin, args)
+    ratio = {
+        "decode_latency": without["decode_tokens_per_s"] / with_scr["decode_tokens_per_s"],
+        "ttft": with_scr["ttft_s"] / without["ttft_s"],
+        "peak_rss": with_scr["peak_rss_mib"] / without["peak_rss_mib"],
+    }
+    lines = [
+        "SCR overhead (same weights, scr_layers = [] for the baseline, separate processes):",
+        f"  decode  {with_scr['decode_tokens_per_s']:8.1f} tok/s with SCR, "
+        f"{without['decode_tokens_per_s']:8.1f} without -> latency x{ratio['decode_latency']:.3f}",
+        f"  TTFT    {with_scr['ttft_s'] * 1e3:8.2f} ms with SCR, {without['ttft_s'] * 1e3:8.2f} ms "
+        f"without -> x{ratio['ttft']:.3f}",
+        f"  peak RSS {with_scr['peak_rss_mib']:7.1f} MiB with SCR, {without['peak_rss_mib']:7.1f}"
+        f" MiB without -> x{ratio['peak_rss']:.3f}",
+    ]
+    return {"with_scr": with_scr, "without_scr": without, "ratios": ratio, "lines": lines}
