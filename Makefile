@@ -19,11 +19,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test: venv
-	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks
+	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks tools
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks
+	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks tools
 
 engine: venv
 	@echo "== [1/3] export the tiny model to artifacts/tiny, verified against the reference"

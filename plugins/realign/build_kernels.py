@@ -1,0 +1,172 @@
+"""Build realign_kernel.cu into one fatbin that the Python plugin launches by name.
+
+A fatbin holds machine code for every GPU family we target plus PTX of the newest,
+so one file serves a data-centre GPU, a workstation and (built with JetPack's own
+nvcc) a Jetson. The installed nvcc decides what it can build: CUDA 13 dropped
+sm_72 (Xavier), so that arch is skipped here with the reason logged; JetPack 5/6's
+nvcc still has it, and the CMake build of the C++ plugin handles Jetson builds.
+
+    python -m scredge.plugins.realign.build_kernels [--out PATH] [--arch 87 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from scredge.errors import ScredgeError
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("realign_kernel.cu")
+HEADER = Path(__file__).with_name("realign_kernel.h")
+ENV_VAR = "SCREDGE_REALIGN_FATBIN"
+BUILD_COMMAND = "python -m scredge.plugins.realign.build_kernels"
+# Jetson Xavier, Jetson Orin; A100, RTX 30xx/A10, RTX 40xx/L4, H100/H200; RTX 50xx/Blackwell.
+REQUESTED_ARCHS = ("72", "87", "80", "86", "89", "90", "120")
+# --threads 0: one nvcc thread per arch. No --use_fast_math: the spec's tanh/exp stay accurate.
+NVCC_FLAGS = ("-O3", "-std=c++17", "--threads", "0")
+
+
+def fatbin_path() -> Path:
+    """Where the plugin looks for the fatbin: $SCREDGE_REALIGN_FATBIN, else build/ here."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else Path(__file__).with_name("build") / "realign_kernel.fatbin"
+
+
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else under $CUDA_HOME / $CUDA_PATH / /usr/local/cuda."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "bin" / "nvcc").is_file():
+            return str(Path(root) / "bin" / "nvcc")
+    return None
+
+
+def _require_nvcc() -> str:
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise ScredgeError("nvcc (the CUDA compiler) not found", received="no nvcc on PATH",
+                           expected="a CUDA toolkit, 11.8 or newer",
+                           fix="install the CUDA toolkit (JetPack has it) or set CUDA_HOME")
+    return nvcc
+
+
+def nvcc_version(nvcc: str) -> str:
+    """'13.0' from `nvcc --version` ('unknown' if it does not say)."""
+    text = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"release (\d+\.\d+)", text)
+    return match.group(1) if match else "unknown"
+
+
+def nvcc_archs(nvcc: str) -> set[str] | None:
+    """The sm_XX numbers this nvcc can generate code for, or None if it cannot list them."""
+    done = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    return set(re.findall(r"\bsm_(\d+)\b", done.stdout))
+
+
+def select_archs(archs=None, nvcc: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """Split the requested archs into (buildable, {skipped arch: reason}) for this nvcc."""
+    nvcc = nvcc or _require_nvcc()
+    requested = [str(a).removeprefix("sm_") for a in (archs or REQUESTED_ARCHS)]
+    known = nvcc_archs(nvcc)
+    if known is None:  # an nvcc too old to list them: let it decide
+        return sorted(set(requested), key=int), {}
+    version = nvcc_version(nvcc)
+    skipped = {
+        a: f"nvcc {version} cannot generate sm_{a} (not in `nvcc --list-gpu-code`); "
+           f"build it with a CUDA toolkit that still has it (JetPack's nvcc for sm_72)"
+        for a in requested if a not in known
+    }
+    return sorted({a for a in requested if a in known}, key=int), skipped
+
+
+def gencode_flags(archs: list[str]) -> list[str]:
+    """SASS for every arch plus PTX of the newest, which newer GPUs JIT-compile."""
+    newest = max(archs, key=int)
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return [*flags, f"-gencode=arch=compute_{newest},code=compute_{newest}"]
+
+
+def _compile(kind: list[str], out: Path, archs) -> Path:
+    nvcc = _require_nvcc()
+    build, skipped = select_archs(archs, nvcc)
+    for arch, why in skipped.items():
+        log.warning("skipping sm_%s: %s", arch, why)
+    if not build:
+        raise ScredgeError("none of the requested GPU archs can be built by this nvcc",
+                           received=sorted(skipped), expected=f"some of {nvcc_archs(nvcc)}",
+                           fix="pass --arch with an arch listed by `nvcc --list-gpu-code`")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder: os.replace is atomic
+    cmd = [nvcc, *kind, *NVCC_FLAGS, *gencode_flags(build), "-o", str(tmp), str(SOURCE)]
+    log.info("building sm_%s: %s", ",".join(build), " ".join(cmd))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ScredgeError("nvcc failed to build the Realign kernels",
+                               received=(done.stderr or done.stdout)[-2000:],
+                               expected="a clean compile", fix=" ".join(cmd))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def build_fatbin(out: Path, archs=None) -> Path:
+    """Compile the kernels into `out` (written whole or not at all); skipped archs are logged."""
+    return _compile(["-fatbin"], out, archs)
+
+
+def build_launcher_library(out: Path, archs=None) -> Path:
+    """A shared library exporting scr_realign_enqueue (the C launcher), for ctypes checks."""
+    return _compile(["-shared", "-Xcompiler", "-fPIC"], out, archs)
+
+
+def require_fatbin() -> Path:
+    """The fatbin's path, or a ScredgeError that says how to build it."""
+    path = fatbin_path()
+    fix = f"{BUILD_COMMAND} --out {path}"
+    if not path.is_file():
+        raise ScredgeError("Realign kernel fatbin not found", received=str(path),
+                           expected=f"a fatbin built from {SOURCE.name} (or ${ENV_VAR} set to one)",
+                           fix=fix)
+    if ENV_VAR not in os.environ:  # a stale default build would launch kernels that changed
+        newest_source = max(SOURCE.stat().st_mtime, HEADER.stat().st_mtime)
+        if path.stat().st_mtime < newest_source:
+            raise ScredgeError("Realign kernel fatbin is older than its source", received=str(path),
+                               expected=f"built after the last change to {SOURCE.name}", fix=fix)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=BUILD_COMMAND, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"fatbin to write (default: ${ENV_VAR} or {fatbin_path()})")
+    parser.add_argument("--arch", action="append", default=None,
+                        help=f"GPU arch, repeatable (default: {' '.join(REQUESTED_ARCHS)})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        build, skipped = select_archs(args.arch)
+        out = build_fatbin(args.out or fatbin_path(), args.arch)
+    except ScredgeError as err:
+        print(f"error: {err}")
+        return 1
+    print(f"wrote {out}: sm_{' sm_'.join(build)} + PTX compute_{max(build, key=int)}"
+          + (f"; skipped sm_{' sm_'.join(skipped)} (see the warnings above)" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,465 @@
+"""Check the fused Realign kernel on a real GPU: correctness, then speed.
+
+Correctness: the kernel runs two ways, (a) through the C launcher
+`scr_realign_enqueue` (nvcc-built shared library, ctypes) and (b) launch by launch
+from `launch_plan.plan` out of the fatbin (cuda-python's driver API, else CuPy's),
+as the Python TensorRT plugin does. Both are compared with a float64 oracle of
+SCR_SPEC section 2 at the spec's op-tier tolerances (float32: max abs err <= 1e-5 x
+scale, float16: <= 2e-3 x scale, scale = max(1, max|h|, max|m_prev|)).
+
+Speed: median CUDA-event time of the kernel against the same op as decomposed
+PyTorch ops (`scredge.ref.realign_reference`, and torch.compile of it), on the same
+GPU, with effective bandwidth (bytes the op must read and write / time) against
+the GPU's peak and a measured device copy.
+
+    python tools/gpu_check_kernel.py [--quick] [--no-timing] [--no-compile] [--json PATH]
+
+Needs torch with CUDA, nvcc, and cuda-python or CuPy. No TensorRT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = {"float32": 1e-5, "float16": 2e-3}  # SCR_SPEC section 5, op tier, x scale
+CARRY_TOL = 1e-5  # num_out/den_out are float32 sums whatever X is: x their sum of |terms|
+KAPPA = 8.0
+FULL_T = (1, 7, 255, 256, 257, 5000, 100_000)
+FULL_D = (1, 33, 128, 512)
+QUICK_T = (1, 257, 5000)
+QUICK_D = (1, 33, 128)
+TIMING_SHAPES = ((1, 1, 512), (8, 1, 4096), (1, 4096, 512), (4, 4096, 4096), (1, 100_000, 512))
+COMPILE_SHAPES = ((1, 4096, 512), (4, 4096, 4096))
+DEVICE = "cuda"  # "cpu" lets the comparison code be dry-run against the host emulation
+
+
+def load_scredge():
+    """(build_kernels, launch_plan, realign_reference) from this checkout, installed or not."""
+    try:
+        import scredge
+
+        installed_here = Path(scredge.__file__).resolve().parent == REPO / "core"
+    except ImportError:
+        installed_here = False
+    if not installed_here:  # map the source folders the way pyproject's package-dir does
+        for name in [m for m in sys.modules if m == "scredge" or m.startswith("scredge.")]:
+            del sys.modules[name]
+        for name, folder in (("scredge", "core"), ("scredge.plugins", "plugins"),
+                             ("scredge.ref", "scr_ref")):
+            path = REPO / folder
+            spec = importlib.util.spec_from_file_location(
+                name, path / "__init__.py", submodule_search_locations=[str(path)])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+    from scredge.plugins.realign import build_kernels, launch_plan
+    from scredge.ref.realign_op import realign_reference
+
+    return build_kernels, launch_plan, realign_reference
+
+
+def load_test_oracle():
+    """tests/oracles.py: the token-by-token float64 spec oracle (NumPy)."""
+    spec = importlib.util.spec_from_file_location("oracles", REPO / "tests" / "oracles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- the oracle, the inputs, the comparison ----
+
+def oracle_f64(h, m_prev, num_in, den_in, w_r, b_r, w_g, b_g, kappa=KAPPA):
+    """SCR_SPEC section 2 in float64 on the GPU, vectorised with prefix sums.
+
+    Returns (m, num_out, den_out, num_abs): num_abs = |num_in| + sum_j e_j |h_j|, the size
+    of the terms behind num_out, which sets how exact a float32 sum of them can be.
+    """
+    import torch
+
+    f64 = torch.float64
+    h64, mp64 = h.to(f64), m_prev.to(f64)  # [B,T,D]
+    r = kappa * torch.tanh((h64 @ w_r.to(f64) + b_r.to(f64)) / kappa)  # [B,T]
+    e = torch.exp(r - kappa)  # [B,T]
+    num = num_in.to(f64).unsqueeze(1) + torch.cumsum(e.unsqueeze(-1) * h64, dim=1)  # [B,T,D]
+    den = den_in.to(f64).unsqueeze(1) + torch.cumsum(e, dim=1).unsqueeze(-1)  # [B,T,1]
+    beta = torch.sigmoid(h64 @ w_g.to(f64) + b_g.to(f64)).unsqueeze(-1)  # [B,T,1]
+    m = (1 - beta) * mp64 + beta * (num / den)  # [B,T,D]
+    num_abs = num_in.to(f64).abs() + (e.unsqueeze(-1) * h64.abs()).sum(dim=1)  # [B,D]
+    return m, num[:, -1], den[:, -1], num_abs
+
+
+def make_inputs(B, T, D, dtype, carry, h_max, seed):
+    """Inputs drawn like tests/oracles.random_inputs; h rescaled to max|h| = h_max if given."""
+    import torch
+
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = getattr(torch, dtype)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=DEVICE, dtype=torch.float32)
+
+    h = randn(B, T, D)
+    if h_max is not None:
+        h = h / h.abs().max() * h_max
+    m_prev = randn(B, T, D)
+    num_in = randn(B, D) if carry else torch.zeros(B, D, device=DEVICE)
+    den_in = (torch.rand(B, 1, generator=gen, device=DEVICE) * 1.5 + 0.5 if carry
+              else torch.zeros(B, 1, device=DEVICE))
+    w_r, w_g = randn(D) * 0.3, randn(D) * 0.3
+    b_r, b_g = randn(1), randn(1)
+    return [h.to(x), m_prev.to(x), num_in, den_in, w_r, b_r, w_g, b_g]
+
+
+@dataclass
+class CaseResult:
+    path: str
+    dtype: str
+    B: int
+    T: int
+    D: int
+    carry: bool
+    h_max: float | None
+    err_m: float  # max abs err / scale
+    err_num: float  # max abs err / max(1, num_abs)
+    err_den: float
+    finite: bool
+    ok: bool
+
+
+def compare(path, dtype, ins, outs, carry, h_max) -> CaseResult:
+    import torch
+
+    h, m_prev = ins[0], ins[1]
+    B, T, D = h.shape
+    ref_m, ref_num, ref_den, num_abs = oracle_f64(*ins)
+    m, num, den = outs
+    scale = max(1.0, h.abs().max().item(), m_prev.abs().max().item())
+    err_m = (m.double() - ref_m).abs().max().item() / scale
+    err_num = ((num.double() - ref_num).abs() / num_abs.clamp(min=1.0)).max().item()
+    err_den = ((den.double() - ref_den).abs() / ref_den.abs().clamp(min=1.0)).max().item()
+    finite = bool(torch.isfinite(m).all().item() and torch.isfinite(num).all().item()
+                  and torch.isfinite(den).all().item())
+    ok = finite and err_m <= TOL[dtype] and err_num <= CARRY_TOL and err_den <= CARRY_TOL
+    return CaseResult(path, dtype, B, T, D, carry, h_max, err_m, err_num, err_den, finite, ok)
+
+
+# ---- the two ways of running the kernel ----
+
+class CLauncher:
+    """scr_realign_enqueue from the nvcc-built shared library, through ctypes."""
+
+    def __init__(self, library: Path):
+        self.lib = ctypes.CDLL(str(library))
+        self.lib.scr_realign_workspace_bytes.restype = ctypes.c_size_t
+        self.lib.scr_realign_workspace_bytes.argtypes = [ctypes.c_int] * 3
+        self.lib.scr_realign_enqueue.restype = ctypes.c_int
+        self.lib.scr_realign_enqueue.argtypes = (
+            [ctypes.c_int] + [ctypes.c_void_p] * 11 + [ctypes.c_int] * 3
+            + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p])
+
+    def __call__(self, dtype, ins, outs, workspace, stream, kappa=KAPPA) -> None:
+        B, T, D = ins[0].shape
+        ptrs = [t.data_ptr() for t in (*ins, *outs)]
+        status = self.lib.scr_realign_enqueue(0 if dtype == "float32" else 1, *ptrs, B, T, D,
+                                              kappa, workspace, stream)
+        if status != 0:
+            raise RuntimeError(f"scr_realign_enqueue returned cudaError {status}")
+
+
+class PlanLauncher:
+    """The fatbin's kernels launched by name from launch_plan, as the Python plugin does."""
+
+    def __init__(self, fatbin: Path, launch_plan):
+        import torch
+
+        torch.zeros(1, device="cuda")  # makes the primary context current: the module loads there
+        self.plan = launch_plan.plan
+        self.keys = launch_plan.PTR_KEYS
+        try:
+            from cuda.bindings import driver as cu
+        except ImportError:
+            try:
+                from cuda import cuda as cu  # cuda-python < 12.6
+            except ImportError:
+                cu = None
+        self.backend = "cuda-python" if cu is not None else "cupy"
+        if cu is not None:
+            self._check(cu.cuInit(0)[0], cu)
+            err, self.module = cu.cuModuleLoad(str(fatbin).encode())
+            self._check(err, cu)
+            self.functions = {}
+            for name in launch_plan.kernel_names():
+                err, func = cu.cuModuleGetFunction(self.module, name.encode())
+                self._check(err, cu)
+                self.functions[name] = func
+
+            def launch(func, grid, block, shared, stream, params):
+                (err,) = cu.cuLaunchKernel(func, *grid, *block, shared, cu.CUstream(stream),
+                                           params, 0)
+                self._check(err, cu)
+        else:
+            from cupy.cuda import driver
+
+            self.module = driver.moduleLoad(str(fatbin))
+            self.functions = {name: driver.moduleGetFunction(self.module, name)
+                              for name in launch_plan.kernel_names()}
+
+            def launch(func, grid, block, shared, stream, params):
+                driver.launchKernel(func, *grid, *block, shared, stream, params, 0)
+        self._launch = launch
+
+    @staticmethod
+    def _check(err, cu) -> None:
+        if err != cu.CUresult.CUDA_SUCCESS:
+            raise RuntimeError(f"CUDA driver call failed: {err}")
+
+    def __call__(self, dtype, ins, outs, workspace, stream, kappa=KAPPA) -> None:
+        B, T, D = ins[0].shape
+        ptrs = dict(zip(self.keys, (t.data_ptr() for t in (*ins, *outs))))
+        kinds = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "f32": ctypes.c_float}
+        for launch in self.plan(dtype, ptrs, B, T, D, kappa, workspace):
+            values = [kinds[kind](value) for kind, value in launch.args]
+            params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+            self._launch(self.functions[launch.name], launch.grid, launch.block,
+                         launch.shared_bytes, stream, ctypes.addressof(params))
+
+
+def empty_outputs(ins):
+    import torch
+
+    h = ins[0]
+    B, _, D = h.shape
+    nan = float("nan")  # a kernel that skips an element leaves NaN, which the check catches
+    return [torch.full_like(h, nan), torch.full((B, D), nan, device=DEVICE),
+            torch.full((B, 1), nan, device=DEVICE)]
+
+
+def run_case(runner, launch_plan, path, dtype, B, T, D, carry, h_max, seed) -> CaseResult:
+    import torch
+
+    ins = make_inputs(B, T, D, dtype, carry, h_max, seed)
+    outs = empty_outputs(ins)
+    ws = torch.empty(max(1, launch_plan.workspace_bytes(B, T, D)), dtype=torch.uint8, device=DEVICE)
+    stream = torch.cuda.current_stream().cuda_stream if DEVICE == "cuda" else 0
+    runner(dtype, ins, outs, ws.data_ptr(), stream)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return compare(path, dtype, ins, outs, carry, h_max)
+
+
+def correctness_cases(quick: bool):
+    """(dtype, B, T, D, carry, h_max): every T and D, B cycling 1..4, carries and |h| = 6e4
+    alternating."""
+    cases, i = [], 0
+    for dtype in ("float32", "float16"):
+        for T in QUICK_T if quick else FULL_T:
+            for D in QUICK_D if quick else FULL_D:
+                cases.append((dtype, 1 + i % 4, T, D, i % 2 == 0, 6e4 if i % 3 == 0 else None))
+                i += 1
+    return cases
+
+
+def build(workdir: Path, build_kernels):
+    fatbin = build_kernels.build_fatbin(workdir / "realign_kernel.fatbin")
+    library = build_kernels.build_launcher_library(workdir / "libscr_realign_kernel.so")
+    return fatbin, library
+
+
+def check_oracles_agree() -> float:
+    """The vectorised float64 oracle against tests/oracles.py's token-by-token one."""
+    import numpy as np
+    import torch
+
+    oracles = load_test_oracle()
+    ins = oracles.random_inputs(np.random.default_rng(0), 2, 37, 9)
+    ref = oracles.realign_spec_f64(*ins, kappa=KAPPA)
+    ours = oracle_f64(*[torch.from_numpy(a).cuda() for a in ins])[:3]
+    return max(float(np.abs(a - b.cpu().numpy()).max()) for a, b in zip(ref, ours))
+
+
+def run_correctness(quick: bool = False, workdir: Path | None = None) -> list[CaseResult]:
+    """Build, then run every case through both launchers. Importable by pytest."""
+    build_kernels, launch_plan, _ = load_scredge()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="scr_realign_"))
+    fatbin, library = build(workdir, build_kernels)
+    runners = {"c-launcher": CLauncher(library), "plan+fatbin": PlanLauncher(fatbin, launch_plan)}
+    results = []
+    for seed, (dtype, B, T, D, carry, h_max) in enumerate(correctness_cases(quick)):
+        for path, runner in runners.items():
+            results.append(run_case(runner, launch_plan, path, dtype, B, T, D, carry, h_max, seed))
+    return results
+
+
+# ---- timing ----
+
+def median_ms(fn, warmup=5, iters=30) -> float:
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def peak_bandwidth_gbs() -> float | None:
+    """Theoretical DRAM bandwidth from the memory clock and bus width, if the GPU reports them."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    clock_khz = getattr(props, "memory_clock_rate", None)
+    bus_bits = getattr(props, "memory_bus_width", None)
+    if not (clock_khz and bus_bits):
+        try:
+            from cupy.cuda import runtime
+
+            clock_khz = runtime.deviceGetAttribute(36, 0)  # cudaDevAttrMemoryClockRate
+            bus_bits = runtime.deviceGetAttribute(37, 0)  # cudaDevAttrGlobalMemoryBusWidth
+        except (ImportError, RuntimeError):
+            return None
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else None
+
+
+def copy_bandwidth_gbs() -> float:
+    """What a plain device-to-device copy of 1 GiB reaches (read + write)."""
+    import torch
+
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), warmup=3, iters=10)
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+def op_bytes(B, T, D, dtype) -> int:
+    """Bytes the op must move at least: read h, m_prev, carries, weights; write m, carries."""
+    x = 4 if dtype == "float32" else 2
+    return 3 * B * T * D * x + 2 * (B * D + B) * 4 + (2 * D + 2) * 4
+
+
+def time_shape(kernel, launch_plan, realign_reference, dtype, B, T, D, with_compile) -> list[dict]:
+    """Median times of the kernel, the decomposed torch op and (optionally) torch.compile of it."""
+    import torch
+
+    ins = make_inputs(B, T, D, dtype, True, None, 0)
+    outs = empty_outputs(ins)
+    ws = torch.empty(max(1, launch_plan.workspace_bytes(B, T, D)), dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    impls = {
+        "kernel": lambda: kernel(dtype, ins, outs, ws.data_ptr(), stream),
+        "torch": lambda: realign_reference(*ins, KAPPA),
+    }
+    if with_compile and (B, T, D) in COMPILE_SHAPES:
+        try:
+            compiled = torch.compile(realign_reference, dynamic=False)
+            compiled(*ins, KAPPA)
+            impls["torch.compile"] = lambda: compiled(*ins, KAPPA)
+        except Exception as err:  # report a compiler failure, keep timing the rest
+            print(f"  torch.compile failed for {dtype} {(B, T, D)}: {err!r}")
+    return [{"dtype": dtype, "B": B, "T": T, "D": D, "impl": impl, "ms": (ms := median_ms(fn)),
+             "GBps": op_bytes(B, T, D, dtype) / (ms * 1e-3) / 1e9} for impl, fn in impls.items()]
+
+
+def run_timing(workdir: Path, with_compile: bool) -> list[dict]:
+    import torch
+
+    build_kernels, launch_plan, realign_reference = load_scredge()
+    library = workdir / "libscr_realign_kernel.so"
+    if not library.exists():
+        build(workdir, build_kernels)
+    kernel = CLauncher(library)
+    rows = []
+    for dtype in ("float16", "float32"):
+        for B, T, D in TIMING_SHAPES:
+            rows += time_shape(kernel, launch_plan, realign_reference, dtype, B, T, D, with_compile)
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ---- report ----
+
+def print_correctness(results: list[CaseResult], seconds: float) -> None:
+    failed = [r for r in results if not r.ok]
+    print(f"\ncorrectness: {len(results) - len(failed)}/{len(results)} cases pass "
+          f"({seconds:.0f} s; tolerance x scale: float32 {TOL['float32']:g}, "
+          f"float16 {TOL['float16']:g})")
+    for dtype in ("float32", "float16"):
+        for path in ("c-launcher", "plan+fatbin"):
+            mine = [r for r in results if r.dtype == dtype and r.path == path]
+            if mine:
+                keys = ("err_m", "err_num", "err_den")
+                worst = [max(getattr(r, key) for r in mine) for key in keys]
+                print(f"  {dtype:8s} {path:12s} worst err m {worst[0]:.2e}, num {worst[1]:.2e}, "
+                      f"den {worst[2]:.2e}")
+    for r in failed:
+        print(f"  FAIL {r}")
+
+
+def print_timing(rows: list[dict], peak: float | None, copy: float) -> None:
+    print(f"\ntiming: median of 30 CUDA-event timings; GB/s = bytes the op must move / time; "
+          f"device copy {copy:.0f} GB/s" + (f", peak {peak:.0f} GB/s" if peak else ""))
+    print(f"  {'dtype':8s} {'B':>2s} {'T':>7s} {'D':>5s} {'impl':14s} {'ms':>9s} {'GB/s':>7s} "
+          f"{'%copy':>6s} {'vs torch':>8s}")
+    torch_ms = {(r["dtype"], r["B"], r["T"], r["D"]): r["ms"] for r in rows if r["impl"] == "torch"}
+    for r in rows:
+        speedup = torch_ms[(r["dtype"], r["B"], r["T"], r["D"])] / r["ms"]
+        print(f"  {r['dtype']:8s} {r['B']:2d} {r['T']:7d} {r['D']:5d} {r['impl']:14s} "
+              f"{r['ms']:9.4f} {r['GBps']:7.0f} {100 * r['GBps'] / copy:5.0f}% {speedup:7.2f}x")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer shapes (the pytest subset)")
+    parser.add_argument("--no-timing", action="store_true", help="correctness only")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to build (default: temp)")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA device visible to torch: nothing to check")
+        return 2
+    props = torch.cuda.get_device_properties(0)
+    print(f"GPU: {props.name}, sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
+          f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scr_realign_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"float64 oracles agree (vectorised vs tests/oracles.py): "
+          f"max diff {check_oracles_agree():.1e}")
+
+    t0 = time.perf_counter()
+    results = run_correctness(args.quick, workdir)
+    print_correctness(results, time.perf_counter() - t0)
+    timing = []
+    if not args.no_timing:
+        peak, copy = peak_bandwidth_gbs(), copy_bandwidth_gbs()
+        timing = run_timing(workdir, not args.no_compile)
+        print_timing(timing, peak, copy)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "gpu": props.name, "sm": f"{props.major}{props.minor}",
+            "correctness": [asdict(r) for r in results], "timing": timing}, indent=1))
+    ok = all(r.ok for r in results)
+    print(f"\nGPU KERNEL CHECK {'PASSED' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
