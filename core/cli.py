@@ -162,12 +162,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from scredge.runtime.build import build_ort
     from scredge.runtime.loaders import open_artifact
+    from scredge.runtime.trt_build import pick_backend
 
-    artifact = open_artifact(args.folder)
-    path, _ = build_ort(artifact, device=args.device, log=lambda s: print(s, flush=True))
-    print(f"wrote {path} (onnxruntime-optimised graph, listed in manifest.json)")
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    backend = pick_backend(args.backend)
+    trt_only = {"--no-plugin": args.no_plugin, "--max-prefill": args.max_prefill,
+                "--max-context": args.max_context, "--timing-cache": args.timing_cache}
+    if backend == "ort":
+        given = [k for k, v in trt_only.items() if v not in (None, False)]
+        if given:
+            raise ScredgeError("these options are for TensorRT builds", received=given,
+                               expected=f"--backend tensorrt or tensorrt_rtx "
+                                        f"(--backend {args.backend} chose ort)")
+        from scredge.runtime.build import build_ort
+
+        path, _ = build_ort(open_artifact(args.folder), device=args.device, log=log)
+        print(f"wrote {path} (onnxruntime-optimised graph, listed in manifest.json)")
+        return 0
+    from scredge.runtime.trt_build import build_trt
+
+    path, entry = build_trt(open_artifact(args.folder), backend, no_plugin=args.no_plugin,
+                            max_batch=args.max_batch, max_prefill=args.max_prefill,
+                            max_context=args.max_context, timing_cache=args.timing_cache,
+                            log=log)
+    print(f"wrote {path} ({entry['backend']} {entry['tensorrt']}, {entry['plugin_mode']} mode,"
+          f" listed in manifest.json)")
     return 0
 
 
@@ -194,9 +216,9 @@ def cmd_parity(args: argparse.Namespace) -> int:
         golden = record_golden(artifact)
     else:
         golden = Golden.load(args.folder / GOLDEN_FILE)
-    if args.backend == "trt":
-        raise ScredgeError("parity on TensorRT needs the TensorRT runner, not in this version",
-                           received="--backend trt", expected="--backend ort")
+    if args.backend == "trt" and args.dump is not None:
+        raise ScredgeError("--dump replays a call in onnxruntime: it needs --backend ort",
+                           received="--backend trt --dump", expected="--backend ort --dump DIR")
     th = tier_thresholds(args.dtype or artifact.dtype)
     th = replace(th, **{k: v for k, v in (("op_abs", args.op_tol),
                                           ("layer_cosine", args.cosine),
@@ -207,8 +229,14 @@ def cmd_parity(args: argparse.Namespace) -> int:
                                         max_abs=args.max_abs if args.max_abs is not None
                                         else lt.max_abs,
                                         top1=args.top1 if args.top1 is not None else lt.top1))
-    runner = load_ort(artifact, device=args.device)
-    result = run_parity(artifact, golden, runner, th, device=runner.device, dump=args.dump)
+    if args.backend == "trt":
+        from scredge.runtime.parity_runner import runner_parity
+        from scredge.runtime.trt_loader import load_trt_runner
+
+        result = runner_parity(artifact, golden, load_trt_runner(artifact), th)
+    else:
+        runner = load_ort(artifact, device=args.device)
+        result = run_parity(artifact, golden, runner, th, device=runner.device, dump=args.dump)
     print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
     return 0 if result.passed else 1
 
@@ -218,9 +246,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from scredge.runtime import bench as b
     from scredge.runtime.loaders import load_ort, open_artifact
 
-    if args.backend == "trt":
-        raise ScredgeError("bench on TensorRT needs the TensorRT runner, not in this version",
-                           received="--backend trt", expected="--backend ort")
     for name in ("prompt_len", "gen_len", "batch", "repeat"):
         if getattr(args, name) < 1:
             raise ScredgeError(f"--{name.replace('_', '-')} must be >= 1",
@@ -232,7 +257,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2) if args.json else "\n".join(report["lines"]))
         return 0
     artifact = open_artifact(args.folder)
-    runner = load_ort(artifact, device=args.device, threads=args.threads)
+    if args.backend == "trt":
+        from scredge.runtime.trt_loader import load_trt_runner
+
+        runner = load_trt_runner(artifact)
+    else:
+        runner = load_ort(artifact, device=args.device, threads=args.threads)
     settings = dict(gen_len=args.gen_len, batch=args.batch, warmup=args.warmup,
                     repeat=args.repeat)
     result = b.bench(runner, prompt_len=args.prompt_len, **settings)
@@ -329,10 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build the best engine for this machine into the folder")
     p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
-    p.add_argument("--backend", default="ort", choices=["ort"],
-                   help="ort: save the onnxruntime-optimised graph (default)")
+    p.add_argument("--backend", default="auto",
+                   choices=["auto", "ort", "tensorrt", "tensorrt_rtx"],
+                   help="auto (default): TensorRT when tensorrt or tensorrt_rtx imports and a "
+                        "GPU is present, else ort; ort: save the onnxruntime-optimised graph; "
+                        "tensorrt / tensorrt_rtx: build a TensorRT engine")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default)")
+                   help="ort only. auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
+    p.add_argument("--no-plugin", action="store_true",
+                   help="TensorRT: run Realign as standard layers instead of the plugin")
+    p.add_argument("--max-batch", type=int, default=4, help="TensorRT: largest batch (default 4)")
+    p.add_argument("--max-prefill", type=int,
+                   help="TensorRT: longest prompt in one call (default 512, or --max-context "
+                        "when smaller)")
+    p.add_argument("--max-context", type=int,
+                   help="TensorRT, models with window = null only: most tokens a sequence "
+                        "may reach (required there)")
+    p.add_argument("--timing-cache", type=Path, metavar="PATH",
+                   help="TensorRT: timing cache file (default ~/.cache/scredge/timing/"
+                        "<backend>-<version>-<gpu>.cache, or under $SCREDGE_CACHE_DIR)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("parity", help="check a backend against the reference, tier by tier")

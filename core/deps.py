@@ -22,6 +22,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "onnxscript": ("export", "the ONNX export of the Realign op"),
     "onnxruntime": ("ort", "running ONNX artifacts"),
     "tensorrt": ("trt", "building and running TensorRT engines"),
+    "polygraphy": ("trt", "building TensorRT engines (`scredge build --backend tensorrt`)"),
     "transformers": ("dev", "the Hugging Face oracle in tests and --from-llama"),
     "matplotlib": ("plot", "the latency plot of `scredge bench --sweep --plot`"),
     "cuda": ("gpu", "launching the Realign kernel from the Python plugin (cuda-python)"),

@@ -32,3 +32,21 @@ def gpu_unavailable_reason() -> str | None:
     except OSError:
         return "no NVIDIA driver (libcuda.so.1) on this machine"
     return "the NVIDIA driver reports no usable GPU"
+
+
+@functools.lru_cache(maxsize=8)
+def compute_capability(device: int = 0) -> tuple[int, int] | None:
+    """(major, minor) of CUDA device `device`, or None without a usable GPU.
+
+    TensorRT engines are tied to it (and to the TensorRT version), so the engine builder
+    names its files after it and the loader compares it before deserializing."""
+    if cuda_device_count() <= device:
+        return None
+    lib = ctypes.CDLL("libcuda.so.1")
+    handle, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    if lib.cuDeviceGet(ctypes.byref(handle), device) != 0:
+        return None
+    for attr, out in ((75, major), (76, minor)):  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_*
+        if lib.cuDeviceGetAttribute(ctypes.byref(out), attr, handle) != 0:
+            return None
+    return major.value, minor.value

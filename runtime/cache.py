@@ -21,12 +21,15 @@ def empty_state(c: SCRConfig, batch: int, kv_dtype=np.float32) -> dict[str, np.n
     return state
 
 
+def past_name(output: str) -> str:
+    """The input that takes a state output next call: present.* -> past_key_values.*,
+    scr_present.* -> scr_past.*."""
+    if output.startswith("scr_present."):
+        return "scr_past." + output[len("scr_present."):]
+    return "past_key_values." + output[len("present."):]
+
+
 def state_from_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """present.* -> past_key_values.*, scr_present.* -> scr_past.*."""
-    state = {}
-    for name, value in outputs.items():
-        if name.startswith("present."):
-            state["past_key_values." + name[len("present."):]] = value
-        elif name.startswith("scr_present."):
-            state["scr_past." + name[len("scr_present."):]] = value
-    return state
+    """The next call's state inputs from a call's outputs (other outputs are dropped)."""
+    return {past_name(name): value for name, value in outputs.items()
+            if name.startswith(("present.", "scr_present."))}

@@ -23,6 +23,7 @@ from scredge.runtime.generation import Generator, check_max_new_tokens
 from scredge.runtime.loaders import Artifact, load_ort, open_artifact
 from scredge.runtime.runners.base import Runner
 from scredge.runtime.tokenizer import ByteTokenizer, StreamDecoder
+from scredge.runtime.trt_loader import find_engine, load_trt_runner
 from scredge.sampling import SamplingParams
 
 BACKENDS = ("auto", "ort", "trt")
@@ -53,19 +54,18 @@ class Engine:
              threads: int | None = None) -> Engine:
         """Open and check an artifact folder and pick a backend.
 
-        backend: 'ort' (onnxruntime), 'trt' (TensorRT engine), or 'auto' (TensorRT when an
-        engine for this GPU is in the folder and TensorRT is installed, else onnxruntime).
+        backend: 'ort' (onnxruntime), 'trt' (the folder's TensorRT engine for this GPU and
+        TensorRT version; ScredgeError saying why when there is none), or 'auto' (that
+        engine when it exists, TensorRT imports and a GPU is present, else onnxruntime;
+        device='cpu' always means onnxruntime).
         """
         if backend not in BACKENDS:
             raise ScredgeError("unknown backend", received=repr(backend),
                                expected=f"one of {list(BACKENDS)}")
         artifact = open_artifact(folder)
-        if backend == "trt":
-            raise ScredgeError(
-                "the TensorRT runner is not available in this scredge version",
-                received="backend='trt'", expected="backend='ort' or 'auto'",
-                fix="use --backend ort; TensorRT engines arrive with `scredge build` for "
-                    "TensorRT")
+        if backend == "trt" or (backend == "auto" and device != "cpu"
+                                and find_engine(artifact) is not None):
+            return cls(load_trt_runner(artifact), artifact)
         return cls(load_ort(artifact, device=device, threads=threads), artifact)
 
     # ---- inputs ---------------------------------------------------------------------

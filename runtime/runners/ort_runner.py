@@ -14,17 +14,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from scredge.config import SCRConfig
-from scredge.runtime.cache import empty_state
+from scredge.runtime.cache import empty_state, past_name
 from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-def _past_name(output: str) -> str:
-    if output.startswith("scr_present."):
-        return "scr_past." + output[len("scr_present."):]
-    return "past_key_values." + output[len("present."):]
 
 
 class OrtRunner(Runner):
@@ -75,7 +69,7 @@ class OrtDecoder(Decoder):
         self._session = runner.session
         self._device = runner.device
         self._state_outputs = runner.output_names[1:]  # present.*, scr_present.*
-        self._past_names = [_past_name(o) for o in self._state_outputs]
+        self._past_names = [past_name(o) for o in self._state_outputs]
         c = runner.config
         self._full = None if c.window is None else c.window - 1
         zeros = empty_state(c, batch, runner.kv_dtype)  # P = 0

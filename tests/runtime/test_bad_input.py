@@ -75,9 +75,11 @@ def test_missing_backend_names_the_extra(small_window_artifact, monkeypatch):
         Engine.load(small_window_artifact[1])
 
 
-def test_trt_backend_refused_until_it_exists(small_window_artifact):
-    with pytest.raises(ScredgeError, match="TensorRT runner is not available"):
+def test_trt_backend_without_an_engine(small_window_artifact):
+    """A folder without a TensorRT engine: refused, naming the build command."""
+    with pytest.raises(ScredgeError, match="no TensorRT engine") as err:
         Engine.load(small_window_artifact[1], backend="trt")
+    assert "scredge build" in str(err.value)
 
 
 def test_cli_generate(small_window_artifact, capsys, tmp_path, monkeypatch):

@@ -126,3 +126,22 @@ def test_threshold_overrides_apply(recorded, capsys):
     assert main(["parity", str(recorded), "--kl", "-1", "--json"]) == 1
     tiers = {t["tier"]: t["passed"] for t in json.loads(capsys.readouterr().out)["tiers"]}
     assert tiers["logits"] is False and tiers["layer"] is True
+
+
+def test_runner_parity_runs_the_runner_tiers(recorded, capsys):
+    """The path of `--backend trt`, driven with the onnxruntime runner: logits, teacher-forced
+    and greedy pass through the runner's decoder; op and layer are reported as not run."""
+    from scredge.runtime.golden import Golden
+    from scredge.runtime.loaders import load_ort, open_artifact
+    from scredge.runtime.parity_runner import runner_parity
+
+    artifact = open_artifact(recorded)
+    result = runner_parity(artifact, Golden.load(recorded / GOLDEN_FILE), load_ort(artifact),
+                           tier_thresholds("float32"))
+    tiers = {t.tier: t for t in result.tiers}
+    assert result.passed and result.first_divergence is None
+    assert tiers["op (Realign)"].passed is None and "not run" in tiers["layer"].summary
+    assert all(tiers[t].passed for t in ("logits", "teacher-forced decode",
+                                         "free-running greedy"))
+    assert main(["parity", str(recorded), "--backend", "trt"]) == 2
+    assert "no TensorRT engine" in capsys.readouterr().err

@@ -1,0 +1,67 @@
+"""`scredge parity --backend trt`: the tiers a runner can run on its own, against the golden
+file (SCR_SPEC section 5).
+
+The op and layer tiers need the ONNX graph itself (the `Realign` function alone, and a copy
+exposing every layer's hidden state), which a TensorRT engine does not expose; they are
+listed as not run, never as passed. Logits, teacher-forced decode and free-running greedy
+go through the runner's own decoder, with its state kept where the runner keeps it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from scredge.runtime.cache import state_from_outputs
+from scredge.runtime.golden import Golden
+from scredge.runtime.loaders import Artifact
+from scredge.runtime.parity import ParityResult, TierResult, _report_metrics, greedy_tier
+from scredge.tiers import Thresholds, compare_logits
+
+
+def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) -> ParityResult:
+    t0 = time.perf_counter()
+    golden.check_matches(artifact.folder)
+    skipped = f"not run on {runner.backend}: needs the ONNX graph; run `scredge parity " \
+              f"{artifact.folder} --backend ort` for it"
+    tiers = [TierResult("op (Realign)", None, skipped), TierResult("layer", None, skipped)]
+    B = golden.steps_ids[0].shape[0]
+    dec = runner.decoder(B)
+    start, reports = 0, []
+    for ids, ref_logits in zip(golden.steps_ids, golden.steps_logits):
+        T = ids.shape[1]
+        pos = np.tile(np.arange(start, start + T, dtype=np.int64), (B, 1))
+        reports.append(compare_logits(ref_logits, dec.step(ids, pos), th.logits))
+        start += T
+    first = None
+    bad = next((k for k, r in enumerate(reports) if not r.passed), None)
+    if bad is not None:
+        first = {"step": bad, "phase": "prefill" if bad == 0 else f"decode {bad}",
+                 "layer": artifact.config.n_layers - 1, "tier": "logits"}
+    tiers.append(TierResult("logits", reports[0].passed, reports[0].summary(),
+                            _report_metrics(reports[0])))
+    decode = reports[1:]
+    failed = [k + 1 for k, r in enumerate(decode) if not r.passed]
+    state_err = _state_error(dec, golden)
+    tiers.append(TierResult(
+        "teacher-forced decode", not failed,
+        f"{len(decode)} steps, worst KL {max(r.kl_max for r in decode):.3g}, worst max|diff| "
+        f"{max(r.max_abs for r in decode):.3g}, min top-1 {min(r.top1 for r in decode):.2%}"
+        + (f", final state rel. err {state_err:.2g}" if state_err is not None else "")
+        + (f"; failing steps {failed[:5]}" if failed else ""),
+        {"steps": len(decode), "failing_steps": failed, "final_state_rel_err": state_err,
+         "kl_max": max(r.kl_max for r in decode)}))
+    tiers.append(greedy_tier(runner, golden, th))
+    return ParityResult(runner.backend, artifact.dtype, tiers, first, time.perf_counter() - t0)
+
+
+def _state_error(dec, golden: Golden) -> float | None:
+    """Relative error of the decoder's final state, when it can show it on the host."""
+    state = getattr(dec, "state", None)
+    state = state() if callable(state) else state
+    if not isinstance(state, dict):
+        return None
+    expected = state_from_outputs(golden.final_state)
+    return max(float(np.abs(state[n].astype(np.float32) - v).max())
+               / max(1.0, float(np.abs(v).max())) for n, v in expected.items())

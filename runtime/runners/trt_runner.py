@@ -1,0 +1,261 @@
+"""The TensorRT backend: a deserialized engine with a prefill and a decode profile.
+
+`TrtDecoder` keeps the KV and SCR state in device memory for its whole life: two buffer
+sets sized for the full cache, the call reading one and writing the other, then swapping
+(SCR_SPEC section 3: a call's `present.*` are exactly the next call's `past.*`). Per token
+only the ids and positions go up and the logits come down. Each decoder has its own
+execution context and CUDA stream (contexts are not thread-safe); the profile is switched
+with `set_optimization_profile_async` only when the phase changes.
+
+Every call is checked against the engine's limits before any CUDA or TensorRT call, so a
+request beyond the profiles is a ScredgeError, never a TensorRT failure. All CUDA calls go
+through one `CudaOps`-like object (injected; tests use a fake).
+
+TODO: capture the steady decode step (P = W-1, every shape and address fixed) in a CUDA
+graph once it can be checked on a GPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from scredge.config import SCRConfig
+from scredge.errors import ScredgeError
+from scredge.runtime.cache import past_name, state_from_outputs
+from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
+from scredge.runtime.trt_profiles import DECODE, PREFILL, Limits
+
+_F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
+
+
+def graph_io(config: SCRConfig, kv_dtype: np.dtype) -> tuple[dict[str, TensorMeta], list[str]]:
+    """Input metadata (symbolic dims as exported) and output names, in graph order."""
+    from scredge.export.graph import GraphIO  # torch-free: names from the config only
+
+    io = GraphIO.for_config(config)
+    meta = {}
+    for name in io.inputs:
+        if name in ("input_ids", "position_ids"):
+            meta[name] = TensorMeta(_I64, ("batch", "sequence"))
+        elif name.startswith("past_key_values."):
+            meta[name] = TensorMeta(kv_dtype, ("batch", config.n_kv_heads, "past_sequence",
+                                               config.head_dim))
+        elif name.endswith(".num"):
+            meta[name] = TensorMeta(_F32, ("batch", config.d_model))
+        else:
+            meta[name] = TensorMeta(_F32, ("batch", 1))
+    return meta, list(io.outputs)
+
+
+class TrtRunner(Runner):
+    backend = "trt"
+    device = "cuda"
+
+    def __init__(self, engine, config: SCRConfig, kv_dtype, limits: Limits, cuda,
+                 entry: dict | None = None) -> None:
+        super().__init__(config, kv_dtype)
+        self.engine = engine
+        self.limits = limits
+        self.cuda = cuda
+        self.entry = entry or {}
+        self._inputs, self._outputs = graph_io(config, self.kv_dtype)
+
+    @property
+    def input_metadata(self) -> dict[str, TensorMeta]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._outputs
+
+    def decoder(self, batch: int) -> TrtDecoder:
+        return TrtDecoder(self, batch)
+
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One stateless call on host arrays (parity tools, polygraphy-style checks): state
+        goes up and comes back down. Generation uses `decoder`, which keeps it on the GPU."""
+        B, T = feed["input_ids"].shape
+        P = feed["past_key_values.0.key"].shape[2]
+        if P > 0 and T > 1:
+            raise ScredgeError("a call with cached positions and several new tokens is "
+                               "outside both optimisation profiles",
+                               received=f"P = {P}, T = {T}",
+                               expected="P = 0 (prefill) or T = 1 (decode)",
+                               fix="use runner.decoder(batch).step, which splits such calls")
+        self.limits.check(B, P, T)
+        shapes = self._output_shapes(B, T, P)
+        call = _Call(self, self.engine.create_execution_context())
+        try:
+            ptrs = {n: call.alloc(np.ascontiguousarray(a).nbytes) for n, a in feed.items()}
+            out_dtypes = {n: (_F32 if n == "logits" or n.startswith("scr_") else self.kv_dtype)
+                          for n in self._outputs}
+            ptrs.update({n: call.alloc(int(np.prod(s)) * out_dtypes[n].itemsize)
+                         for n, s in shapes.items()})
+            for n, a in feed.items():
+                self.cuda.upload(ptrs[n], np.ascontiguousarray(a), call.stream)
+            call.run(PREFILL if P == 0 else DECODE,
+                     {n: tuple(a.shape) for n, a in feed.items()}, ptrs)
+            out = {n: np.empty(s, out_dtypes[n]) for n, s in shapes.items()}
+            for n, a in out.items():
+                self.cuda.download(a, ptrs[n], call.stream)
+            self.cuda.sync(call.stream)
+            return out
+        finally:
+            call.close()
+
+    def _output_shapes(self, B: int, T: int, P: int) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        p2 = c.present_len(P, T)
+        shapes = {}
+        for n in self._outputs:
+            if n == "logits":
+                shapes[n] = (B, T, c.vocab_size)
+            elif n.startswith("present."):
+                shapes[n] = (B, c.n_kv_heads, p2, c.head_dim)
+            else:
+                shapes[n] = (B, c.d_model) if n.endswith(".num") else (B, 1)
+        return shapes
+
+
+class _Call:
+    """One execution context, its stream and the device buffers it allocated."""
+
+    def __init__(self, runner: TrtRunner, context) -> None:
+        if context is None:
+            raise ScredgeError("TensorRT could not create an execution context",
+                               received="create_execution_context() returned None",
+                               fix="check free GPU memory; see the TensorRT messages above")
+        self.runner, self.context, self.cuda = runner, context, runner.cuda
+        self.stream = self.cuda.stream()
+        self.profile: int | None = None
+        self._buffers: list[int] = []
+
+    def alloc(self, nbytes: int) -> int:
+        ptr = self.cuda.malloc(nbytes)
+        self._buffers.append(ptr)
+        return ptr
+
+    def run(self, profile: int, input_shapes: Mapping[str, tuple], addresses: Mapping[str, int]
+            ) -> None:
+        ctx = self.context
+        if profile != self.profile:
+            if not ctx.set_optimization_profile_async(profile, self.stream):
+                raise ScredgeError("TensorRT refused the optimisation profile",
+                                   received=profile, expected="0 (prefill) or 1 (decode)",
+                                   fix="rebuild the engine with `scredge build`")
+            self.profile = profile
+        for name, shape in input_shapes.items():
+            if not ctx.set_input_shape(name, shape):
+                raise ScredgeError(f"TensorRT refused the shape of input '{name}'",
+                                   received=list(shape), expected=f"profile {profile}'s range")
+        for name, ptr in addresses.items():
+            ctx.set_tensor_address(name, ptr)
+        if not ctx.execute_async_v3(self.stream):
+            raise ScredgeError("TensorRT execution failed", received="execute_async_v3 False",
+                               fix="see the TensorRT messages above")
+
+    def close(self) -> None:
+        for ptr in self._buffers:
+            self.cuda.free(ptr)
+        self._buffers.clear()
+        if self.stream is not None:
+            self.cuda.destroy_stream(self.stream)
+            self.stream = None
+
+
+class TrtDecoder(Decoder):
+    """Decoding state in two device buffer sets that swap every call."""
+
+    def __init__(self, runner: TrtRunner, batch: int) -> None:
+        runner.limits.check(batch, 0, 1)  # batch within the profiles, before any CUDA call
+        super().__init__(runner, batch)
+        c, lim = runner.config, runner.limits
+        self._call = _Call(runner, runner.engine.create_execution_context())
+        B, cuda = batch, runner.cuda
+        rows = lim.max_prefill
+        self._ids = self._call.alloc(B * rows * 8)
+        self._pos = self._call.alloc(B * rows * 8)
+        self._logits = self._call.alloc(B * rows * c.vocab_size * 4)
+        kv_bytes = B * c.n_kv_heads * lim.cache * c.head_dim * runner.kv_dtype.itemsize
+        self._state_inputs = [n for n in runner.input_metadata if n not in
+                              ("input_ids", "position_ids")]
+        self._state_outputs = runner.output_names[1:]
+        self.sets: list[dict[str, int]] = []
+        for _ in range(2):
+            self.sets.append({n: self._call.alloc(kv_bytes if n.startswith("past_") else
+                                                  B * (c.d_model if n.endswith(".num") else 1)
+                                                  * 4)
+                              for n in self._state_inputs})
+        for n in self._state_inputs:  # empty SCR carry: num = 0, den = 0 (SCR_SPEC section 2)
+            if n.startswith("scr_past."):
+                cuda.zero(self.sets[0][n], B * (c.d_model if n.endswith(".num") else 1) * 4,
+                          self._call.stream)
+        self.current = 0  # index of the set holding this call's past
+
+    def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape != positions.shape or ids.shape[0] != self.batch \
+                or ids.shape[1] < 1:
+            raise ScredgeError("ids and positions must be [B,T] with this decoder's batch",
+                               received=f"ids {list(ids.shape)}, positions "
+                                        f"{list(positions.shape)}",
+                               expected=f"[{self.batch}, T >= 1] both")
+        T = ids.shape[1]
+        self.runner.limits.check(self.batch, self.past, T)
+        if self.past > 0 and T > 1:
+            # neither profile covers T > 1 with a cache: feed the tokens one by one (decode
+            # profile), which is what the graph computes for a chunk (SCR_SPEC section 2)
+            return np.concatenate([self._one(ids[:, i:i + 1], positions[:, i:i + 1])
+                                   for i in range(T)], axis=1)
+        return self._one(ids, positions)
+
+    def _one(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        runner, call, c = self.runner, self._call, self.runner.config
+        B, T = ids.shape
+        P = self.past
+        src, dst = self.sets[self.current], self.sets[1 - self.current]
+        runner.cuda.upload(self._ids, ids, call.stream)
+        runner.cuda.upload(self._pos, positions, call.stream)
+        shapes = {"input_ids": (B, T), "position_ids": (B, T)}
+        for n in self._state_inputs:
+            meta = runner.input_metadata[n]
+            shapes[n] = tuple(P if d == "past_sequence" else B if d == "batch" else d
+                              for d in meta.shape)
+        addresses = {"input_ids": self._ids, "position_ids": self._pos,
+                     "logits": self._logits, **src}
+        addresses.update({o: dst[past_name(o)] for o in self._state_outputs})
+        logits = np.empty((B, T, c.vocab_size), np.float32)
+        t0 = time.perf_counter()
+        call.run(PREFILL if P == 0 else DECODE, shapes, addresses)
+        runner.cuda.download(logits, self._logits, call.stream)
+        runner.cuda.sync(call.stream)
+        self.last_run_s = time.perf_counter() - t0
+        self.current = 1 - self.current
+        self.past = c.present_len(P, T)
+        return logits
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state copied to the host (for checks; generation never needs it)."""
+        runner = self.runner
+        shapes = runner._output_shapes(self.batch, 0, self.past)
+        out = {}
+        for o in self._state_outputs:
+            n = past_name(o)
+            dtype = runner.input_metadata[n].dtype
+            out[o] = np.empty(shapes[o], dtype)
+            runner.cuda.download(out[o], self.sets[self.current][n], self._call.stream)
+        runner.cuda.sync(self._call.stream)
+        return state_from_outputs(out)
+
+    def close(self) -> None:
+        self._call.close()
+
+    def __del__(self) -> None:
+        call = getattr(self, "_call", None)
+        if call is not None and call.stream is not None:
+            self.close()

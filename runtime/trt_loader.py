@@ -1,0 +1,156 @@
+"""Open the TensorRT engine of an artifact folder, refusing what cannot run here.
+
+An engine runs only on the TensorRT version and GPU it was built for (a `portable`
+TensorRT-for-RTX engine: on any GPU that TensorRT for RTX supports), and a plugin engine
+only with the `Realign` plugin registered first (Python plugins are not stored in the
+engine). Each of these is checked from the manifest entry before deserializing, and once
+more by `Runtime.get_engine_validity` where the module has it, so the user reads which one
+failed and the `scredge build` command that fixes it, not a TensorRT null pointer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from scredge.device import compute_capability, gpu_unavailable_reason
+from scredge.errors import ScredgeError
+from scredge.runtime.loaders import Artifact
+
+BACKENDS = ("tensorrt", "tensorrt_rtx")
+
+
+def trt_entries(artifact: Artifact) -> dict[str, dict]:
+    return {k: v for k, v in artifact.engines.items() if v.get("backend") in BACKENDS}
+
+
+def _installed_version(backend: str) -> str | None:
+    """The importable module's own __version__ (what the builder recorded), else None."""
+    if importlib.util.find_spec(backend) is None:
+        return None
+    try:
+        return importlib.import_module(backend).__version__
+    except (ImportError, OSError):  # a wheel whose shared libraries do not load
+        return None
+
+
+def mismatch(entry: dict, versions: dict[str, str | None],
+             cc: tuple[int, int] | None) -> str | None:
+    """Why `entry` cannot run with these installed TensorRT versions and this GPU, or None."""
+    backend, built = entry.get("backend"), entry.get("tensorrt")
+    have = versions.get(backend)
+    if have is None:
+        return f"{backend} is not installed (built with {backend} {built})"
+    if have != built:
+        return f"built with {backend} {built}, this machine has {have}"
+    want = entry.get("compute_capability")
+    here = f"{cc[0]}.{cc[1]}" if cc else None
+    if want is not None and want != here:
+        return f"built for compute capability {want}, this GPU is {here}"
+    return None
+
+
+def find_engine(artifact: Artifact) -> tuple[str, dict] | None:
+    """The first TensorRT engine of the folder that fits this machine, without importing
+    TensorRT; None when there is none (or no GPU)."""
+    if gpu_unavailable_reason() is not None:
+        return None
+    versions = {b: _installed_version(b) for b in BACKENDS}
+    cc = compute_capability()
+    for key, entry in trt_entries(artifact).items():
+        if mismatch(entry, versions, cc) is None:
+            return key, entry
+    return None
+
+
+def _rebuild_fix(artifact: Artifact, backend: str = "tensorrt") -> str:
+    return f"rebuild on this machine: scredge build {artifact.folder} --backend {backend}"
+
+
+def load_trt_runner(artifact: Artifact, cuda=None):
+    """A TrtRunner for the folder's engine that fits this machine; ScredgeError otherwise."""
+    entries = trt_entries(artifact)
+    if not entries:
+        raise ScredgeError("the artifact folder has no TensorRT engine",
+                           received=f"engines: {sorted(artifact.engines) or 'none'}",
+                           expected="an engine written by `scredge build --backend tensorrt`",
+                           fix=_rebuild_fix(artifact))
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        raise ScredgeError("running a TensorRT engine needs an NVIDIA GPU", received=reason,
+                           expected="a CUDA GPU and its driver",
+                           fix="use --backend ort on this machine")
+    versions = {b: _installed_version(b) for b in BACKENDS}
+    cc = compute_capability()
+    why = {e["file"]: mismatch(e, versions, cc) for e in entries.values()}
+    usable = [e for e in entries.values() if why[e["file"]] is None]
+    if not usable:
+        first = next(iter(entries.values()))
+        here = ", ".join(f"{b} {v}" for b, v in versions.items() if v) or "no TensorRT"
+        cc_text = f"{cc[0]}.{cc[1]}" if cc else "unknown"
+        raise ScredgeError(
+            "no TensorRT engine in the folder was built for this TensorRT version and GPU",
+            received="; ".join(f"{f}: {w}" for f, w in why.items()),
+            expected=f"an engine for {here} on compute capability {cc_text}",
+            fix=_rebuild_fix(artifact, first["backend"]))
+    entry = usable[0]
+    return _open(artifact, entry, cuda)
+
+
+def _open(artifact: Artifact, entry: dict, cuda):
+    from scredge.plugins.trt import load_trt
+    from scredge.runtime import trt_profiles
+    from scredge.runtime.runners.cuda_ops import CudaOps
+    from scredge.runtime.runners.trt_runner import TrtRunner
+
+    trt = load_trt(entry["backend"])
+    for plugin in entry.get("plugins", []):
+        register_plugin(trt, plugin)
+    data = (artifact.folder / entry["file"]).read_bytes()  # hash checked by open_artifact
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if runtime is None:
+        raise ScredgeError("TensorRT could not create a runtime", received="Runtime() None",
+                           fix="check the driver (nvidia-smi) and the TensorRT install")
+    if hasattr(runtime, "get_engine_validity"):
+        validity, diagnostics = runtime.get_engine_validity(data)
+        if validity != trt.EngineValidity.VALID:
+            flags = [name for name, v in trt.EngineInvalidityDiagnostics.__members__.items()
+                     if int(diagnostics) & int(v)]
+            if validity == trt.EngineValidity.INVALID:
+                raise ScredgeError(f"TensorRT reports the engine {entry['file']} invalid here",
+                                   received=f"{validity.name}: {flags or diagnostics}",
+                                   fix=_rebuild_fix(artifact, entry["backend"]))
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise ScredgeError(f"TensorRT could not deserialize {entry['file']}",
+                           received="deserialize_cuda_engine() returned None",
+                           expected="an engine of this TensorRT version and GPU, with its "
+                                    "plugins registered",
+                           fix=_rebuild_fix(artifact, entry["backend"]))
+    profs = trt_profiles.from_json(entry["profiles"])
+    limits = trt_profiles.Limits.from_profiles(profs, artifact.config)
+    runner = TrtRunner(engine, artifact.config, artifact.kv_dtype, limits,
+                       cuda if cuda is not None else CudaOps(), entry)
+    runner._runtime = runtime  # the engine must not outlive its runtime
+    return runner
+
+
+def register_plugin(trt, plugin: dict) -> None:
+    """Register a plugin the engine needs (from its manifest entry); refuse if it is missing."""
+    name = f"{plugin.get('namespace')}::{plugin.get('name')} v{plugin.get('version')}"
+    try:
+        module = importlib.import_module(plugin["python"])
+        module.register(trt)
+    except (ImportError, KeyError, AttributeError, ScredgeError) as exc:
+        raise ScredgeError(f"the engine needs the TensorRT plugin {name}, which cannot be "
+                           "registered", received=f"{type(exc).__name__}: {exc}",
+                           expected=f"an importable {plugin.get('python')} with register()",
+                           fix="pip install 'scredge[gpu]' (cuda-python) and reinstall scredge, "
+                               "or rebuild without it: scredge build ... --no-plugin") from exc
+    registry = trt.get_plugin_registry()
+    if hasattr(registry, "get_creator") and registry.get_creator(
+            plugin["name"], plugin["version"], plugin["namespace"]) is None:
+        raise ScredgeError(f"the TensorRT plugin {name} is not in the plugin registry",
+                           received="get_creator() returned None",
+                           expected=f"{name} registered by {plugin['python']}",
+                           fix="rebuild without it: scredge build ... --no-plugin")

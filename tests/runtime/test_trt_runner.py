@@ -1,0 +1,208 @@
+"""The TensorRT runner's binding, shape and profile logic against a fake engine, context and
+CUDA layer that record every call (no GPU, no TensorRT). Oracles: SCR_SPEC section 3 (input
+shapes, P' = min(P+T, W-1): a call's present.* are the next call's past.*), the two
+profiles of `trt_profiles`, and the refusals of `trt_loader`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scredge.config import SCRConfig
+from scredge.errors import ScredgeError
+from scredge.runtime import trt_profiles as tp
+from scredge.runtime.runners.trt_runner import TrtRunner
+from scredge.runtime.trt_loader import mismatch, register_plugin
+
+W16 = SCRConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                window=16, scr_layers=(0, 1))
+
+
+class FakeCuda:
+    """Device memory as bytearrays keyed by fake pointers; every call recorded."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls, self.mem, self._next = calls, {}, 0x1000
+
+    def stream(self):
+        self.calls.append(("stream",))
+        return 7
+
+    def destroy_stream(self, stream):
+        self.calls.append(("destroy_stream", stream))
+
+    def malloc(self, nbytes):
+        ptr, self._next = self._next, self._next + 0x1000 + nbytes
+        self.mem[ptr] = bytearray(nbytes)
+        self.calls.append(("malloc", nbytes))
+        return ptr
+
+    def free(self, ptr):
+        del self.mem[ptr]
+
+    def upload(self, dst, array, stream):
+        self.mem[dst][:array.nbytes] = array.tobytes()
+        self.calls.append(("upload", dst, array.nbytes))
+
+    def download(self, array, src, stream):
+        array.reshape(-1).view(np.uint8)[:] = np.frombuffer(self.mem[src][:array.nbytes],
+                                                            np.uint8)
+        self.calls.append(("download", src, array.nbytes))
+
+    def zero(self, ptr, nbytes, stream):
+        self.mem[ptr][:nbytes] = bytes(nbytes)
+        self.calls.append(("zero", ptr, nbytes))
+
+    def sync(self, stream):
+        self.calls.append(("sync", stream))
+
+
+class FakeContext:
+    def __init__(self, engine) -> None:
+        self.engine, self.calls = engine, engine.calls
+        self.shapes, self.addresses, self.runs = {}, {}, 0
+
+    def set_optimization_profile_async(self, profile, stream):
+        self.calls.append(("profile", profile))
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def execute_async_v3(self, stream):
+        """Writes logits = the run number, so the copy back can be checked."""
+        self.runs += 1
+        B, T = self.shapes["input_ids"]
+        logits = np.full((B, T, W16.vocab_size), self.runs, np.float32)
+        self.engine.cuda.mem[self.addresses["logits"]][:logits.nbytes] = logits.tobytes()
+        self.calls.append(("execute", dict(self.shapes), dict(self.addresses)))
+        return True
+
+
+class FakeEngine:
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda, self.calls, self.contexts = cuda, cuda.calls, []
+
+    def create_execution_context(self):
+        self.contexts.append(FakeContext(self))
+        return self.contexts[-1]
+
+
+@pytest.fixture
+def runner():
+    calls: list = []
+    cuda = FakeCuda(calls)
+    limits = tp.Limits.from_profiles(tp.profiles(W16, max_batch=2, max_prefill=8), W16)
+    return TrtRunner(FakeEngine(cuda), W16, np.float32, limits, cuda)
+
+
+def executes(calls):
+    return [c for c in calls if c[0] == "execute"]
+
+
+def test_prefill_then_decode(runner):
+    calls = runner.cuda.calls
+    dec = runner.decoder(2)
+    ids = np.arange(10, dtype=np.int64).reshape(2, 5)
+    logits = dec.step(ids, np.tile(np.arange(5), (2, 1)))
+    assert logits.shape == (2, 5, 256) and (logits == 1).all()  # copied back from the device
+    (_, shapes, addr0), = executes(calls)
+    assert ("profile", tp.PREFILL) in calls
+    assert shapes["input_ids"] == shapes["position_ids"] == (2, 5)
+    assert shapes["past_key_values.1.value"] == (2, 2, 0, 8)
+    assert shapes["scr_past.0.num"] == (2, 32) and shapes["scr_past.1.den"] == (2, 1)
+    zeroed = {c[1] for c in calls if c[0] == "zero"}  # empty SCR carry before the first call
+    assert zeroed == {addr0[f"scr_past.{i}.{k}"] for i in (0, 1) for k in ("num", "den")}
+    assert dec.past == 5
+
+    n = len(calls)
+    logits = dec.step(np.array([[1], [2]]), np.array([[5], [5]]))
+    assert logits.shape == (2, 1, 256) and (logits == 2).all()
+    assert [c for c in calls[n:] if c[0] == "profile"] == [("profile", tp.DECODE)]
+    assert not [c for c in calls[n:] if c[0] == "malloc"]  # nothing allocated per token
+    (_, shapes, addr1), = executes(calls[n:])
+    assert shapes["input_ids"] == (2, 1) and shapes["past_key_values.0.key"] == (2, 2, 5, 8)
+    for i in (0, 1):  # this call reads what the last one wrote, and writes the other set
+        for kv in ("key", "value"):
+            assert addr1[f"past_key_values.{i}.{kv}"] == addr0[f"present.{i}.{kv}"]
+            assert addr1[f"present.{i}.{kv}"] == addr0[f"past_key_values.{i}.{kv}"]
+        assert addr1[f"scr_past.{i}.num"] == addr0[f"scr_present.{i}.num"]
+    assert addr1["logits"] == addr0["logits"]
+
+    n = len(calls)
+    dec.step(np.array([[3], [4]]), np.array([[6], [6]]))
+    assert not [c for c in calls[n:] if c[0] == "profile"]  # same phase: no switch
+    (_, _, addr2), = executes(calls[n:])
+    assert addr2["past_key_values.0.key"] == addr0["past_key_values.0.key"]
+    downloads = [c for c in calls[n:] if c[0] in ("download", "upload")]
+    assert [c[0] for c in downloads] == ["upload", "upload", "download"]  # only logits down
+    assert downloads[-1][1] == addr0["logits"]
+
+
+def test_cache_stays_at_window(runner):
+    dec = runner.decoder(1)
+    dec.step(np.zeros((1, 8), np.int64), np.arange(8).reshape(1, 8))
+    for p in range(8, 30):
+        dec.step(np.zeros((1, 1), np.int64), np.array([[p]]))
+    assert dec.past == 15
+    assert executes(runner.cuda.calls)[-1][1]["past_key_values.0.key"] == (1, 2, 15, 8)
+
+
+def test_chunk_after_prefill_runs_token_by_token(runner):
+    dec = runner.decoder(1)
+    dec.step(np.zeros((1, 3), np.int64), np.arange(3).reshape(1, 3))
+    logits = dec.step(np.zeros((1, 4), np.int64), np.arange(3, 7).reshape(1, 4))
+    assert logits.shape == (1, 4, 256) and logits[0, :, 0].tolist() == [2, 3, 4, 5]
+    assert [e[1]["past_key_values.0.key"][2] for e in executes(runner.cuda.calls)] == [
+        0, 3, 4, 5, 6]
+    assert dec.past == 7
+
+
+def test_out_of_profile_requests_touch_nothing(runner):
+    calls = runner.cuda.calls
+    with pytest.raises(ScredgeError, match="batch exceeds"):
+        runner.decoder(3)
+    assert calls == []
+    dec = runner.decoder(1)
+    n = len(calls)
+    with pytest.raises(ScredgeError, match="prompt longer"):
+        dec.step(np.zeros((1, 9), np.int64), np.arange(9).reshape(1, 9))
+    with pytest.raises(ScredgeError, match="decoder's batch"):
+        dec.step(np.zeros((2, 1), np.int64), np.zeros((2, 1), np.int64))
+    assert calls[n:] == [] and dec.past == 0
+
+
+def test_stateless_infer(runner):
+    from scredge.runtime.cache import empty_state
+
+    feed = {"input_ids": np.zeros((1, 4), np.int64),
+            "position_ids": np.arange(4).reshape(1, 4), **empty_state(W16, 1)}
+    out = runner.infer(feed)
+    assert out["logits"].shape == (1, 4, 256) and (out["logits"] == 1).all()
+    assert out["present.1.key"].shape == (1, 2, 4, 8) and out["scr_present.0.den"].shape == (1, 1)
+    assert ("profile", tp.PREFILL) in runner.cuda.calls
+    assert runner.cuda.mem == {}  # every buffer freed
+    with pytest.raises(ScredgeError, match="outside both"):
+        runner.infer({**feed, **{k: np.zeros((1, 2, 3, 8), np.float32) for k in feed
+                                 if k.startswith("past_")}})
+
+
+def test_engine_mismatch_reasons():
+    entry = {"backend": "tensorrt", "tensorrt": "10.3.0", "compute_capability": "8.7"}
+    assert mismatch(entry, {"tensorrt": "10.3.0"}, (8, 7)) is None
+    assert "10.16.0" in mismatch(entry, {"tensorrt": "10.16.0"}, (8, 7))
+    assert "8.9" in mismatch(entry, {"tensorrt": "10.3.0"}, (8, 9))
+    assert "not installed" in mismatch(entry, {"tensorrt": None}, (8, 7))
+    portable = {"backend": "tensorrt_rtx", "tensorrt": "1.7.1.116", "compute_capability": None}
+    assert mismatch(portable, {"tensorrt_rtx": "1.7.1.116"}, (8, 9)) is None
+
+
+def test_missing_plugin_is_refused():
+    plugin = {"name": "Realign", "namespace": "scr", "version": "1",
+              "python": "scredge.plugins.realign.no_such_module"}
+    with pytest.raises(ScredgeError, match="needs the TensorRT plugin scr::Realign v1"):
+        register_plugin(object(), plugin)
