@@ -13,20 +13,18 @@ Usage: python benchmarks/bench_decode.py [--presets tiny small] [--tokens 256] [
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from scredge.export.pipeline import export_artifact
-from scredge.export.sources import from_preset
-from scredge.ref import decode_step as ref_decode_step
-from scredge.ref import load_checkpoint
-from scredge.ref import prefill as ref_prefill
 from scredge.runtime import Engine
 from scredge.sampling import GREEDY, Sampler
 
@@ -52,6 +50,11 @@ def read_bandwidth_gbs(threads: int, mib: int = 1024, repeat: int = 7) -> float:
 
 
 def ref_tokens_per_s(model, tokens: int) -> float:
+    import torch
+
+    from scredge.ref import decode_step as ref_decode_step
+    from scredge.ref import prefill as ref_prefill
+
     ids = torch.arange(PROMPT).view(1, -1) % 256
     sampler = Sampler(GREEDY)
     logits, state = ref_prefill(model, ids)
@@ -75,33 +78,64 @@ def runtime_tokens_per_s(engine: Engine, tokens: int) -> tuple[float, float]:
     return tokens / wall, 1.0 - run_s / wall
 
 
+def child(kind: str, folder: Path, tokens: int, threads: int) -> dict:
+    """One measurement in this (child) process: the model alone in memory and caches, and
+    no other library's worker threads spinning on the two cores."""
+    if kind == "ref":
+        import torch
+
+        from scredge.ref import load_checkpoint
+
+        torch.set_num_threads(threads)
+        model = load_checkpoint(folder / "model.safetensors")
+        ref_tokens_per_s(model, 8)  # warm-up
+        return {"tokens_per_s": ref_tokens_per_s(model, tokens)}
+    engine = Engine.load(folder, backend="ort", threads=threads)
+    runtime_tokens_per_s(engine, 8)  # warm-up
+    tps, overhead = runtime_tokens_per_s(engine, tokens)
+    return {"tokens_per_s": tps, "overhead": overhead}
+
+
+def run_child(kind: str, folder: Path, tokens: int, threads: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(folder),
+                          "--tokens", str(tokens), "--threads", str(threads)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--artifacts", type=Path, default=None)
+    ap.add_argument("--child", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child(args.child[0], Path(args.child[1]), args.tokens, args.threads)))
+        return
     root = args.artifacts or Path(tempfile.mkdtemp(prefix="scredge-bench-"))
     bw = read_bandwidth_gbs(args.threads)
-    print(f"machine: {args.threads} threads, read bandwidth {bw:.1f} GB/s (median of 7)")
+    print(f"machine: {args.threads} threads, read bandwidth {bw:.1f} GB/s (median of 7); "
+          f"each sample in its own process, alternating reference and runtime", flush=True)
     for preset in args.presets:
         folder = root / preset
         if not folder.exists():
+            from scredge.export.pipeline import export_artifact
+            from scredge.export.sources import from_preset
+
             src = from_preset(preset, seed=0)
             export_artifact(src.model, folder, source=src.description)
-        model = load_checkpoint(folder / "model.safetensors")
-        engine = Engine.load(folder, backend="ort", threads=args.threads)
         ref, rt, over = [], [], []
-        for _ in range(args.repeat):  # interleaved, so drift hits both alike
-            ref.append(ref_tokens_per_s(model, args.tokens))
-            tps, overhead = runtime_tokens_per_s(engine, args.tokens)
-            rt.append(tps)
-            over.append(overhead)
+        for _ in range(args.repeat):  # alternating, so drift hits both alike
+            ref.append(run_child("ref", folder, args.tokens, args.threads)["tokens_per_s"])
+            r = run_child("runtime", folder, args.tokens, args.threads)
+            rt.append(r["tokens_per_s"])
+            over.append(r["overhead"])
         ref_m, rt_m, over_m = (statistics.median(x) for x in (ref, rt, over))
-        weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+        weight_bytes = sum(e["bytes"] for n, e in json.loads(
+            (folder / "manifest.json").read_text())["files"].items() if n == "model.safetensors")
         roofline = bw * 1e9 / weight_bytes
         print(f"{preset:<6} ref {ref_m:8.1f} tok/s | runtime {rt_m:8.1f} tok/s | "
               f"speedup {rt_m / ref_m:5.2f}x (target {TARGETS.get(preset, 0):.1f}x) | "
