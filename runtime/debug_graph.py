@@ -56,11 +56,14 @@ def realign_alone(onnx_path: Path, kappa: float) -> bytes:
     elem = next(i.type.tensor_type.elem_type for i in model.graph.input
                 if i.name.startswith("past_key_values."))
     f32 = TensorProto.FLOAT
-    ins = [helper.make_tensor_value_info(n, t, None) for n, t in (
-        ("h", elem), ("m_prev", elem), ("num_in", f32), ("den_in", f32), ("w_r", f32),
-        ("b_r", f32), ("w_g", f32), ("b_g", f32))]
-    outs = [helper.make_tensor_value_info(n, t, None)
-            for n, t in (("m", elem), ("num_out", f32), ("den_out", f32))]
+    D = next(d.dim_value for i in model.graph.input if i.name.startswith("scr_past.")
+             for d in i.type.tensor_type.shape.dim[1:2])  # [B,D] carry: the width
+    bt, b = ["batch", "sequence", D], ["batch"]
+    ins = [helper.make_tensor_value_info(n, t, s) for n, t, s in (
+        ("h", elem, bt), ("m_prev", elem, bt), ("num_in", f32, b + [D]), ("den_in", f32, b + [1]),
+        ("w_r", f32, [D]), ("b_r", f32, [1]), ("w_g", f32, [D]), ("b_g", f32, [1]))]
+    outs = [helper.make_tensor_value_info(n, t, s) for n, t, s in (
+        ("m", elem, bt), ("num_out", f32, b + [D]), ("den_out", f32, b + [1]))]
     node = helper.make_node("Realign", [i.name for i in ins], [o.name for o in outs],
                             domain="scr", kappa=kappa, plugin_namespace="scr",
                             plugin_version="1")

@@ -70,20 +70,27 @@ def _session(model_bytes: bytes, device: str):
 
 
 def op_tier(artifact: Artifact, golden: Golden, th: Thresholds, device: str) -> TierResult:
+    """The artifact's own `Realign` function alone, in onnxruntime."""
     session = _session(realign_alone(artifact.folder / ONNX_FILE, golden.kappa), device)
+    return op_tier_with(lambda feed: session.run(None, feed), artifact, golden, th)
+
+
+def op_tier_with(run_case, artifact: Artifact, golden: Golden, th: Thresholds,
+                 label: str = "op (Realign)") -> TierResult:
+    """Compare `run_case(feed) -> [m, num_out, den_out]` with the golden op cases."""
     x = artifact.kv_dtype
     worst = 0.0
     for ins, outs in zip(golden.op_inputs, golden.op_outputs):
         feed = dict(zip(("h", "m_prev", "num_in", "den_in", "w_r", "b_r", "w_g", "b_g"), ins))
         feed["h"], feed["m_prev"] = feed["h"].astype(x), feed["m_prev"].astype(x)
-        got = session.run(None, feed)
+        got = run_case(feed)
         scale = max(1.0, float(np.abs(ins[0]).max()), float(np.abs(ins[1]).max()))
         m_err = float(np.abs(got[0].astype(np.float32) - outs[0]).max()) / scale
         carry = max(float(np.abs(g - o).max() / max(1.0, np.abs(o).max()))
                     for g, o in zip(got[1:], outs[1:]))
         worst = max(worst, m_err, carry)
     cases = ", ".join(f"B{a[0].shape[0]} T{a[0].shape[1]}" for a in golden.op_inputs)
-    return TierResult("op (Realign)", worst <= th.op_abs,
+    return TierResult(label, worst <= th.op_abs,
                       f"max err/scale {worst:.3g} (<= {th.op_abs:g}) over {cases}",
                       {"max_err_over_scale": worst})
 

@@ -16,7 +16,13 @@ import numpy as np
 from scredge.runtime.cache import state_from_outputs
 from scredge.runtime.golden import Golden
 from scredge.runtime.loaders import Artifact
-from scredge.runtime.parity import ParityResult, TierResult, _report_metrics, greedy_tier
+from scredge.runtime.parity import (
+    ParityResult,
+    TierResult,
+    _report_metrics,
+    greedy_tier,
+    op_tier_with,
+)
 from scredge.tiers import Thresholds, compare_logits
 
 
@@ -25,7 +31,7 @@ def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) ->
     golden.check_matches(artifact.folder)
     skipped = f"not run on {runner.backend}: needs the ONNX graph; run `scredge parity " \
               f"{artifact.folder} --backend ort` for it"
-    tiers = [TierResult("op (Realign)", None, skipped), TierResult("layer", None, skipped)]
+    tiers = [_op_tier(artifact, golden, runner, th), TierResult("layer", None, skipped)]
     B = golden.steps_ids[0].shape[0]
     dec = runner.decoder(B)
     start, reports = 0, []
@@ -54,6 +60,24 @@ def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) ->
          "kl_max": max(r.kl_max for r in decode)}))
     tiers.append(greedy_tier(runner, golden, th))
     return ParityResult(runner.backend, artifact.dtype, tiers, first, time.perf_counter() - t0)
+
+
+def _op_tier(artifact: Artifact, golden: Golden, runner, th: Thresholds) -> TierResult:
+    """The plugin alone vs the reference, when the runner is TensorRT with the plugin."""
+    entry = getattr(runner, "entry", None) or {}
+    if runner.backend != "trt" or not entry.get("plugins"):
+        why = "the engine runs the decomposed function (--no-plugin)" if entry else \
+            f"{runner.backend} has no Realign plugin"
+        return TierResult("op (Realign)", None, f"not run: {why}; the ONNX function is "
+                          f"checked by `scredge parity {artifact.folder} --backend ort`")
+    from scredge.device import compute_capability
+    from scredge.runtime.trt_build import import_trt
+    from scredge.runtime.trt_op_tier import build_realign_engine, trt_case_runner
+
+    trt = import_trt(entry["backend"])
+    engine = build_realign_engine(trt, artifact, golden, entry["backend"], compute_capability())
+    run_case = trt_case_runner(trt, engine, runner.cuda)
+    return op_tier_with(run_case, artifact, golden, th, label="op (Realign plugin)")
 
 
 def _state_error(dec, golden: Golden) -> float | None:

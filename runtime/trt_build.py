@@ -144,6 +144,15 @@ def build_trt(artifact: Artifact, backend: str = "tensorrt_rtx", *, no_plugin: b
 
 def _build_bytes(trt, artifact, backend, no_plugin, profs, cc, cache: Path, opt_level, log):
     onnx = require("onnx")
+    model = onnx.load(str(artifact.folder / ONNX_FILE))
+    expected = 0 if no_plugin else len(artifact.config.scr_layers)
+    return build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache, opt_level, log,
+                             expected)
+
+
+def build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache: Path | None,
+                      opt_level, log, expected_plugin_layers: int):
+    """Parse an scredge ONNX model (plugin or decomposed mode) and build engine bytes."""
     require("polygraphy")
     from polygraphy.backend import trt as pg
     from polygraphy.exception import PolygraphyException
@@ -151,7 +160,6 @@ def _build_bytes(trt, artifact, backend, no_plugin, profs, cc, cache: Path, opt_
 
     from scredge.plugins import onnx_modes
 
-    model = onnx.load(str(artifact.folder / ONNX_FILE))
     if no_plugin:
         model = onnx_modes.decomposed(model)
         flags = []
@@ -173,9 +181,10 @@ def _build_bytes(trt, artifact, backend, no_plugin, profs, cc, cache: Path, opt_
         for input_name, (lo, opt, hi) in prof.items():
             p.add(input_name, min=lo, opt=opt, max=hi)
         pg_profiles.append(p)
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
     settings = dict(profiles=pg_profiles,
-                    load_timing_cache=str(cache) if cache.is_file() else None,
+                    load_timing_cache=str(cache) if cache and cache.is_file() else None,
                     builder_optimization_level=opt_level)
     if backend == "tensorrt_rtx":
         from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
@@ -190,7 +199,7 @@ def _build_bytes(trt, artifact, backend, no_plugin, profs, cc, cache: Path, opt_
             network = pg.NetworkFromOnnxBytes(model.SerializeToString(), flags=flags or None,
                                               strongly_typed=strongly_typed)()
             plugin_layers = _count_plugin_layers(trt, network[1])
-            expected = 0 if no_plugin else len(artifact.config.scr_layers)
+            expected = expected_plugin_layers
             if plugin_layers != expected:
                 raise ScredgeError(
                     "the parsed network has the wrong number of Realign plugin layers",
@@ -199,8 +208,8 @@ def _build_bytes(trt, artifact, backend, no_plugin, profs, cc, cache: Path, opt_
                     fix="report this with `scredge info` output; --no-plugin builds without")
             log(f"parsed: {network[1].num_layers} layers, {plugin_layers} Realign plugin "
                 f"layers; building with timing cache {cache} ...")
-            engine_bytes = pg.EngineBytesFromNetwork(network, create_config,
-                                                     save_timing_cache=str(cache))()
+            engine_bytes = pg.EngineBytesFromNetwork(
+                network, create_config, save_timing_cache=str(cache) if cache else None)()
     except PolygraphyException as exc:
         raise ScredgeError(f"TensorRT could not build the engine ({backend})",
                            received=str(exc).strip().splitlines()[-1] if str(exc) else "?",

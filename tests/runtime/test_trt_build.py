@@ -111,3 +111,32 @@ def test_manifest_entry_is_json_clean(built):
     """The entry round-trips through JSON as written (no tuples or numpy scalars)."""
     text = (built["float16", "plugin"] / "manifest.json").read_text()
     assert json.loads(text)["engines"][TAG]["dtype"] == "float16"
+
+
+OP_ENGINE = """
+import sys
+from pathlib import Path
+from scredge.runtime.golden import Golden
+from scredge.runtime.loaders import open_artifact
+from scredge.runtime.trt_build import import_trt
+from scredge.runtime.trt_op_tier import build_realign_engine, realign_profile
+folder = Path(sys.argv[1])
+artifact, golden = open_artifact(folder), Golden.load(folder / "parity" / "golden.npz")
+assert realign_profile(golden, 32)["h"][2] == (2, 4096, 32)
+engine = build_realign_engine(import_trt("tensorrt_rtx"), artifact, golden, "tensorrt_rtx", None)
+assert len(engine) > 0 and b"Realign" in engine
+print("ok")
+"""
+
+
+def test_one_node_realign_engine_for_the_op_tier(tmp_path, small_window_artifact):
+    """Oracle: the parser and builder themselves: the artifact's Realign node alone must
+    become exactly one plugin layer (build_model_bytes refuses otherwise) and build, with
+    TensorRT for RTX and no GPU. Running it (the op tier of `parity --backend trt`) needs a
+    GPU and is not covered here."""
+    folder = shutil.copytree(small_window_artifact[1], tmp_path / "op")
+    assert main(["parity", str(folder), "--record"]) == 0
+    result = subprocess.run([sys.executable, "-c", OP_ENGINE, str(folder)], capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("ok")
