@@ -36,14 +36,16 @@ class Runner(ABC):
         self.config = config
         self.kv_dtype = np.dtype(kv_dtype)
         self.last_inference_time: float | None = None
+        self._inputs: dict[str, TensorMeta] = {}  # set by each backend from its model
+        self._outputs: list[str] = []
 
     @property
-    @abstractmethod
-    def input_metadata(self) -> dict[str, TensorMeta]: ...
+    def input_metadata(self) -> dict[str, TensorMeta]:
+        return self._inputs
 
     @property
-    @abstractmethod
-    def output_names(self) -> list[str]: ...
+    def output_names(self) -> list[str]:
+        return self._outputs
 
     @abstractmethod
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...

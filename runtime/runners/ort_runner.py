@@ -33,14 +33,6 @@ class OrtRunner(Runner):
                         for i in session.get_inputs()}
         self._outputs = [o.name for o in session.get_outputs()]
 
-    @property
-    def input_metadata(self) -> dict[str, TensorMeta]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._outputs, self.session.run(None, dict(feed))))
 

@@ -64,14 +64,6 @@ class TrtRunner(Runner):
         self.entry = entry or {}
         self._inputs, self._outputs = graph_io(config, self.kv_dtype)
 
-    @property
-    def input_metadata(self) -> dict[str, TensorMeta]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def decoder(self, batch: int) -> TrtDecoder:
         return TrtDecoder(self, batch)
 

@@ -112,3 +112,21 @@ def test_appending_after_the_steady_phase(small_window_artifact):
     with torch.no_grad():
         logits, _ = model(torch.tensor([fed]), torch.arange(len(fed)).view(1, -1))
     np.testing.assert_allclose(gen._logits[0], logits[0, -1].numpy(), atol=1e-4, rtol=0)
+
+
+def test_float16_artifact_through_the_runtime(small_window_artifact, tmp_path):
+    """Oracle: the float32 reference at the float16 logits tier (SCR_SPEC section 5), over a
+    prefill and 40 teacher-forced decode steps, far past W = 16 so the fixed-shape phase with
+    its float16 state buffers is exercised."""
+    from scredge.export.pipeline import export_artifact
+    from scredge.export.verify import reference_stepper
+    from scredge.runtime.check import teacher_forced
+
+    model, _ = small_window_artifact
+    folder = export_artifact(model, tmp_path / "f16", dtype="float16")
+    engine = Engine.load(folder)
+    assert engine.runner.kv_dtype == np.float16
+    report = teacher_forced(reference_stepper(model), engine.runner.decoder(2).step,
+                            256, "float16", decode_steps=40)
+    assert report.passed, report.lines()
+    assert len(engine.generate([1, 2, 3], 40, temperature=0).ids) == 40

@@ -145,3 +145,12 @@ def test_runner_parity_runs_the_runner_tiers(recorded, capsys):
                                          "free-running greedy"))
     assert main(["parity", str(recorded), "--backend", "trt"]) == 2
     assert "no TensorRT engine" in capsys.readouterr().err
+
+
+def test_live_comparison_needs_no_golden_file(small_window_artifact, capsys):
+    """Oracle: scr_ref run now, in this process (torch present); nothing is written."""
+    folder = small_window_artifact[1]
+    before = sorted(p.name for p in folder.rglob("*"))
+    assert main(["parity", str(folder), "--live"]) == 0
+    assert "overall: PASS" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.rglob("*")) == before
