@@ -124,14 +124,16 @@ class Attention(nn.Module):
         keep = c.present_len(P, T)
         present_k, present_v = k_all[:, :, P + T - keep :], v_all[:, :, P + T - keep :]
 
-        # each KV head serves kv_groups consecutive query heads
-        k_rep = k_all.repeat_interleave(c.kv_groups, dim=1)  # [B,H,P+T,Dh]
-        v_rep = v_all.repeat_interleave(c.kv_groups, dim=1)
-        scores = (q @ k_rep.transpose(-1, -2)) * c.head_dim**-0.5  # [B,H,T,P+T]
-        mask = visible_mask(P, T, c.window, device=x.device)  # [T,P+T]
+        # Each KV head serves kv_groups consecutive query heads: fold a head's group into
+        # its rows rather than copying K and V once per query head.
+        G = c.kv_groups
+        qg = q.reshape(B, c.n_kv_heads, G * T, c.head_dim)  # [B,Hk,G*T,Dh], row g*T + t
+        scores = (qg @ k_all.transpose(-1, -2)) * c.head_dim**-0.5  # [B,Hk,G*T,P+T]
+        mask = visible_mask(P, T, c.window, device=x.device).repeat(G, 1)  # [G*T,P+T]
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores.to(torch.float32), dim=-1).to(q.dtype)
-        out = (probs @ v_rep).transpose(1, 2).reshape(B, T, c.d_model)  # [B,T,D]
+        out = (probs @ v_all).reshape(B, c.n_heads, T, c.head_dim)  # [B,H,T,Dh]
+        out = out.transpose(1, 2).reshape(B, T, c.d_model)  # [B,T,D]
         return self.o_proj(out), present_k, present_v
 
 
