@@ -271,7 +271,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from scredge.ref import load_checkpoint
 
         model = load_checkpoint(artifact.folder / "model.safetensors", artifact.config)
-        ref = b.measure(b.torch_stepper(model), args.prompt_len, vocab_size=256, **settings)
+        ref = b.measure(b.torch_stepper(model), args.prompt_len,
+                        vocab_size=artifact.config.vocab_size, **settings)
         result["compare"] = {"torch": ref, "ratios": {
             "decode_tokens_per_s": result["decode_tokens_per_s"] / ref["decode_tokens_per_s"],
             "ttft": ref["ttft_s"] / result["ttft_s"]}}

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from scredge.artifact import WEIGHTS_FILE, sha256_file
+from scredge.artifact import WEIGHTS_FILE, add_to_manifest, sha256_file
 from scredge.deps import require
-from scredge.runtime.golden import GOLDEN_FILE, Golden, add_golden_to_manifest
+from scredge.runtime.golden import GOLDEN_FILE, Golden
 from scredge.runtime.loaders import Artifact
 
 OP_CASES = ((2, 7), (1, 1), (1, 4096))  # (B, T): a chunk, a decode step, a long call
@@ -97,5 +97,5 @@ def record_into(artifact: Artifact, **kwargs) -> str:
     """Record and store `parity/golden.npz` in the folder, listed in the manifest."""
     golden = record_golden(artifact, **kwargs)
     golden.save(artifact.folder / GOLDEN_FILE)
-    add_golden_to_manifest(artifact.folder)
+    add_to_manifest(artifact.folder, [GOLDEN_FILE])
     return GOLDEN_FILE

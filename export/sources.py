@@ -122,7 +122,8 @@ def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
 
     torch = require("torch")
     folder = Path(folder)
-    config = llama_config(_hf_config(folder), scr_layers)
+    hf = _hf_config(folder)
+    config = llama_config(hf, scr_layers)
     tensors = {k: v for k, v in _read_safetensors(folder).items()
                if not k.endswith("rotary_emb.inv_freq")}
     if config.tie_embeddings:
@@ -136,5 +137,5 @@ def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
         for name, value in tensors.items():
             params[name].copy_(value.to(torch.float32))
     return ModelSource(model, {"kind": "huggingface", "folder": str(folder),
-                               "architectures": _hf_config(folder).get("architectures"),
+                               "architectures": hf.get("architectures"),
                                "scr_seed": seed, "gamma_init": 0.0})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scredge.artifact import WEIGHTS_FILE, add_to_manifest, sha256_file
+from scredge.artifact import WEIGHTS_FILE, sha256_file
 from scredge.errors import ScredgeError
 
 GOLDEN_FILE = "parity/golden.npz"
@@ -90,6 +90,3 @@ class Golden:
                 expected=f"this folder's weights, sha256 {actual[:16]}...",
                 fix=f"re-record it: scredge parity {folder} --record")
 
-
-def add_golden_to_manifest(folder: Path) -> None:
-    add_to_manifest(folder, [GOLDEN_FILE])

@@ -128,9 +128,6 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
                 write_repro(dump, artifact, feed, k, c.n_layers - 1)
         state = state_from_outputs(out)
         start += T
-    expected = state_from_outputs(golden.final_state)  # same names as `state`
-    state_err = max(float(np.abs(state[n].astype(np.float32) - v).max())
-                    / max(1.0, float(np.abs(v).max())) for n, v in expected.items())
     layer_ok = worst_layer[0] >= th.layer_cosine and worst_layer[1] <= th.layer_norm_tol
     tiers = [
         TierResult("layer", layer_ok,
@@ -138,25 +135,37 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
                    f" - 1| {worst_layer[1]:.2g} (<= {th.layer_norm_tol:g}), {c.n_layers} "
                    f"layers x {len(golden.steps_ids)} calls",
                    {"min_cosine": worst_layer[0], "max_norm_ratio_error": worst_layer[1]}),
-        TierResult("logits", logit_reports[0].passed, logit_reports[0].summary(),
-                   _report_metrics(logit_reports[0])),
+        *logits_tiers(logit_reports, state_error(state, golden)),
     ]
-    decode = logit_reports[1:]
-    failed = [k + 1 for k, r in enumerate(decode) if not r.passed]
-    tiers.append(TierResult(
-        "teacher-forced decode", not failed,
-        f"{len(decode)} steps, worst KL {max(r.kl_max for r in decode):.3g}, worst max|diff| "
-        f"{max(r.max_abs for r in decode):.3g}, min top-1 {min(r.top1 for r in decode):.2%}"
-        f", final state rel. err {state_err:.2g}"
-        + (f"; failing steps {failed[:5]}" if failed else ""),
-        {"steps": len(decode), "failing_steps": failed, "final_state_rel_err": state_err,
-         "kl_max": max(r.kl_max for r in decode)}))
     return tiers, first
 
 
-def _report_metrics(r) -> dict:
-    return {"max_abs": r.max_abs, "kl_max": r.kl_max, "top1": r.top1,
-            "near_ties": r.near_ties, "positions": r.positions}
+def state_error(state: dict[str, np.ndarray], golden: Golden) -> float:
+    """Relative error of a final state (past_* names, host arrays) against the golden one."""
+    expected = state_from_outputs(golden.final_state)  # same names as `state`
+    return max(float(np.abs(state[n].astype(np.float32) - v).max())
+               / max(1.0, float(np.abs(v).max())) for n, v in expected.items())
+
+
+def logits_tiers(reports: list, state_err: float | None) -> list[TierResult]:
+    """The logits tier (the prefill, reports[0]) and the teacher-forced decode tier (the
+    rest), whatever backend produced them."""
+    first, decode = reports[0], reports[1:]
+    failed = [k + 1 for k, r in enumerate(decode) if not r.passed]
+    metrics = {"max_abs": first.max_abs, "kl_max": first.kl_max, "top1": first.top1,
+               "near_ties": first.near_ties, "positions": first.positions}
+    return [
+        TierResult("logits", first.passed, first.summary(), metrics),
+        TierResult(
+            "teacher-forced decode", not failed,
+            f"{len(decode)} steps, worst KL {max(r.kl_max for r in decode):.3g}, worst "
+            f"max|diff| {max(r.max_abs for r in decode):.3g}, min top-1 "
+            f"{min(r.top1 for r in decode):.2%}"
+            + (f", final state rel. err {state_err:.2g}" if state_err is not None else "")
+            + (f"; failing steps {failed[:5]}" if failed else ""),
+            {"steps": len(decode), "failing_steps": failed, "final_state_rel_err": state_err,
+             "kl_max": max(r.kl_max for r in decode)}),
+    ]
 
 
 def greedy_tier(runner, golden: Golden, th: Thresholds) -> TierResult:

@@ -13,15 +13,15 @@ import time
 
 import numpy as np
 
-from scredge.runtime.cache import state_from_outputs
 from scredge.runtime.golden import Golden
 from scredge.runtime.loaders import Artifact
 from scredge.runtime.parity import (
     ParityResult,
     TierResult,
-    _report_metrics,
     greedy_tier,
+    logits_tiers,
     op_tier_with,
+    state_error,
 )
 from scredge.tiers import Thresholds, compare_logits
 
@@ -45,19 +45,7 @@ def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) ->
     if bad is not None:
         first = {"step": bad, "phase": "prefill" if bad == 0 else f"decode {bad}",
                  "layer": artifact.config.n_layers - 1, "tier": "logits"}
-    tiers.append(TierResult("logits", reports[0].passed, reports[0].summary(),
-                            _report_metrics(reports[0])))
-    decode = reports[1:]
-    failed = [k + 1 for k, r in enumerate(decode) if not r.passed]
-    state_err = _state_error(dec, golden)
-    tiers.append(TierResult(
-        "teacher-forced decode", not failed,
-        f"{len(decode)} steps, worst KL {max(r.kl_max for r in decode):.3g}, worst max|diff| "
-        f"{max(r.max_abs for r in decode):.3g}, min top-1 {min(r.top1 for r in decode):.2%}"
-        + (f", final state rel. err {state_err:.2g}" if state_err is not None else "")
-        + (f"; failing steps {failed[:5]}" if failed else ""),
-        {"steps": len(decode), "failing_steps": failed, "final_state_rel_err": state_err,
-         "kl_max": max(r.kl_max for r in decode)}))
+    tiers += logits_tiers(reports, _state_error(dec, golden))
     tiers.append(greedy_tier(runner, golden, th))
     return ParityResult(runner.backend, artifact.dtype, tiers, first, time.perf_counter() - t0)
 
@@ -86,6 +74,4 @@ def _state_error(dec, golden: Golden) -> float | None:
     state = state() if callable(state) else state
     if not isinstance(state, dict):
         return None
-    expected = state_from_outputs(golden.final_state)
-    return max(float(np.abs(state[n].astype(np.float32) - v).max())
-               / max(1.0, float(np.abs(v).max())) for n, v in expected.items())
+    return state_error(state, golden)
