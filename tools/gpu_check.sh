@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Every check of the Realign kernel that needs an NVIDIA GPU, in one run of under 10 minutes.
 #
-#   tools/gpu_check.sh            # full: all shapes, timings, torch.compile baseline
-#   QUICK=1 tools/gpu_check.sh    # the pytest subset of shapes, no torch.compile
+#   tools/gpu_check.sh [ARTIFACT ...]          # full: all shapes, timings, torch.compile
+#   QUICK=1 tools/gpu_check.sh [ARTIFACT ...]  # the pytest subset of shapes, no torch.compile
 #
-# Needs: nvidia-smi, nvcc, python with torch (CUDA build) and cuda-python or CuPy.
-# Writes gpu_check_kernel.json (every number) to $OUT if set, else to a temp folder.
+# With artifact folders (from `scredge export`), also runs the TensorRT runner's device-
+# memory path on them (tools/gpu_check_runner.py; the engine is emulated by onnxruntime,
+# since TensorRT itself may be absent).
+# Needs: nvidia-smi, nvcc, python with torch (CUDA build) and cuda-python or CuPy
+# (cuda-python for the Python plugin's enqueue and the runner check), onnxruntime.
+# Writes gpu_check_kernel.json / gpu_check_runner.json to $OUT if set, else a temp folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -37,12 +41,20 @@ print("builds sm_" + " sm_".join(built), "+ PTX; skipped:", skipped or "none")
 PYEOF
 
 echo "== kernel correctness and timing"
-timeout 540 "$PY" tools/gpu_check_kernel.py ${FLAGS[@]+"${FLAGS[@]}"} --json "$OUT_DIR/gpu_check_kernel.json"
+timeout 400 "$PY" tools/gpu_check_kernel.py ${FLAGS[@]+"${FLAGS[@]}"} --json "$OUT_DIR/gpu_check_kernel.json"
 rc=$?
+runner_rc=0
+if [[ $# -gt 0 ]]; then
+    echo "== TensorRT runner device-memory path (engine emulated by onnxruntime)"
+    timeout 150 "$PY" tools/gpu_check_runner.py "$@" --json "$OUT_DIR/gpu_check_runner.json"
+    runner_rc=$?
+fi
 echo "== summary"
+[[ $# -gt 0 ]] && echo "runner check: $([[ $runner_rc == 0 ]] && echo PASSED || echo "FAILED ($runner_rc)")"
 case $rc in
     0) echo "GPU checks PASSED in $((SECONDS - start)) s; numbers in $OUT_DIR/gpu_check_kernel.json" ;;
-    124) echo "GPU checks TIMED OUT after 540 s (rerun with QUICK=1)" ;;
+    124) echo "GPU checks TIMED OUT after 400 s (rerun with QUICK=1)" ;;
     *) echo "GPU checks FAILED (exit $rc) after $((SECONDS - start)) s" ;;
 esac
+[[ $rc == 0 ]] && rc=$runner_rc
 exit $rc

@@ -55,7 +55,8 @@ def load_scredge():
         for name in [m for m in sys.modules if m == "scredge" or m.startswith("scredge.")]:
             del sys.modules[name]
         for name, folder in (("scredge", "core"), ("scredge.plugins", "plugins"),
-                             ("scredge.ref", "scr_ref")):
+                             ("scredge.ref", "scr_ref"), ("scredge.export", "export"),
+                             ("scredge.runtime", "runtime")):
             path = REPO / folder
             spec = importlib.util.spec_from_file_location(
                 name, path / "__init__.py", submodule_search_locations=[str(path)])
@@ -134,9 +135,17 @@ class CaseResult:
     err_den: float
     finite: bool
     ok: bool
+    err_ref_m: float | None = None  # scr_ref's float32 op against the same float64 oracle
 
 
 def compare(path, dtype, ins, outs, carry, h_max) -> CaseResult:
+    """Errors against the float64 oracle, scaled as SCR_SPEC section 5 says.
+
+    Typical inputs must meet the op tier outright. At |h| = 6e4 (the spec's finiteness
+    stress) a float32 dot product w.h_t is off by up to ~eps * sum|w_i h_ti|, which moves
+    tanh(z/kappa) visibly for the rare tokens near its transition, so no float32
+    implementation meets 1e-5 x scale there: scr_ref's own float32 op is measured against
+    the same oracle, and the kernel must stay within twice its error (or the tier)."""
     import torch
 
     h, m_prev = ins[0], ins[1]
@@ -149,8 +158,15 @@ def compare(path, dtype, ins, outs, carry, h_max) -> CaseResult:
     err_den = ((den.double() - ref_den).abs() / ref_den.abs().clamp(min=1.0)).max().item()
     finite = bool(torch.isfinite(m).all().item() and torch.isfinite(num).all().item()
                   and torch.isfinite(den).all().item())
-    ok = finite and err_m <= TOL[dtype] and err_num <= CARRY_TOL and err_den <= CARRY_TOL
-    return CaseResult(path, dtype, B, T, D, carry, h_max, err_m, err_num, err_den, finite, ok)
+    err_ref_m, bound = None, TOL[dtype]
+    if h_max is not None:
+        _, _, realign_reference = load_scredge()
+        ref32 = realign_reference(*ins, KAPPA)[0]
+        err_ref_m = (ref32.double() - ref_m).abs().max().item() / scale
+        bound = max(bound, 2 * err_ref_m)
+    ok = finite and err_m <= bound and err_num <= CARRY_TOL and err_den <= CARRY_TOL
+    return CaseResult(path, dtype, B, T, D, carry, h_max, err_m, err_num, err_den, finite, ok,
+                      err_ref_m)
 
 
 # ---- the two ways of running the kernel ----
@@ -234,6 +250,48 @@ class PlanLauncher:
                          launch.shared_bytes, stream, ctypes.addressof(params))
 
 
+class PythonPluginLauncher:
+    """`RealignPlugin.enqueue` of the Python TensorRT plugin, called as TensorRT would call it.
+
+    The GPU machine has no TensorRT, so the plugin class is defined over a stand-in module
+    holding only the enum values and base classes `enqueue` needs; everything enqueue does
+    (dims and dtype from the tensor descriptors, the launch plan, loading the fatbin with
+    cuModuleLoadData into the current context, cuLaunchKernel through cuda-python) is the
+    plugin's own code."""
+
+    def __init__(self, fatbin: Path):
+        import os
+        import types
+        from enum import Enum
+
+        import torch
+
+        torch.zeros(1, device="cuda")  # the primary context, as TensorRT's would be current
+        os.environ["SCREDGE_REALIGN_FATBIN"] = str(fatbin)
+        from scredge.plugins.realign import python_plugin
+
+        trt = types.ModuleType("tensorrt_stand_in")
+        trt.DataType = Enum("DataType", "FLOAT HALF")
+        trt.TensorFormat = Enum("TensorFormat", "LINEAR")
+        for name in ("IPluginV3", "IPluginV3OneCore", "IPluginV3OneBuild",
+                     "IPluginV3OneRuntime", "IPluginCreatorV3One"):
+            setattr(trt, name, type(name, (), {"__init__": lambda self: None}))
+        plugin_class, _ = python_plugin._define(trt)
+        self.trt, self.plugin = trt, plugin_class(KAPPA)
+
+    def __call__(self, dtype, ins, outs, workspace, stream, kappa=KAPPA) -> None:
+        from types import SimpleNamespace
+
+        assert kappa == self.plugin.kappa
+        kind = self.trt.DataType.FLOAT if dtype == "float32" else self.trt.DataType.HALF
+        desc = [SimpleNamespace(dims=tuple(t.shape), type=kind if i < 2 else
+                                self.trt.DataType.FLOAT) for i, t in enumerate(ins)]
+        out_desc = [SimpleNamespace(dims=tuple(t.shape), type=kind if i == 0 else
+                                    self.trt.DataType.FLOAT) for i, t in enumerate(outs)]
+        self.plugin.enqueue(desc, out_desc, [t.data_ptr() for t in ins],
+                            [t.data_ptr() for t in outs], workspace, stream)
+
+
 def empty_outputs(ins):
     import torch
 
@@ -270,8 +328,13 @@ def correctness_cases(quick: bool):
 
 
 def build(workdir: Path, build_kernels):
-    fatbin = build_kernels.build_fatbin(workdir / "realign_kernel.fatbin")
-    library = build_kernels.build_launcher_library(workdir / "libscr_realign_kernel.so")
+    """Kernels for this GPU's arch only: the all-arch build is CI's job, and it is slow."""
+    import torch
+
+    arch = "{}{}".format(*torch.cuda.get_device_capability(0)) if DEVICE == "cuda" else None
+    archs = [arch] if arch else None
+    fatbin = build_kernels.build_fatbin(workdir / "realign_kernel.fatbin", archs)
+    library = build_kernels.build_launcher_library(workdir / "libscr_realign_kernel.so", archs)
     return fatbin, library
 
 
@@ -293,6 +356,8 @@ def run_correctness(quick: bool = False, workdir: Path | None = None) -> list[Ca
     workdir = Path(workdir or tempfile.mkdtemp(prefix="scr_realign_"))
     fatbin, library = build(workdir, build_kernels)
     runners = {"c-launcher": CLauncher(library), "plan+fatbin": PlanLauncher(fatbin, launch_plan)}
+    if importlib.util.find_spec("cuda") and importlib.util.find_spec("cuda.bindings"):
+        runners["python-plugin"] = PythonPluginLauncher(fatbin)  # needs cuda-python
     results = []
     for seed, (dtype, B, T, D, carry, h_max) in enumerate(correctness_cases(quick)):
         for path, runner in runners.items():
@@ -397,15 +462,23 @@ def print_correctness(results: list[CaseResult], seconds: float) -> None:
     failed = [r for r in results if not r.ok]
     print(f"\ncorrectness: {len(results) - len(failed)}/{len(results)} cases pass "
           f"({seconds:.0f} s; tolerance x scale: float32 {TOL['float32']:g}, "
-          f"float16 {TOL['float16']:g})")
+          f"float16 {TOL['float16']:g}; at |h| = 6e4 the larger of that and 2 x scr_ref's "
+          f"float32 error)")
     for dtype in ("float32", "float16"):
-        for path in ("c-launcher", "plan+fatbin"):
+        for path in ("c-launcher", "plan+fatbin", "python-plugin"):
             mine = [r for r in results if r.dtype == dtype and r.path == path]
             if mine:
+                typical = [r for r in mine if r.h_max is None]
+                stress = [r for r in mine if r.h_max is not None]
                 keys = ("err_m", "err_num", "err_den")
-                worst = [max(getattr(r, key) for r in mine) for key in keys]
-                print(f"  {dtype:8s} {path:12s} worst err m {worst[0]:.2e}, num {worst[1]:.2e}, "
-                      f"den {worst[2]:.2e}")
+                worst = [max((getattr(r, key) for r in typical), default=0.0) for key in keys]
+                print(f"  {dtype:8s} {path:13s} typical |h|: worst err m {worst[0]:.2e}, "
+                      f"num {worst[1]:.2e}, den {worst[2]:.2e}")
+                if stress:
+                    print(f"  {'':8s} {'':13s} |h| = 6e4:   worst err m "
+                          f"{max(r.err_m for r in stress):.2e} (scr_ref float32: "
+                          f"{max(r.err_ref_m for r in stress):.2e}), worst ratio "
+                          f"{max(r.err_m / max(r.err_ref_m, 1e-12) for r in stress):.2f}")
     for r in failed:
         print(f"  FAIL {r}")
 

@@ -38,14 +38,16 @@ def constants() -> dict[str, int]:
     """`#define SCR_REALIGN_<NAME> <integer>` lines of realign_kernel.h, as {NAME: value}."""
     found = re.findall(r"^#define\s+SCR_REALIGN_(\w+)\s+(\d+)\b", HEADER.read_text(), re.M)
     values = {name: int(value) for name, value in found}
-    needed = {"CHUNK", "DTILE", "ROWS", "TOKEN_WARPS", "WS_ALIGN", "MAX_GRID_YZ"}
+    needed = {"CHUNK", "DTILE", "ROWS", "TOKEN_WARPS", "STEP_THREADS", "WS_ALIGN",
+              "MAX_GRID_YZ"}
     assert needed <= values.keys(), f"realign_kernel.h lacks {sorted(needed - values.keys())}"
     return values
 
 
 def kernel_names() -> tuple[str, ...]:
-    """Every kernel the plans launch, in launch order, both dtypes."""
-    return ("scr_realign_token_scalars_f32", "scr_realign_token_scalars_f16",
+    """Every kernel the plans launch (the T == 1 kernel first), both dtypes."""
+    return ("scr_realign_step_f32", "scr_realign_step_f16",
+            "scr_realign_token_scalars_f32", "scr_realign_token_scalars_f16",
             "scr_realign_chunk_totals_f32", "scr_realign_chunk_totals_f16",
             "scr_realign_chunk_carries",
             "scr_realign_chunk_apply_f32", "scr_realign_chunk_apply_f16")
@@ -78,9 +80,10 @@ def _regions(B: int, T: int, D: int) -> tuple[int, int]:
 
 
 def workspace_bytes(B: int, T: int, D: int) -> int:
-    """Device workspace for these sizes: e [B*T] | beta [B*T] | S [B, chunks, D+1] (float32)."""
+    """Device workspace for these sizes: e [B*T] | beta [B*T] | S [B, chunks, D+1] (float32);
+    none for T <= 1."""
     _check_sizes(B, T, D)
-    if B == 0 or T == 0:
+    if B == 0 or T <= 1:  # T == 1 runs the single-token kernel, which needs none
         return 0
     scalars, sums = _regions(B, T, D)
     return 2 * scalars + sums
@@ -113,6 +116,10 @@ def plan(dtype: str, ptrs: dict[str, int], B: int, T: int, D: int, kappa: float,
     block = (k["DTILE"], k["ROWS"], 1)
     i32, f32 = (lambda v: ("i32", int(v))), (lambda v: ("f32", float(v)))
 
+    if T == 1:  # decode: the single-token kernel, one block per batch row
+        return [KernelLaunch(
+            f"scr_realign_step_{x}", (B, 1, 1), (k["STEP_THREADS"], 1, 1), 0,
+            tuple(p[key] for key in PTR_KEYS) + (i32(D), f32(kappa)))]
     launches = []
     if T > 0:
         launches.append(KernelLaunch(

@@ -1,4 +1,5 @@
-// Fused `scr.Realign` (SCR_SPEC section 2): a reduce-then-scan over T in four kernels.
+// Fused `scr.Realign` (SCR_SPEC section 2): a reduce-then-scan over T in four kernels,
+// and a single-kernel path for T == 1 (decode).
 //
 // The op is a prefix sum over tokens (N_t, Z_t) followed by an elementwise blend, so it
 // is parallel over T like any scan: (1) per-token scalars e_t and beta_t, one warp per
@@ -28,11 +29,15 @@ constexpr int kTokenWarps = SCR_REALIGN_TOKEN_WARPS;
 constexpr int kCarryPer = SCR_REALIGN_CARRY_PER_THREAD;
 constexpr int kBlockThreads = kTile * kRows;
 constexpr int kTokenThreads = 32 * kTokenWarps;
+constexpr int kStepThreads = SCR_REALIGN_STEP_THREADS;
+constexpr int kStepWarps = kStepThreads / 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 static_assert(kTile == 32, "a D tile is one warp wide, so each warp reads 32 consecutive columns");
 static_assert(kChunk % kRows == 0, "every thread row owns the same number of tokens");
-static_assert(kBlockThreads <= 1024 && kTokenThreads <= 1024, "CUDA block size limit");
+static_assert(kBlockThreads <= 1024 && kTokenThreads <= 1024 && kStepThreads <= 1024,
+              "CUDA block size limit");
+static_assert(kStepThreads % 32 == 0, "the single-token kernel reduces whole warps");
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
@@ -176,9 +181,87 @@ __device__ __forceinline__ void chunk_apply(const X* __restrict__ h, const X* m_
     }
 }
 
+// T == 1 (every decode step): the whole op in one block per batch row. The four-kernel
+// scan costs four launches and a workspace round trip for what is two dot products and an
+// elementwise update; decode calls this once per SCR layer per token, so launches dominate.
+template <typename X>
+__device__ __forceinline__ void single_token(const X* __restrict__ h, const X* __restrict__ m_prev,
+    const float* __restrict__ num_in, const float* __restrict__ den_in,
+    const float* __restrict__ w_r, const float* __restrict__ b_r, const float* __restrict__ w_g,
+    const float* __restrict__ b_g, X* __restrict__ m, float* __restrict__ num_out,
+    float* __restrict__ den_out, int D, float kappa)
+{
+    __shared__ float partR[kStepWarps], partG[kStepWarps];
+    __shared__ float scalars[3];  // e, beta, Z_0 = den_in + e
+    const int b = blockIdx.x;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const long long row = static_cast<long long>(b) * D;
+    float sr = 0.f, sg = 0.f;
+    for (int d = threadIdx.x; d < D; d += kStepThreads)
+    {
+        const float v = to_f32(h[row + d]);
+        sr = fmaf(w_r[d], v, sr);
+        sg = fmaf(w_g[d], v, sg);
+    }
+    for (int offset = 16; offset > 0; offset >>= 1)
+    {
+        sr += __shfl_xor_sync(kFullMask, sr, offset);
+        sg += __shfl_xor_sync(kFullMask, sg, offset);
+    }
+    if (lane == 0)
+    {
+        partR[warp] = sr;
+        partG[warp] = sg;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        float zr = 0.f, zg = 0.f;
+        for (int w = 0; w < kStepWarps; ++w)
+        {
+            zr += partR[w];
+            zg += partG[w];
+        }
+        const float r = kappa * tanhf((zr + b_r[0]) / kappa);  // as token_scalars
+        const float e = expf(r - kappa);
+        const float den = den_in[b] + e;
+        scalars[0] = e;
+        scalars[1] = 1.f / (1.f + expf(-(zg + b_g[0])));
+        scalars[2] = den;
+        den_out[b] = den;
+    }
+    __syncthreads();
+    const float e = scalars[0], beta = scalars[1], den = scalars[2];
+    for (int d = threadIdx.x; d < D; d += kStepThreads)
+    {
+        const float num = fmaf(e, to_f32(h[row + d]), num_in[row + d]);  // N_0 = num_in + e*h
+        num_out[row + d] = num;
+        store(m + row + d, (1.f - beta) * to_f32(m_prev[row + d]) + beta * (num / den));
+    }
+}
+
 }  // namespace
 
 // ---- extern "C" entry points: stable names, launched by name from the fatbin ----
+
+extern "C" __global__ void __launch_bounds__(kStepThreads) scr_realign_step_f32(
+    const float* h, const float* m_prev, const float* num_in, const float* den_in,
+    const float* w_r, const float* b_r, const float* w_g, const float* b_g, float* m,
+    float* num_out, float* den_out, int D, float kappa)
+{
+    single_token<float>(h, m_prev, num_in, den_in, w_r, b_r, w_g, b_g, m, num_out, den_out, D,
+                        kappa);
+}
+
+extern "C" __global__ void __launch_bounds__(kStepThreads) scr_realign_step_f16(
+    const __half* h, const __half* m_prev, const float* num_in, const float* den_in,
+    const float* w_r, const float* b_r, const float* w_g, const float* b_g, __half* m,
+    float* num_out, float* den_out, int D, float kappa)
+{
+    single_token<__half>(h, m_prev, num_in, den_in, w_r, b_r, w_g, b_g, m, num_out, den_out, D,
+                         kappa);
+}
 
 extern "C" __global__ void __launch_bounds__(kTokenThreads) scr_realign_token_scalars_f32(
     const float* h, const float* w_r, const float* b_r, const float* w_g, const float* b_g,
@@ -326,7 +409,7 @@ bool valid_sizes(int B, int T, int D)
 
 extern "C" size_t scr_realign_workspace_bytes(int B, int T, int D)
 {
-    if (!valid_sizes(B, T, D) || B == 0 || T == 0)
+    if (!valid_sizes(B, T, D) || B == 0 || T <= 1)  // T == 1: the single-token kernel
         return 0;
     const Layout l = layout(B, T, D);
     return 2 * l.scalars + l.sums;
@@ -344,7 +427,9 @@ extern "C" int scr_realign_enqueue(scr_dtype_t dtype, const void* h, const void*
         return static_cast<int>(cudaSuccess);
     if (!num_in || !den_in || !num_out || !den_out)
         return static_cast<int>(cudaErrorInvalidValue);
-    if (T > 0 && (!h || !m_prev || !w_r || !b_r || !w_g || !b_g || !m || !workspace))
+    if (T > 0 && (!h || !m_prev || !w_r || !b_r || !w_g || !b_g || !m))
+        return static_cast<int>(cudaErrorInvalidValue);
+    if (T > 1 && !workspace)
         return static_cast<int>(cudaErrorInvalidValue);
 
     // Launched through cudaLaunchKernel with argument arrays, exactly as the Python plugin
@@ -361,6 +446,16 @@ extern "C" int scr_realign_enqueue(scr_dtype_t dtype, const void* h, const void*
     const dim3 block(kTile, kRows);
     const bool half = dtype == SCR_FLOAT16;
     cudaError_t status = cudaSuccess;
+
+    if (T == 1)  // decode: one launch, no workspace
+    {
+        void* args[] = {&h, &m_prev, &num_in, &den_in, &w_r, &b_r, &w_g, &b_g, &m, &num_out,
+            &den_out, &D, &kappa};
+        status = cudaLaunchKernel(half ? reinterpret_cast<const void*>(scr_realign_step_f16)
+                                       : reinterpret_cast<const void*>(scr_realign_step_f32),
+            dim3(B), dim3(kStepThreads), args, 0, stream);
+        return static_cast<int>(status);
+    }
 
     if (T > 0)
     {

@@ -5,7 +5,8 @@
  * `#define SCR_REALIGN_* <integer>` lines below so that the Python launch sequence
  * and the C launcher share one set of constants. Keep those lines in that plain form.
  *
- * Launch sequence (all on `stream`; see realign_kernel.cu and launch_plan.py):
+ * T == 1 (decode): one launch, scr_realign_step_<x>, one block per batch row, no workspace.
+ * Launch sequence for T != 1 (all on `stream`; see realign_kernel.cu and launch_plan.py):
  *   1. scr_realign_token_scalars_<x>  e[b,t], beta[b,t]          one warp per token
  *   2. scr_realign_chunk_totals_<x>   S[b,c,0..D]                per CHUNK tokens; column D sums e
  *   3. scr_realign_chunk_carries      S -> exclusive prefix      + num_in/den_in; num_out/den_out
@@ -24,6 +25,7 @@
 #define SCR_REALIGN_ROWS 8              /* token rows per block (blockDim.y of the chunk kernels) */
 #define SCR_REALIGN_TOKEN_WARPS 8       /* tokens per block in the token kernel, one warp each */
 #define SCR_REALIGN_CARRY_PER_THREAD 4  /* chunks per thread per step of the carry scan */
+#define SCR_REALIGN_STEP_THREADS 256    /* threads per batch row in the T == 1 kernel */
 #define SCR_REALIGN_WS_ALIGN 256        /* byte alignment of every workspace region */
 #define SCR_REALIGN_MAX_GRID_YZ 65535   /* CUDA limit on gridDim.y and gridDim.z */
 
@@ -33,7 +35,7 @@ extern "C" {
 
 typedef enum { SCR_FLOAT32 = 0, SCR_FLOAT16 = 1 } scr_dtype_t;
 
-/* Bytes of device workspace scr_realign_enqueue needs for these sizes (0 when nothing runs). */
+/* Bytes of device workspace scr_realign_enqueue needs for these sizes (0 for T <= 1). */
 size_t scr_realign_workspace_bytes(int B, int T, int D);
 
 /* Launch the op on `stream`. h, m_prev and m are `dtype`; every other tensor is float32.

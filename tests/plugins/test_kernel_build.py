@@ -159,6 +159,8 @@ def test_plan_launches_fit_cuda_and_the_kernel_signatures(dtype, B, T, D):
              else launch.name for launch in launches]
     expected = ["scr_realign_token_scalars", "scr_realign_chunk_totals",
                 "scr_realign_chunk_carries", "scr_realign_chunk_apply"]
+    if T == 1:
+        expected = ["scr_realign_step"]  # decode: one block per batch row
     assert names == (expected if T > 0 else ["scr_realign_chunk_carries"])
     suffix = {"float32": "_f32", "float16": "_f16"}[dtype]
     for launch in launches:
@@ -173,6 +175,10 @@ def test_plan_launches_fit_cuda_and_the_kernel_signatures(dtype, B, T, D):
             if kind == "i32":
                 assert -(2**31) <= value < 2**31
     by_name = {name: launch for name, launch in zip(names, launches)}
+    if T == 1:
+        step = by_name["scr_realign_step"]
+        assert step.grid == (B, 1, 1) and step.block == (k["STEP_THREADS"], 1, 1)
+        return
     carries = by_name["scr_realign_chunk_carries"]
     assert carries.grid[0] * k["DTILE"] >= D + 1 and carries.grid[1] == B
     if T > 0:
@@ -185,7 +191,7 @@ def test_plan_launches_fit_cuda_and_the_kernel_signatures(dtype, B, T, D):
             assert launch.block == (k["DTILE"], k["ROWS"], 1)
 
 
-@pytest.mark.parametrize(("B", "T", "D"), [(1, 1, 1), (3, 100_000, 33), (2, 129, 512)])
+@pytest.mark.parametrize(("B", "T", "D"), [(1, 2, 1), (3, 100_000, 33), (2, 129, 512)])
 def test_workspace_regions_are_aligned_disjoint_and_inside(B, T, D):
     """Oracle: the layout stated in realign_kernel.h (e [B*T] | beta [B*T] | S [B,chunks,D+1],
     float32, each region starting on a SCR_REALIGN_WS_ALIGN boundary)."""
@@ -204,6 +210,15 @@ def test_workspace_regions_are_aligned_disjoint_and_inside(B, T, D):
         assert start + nbytes <= base + size
     for (s0, n0), (s1, _) in zip(regions, regions[1:]):
         assert s0 + n0 <= s1
+
+
+def test_single_token_calls_need_no_workspace():
+    """Oracle: realign_kernel.h (T == 1 runs one kernel that keeps e and beta in shared
+    memory), so a decode profile asks TensorRT for no workspace."""
+    assert launch_plan.workspace_bytes(8, 1, 4096) == 0
+    (step,) = launch_plan.plan("float16", {key: 0 for key in launch_plan.PTR_KEYS}, 8, 1, 4096,
+                               8.0, 0)
+    assert step.name == "scr_realign_step_f16"
 
 
 def test_plan_rejects_what_the_kernels_cannot_run():

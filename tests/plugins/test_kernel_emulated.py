@@ -116,6 +116,7 @@ def assert_matches_oracle(dtype, ins, out, kappa=8.0):
 CASES = [  # (B, T, D, h_max, carry): T=1 decode with a carry, odd D, chunk edges, |h| = 6e4
     (1, 1, 1, None, True), (3, 1, 33, None, True), (2, 300, 33, None, False),
     (1, 257, 40, 6e4, True), (2, 128, 64, None, True),
+    (2, 1, 600, 6e4, True), (1, 1, 300, None, False),  # the T == 1 kernel: D > its block
 ]
 
 

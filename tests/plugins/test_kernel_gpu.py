@@ -73,4 +73,4 @@ def test_kernel_matches_the_float64_oracle_on_the_gpu(gpu_check, tmp_path):
     results = gpu_check.run_correctness(quick=True, workdir=tmp_path)
     failed = [r for r in results if not r.ok]
     assert results and not failed, "\n".join(map(str, failed))
-    assert {r.path for r in results} == {"c-launcher", "plan+fatbin"}
+    assert {"c-launcher", "plan+fatbin"} <= {r.path for r in results}

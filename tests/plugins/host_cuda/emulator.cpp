@@ -180,6 +180,8 @@ struct Entry
 
 #define SCR_KERNEL(k) Entry{#k, reinterpret_cast<void const*>(&k), &run_kernel<&k>}
 Entry const kKernels[] = {
+    SCR_KERNEL(scr_realign_step_f32),
+    SCR_KERNEL(scr_realign_step_f16),
     SCR_KERNEL(scr_realign_token_scalars_f32),
     SCR_KERNEL(scr_realign_token_scalars_f16),
     SCR_KERNEL(scr_realign_chunk_totals_f32),

@@ -1,0 +1,50 @@
+"""tools/gpu_check_runner.py: the TensorRT runner's device-memory path against the host
+onnxruntime runner, with the engine emulated by onnxruntime over the runner's buffers.
+
+On a CPU the "device" is the recording fake of test_trt_runner (bytearrays behind fake
+pointers), which runs the tool's whole comparison in CI; with an NVIDIA GPU and
+cuda-python the same check runs on real cudaMalloc'd memory. Oracle: greedy ids, batch-2
+logits and the final state of `Engine.load(folder, backend="ort")` / `HostDecoder`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from fake_cuda import FakeCuda
+
+from scredge.device import gpu_unavailable_reason
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "gpu_check_runner.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("gpu_check_runner", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check_runner"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_path_matches_the_host_runner_on_fake_memory(tool, small_window_artifact):
+    _, folder = small_window_artifact
+    report = tool.check_artifact(folder, tokens=24, cuda=FakeCuda([]))
+    assert report["ok"], report
+    assert [c["prompt_len"] for c in report["cases"]] == [5, 16 + 9]  # inside and past W
+    assert report["batch2_past_len"] == 15  # W - 1: the cache was trimmed on the device
+    assert report["batch2_logits_max_abs_diff"] <= tool.LOGITS_TOL
+
+
+@pytest.mark.gpu
+def test_device_path_on_a_real_gpu(tool, small_window_artifact):
+    reason = gpu_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python drives the device memory")
+    _, folder = small_window_artifact
+    report = tool.check_artifact(folder, tokens=24)
+    assert report["ok"], report
