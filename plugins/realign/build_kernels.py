@@ -133,6 +133,55 @@ def build_launcher_library(out: Path, archs=None) -> Path:
     return _compile(["-shared", "-Xcompiler", "-fPIC"], out, archs)
 
 
+# Xavier (sm_72) is a JetPack 5 device: CUDA 11.4, PTX ISA 7.4. CUDA 13's nvcc no longer
+# targets it, but a CUDA 12 ptxas (PyPI: nvidia-cuda-nvcc-cu12) still assembles sm_72.
+LEGACY_ARCH, LEGACY_PTX_ISA, LOWEST_NVCC13_ARCH = "72", "7.4", "75"
+
+
+def find_cuda12_ptxas() -> str | None:
+    """ptxas of a CUDA 12 toolkit: $SCREDGE_PTXAS12, else the nvidia-cuda-nvcc-cu12 wheel's."""
+    env = os.environ.get("SCREDGE_PTXAS12")
+    if env:
+        return env if Path(env).is_file() else None
+    try:
+        import nvidia.cuda_nvcc as wheel  # the CUDA 12 wheel's package; CUDA 13's is nvidia.cu13
+    except ImportError:
+        return None
+    for root in getattr(wheel, "__path__", []):
+        ptxas = Path(root) / "bin" / "ptxas"
+        if ptxas.is_file():
+            return str(ptxas)
+    return None
+
+
+def assemble_legacy_cubin(out: Path, ptxas: str) -> Path:
+    """sm_72 machine code from our source where nvcc cannot build it: nvcc's PTX for its
+    lowest arch, declared as PTX ISA 7.4 for sm_72 (what JetPack 5's toolchain reads),
+    assembled by a CUDA 12 ptxas. ptxas rejects any instruction sm_72 or ISA 7.4 lacks, so
+    a clean assembly shows the kernels build for Xavier; JetPack's own nvcc is the way to
+    build for it (CMakeLists.txt)."""
+    nvcc = _require_nvcc()
+    out = Path(out)
+    ptx = out.with_suffix(".sm75.ptx")
+    cmd = [nvcc, "-ptx", *NVCC_FLAGS[:2], f"-arch=compute_{LOWEST_NVCC13_ARCH}", "-o", str(ptx),
+           str(SOURCE)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ScredgeError("nvcc failed to emit PTX for the Realign kernels",
+                           received=done.stderr[-2000:], fix=" ".join(cmd))
+    text = ptx.read_text()
+    text = re.sub(r"^\.version \d+\.\d+$", f".version {LEGACY_PTX_ISA}", text, count=1, flags=re.M)
+    text = re.sub(r"^\.target sm_\d+$", f".target sm_{LEGACY_ARCH}", text, count=1, flags=re.M)
+    legacy = out.with_suffix(f".sm{LEGACY_ARCH}.ptx")
+    legacy.write_text(text)
+    cmd = [ptxas, f"-arch=sm_{LEGACY_ARCH}", "-O3", str(legacy), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ScredgeError(f"ptxas could not assemble the kernels for sm_{LEGACY_ARCH}",
+                           received=done.stderr[-2000:], fix=" ".join(cmd))
+    return out
+
+
 def require_fatbin() -> Path:
     """The fatbin's path, or a ScredgeError that says how to build it."""
     path = fatbin_path()

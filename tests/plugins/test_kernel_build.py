@@ -113,6 +113,23 @@ def test_skipped_archs_are_reported_with_the_reason():
 
 
 @needs_nvcc
+@pytest.mark.slow
+def test_kernels_assemble_for_xavier_sm72(tmp_path):
+    """Oracle: a CUDA 12 ptxas, which refuses any instruction sm_72 / PTX ISA 7.4 lacks.
+    CUDA 13's nvcc dropped sm_72, so CI lowers its PTX and assembles it with the ptxas of
+    the nvidia-cuda-nvcc-cu12 wheel (a dev dependency)."""
+    if build_kernels.find_nvcc() is None:
+        pytest.skip("nvcc (CUDA toolkit) not installed on this machine")
+    ptxas = build_kernels.find_cuda12_ptxas()
+    if ptxas is None:
+        pytest.skip("no CUDA 12 ptxas: pip install 'nvidia-cuda-nvcc-cu12>=12.4,<13'")
+    cubin = build_kernels.assemble_legacy_cubin(tmp_path / "realign_sm72.cubin", ptxas)
+    data = cubin.read_bytes()
+    assert data[:4] == b"\x7fELF"  # a CUDA cubin is an ELF image
+    names = set(re.findall(rb"scr_realign_\w+", data))
+    assert {n.encode() for n in launch_plan.kernel_names()} <= names
+
+
 def test_failed_build_leaves_no_file(tmp_path, monkeypatch):
     """Oracle: the file system. A broken source must not leave a half-written fatbin."""
     broken = tmp_path / "broken.cu"
