@@ -14,8 +14,9 @@ from pathlib import Path
 
 import scredge
 from scredge.config import PRESETS, SCRConfig
-from scredge.deps import available
+from scredge.deps import available, require
 from scredge.errors import ScredgeError
+from scredge.ref.train_config import defaults as train_defaults
 
 OPTIONAL_MODULES = ("numpy", "torch", "safetensors", "onnx", "onnxscript", "onnxruntime",
                     "tensorrt", "tensorrt_rtx", "transformers")
@@ -109,7 +110,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     layers = parse_scr_layers(args.scr_layers)
     # refuse bad options before building or loading anything
     check_options(out.absolute(), args.dtype, args.opset, args.force, window=None)
-    if args.from_llama is not None:
+    if args.pretrained is not None:
+        if layers is not None or args.weights is not None or args.config is not None:
+            raise ScredgeError("--pretrained takes no --config, --weights or --scr-layers",
+                               received="--pretrained with one of them",
+                               fix="drop them: the shipped checkpoint fixes its own config")
+        src = sources.from_pretrained(args.pretrained)
+    elif args.from_llama is not None:
         src = sources.from_llama(args.from_llama, layers, seed=args.seed)
     elif args.weights is not None:
         src = sources.from_files(args.config, args.weights)
@@ -293,6 +300,106 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- train ----------------------------------------------------------------------------
+# TrainConfig fields settable from the command line: (flag, type, help)
+_TRAIN_FLAGS = (
+    ("steps", int, "optimizer steps"),
+    ("batch_size", int, "windows per step"),
+    ("seq_len", int, "bytes per window"),
+    ("lr", float, "peak learning rate"),
+    ("min_lr", float, "learning rate at the end of the cosine decay"),
+    ("warmup_steps", int, "linear warmup steps (default: min(100, steps // 10))"),
+    ("weight_decay", float, "AdamW weight decay on matrices"),
+    ("grad_clip", float, "max global gradient norm, 0 = off"),
+    ("seed", int, "seed of the initial weights and of batch sampling"),
+    ("eval_every", int, "validate every N steps (and at 0 and the end)"),
+    ("eval_batches", int, "validation batches (fixed windows)"),
+    ("checkpoint_every", int, "write last.pt every N steps (and at the end)"),
+    ("log_every", int, "a progress line every N steps"),
+)
+
+
+def _train_data(args: argparse.Namespace) -> tuple[bytes, bytes, dict]:
+    """(train bytes, validation bytes, a description for the log) from --data or --corpus."""
+    from scredge.ref import corpus
+
+    if args.data is not None:
+        train, val = corpus.split(corpus.load_text(args.data), args.val_fraction)
+        return train, val, {"kind": "text", "path": str(Path(args.data).absolute())}
+    if args.corpus == "longrange":
+        gap = _int_pair(args.recall_gap, "--recall-gap")
+        full = corpus.LongRangeCorpus.generate(seed=args.corpus_seed, n_docs=args.docs,
+                                               doc_bytes=args.doc_bytes, gap_min=gap[0],
+                                               gap_max=gap[1])
+        train, val = full.split(args.val_fraction)
+        return train.data, val.data, {"kind": "longrange", **full.describe()}
+    train, val = corpus.split(corpus.prose_corpus(), args.val_fraction)
+    return train, val, {"kind": "prose", "source": "pydoc_data.topics",
+                        "python": platform.python_version()}
+
+
+def _int_pair(text: str, flag: str) -> tuple[int, int]:
+    try:
+        a, b = (int(t) for t in text.split(","))
+    except ValueError:
+        raise ScredgeError(f"invalid {flag}", received=repr(text),
+                           expected="two integers MIN,MAX like 300,600") from None
+    return a, b
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a byte-level model; progress lines on stdout, results in --out."""
+    from scredge.ref.train_config import TrainConfig
+
+    config = _config_from_args(args)
+    layers = parse_scr_layers(args.scr_layers)
+    if args.scr_layers == "all":
+        layers = tuple(range(config.n_layers))
+    if layers is not None:
+        config = config.with_(scr_layers=layers)
+    if args.window is not None:
+        config = config.with_(window=None if args.window == "none" else _window(args.window))
+    settings = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS
+                if getattr(args, name) is not None}
+    steps = settings.get("steps", TrainConfig.steps)
+    settings.setdefault("warmup_steps", min(100, steps // 10))
+    cfg = TrainConfig(**settings)  # refuses bad settings before torch or data are loaded
+    torch = require("torch")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ScredgeError("--threads must be >= 1", received=args.threads)
+        torch.set_num_threads(args.threads)
+    from scredge.ref.train import MODEL_FILE, train
+
+    train_bytes, val_bytes, source = _train_data(args)
+    if source["kind"] == "longrange" and cfg.seq_len <= source["gap_max"]:
+        print(f"note: --seq-len {cfg.seq_len} is not longer than the recall gap "
+              f"({source['gap_min']}..{source['gap_max']} bytes): few or no training windows "
+              f"hold both a key and its recall", flush=True)
+    kind = (f"SCR layers {list(config.scr_layers)}" if config.scr_layers
+            else "a plain transformer (no SCR layers)")
+    print(f"training {kind}, window {config.window}, on {source['kind']} data: "
+          f"{len(train_bytes):,} train / {len(val_bytes):,} val bytes", flush=True)
+    result = train(config, cfg, train_bytes, val_bytes, args.out, resume=args.resume,
+                   progress=lambda line: print(line, flush=True), device=args.device,
+                   stop_at=args.stop_at, ignore_memory_check=args.ignore_memory_check,
+                   meta={"command": ["scredge", *getattr(args, "argv", [])], "data": source})
+    if result.finished:
+        log = result.log
+        print(f"wrote {Path(args.out) / MODEL_FILE} (final val loss "
+              f"{log['final_val_loss']:.4f}, {log['wall_time_s']:.0f} s) and train_log.json")
+    return 0
+
+
+def _window(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ScredgeError("invalid --window", received=repr(text),
+                           expected="a positive integer, or 'none' for full causal attention"
+                           ) from None
+
+
 # ---- parser ---------------------------------------------------------------------
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
@@ -327,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="tiny",
                      help=f"seeded model of a named config: {', '.join(PRESETS)} (default tiny)")
+    src.add_argument("--pretrained", metavar="NAME",
+                     help="a checkpoint shipped with scredge and trained by `scredge train`: "
+                          "tiny (prose)")
     src.add_argument("--from-llama", type=Path, metavar="DIR",
                      help="a local Hugging Face Llama/Mistral folder (config.json + safetensors); "
                           "SCR layers are added with gamma = 0")
@@ -402,6 +512,43 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=float, help=f"override the {what}")
     p.set_defaults(func=cmd_parity)
 
+    p = sub.add_parser("train", help="train a byte-level model on text (needs the ref extra)")
+    _add_model_source(p)
+    p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
+                                        "config's)")
+    p.add_argument("--window", help="attention window in tokens, or 'none' (default: the "
+                                    "config's)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--data", type=Path, metavar="PATH",
+                      help="a text file, or a folder of *.txt / *.md files (recursive)")
+    data.add_argument("--corpus", choices=["prose", "longrange"], default="prose",
+                      help="built-in data when --data is absent: prose (Python's docs, "
+                           "default) or longrange (seeded key/recall documents)")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="tail of the data kept for validation (default 0.05)")
+    p.add_argument("--corpus-seed", type=int, default=0, help="longrange: seed (default 0)")
+    p.add_argument("--docs", type=int, default=1000, help="longrange: documents (default 1000)")
+    p.add_argument("--doc-bytes", type=int, default=4096,
+                   help="longrange: bytes per document (default 4096)")
+    p.add_argument("--recall-gap", default="300,600", metavar="MIN,MAX",
+                   help="longrange: bytes from a key mention to the next recall (default "
+                        "300,600)")
+    for name, kind, text in _TRAIN_FLAGS:
+        suffix = "" if "default" in text else f" (default {train_defaults()[name]})"
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text + suffix)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: torch's choice); on a shared machine "
+                        "fewer threads than busy cores avoids stalls; keep it when resuming")
+    p.add_argument("--out", required=True, type=Path,
+                   help="run folder: last.pt, model.safetensors, train_log.json")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--stop-at", type=int, metavar="STEP",
+                   help="checkpoint and stop after this step; continue later with --resume")
+    p.add_argument("--ignore-memory-check", action="store_true",
+                   help="train even when the memory estimate exceeds the available memory")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("bench", help="latency of real generation: TTFT, ITL percentiles, tok/s")
     p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
     p.add_argument("--backend", default="ort", choices=["ort", "trt"])
@@ -427,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `train`
     try:
         return args.func(args)
     except ScredgeError as exc:

@@ -42,6 +42,18 @@ def from_files(config_path: Path | None, weights: Path) -> ModelSource:
                                "config": str(config_path) if config_path else "metadata"})
 
 
+def from_pretrained(name: str) -> ModelSource:
+    """A checkpoint shipped with scredge (trained by `scredge train`), checked against its
+    record's sha256 first."""
+    from scredge.ref import load_checkpoint, pretrained
+
+    info = pretrained.record(name)
+    model = load_checkpoint(pretrained.path(name))
+    return ModelSource(model, {"kind": "pretrained", "name": name, "sha256": info["sha256"],
+                               "final_val_loss": info["final_val_loss"],
+                               "command": info["command"]})
+
+
 # ---- Hugging Face Llama family -------------------------------------------------------
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 

@@ -6,7 +6,8 @@
 #
 # With artifact folders (from `scredge export`), also runs the TensorRT runner's device-
 # memory path on them (tools/gpu_check_runner.py; the engine is emulated by onnxruntime,
-# since TensorRT itself may be absent).
+# since TensorRT itself may be absent) and, where TensorRT is installed, `scredge build`,
+# `parity --backend trt` and `bench --backend trt` on the first one.
 # Needs: nvidia-smi, nvcc, python with torch (CUDA build) and cuda-python or CuPy
 # (cuda-python for the Python plugin's enqueue and the runner check), onnxruntime.
 # Writes gpu_check_kernel.json / gpu_check_runner.json to $OUT if set, else a temp folder.
@@ -49,12 +50,31 @@ if [[ $# -gt 0 ]]; then
     timeout 150 "$PY" tools/gpu_check_runner.py "$@" --json "$OUT_DIR/gpu_check_runner.json"
     runner_rc=$?
 fi
+# With TensorRT installed: the whole path on the first artifact, through the scredge CLI
+# (build with the plugin, parity at every tier the TensorRT runner serves, latency).
+trt_rc=skipped
+if [[ $# -gt 0 ]] && "$PY" -c "import tensorrt" 2>/dev/null; then
+    echo "== TensorRT: build + parity + bench on $1"
+    trt_rc=0
+    work="$(mktemp -d)/artifact"
+    cp -r "$1" "$work"
+    SCREDGE="$PY -m scredge"
+    timeout 300 $SCREDGE build "$work" --backend tensorrt || trt_rc=$?
+    [[ $trt_rc == 0 ]] && { timeout 120 $SCREDGE parity "$work" --backend trt --json \
+        > "$OUT_DIR/gpu_check_trt_parity.json" || trt_rc=$?; }
+    [[ $trt_rc == 0 ]] && { timeout 120 $SCREDGE bench "$work" --backend trt --json \
+        > "$OUT_DIR/gpu_check_trt_bench.json" || trt_rc=$?; }
+elif [[ $# -gt 0 ]]; then
+    echo "== TensorRT: not installed here (import tensorrt failed): build/parity/bench skipped"
+fi
 echo "== summary"
 [[ $# -gt 0 ]] && echo "runner check: $([[ $runner_rc == 0 ]] && echo PASSED || echo "FAILED ($runner_rc)")"
+[[ $# -gt 0 ]] && echo "TensorRT build + parity + bench: $([[ $trt_rc == 0 ]] && echo PASSED || echo "$trt_rc")"
 case $rc in
     0) echo "GPU checks PASSED in $((SECONDS - start)) s; numbers in $OUT_DIR/gpu_check_kernel.json" ;;
     124) echo "GPU checks TIMED OUT after 400 s (rerun with QUICK=1)" ;;
     *) echo "GPU checks FAILED (exit $rc) after $((SECONDS - start)) s" ;;
 esac
 [[ $rc == 0 ]] && rc=$runner_rc
+[[ $rc == 0 && $trt_rc != skipped ]] && rc=$trt_rc
 exit $rc

@@ -10,7 +10,7 @@ import pytest
 from scredge.cli import build_parser, main
 from scredge.config import SCRConfig
 
-WORKING = {"info", "init", "export", "generate", "build", "parity", "bench"}
+WORKING = {"info", "init", "export", "generate", "build", "parity", "bench", "train"}
 
 
 def test_help_lists_only_working_subcommands(capsys):

@@ -1,0 +1,395 @@
+"""Byte-level language-model training of the reference model (`scredge train`).
+
+Small and deterministic on purpose, so a result can be rerun and a run resumed:
+
+- Batches are random windows of `seq_len + 1` bytes (input and shifted target) drawn by
+  a seeded numpy Generator whose state is checkpointed; validation uses fixed, evenly
+  spaced windows of the validation bytes, so every evaluation sees the same bytes.
+- AdamW with linear warmup and cosine decay to `min_lr`, global-norm gradient clipping.
+  Weight decay applies to matrices (projections, MLP, SCR `proj`, the tied embedding)
+  and not to vectors: norm gains (decay pulls them to 0, not to their neutral 1),
+  biases, the SCR score heads and the SCR scale gamma (decay would push SCR towards
+  the identity and bias an SCR-vs-baseline comparison).
+- `out_dir/last.pt` holds the whole training state (weights, optimizer, step, both
+  RNG states, both configs, the log) and is replaced atomically; on CPU a run resumed
+  from it ends with bit-identical weights to one that was never interrupted.
+- The result is `out_dir/model.safetensors` (SCR_SPEC names, via `save_checkpoint`) and
+  `out_dir/train_log.json` (evaluations, final validation loss, wall time, command).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scredge.config import SCRConfig
+from scredge.errors import ScredgeError
+from scredge.ref.checkpoint import save_checkpoint
+from scredge.ref.corpus import sha256
+from scredge.ref.model import SCRForCausalLM, build_model
+from scredge.ref.train_config import TRAJECTORY_FIELDS, TrainConfig, is_int
+
+STATE_FILE = "last.pt"
+MODEL_FILE = "model.safetensors"
+LOG_FILE = "train_log.json"
+STATE_FORMAT = "scredge-train-state/1"
+ADAM_BETAS = (0.9, 0.95)
+
+
+# ---- memory -----------------------------------------------------------------------------
+# float32 values kept for the backward pass, fitted to the peak RSS of two CPU training
+# steps with torch 2.13 (measured -> estimated MB, RSS varies ~10% run to run: tiny 16x256
+# 600-665 -> 758, tiny 8x1024 1712 -> 2014, tiny 32x128 516-627 -> 694, small 4x512
+# 1971-2155 -> 2570, small 16x256 3849-3927 -> 3954): an upper bound with some slack.
+_ACT_PER_D = 28  # [B,T,D] tensors per layer: norms, q/k/v/o, residuals, SCR realign
+_ACT_PER_F = 5  # [B,T,d_ff] tensors per layer: gate, up, silu, product
+_ACT_PER_SCORE = 2  # [B,H,T,T] tensors per layer: scores and probabilities
+_ACT_PER_V = 4  # [B,T,V] tensors: logits, log-softmax, gradients
+_FIXED = 256 << 20  # allocator caches, thread arenas, small buffers
+
+
+def estimate_memory(config: SCRConfig, cfg: TrainConfig) -> dict[str, int]:
+    """Bytes needed by one training step: weights + grads + AdamW states, activations."""
+    n = sum(math.prod(s) for s in config.parameter_shapes().values())
+    b, t = cfg.batch_size, cfg.seq_len
+    per_layer = (b * t * (_ACT_PER_D * config.d_model + _ACT_PER_F * config.d_ff)
+                 + _ACT_PER_SCORE * b * config.n_heads * t * t)
+    parts = {
+        "parameters": n,
+        "weights_grads_adam": 16 * n,  # float32 weights, grads, exp_avg, exp_avg_sq
+        "activations": 4 * config.n_layers * per_layer,
+        "logits": 4 * _ACT_PER_V * b * t * config.vocab_size,
+    }
+    parts["total"] = parts["weights_grads_adam"] + parts["activations"] + parts["logits"] + _FIXED
+    return parts
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Free memory in bytes: /proc/meminfo MemAvailable (CPU) or the CUDA device's; None
+    when it cannot be read (then nothing is checked)."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(config: SCRConfig, cfg: TrainConfig, available: int | None) -> dict[str, int]:
+    """Refuse a run whose estimate exceeds `available` bytes before allocating anything."""
+    est = estimate_memory(config, cfg)
+    if available is not None and est["total"] > available:
+        gib = 1 << 30
+        raise ScredgeError(
+            "training would need more memory than is available",
+            received=f"estimate {est['total'] / gib:.2f} GiB ({est['parameters']:,} parameters: "
+                     f"{est['weights_grads_adam'] / gib:.2f} GiB weights+grads+AdamW, "
+                     f"activations {est['activations'] / gib:.2f} GiB, "
+                     f"logits {est['logits'] / gib:.2f} GiB) at batch {cfg.batch_size} x "
+                     f"seq_len {cfg.seq_len}",
+            expected=f"at most {available / gib:.2f} GiB (available now)",
+            fix="lower --batch-size or --seq-len (activations grow with batch*seq_len and "
+                "attention with seq_len^2), or pass --ignore-memory-check",
+        )
+    return est
+
+
+# ---- data -----------------------------------------------------------------------------
+def _as_array(data: bytes, name: str, seq_len: int) -> np.ndarray:
+    if len(data) < seq_len + 1:
+        raise ScredgeError(f"{name} data is shorter than one training window",
+                           received=f"{len(data)} bytes", expected=f">= seq_len + 1 = "
+                           f"{seq_len + 1} bytes", fix="use more text or a smaller --seq-len")
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def sample_batch(data: np.ndarray, rng: np.random.Generator, batch: int,
+                 seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: inputs [B,T] and next-byte targets [B,T], int64."""
+    starts = rng.integers(0, len(data) - seq_len, size=batch)  # window = seq_len + 1 bytes
+    windows = np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+    w = torch.from_numpy(windows)
+    return w[:, :-1], w[:, 1:]
+
+
+def val_windows(data: np.ndarray, n: int, seq_len: int) -> torch.Tensor:
+    """`n` evenly spaced windows of seq_len + 1 bytes covering the data, [n, T+1] int64."""
+    starts = np.linspace(0, len(data) - seq_len - 1, n).round().astype(np.int64)
+    return torch.from_numpy(np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int64))
+
+
+# ---- optimizer ----------------------------------------------------------------------------
+def make_optimizer(model: SCRForCausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (see the module docstring)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS)
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """Deterministic torch algorithms for the run, restoring the caller's setting after."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+# ---- training -------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    model: SCRForCausalLM  # in eval mode, on the training device
+    log: dict  # what train_log.json holds
+    finished: bool  # False when stopped early by `stop_at`
+
+
+def train(
+    model_config: SCRConfig,
+    cfg: TrainConfig,
+    data_train: bytes,
+    data_val: bytes,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[str], None] | None = None,
+    device: str = "cpu",
+    stop_at: int | None = None,
+    ignore_memory_check: bool = False,
+    meta: dict | None = None,
+) -> TrainResult:
+    """Train a seeded model on bytes; checkpoint to, resume from and write into `out_dir`.
+
+    `stop_at`: write the checkpoint after this step and return unfinished (as if
+    interrupted); resume later with `resume=True`. `meta` (JSON-able: the command,
+    where the data came from) is stored in the log.
+    """
+    say = progress or (lambda line: None)
+    out_dir = Path(out_dir)
+    state_path = out_dir / STATE_FILE
+    train_arr = _as_array(data_train, "training", cfg.seq_len)
+    val_arr = _as_array(data_val, "validation", cfg.seq_len)
+    if stop_at is not None and not (is_int(stop_at) and 1 <= stop_at):
+        raise ScredgeError("invalid stop step", received=stop_at, expected="an integer >= 1")
+    if resume and not state_path.is_file():
+        raise ScredgeError("nothing to resume", received=f"no {STATE_FILE} in {out_dir}",
+                           fix="drop --resume to start a new run, or point --out at a run")
+    if not resume and state_path.exists():
+        raise ScredgeError("the output folder already holds a training run",
+                           received=str(state_path),
+                           fix="pass --resume to continue it, or choose another --out")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ScredgeError("unknown training device", received=repr(device),
+                           expected="cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ScredgeError("CUDA device requested but torch sees no GPU", received=device,
+                           expected="cpu, or a machine with CUDA", fix="pass --device cpu")
+    est = estimate_memory(model_config, cfg)
+    if not ignore_memory_check:
+        check_memory(model_config, cfg, available_memory(device))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_ids = {"train_sha256": sha256(data_train), "val_sha256": sha256(data_val),
+                "train_bytes": len(data_train), "val_bytes": len(data_val)}
+
+    with _deterministic():
+        torch.manual_seed(cfg.seed)
+        model = build_model(model_config, cfg.seed).to(device)
+        optimizer = make_optimizer(model, cfg)
+        rng = np.random.default_rng(cfg.seed)
+        log = {"status": "running", "model_config": model_config.to_dict(),
+               "train_config": asdict(cfg), "data": data_ids, "meta": meta or {},
+               "parameters": est["parameters"], "memory_estimate_bytes": est["total"],
+               "device": device, "torch": str(torch.__version__), "evals": [], "losses": [],
+               "wall_time_s": 0.0, "runs": []}
+        step = 0
+        if resume:
+            step, log = _restore(state_path, model, optimizer, rng, model_config, cfg,
+                                 data_ids, device)
+            log["meta"] = meta or log["meta"]
+            log["train_config"] = asdict(cfg)  # cadence fields may change on resume
+            say(f"resumed {state_path} at step {step}/{cfg.steps}")
+        log["runs"].append({"start_step": step, "resumed": resume,
+                            "threads": torch.get_num_threads(),
+                            "command": (meta or {}).get("command")})
+        val = val_windows(val_arr, cfg.eval_batches * cfg.batch_size, cfg.seq_len).to(device)
+        positions = torch.arange(cfg.seq_len, device=device).expand(cfg.batch_size, -1)
+        wall_before = log["wall_time_s"]
+        t0 = time.perf_counter()
+        compute_s, steps_here, window_losses = 0.0, 0, []
+
+        def evaluate() -> float:
+            model.eval()
+            total = 0.0
+            with torch.no_grad():
+                for chunk in val.split(cfg.batch_size):
+                    logits, _ = model(chunk[:, :-1], positions[: len(chunk)])
+                    total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(),
+                                             reduction="sum").item()
+            model.train()
+            return total / (val.shape[0] * cfg.seq_len)
+
+        def wall() -> float:
+            return wall_before + time.perf_counter() - t0
+
+        if step == 0:
+            v = evaluate()
+            log["evals"].append({"step": 0, "val_loss": v, "wall_time_s": wall()})
+            say(f"step 0/{cfg.steps} | val loss {v:.4f} (uniform: ln 256 = {math.log(256):.4f})"
+                f" | {est['parameters']:,} parameters, {cfg.tokens_per_step:,} tokens/step")
+        model.train()
+        while step < cfg.steps:
+            s0 = time.perf_counter()
+            lr = cfg.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = sample_batch(train_arr, rng, cfg.batch_size, cfg.seq_len)
+            x, y = x.to(device), y.to(device)
+            logits, _ = model(x, positions)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise ScredgeError("training diverged: the loss is not finite",
+                                   received=f"loss {loss_value} at step {step + 1}",
+                                   fix="lower --lr or keep --grad-clip on; resume from the "
+                                       "last checkpoint with other settings in a new --out")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            steps_here += 1
+            compute_s += time.perf_counter() - s0
+            window_losses.append(loss_value)
+            line = None
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                mean = sum(window_losses) / len(window_losses)
+                log["losses"].append({"step": step, "loss": mean, "lr": lr})
+                window_losses = []
+                eta = (wall() - wall_before) / steps_here * (cfg.steps - step)
+                line = (f"step {step}/{cfg.steps} | loss {mean:.4f} | lr {lr:.2e} | "
+                        f"{steps_here * cfg.tokens_per_step / compute_s:,.0f} tok/s | "
+                        f"elapsed {_clock(wall())} | eta {_clock(eta)}")
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                v = evaluate()
+                log["evals"].append({"step": step, "val_loss": v, "train_loss": loss_value,
+                                     "lr": lr, "wall_time_s": wall()})
+                line = (line or f"step {step}/{cfg.steps}") + f" | val loss {v:.4f}"
+            if line:
+                say(line)
+            stopping = stop_at is not None and step >= stop_at and step < cfg.steps
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+                log["wall_time_s"] = wall()
+                log["tokens_per_s"] = steps_here * cfg.tokens_per_step / compute_s
+                _save_state(state_path, model, optimizer, rng, step, cfg, log)
+            if stopping:
+                log["status"] = "stopped"
+                _write_json(out_dir / LOG_FILE, log)
+                say(f"stopped after step {step}: resume with --resume")
+                return TrainResult(model.eval(), log, finished=False)
+
+        log["wall_time_s"] = wall()
+        if steps_here:
+            log["tokens_per_s"] = steps_here * cfg.tokens_per_step / compute_s
+        log["final_val_loss"] = log["evals"][-1]["val_loss"]
+        log["status"] = "finished"
+        save_checkpoint(model, out_dir / MODEL_FILE)
+        _write_json(out_dir / LOG_FILE, log)
+        return TrainResult(model.eval(), log, finished=True)
+
+
+# ---- checkpoints ---------------------------------------------------------------------
+def _save_state(path: Path, model, optimizer, rng, step: int, cfg: TrainConfig,
+                log: dict) -> None:
+    state = {"format": STATE_FORMAT, "step": step, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "numpy_rng": rng.bit_generator.state,
+             "torch_rng": torch.get_rng_state(), "train_config": asdict(cfg),
+             "model_config": model.config.to_dict(), "log": log}
+    _atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def _restore(path: Path, model, optimizer, rng, model_config: SCRConfig, cfg: TrainConfig,
+             data_ids: dict, device: str) -> tuple[int, dict]:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors alike: the file is unusable
+        raise ScredgeError("cannot read the training checkpoint", received=f"{path}: {exc}",
+                           fix="delete it and start again without --resume") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ScredgeError("not a scredge training checkpoint", received=str(path),
+                           expected=f"format {STATE_FORMAT}")
+    saved_model = SCRConfig.from_dict(state["model_config"], source=f"{path} model config")
+    if saved_model != model_config:
+        a, b = saved_model.to_dict(), model_config.to_dict()
+        diff = [k for k in a if a[k] != b[k]]
+        raise ScredgeError(
+            "cannot resume: the checkpoint was trained with another model config",
+            received=f"checkpoint {path}: " + ", ".join(f"{k}={a[k]}" for k in diff)
+                     + f" (full: {json.dumps(a)})",
+            expected="this command's config: " + ", ".join(f"{k}={b[k]}" for k in diff)
+                     + f" (full: {json.dumps(b)})",
+            fix="resume with the same --preset/--config, --scr-layers and --window, "
+                "or choose another --out")
+    saved_cfg = state["train_config"]
+    diff = [k for k in TRAJECTORY_FIELDS if saved_cfg.get(k) != getattr(cfg, k)]
+    if diff:
+        raise ScredgeError(
+            "cannot resume: training settings differ from the checkpoint's",
+            received="checkpoint: " + ", ".join(f"{k}={saved_cfg.get(k)}" for k in diff),
+            expected="this command: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in diff),
+            fix="resume with the checkpoint's settings (see its train_log.json), "
+                "or choose another --out")
+    saved_data = state["log"]["data"]
+    if any(saved_data[k] != data_ids[k] for k in ("train_sha256", "val_sha256")):
+        raise ScredgeError("cannot resume: the training data differs from the checkpoint's",
+                           received=f"train sha256 {data_ids['train_sha256'][:12]}..., "
+                                    f"{data_ids['train_bytes']} bytes",
+                           expected=f"train sha256 {saved_data['train_sha256'][:12]}..., "
+                                    f"{saved_data['train_bytes']} bytes",
+                           fix="resume with the same --data/--corpus and --val-fraction")
+    model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"].cpu())
+    return int(state["step"]), state["log"]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
