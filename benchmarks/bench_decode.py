@@ -96,6 +96,15 @@ def child(kind: str, folder: Path, tokens: int, threads: int) -> dict:
     return {"tokens_per_s": tps, "overhead": overhead}
 
 
+def is_stale(folder: Path) -> bool:
+    """True when the artifact is older than a source file that decides its graph (the
+    reference model and the exporter): reusing it would benchmark old code."""
+    repo = Path(__file__).resolve().parents[1]
+    sources = [f for d in ("scr_ref", "export") for f in (repo / d).glob("*.py")]
+    exported = (folder / "model.onnx").stat().st_mtime
+    return any(f.stat().st_mtime > exported for f in sources)
+
+
 def run_child(kind: str, folder: Path, tokens: int, threads: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", kind, str(folder),
                           "--tokens", str(tokens), "--threads", str(threads)],
@@ -121,6 +130,10 @@ def main() -> None:
           f"each sample in its own process, alternating reference and runtime", flush=True)
     for preset in args.presets:
         folder = root / preset
+        if folder.exists() and is_stale(folder):
+            print(f"warning: {folder} was exported before the last change to the exporter or "
+                  f"the reference model; its graph may not be what this code exports. "
+                  f"Delete it to re-export.", flush=True)
         if not folder.exists():
             from scredge.export.pipeline import export_artifact
             from scredge.export.sources import from_preset

@@ -67,9 +67,11 @@ def decode_step(decoder: Decoder, tokens: np.ndarray, position: int) -> np.ndarr
 
 
 def sample(sampler: Sampler, logits: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """logits [B,V] -> ids [B]; marks them in `seen` [B,V]."""
+    """logits [B,V] -> ids [B]; marks them in `seen` [B,V] when the repetition penalty
+    reads it (the fancy-index write is a measurable share of a fast decode step)."""
     ids = sampler(logits, seen)
-    seen[np.arange(len(ids)), ids] = True
+    if sampler.params.repetition_penalty != 1.0:
+        seen[np.arange(len(ids)), ids] = True
     return ids
 
 
