@@ -78,7 +78,7 @@ def teacher_forced(model, corpus, n_docs: int, window: int) -> dict:
     import torch.nn.functional as F
 
     nll_recall, nll_first, nll_other, nll_in, nll_out = [], [], [], [], []
-    first_ok, word_ok = [], []
+    first_ok, word_ok, per_doc = [], [], []
     bounds = list(corpus.doc_offsets[:n_docs + 1]) + [len(corpus.data)]
     for d in range(min(n_docs, len(corpus.doc_offsets))):
         start, stop = int(bounds[d]), int(bounds[d + 1])
@@ -92,6 +92,7 @@ def teacher_forced(model, corpus, n_docs: int, window: int) -> dict:
         pred = logp.argmax(-1).numpy()
         is_recall = np.zeros(len(nll), bool)
         in_doc = (corpus.recall_offsets >= start) & (corpus.recall_offsets < stop)
+        per_doc.append([])
         for off, k in zip(corpus.recall_offsets[in_doc], corpus.recall_keys[in_doc]):
             word = corpus.keys[k]
             idx = np.arange(off - start - 1, off - start - 1 + len(word))  # predicting the word
@@ -99,6 +100,7 @@ def teacher_forced(model, corpus, n_docs: int, window: int) -> dict:
             nll_first.append(nll[idx[0]])
             first_ok.append(pred[idx[0]] == doc[idx[0] + 1])
             word_ok.append(bool((pred[idx] == doc[idx + 1]).all()))
+            per_doc[-1].append(word_ok[-1])
         position = np.arange(1, len(doc))
         nll_recall.append(nll[is_recall])
         nll_other.append(nll[~is_recall])
@@ -111,7 +113,28 @@ def teacher_forced(model, corpus, n_docs: int, window: int) -> dict:
             "loss_positions_inside_window": float(cat(nll_in).mean()),
             "loss_positions_beyond_window": float(cat(nll_out).mean()),
             "recall_first_byte_accuracy": float(np.mean(first_ok)),
-            "recall_word_accuracy": float(np.mean(word_ok)), "recalls": len(word_ok)}
+            "recall_word_accuracy": float(np.mean(word_ok)), "recalls": len(word_ok),
+            "recall_by_document": [[bool(x) for x in d] for d in per_doc]}
+
+
+def bootstrap_by_document(a: list[list[bool]], b: list[list[bool]] | None = None,
+                          n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of recall accuracy (or of a - b, paired on the same documents),
+    resampling whole documents: recalls in one document share its key, so they are not
+    independent trials."""
+    rng = np.random.default_rng(seed)
+    hits_a = np.array([sum(d) for d in a], float)
+    counts = np.array([len(d) for d in a], float)
+    hits_b = None if b is None else np.array([sum(d) for d in b], float)
+    stats = []
+    for _ in range(n):
+        i = rng.integers(0, len(a), len(a))
+        value = hits_a[i].sum() / counts[i].sum()
+        if hits_b is not None:
+            value -= hits_b[i].sum() / counts[i].sum()
+        stats.append(value)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def free_running(model, corpus, n_docs: int, new_bytes: int, temperature: float) -> dict:
@@ -179,8 +202,13 @@ def evaluate(out: Path, args) -> dict:
         r |= teacher_forced(model, held_out, args.eval_docs, args.window)
         r |= free_running(model, held_out, args.gen_docs, args.gen_bytes, args.temperature)
         results[name] = r
-        print(name, {k: v for k, v in r.items() if k not in ("val_curve", "sample")},
-              flush=True)
+        print(name, {k: v for k, v in r.items()
+                     if k not in ("val_curve", "sample", "recall_by_document")}, flush=True)
+    for name in VARIANTS:
+        results[name]["recall_ci95"] = bootstrap_by_document(
+            results[name]["recall_by_document"])
+    results["recall_difference_ci95"] = bootstrap_by_document(
+        results["scr"]["recall_by_document"], results["baseline"]["recall_by_document"])
     return results
 
 
@@ -211,6 +239,10 @@ def table(results: dict) -> str:
         a, b = scr[key], base[key]
         ratio = f"{a / b:.2f}" if isinstance(a, (int, float)) and b else "—"
         lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
+    ci = [scr["recall_ci95"], base["recall_ci95"], results["recall_difference_ci95"]]
+    lines.append("| recall accuracy, 95 % interval by document (last column: SCR - "
+                 "baseline) | {:.1%} to {:.1%} | {:.1%} to {:.1%} | {:+.1%} to {:+.1%} |"
+                 .format(*ci[0], *ci[1], *ci[2]))
     return "\n".join(lines)
 
 

@@ -39,7 +39,8 @@ def test_experiment_runs_end_to_end(tmp_path):
         assert r["train_peak_rss_mib"] > 0 and r["train_s_per_step"] > 0
     assert scr["decode_state_bytes"] > base["decode_state_bytes"]  # + num/den per SCR layer
     table = (out / "results.md").read_text()
-    assert table.count("\n") == len(module.ROWS) + 2
+    assert table.count("\n") == len(module.ROWS) + 3  # header, rule, rows, the interval row
+    assert len(results["recall_difference_ci95"]) == 2
     assert (out / "scr_experiment.png").stat().st_size > 1000
     with pytest.raises(SystemExit):  # a gap inside the window would test nothing
         module.main(["--window", "32", "--gap", "16,40", "--out", str(out)])
