@@ -12,6 +12,7 @@ from pathlib import Path
 
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.export.realign_onnx import DOMAIN, OP_TYPE, PLUGIN_ATTRS
 
 
 def hidden_value_names(model) -> list[str]:
@@ -64,9 +65,8 @@ def realign_alone(onnx_path: Path, kappa: float) -> bytes:
         ("w_r", f32, [D]), ("b_r", f32, [1]), ("w_g", f32, [D]), ("b_g", f32, [1]))]
     outs = [helper.make_tensor_value_info(n, t, s) for n, t, s in (
         ("m", elem, bt), ("num_out", f32, b + [D]), ("den_out", f32, b + [1]))]
-    node = helper.make_node("Realign", [i.name for i in ins], [o.name for o in outs],
-                            domain="scr", kappa=kappa, plugin_namespace="scr",
-                            plugin_version="1")
+    node = helper.make_node(OP_TYPE, [i.name for i in ins], [o.name for o in outs],
+                            domain=DOMAIN, kappa=kappa, **PLUGIN_ATTRS)
     graph = helper.make_graph([node], "realign_alone", ins, outs)
     single = helper.make_model(graph, opset_imports=list(model.opset_import),
                                functions=list(model.functions))

@@ -30,14 +30,16 @@ from scredge.artifact import ONNX_FILE, add_to_manifest
 from scredge.deps import require
 from scredge.device import compute_capability, gpu_unavailable_reason
 from scredge.errors import ScredgeError
+from scredge.plugins import trt as trt_modules
+from scredge.plugins.realign import python_plugin
 from scredge.runtime import trt_profiles
 from scredge.runtime.loaders import Artifact
 
-BACKENDS = ("tensorrt", "tensorrt_rtx")
+BACKENDS = trt_modules.MODULES
 _TAG = {"tensorrt": "trt", "tensorrt_rtx": "trtrtx"}
 ENGINE_FILE = "model.{tag}.engine"
-PLUGIN = {"name": "Realign", "namespace": "scr", "version": "1",
-          "python": "scredge.plugins.realign.python_plugin"}
+PLUGIN = {"name": python_plugin.NAME, "namespace": python_plugin.NAMESPACE,
+          "version": python_plugin.VERSION, "python": python_plugin.__name__}
 CACHE_ENV = "SCREDGE_CACHE_DIR"
 
 
@@ -199,12 +201,12 @@ def build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache: Path | N
             network = pg.NetworkFromOnnxBytes(model.SerializeToString(), flags=flags or None,
                                               strongly_typed=strongly_typed)()
             plugin_layers = _count_plugin_layers(trt, network[1])
-            expected = expected_plugin_layers
-            if plugin_layers != expected:
+            if plugin_layers != expected_plugin_layers:
                 raise ScredgeError(
                     "the parsed network has the wrong number of Realign plugin layers",
-                    received=plugin_layers, expected=f"{expected} (one per SCR layer, "
-                    f"{'decomposed' if no_plugin else 'plugin'} mode)",
+                    received=plugin_layers,
+                    expected=f"{expected_plugin_layers} (one per SCR layer, "
+                             f"{'decomposed' if no_plugin else 'plugin'} mode)",
                     fix="report this with `scredge info` output; --no-plugin builds without")
             log(f"parsed: {network[1].num_layers} layers, {plugin_layers} Realign plugin "
                 f"layers; building with timing cache {cache} ...")

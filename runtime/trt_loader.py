@@ -15,9 +15,10 @@ import importlib.util
 
 from scredge.device import compute_capability, gpu_unavailable_reason
 from scredge.errors import ScredgeError
+from scredge.plugins.trt import MODULES
 from scredge.runtime.loaders import Artifact
 
-BACKENDS = ("tensorrt", "tensorrt_rtx")
+BACKENDS = MODULES
 
 
 def trt_entries(artifact: Artifact) -> dict[str, dict]:

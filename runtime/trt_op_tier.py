@@ -13,12 +13,12 @@ import numpy as np
 from scredge.artifact import ONNX_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.export.realign_onnx import INPUTS, OUTPUTS
 from scredge.runtime.debug_graph import realign_alone
 from scredge.runtime.golden import Golden
 from scredge.runtime.loaders import Artifact
 
-IN_NAMES = ("h", "m_prev", "num_in", "den_in", "w_r", "b_r", "w_g", "b_g")
-OUT_NAMES = ("m", "num_out", "den_out")
+IN_NAMES, OUT_NAMES = INPUTS, OUTPUTS
 
 
 def realign_profile(golden: Golden, width: int) -> dict[str, tuple]:

@@ -31,12 +31,10 @@ nvcc --version | grep release
 echo "== GPU archs this nvcc builds (skipped ones with the reason)"
 start=$SECONDS
 "$PY" - <<'PYEOF'
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("gpu_check_kernel", "tools/gpu_check_kernel.py")
-module = importlib.util.module_from_spec(spec)
-sys.modules["gpu_check_kernel"] = module
-spec.loader.exec_module(module)
-build_kernels, _, _ = module.load_scredge()
+import sys
+sys.path.insert(0, "tools")
+import gpu_check_kernel
+build_kernels, _, _ = gpu_check_kernel.load_scredge()
 built, skipped = build_kernels.select_archs()
 print("builds sm_" + " sm_".join(built), "+ PTX; skipped:", skipped or "none")
 PYEOF

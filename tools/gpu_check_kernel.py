@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import importlib.util
 import json
 import statistics
@@ -43,6 +44,7 @@ COMPILE_SHAPES = ((1, 4096, 512), (4, 4096, 4096))
 DEVICE = "cuda"  # "cpu" lets the comparison code be dry-run against the host emulation
 
 
+@functools.cache  # mapping the folders twice would give two copies of every module
 def load_scredge():
     """(build_kernels, launch_plan, realign_reference) from this checkout, installed or not."""
     try:
@@ -201,6 +203,7 @@ class PlanLauncher:
         torch.zeros(1, device="cuda")  # makes the primary context current: the module loads there
         self.plan = launch_plan.plan
         self.keys = launch_plan.PTR_KEYS
+        self.ctypes_of = launch_plan.ARG_CTYPES
         try:
             from cuda.bindings import driver as cu
         except ImportError:
@@ -242,9 +245,8 @@ class PlanLauncher:
     def __call__(self, dtype, ins, outs, workspace, stream, kappa=KAPPA) -> None:
         B, T, D = ins[0].shape
         ptrs = dict(zip(self.keys, (t.data_ptr() for t in (*ins, *outs))))
-        kinds = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "f32": ctypes.c_float}
         for launch in self.plan(dtype, ptrs, B, T, D, kappa, workspace):
-            values = [kinds[kind](value) for kind, value in launch.args]
+            values = [self.ctypes_of[kind](value) for kind, value in launch.args]
             params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
             self._launch(self.functions[launch.name], launch.grid, launch.block,
                          launch.shared_bytes, stream, ctypes.addressof(params))

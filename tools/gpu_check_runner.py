@@ -18,23 +18,11 @@ artifact (same graph, host state), which CI already checks against `scr_ref`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 LOGITS_TOL = 1e-4
-
-
-def load_tools_kernel_module():
-    spec = importlib.util.spec_from_file_location("gpu_check_kernel",
-                                                  REPO / "tools" / "gpu_check_kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check_kernel"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class OrtBackedContext:
@@ -154,7 +142,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    load_tools_kernel_module().load_scredge()  # maps the source folders if not installed
+    import gpu_check_kernel  # beside this file, first on sys.path when run as a script
+
+    gpu_check_kernel.load_scredge()  # maps the source folders if scredge is not installed
     reports = []
     for folder in args.artifacts:
         report = check_artifact(folder, args.tokens)

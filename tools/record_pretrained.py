@@ -10,7 +10,6 @@ refuses the file when it no longer matches this record.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ def main(argv: list[str]) -> int:
     if log.get("status") != "finished":
         print(f"{run} has not finished training (status {log.get('status')!r})")
         return 1
+    from scredge.artifact import sha256_file
     from scredge.cli import build_parser
 
     command = log["meta"]["command"]
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     os.chmod(target, 0o644)
     record = {
         "file": target.name,
-        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+        "sha256": sha256_file(target),
         "command": command,
         "final_val_loss": log["final_val_loss"],
         "val_fraction": parsed.val_fraction,

@@ -188,6 +188,26 @@ RealignPluginCreator& theCreator()
     return creator;
 }
 
+std::string checkCounts(int32_t nbInputs, int32_t nbOutputs)
+{
+    if (nbInputs != RealignPlugin::kNB_INPUTS || nbOutputs != RealignPlugin::kNB_OUTPUTS)
+        return "expected 8 inputs and 3 outputs; received " + std::to_string(nbInputs) + " and "
+            + std::to_string(nbOutputs);
+    return {};
+}
+
+// What configurePlugin (at the profile's largest shape) and onShapeChange (at the actual
+// shape) both check: types, then shapes, then the kernels' launch limits at `limit` [B,T,D].
+std::string checkCall(Dims const* dims, DataType const* types, Dims const& limit)
+{
+    std::string problem = checkInputTypes(types, RealignPlugin::kNB_INPUTS);
+    if (problem.empty())
+        problem = checkInputShapes(dims, RealignPlugin::kNB_INPUTS);
+    if (problem.empty())
+        problem = checkLaunchLimits(limit.d[0], limit.d[1], limit.d[2]);
+    return problem;
+}
+
 }  // namespace
 
 // ---- RealignPlugin ----
@@ -282,10 +302,9 @@ int32_t RealignPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs
 {
     try
     {
-        if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
+        if (std::string const problem = checkCounts(nbInputs, nbOutputs); !problem.empty())
         {
-            reportError("expected 8 inputs and 3 outputs; received " + std::to_string(nbInputs) + " and "
-                + std::to_string(nbOutputs));
+            reportError(problem);
             return -1;
         }
         Dims known[kNB_INPUTS];  // the build-time constants; -1 where a dimension is dynamic
@@ -338,24 +357,18 @@ int32_t RealignPlugin::configurePlugin(
 {
     try
     {
-        if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
-        {
-            reportError("expected 8 inputs and 3 outputs; received " + std::to_string(nbInputs) + " and "
-                + std::to_string(nbOutputs));
-            return -1;
-        }
-        Dims dims[kNB_INPUTS];
-        DataType types[kNB_INPUTS];
-        for (int32_t i = 0; i < kNB_INPUTS; ++i)
-        {
-            dims[i] = in[i].desc.dims;
-            types[i] = in[i].desc.type;
-        }
-        std::string problem = checkInputTypes(types, nbInputs);
+        std::string problem = checkCounts(nbInputs, nbOutputs);
         if (problem.empty())
-            problem = checkInputShapes(dims, nbInputs);
-        if (problem.empty())  // the largest shape the optimization profile allows
-            problem = checkLaunchLimits(in[0].max.d[0], in[0].max.d[1], in[0].max.d[2]);
+        {
+            Dims dims[kNB_INPUTS];
+            DataType types[kNB_INPUTS];
+            for (int32_t i = 0; i < kNB_INPUTS; ++i)
+            {
+                dims[i] = in[i].desc.dims;
+                types[i] = in[i].desc.type;
+            }
+            problem = checkCall(dims, types, in[0].max);  // the profile's largest shape
+        }
         if (!problem.empty())
         {
             reportError(problem);
@@ -387,24 +400,18 @@ int32_t RealignPlugin::onShapeChange(
 {
     try
     {
-        if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
-        {
-            reportError("expected 8 inputs and 3 outputs; received " + std::to_string(nbInputs) + " and "
-                + std::to_string(nbOutputs));
-            return -1;
-        }
-        Dims dims[kNB_INPUTS];
-        DataType types[kNB_INPUTS];
-        for (int32_t i = 0; i < kNB_INPUTS; ++i)
-        {
-            dims[i] = in[i].dims;
-            types[i] = in[i].type;
-        }
-        std::string problem = checkInputTypes(types, nbInputs);
+        std::string problem = checkCounts(nbInputs, nbOutputs);
         if (problem.empty())
-            problem = checkInputShapes(dims, nbInputs);
-        if (problem.empty())
-            problem = checkLaunchLimits(dims[0].d[0], dims[0].d[1], dims[0].d[2]);
+        {
+            Dims dims[kNB_INPUTS];
+            DataType types[kNB_INPUTS];
+            for (int32_t i = 0; i < kNB_INPUTS; ++i)
+            {
+                dims[i] = in[i].dims;
+                types[i] = in[i].type;
+            }
+            problem = checkCall(dims, types, dims[0]);  // the shape this call runs with
+        }
         if (!problem.empty())
         {
             reportError(problem);

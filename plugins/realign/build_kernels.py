@@ -12,6 +12,7 @@ nvcc still has it, and the CMake build of the C++ plugin handles Jetson builds.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -20,11 +21,11 @@ import subprocess
 from pathlib import Path
 
 from scredge.errors import ScredgeError
+from scredge.plugins.realign.launch_plan import HEADER
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("realign_kernel.cu")
-HEADER = Path(__file__).with_name("realign_kernel.h")
 ENV_VAR = "SCREDGE_REALIGN_FATBIN"
 BUILD_COMMAND = "python -m scredge.plugins.realign.build_kernels"
 # Jetson Xavier, Jetson Orin; A100, RTX 30xx/A10, RTX 40xx/L4, H100/H200; RTX 50xx/Blackwell.
@@ -59,6 +60,7 @@ def _require_nvcc() -> str:
     return nvcc
 
 
+@functools.cache  # one nvcc query per process: select_archs runs for every build
 def nvcc_version(nvcc: str) -> str:
     """'13.0' from `nvcc --version` ('unknown' if it does not say)."""
     text = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
@@ -66,6 +68,7 @@ def nvcc_version(nvcc: str) -> str:
     return match.group(1) if match else "unknown"
 
 
+@functools.cache
 def nvcc_archs(nvcc: str) -> set[str] | None:
     """The sm_XX numbers this nvcc can generate code for, or None if it cannot list them."""
     done = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True)

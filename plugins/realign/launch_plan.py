@@ -9,6 +9,7 @@ no CUDA needed to plan.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import re
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from scredge.errors import ScredgeError
 HEADER = Path(__file__).with_name("realign_kernel.h")
 INT32_MAX = 2**31 - 1
 DTYPES = {"float32": "f32", "float16": "f16"}
+ARG_CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "f32": ctypes.c_float}  # by kind
 PTR_KEYS = ("h", "m_prev", "num_in", "den_in", "w_r", "b_r", "w_g", "b_g", "m", "num_out",
             "den_out")
 

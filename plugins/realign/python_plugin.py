@@ -24,15 +24,16 @@ configure_plugin and formats in supports_format_combination (build time).
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import math
 import threading
 from types import ModuleType
 
 from scredge.errors import ScredgeError
-from scredge.export.realign_onnx import INPUTS, OUTPUTS
+from scredge.export.realign_onnx import INPUTS, OP_TYPE, OUTPUTS, PLUGIN_ATTRS
 
-NAME, VERSION, NAMESPACE = "Realign", "1", "scr"
+# what the ONNX parser asks the registry for: the node's op type and plugin attributes
+NAME, VERSION, NAMESPACE = OP_TYPE, PLUGIN_ATTRS["plugin_version"], PLUGIN_ATTRS["plugin_namespace"]
 RANKS = (3, 3, 2, 2, 1, 1, 1, 1)  # h, m_prev, num_in, den_in, w_r, b_r, w_g, b_g
 _REEXPORT = "re-export the model with `scredge export`, which writes a float kappa on every node"
 
@@ -229,11 +230,13 @@ def _define(trt: ModuleType) -> tuple[type, type]:
     return RealignPlugin, RealignCreator
 
 
-# -- kernel launches (runtime only) ---------------------------------------------------------
-_ARG_TYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "f32": ctypes.c_float}
+# -- kernel launches (runtime only; enqueue runs once per SCR layer per decode step) ------
 _FUNCTIONS: dict[int, dict[str, object]] = {}  # CUcontext handle -> kernel name -> CUfunction
+_ARG_TYPES: dict[str, tuple] = {}  # kernel name -> its parameters' ctypes, in order
+_INITIALIZED: list[bool] = []  # cuInit done (once per process is all the driver needs)
 
 
+@functools.cache
 def _driver():
     try:
         from cuda.bindings import driver
@@ -258,10 +261,15 @@ def _check(result):
 def _kernels() -> dict[str, object]:
     """The Realign kernels in the current context, loading the fatbin once per context."""
     cu = _driver()
-    _check(cu.cuInit(0))
+    if not _INITIALIZED:
+        _check(cu.cuInit(0))
+        _INITIALIZED.append(True)
     context = int(_check(cu.cuCtxGetCurrent()))
     if context == 0:
         raise RuntimeError("Realign.enqueue ran without a current CUDA context")
+    kernels = _FUNCTIONS.get(context)
+    if kernels is not None:  # every call but the first in a context: no lock
+        return kernels
     with _LOCK:
         if context not in _FUNCTIONS:
             from scredge.plugins.realign import build_kernels, launch_plan
@@ -274,9 +282,14 @@ def _kernels() -> dict[str, object]:
 
 
 def _launch(launches, stream: int) -> None:
+    from scredge.plugins.realign.launch_plan import ARG_CTYPES
+
     cu = _driver()
     kernels = _kernels()
     for k in launches:
-        params = (tuple(v for _, v in k.args), tuple(_ARG_TYPES[kind] for kind, _ in k.args))
+        types = _ARG_TYPES.get(k.name)
+        if types is None:
+            types = _ARG_TYPES[k.name] = tuple(ARG_CTYPES[kind] for kind, _ in k.args)
+        params = (tuple(v for _, v in k.args), types)
         _check(cu.cuLaunchKernel(kernels[k.name], *k.grid, *k.block, k.shared_bytes,
                                  cu.CUstream(stream), params, 0))

@@ -46,20 +46,16 @@ __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn
 
 __device__ __forceinline__ int num_chunks(int T) { return (T + kChunk - 1) / kChunk; }
 
-// (1) r_t = kappa*tanh((w_r.h_t + b_r)/kappa), e_t = exp(r_t - kappa) in (exp(-2kappa), 1],
-// beta_t = sigmoid(w_g.h_t + b_g). One warp per token; lanes stride over D (coalesced).
+// The per-token math shared by the scan path and the T == 1 path, so the two cannot drift.
+// w_r.h and w_g.h over d = first, first + stride, ... < D, summed across the warp's lanes
+// (every lane ends with the warp's totals).
 template <typename X>
-__device__ __forceinline__ void token_scalars(const X* __restrict__ h, const float* __restrict__ w_r,
-    const float* __restrict__ b_r, const float* __restrict__ w_g, const float* __restrict__ b_g,
-    float* __restrict__ e_out, float* __restrict__ beta_out, int n_tokens, int D, float kappa)
+__device__ __forceinline__ void warp_dots(const X* __restrict__ row, const float* __restrict__ w_r,
+    const float* __restrict__ w_g, int first, int stride, int D, float& sr, float& sg)
 {
-    const int lane = threadIdx.x & 31;
-    const long long token = static_cast<long long>(blockIdx.x) * kTokenWarps + (threadIdx.x >> 5);
-    if (token >= n_tokens)
-        return;  // the whole warp leaves together; this kernel has no block barrier
-    const X* row = h + token * D;  // h[b,t,:] with token = b*T + t
-    float sr = 0.f, sg = 0.f;
-    for (int d = lane; d < D; d += 32)
+    sr = 0.f;
+    sg = 0.f;
+    for (int d = first; d < D; d += stride)
     {
         const float v = to_f32(row[d]);
         sr = fmaf(w_r[d], v, sr);
@@ -70,11 +66,34 @@ __device__ __forceinline__ void token_scalars(const X* __restrict__ h, const flo
         sr += __shfl_xor_sync(kFullMask, sr, offset);
         sg += __shfl_xor_sync(kFullMask, sg, offset);
     }
+}
+
+// e_t = exp(r_t - kappa) with r_t = kappa*tanh((w_r.h_t + b_r)/kappa): in (exp(-2kappa), 1],
+// bounded for any |h| (6e4 included).
+__device__ __forceinline__ float relevance_weight(float z, float b_r, float kappa)
+{
+    return expf(kappa * tanhf((z + b_r) / kappa) - kappa);
+}
+
+// beta_t = sigmoid(w_g.h_t + b_g); exp overflow -> inf -> beta 0.
+__device__ __forceinline__ float gate(float z, float b_g) { return 1.f / (1.f + expf(-(z + b_g))); }
+
+// (1) e_t and beta_t. One warp per token; lanes stride over D (coalesced).
+template <typename X>
+__device__ __forceinline__ void token_scalars(const X* __restrict__ h, const float* __restrict__ w_r,
+    const float* __restrict__ b_r, const float* __restrict__ w_g, const float* __restrict__ b_g,
+    float* __restrict__ e_out, float* __restrict__ beta_out, int n_tokens, int D, float kappa)
+{
+    const int lane = threadIdx.x & 31;
+    const long long token = static_cast<long long>(blockIdx.x) * kTokenWarps + (threadIdx.x >> 5);
+    if (token >= n_tokens)
+        return;  // the whole warp leaves together; this kernel has no block barrier
+    float sr, sg;
+    warp_dots(h + token * D, w_r, w_g, lane, 32, D, sr, sg);  // h[b,t,:], token = b*T + t
     if (lane == 0)
     {
-        const float r = kappa * tanhf((sr + b_r[0]) / kappa);  // bounded: |h| up to 6e4 is safe
-        e_out[token] = expf(r - kappa);
-        beta_out[token] = 1.f / (1.f + expf(-(sg + b_g[0])));  // exp overflow -> inf -> beta 0
+        e_out[token] = relevance_weight(sr, b_r[0], kappa);
+        beta_out[token] = gate(sg, b_g[0]);
     }
 }
 
@@ -197,18 +216,8 @@ __device__ __forceinline__ void single_token(const X* __restrict__ h, const X* _
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const long long row = static_cast<long long>(b) * D;
-    float sr = 0.f, sg = 0.f;
-    for (int d = threadIdx.x; d < D; d += kStepThreads)
-    {
-        const float v = to_f32(h[row + d]);
-        sr = fmaf(w_r[d], v, sr);
-        sg = fmaf(w_g[d], v, sg);
-    }
-    for (int offset = 16; offset > 0; offset >>= 1)
-    {
-        sr += __shfl_xor_sync(kFullMask, sr, offset);
-        sg += __shfl_xor_sync(kFullMask, sg, offset);
-    }
+    float sr, sg;
+    warp_dots(h + row, w_r, w_g, threadIdx.x, kStepThreads, D, sr, sg);
     if (lane == 0)
     {
         partR[warp] = sr;
@@ -223,11 +232,10 @@ __device__ __forceinline__ void single_token(const X* __restrict__ h, const X* _
             zr += partR[w];
             zg += partG[w];
         }
-        const float r = kappa * tanhf((zr + b_r[0]) / kappa);  // as token_scalars
-        const float e = expf(r - kappa);
+        const float e = relevance_weight(zr, b_r[0], kappa);
         const float den = den_in[b] + e;
         scalars[0] = e;
-        scalars[1] = 1.f / (1.f + expf(-(zg + b_g[0])));
+        scalars[1] = gate(zg, b_g[0]);
         scalars[2] = den;
         den_out[b] = den;
     }

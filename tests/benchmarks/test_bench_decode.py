@@ -4,28 +4,17 @@ a graph this code no longer exports)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decode.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("bench_decode", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_decode"] = module
-    spec.loader.exec_module(module)
-    return module
+from scripts import REPO, load_script
 
 
 def test_artifact_older_than_the_exporter_is_stale(tmp_path):
-    bench = load()
+    bench = load_script("benchmarks/bench_decode.py")
     onnx_file = tmp_path / "model.onnx"
     onnx_file.write_bytes(b"")
     newest = max(f.stat().st_mtime for d in ("scr_ref", "export")
-                 for f in (SCRIPT.parents[1] / d).glob("*.py"))
+                 for f in (REPO / d).glob("*.py"))
     os.utime(onnx_file, (newest + 60, newest + 60))
     assert not bench.is_stale(tmp_path)
     os.utime(onnx_file, (newest - 60, newest - 60))

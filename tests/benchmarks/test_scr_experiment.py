@@ -5,23 +5,16 @@ their SCR layers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scr_experiment.py"
+from scripts import load_script
 
 
 @pytest.mark.slow
 def test_experiment_runs_end_to_end(tmp_path):
-    spec = importlib.util.spec_from_file_location("scr_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["scr_experiment"] = module
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/scr_experiment.py")
     out = tmp_path / "exp"
     code = module.main(["--window", "16", "--gap", "24,48", "--doc-bytes", "300", "--docs", "24",
                         "--steps", "3", "--batch-size", "2", "--seq-len", "64",

@@ -11,12 +11,9 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "gpu_check_kernel.py"
+from scripts import load_script
 
 
 def gpu_absent_reason() -> str | None:
@@ -54,10 +51,7 @@ def gpu_check():
         pytest.skip("this torch build has no CUDA support")
     if importlib.util.find_spec("cupy") is None and importlib.util.find_spec("cuda") is None:
         pytest.skip("neither cuda-python nor CuPy is installed to launch the fatbin by name")
-    spec = importlib.util.spec_from_file_location("gpu_check_kernel", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check_kernel"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
+    module = load_script("tools/gpu_check_kernel.py")
     build_kernels, _, _ = module.load_scredge()
     if build_kernels.find_nvcc() is None:
         pytest.skip("nvcc (CUDA toolkit) not installed on this machine")

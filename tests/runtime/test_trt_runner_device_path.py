@@ -9,25 +9,16 @@ logits and the final state of `Engine.load(folder, backend="ort")` / `HostDecode
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 from fake_cuda import FakeCuda
+from scripts import load_script
 
 from scredge.device import gpu_unavailable_reason
-
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "gpu_check_runner.py"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("gpu_check_runner", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check_runner"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/gpu_check_runner.py")
 
 
 def test_device_path_matches_the_host_runner_on_fake_memory(tool, small_window_artifact):
