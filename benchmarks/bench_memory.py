@@ -10,10 +10,11 @@ Usage: python benchmarks/bench_memory.py [ARTIFACT_DIR] [--tokens 20000]
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
+
+from scredge.runtime.bench import peak_rss_mib
 
 
 def rss_mib() -> float:
@@ -52,7 +53,7 @@ def main() -> None:
             first = first or rss
             print(f"{n:7d} {rss:8.1f} {gen.decoder.past:8d} {n / (time.perf_counter() - t0):7.0f}",
                   flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(f"RSS growth from 1,000 to {n:,} tokens: {rss_mib() - first:+.1f} MiB; "
           f"peak RSS {peak:.1f} MiB")
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import scredge
@@ -21,6 +24,23 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one
 
 
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Write `path` whole or not at all: `write(tmp)` fills a temporary file in the same
+    folder (same suffix, so savers that append one do not), renamed over `path` once
+    complete; readable like any other file (0644, not mkstemp's 0600)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -29,11 +49,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _entry(path: Path) -> dict:
+    """A file's manifest entry."""
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def write_manifest(folder: Path) -> dict:
     """Hash every file in `folder` (recursively) into manifest.json."""
     files = {
-        p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(folder.rglob("*"))
+        p.relative_to(folder).as_posix(): _entry(p) for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST_FILE
     }
     manifest = {"format_version": FORMAT_VERSION, "scredge_version": scredge.__version__,
@@ -96,11 +120,8 @@ def add_to_manifest(folder: str | Path, files: list[str], **sections: dict) -> d
     path = folder / MANIFEST_FILE
     manifest = json.loads(path.read_text())
     for name in files:
-        p = folder / name
-        manifest["files"][name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        manifest["files"][name] = _entry(folder / name)
     for key, value in sections.items():
         manifest[key] = {**manifest.get(key, {}), **value}
-    tmp = folder / f".{MANIFEST_FILE}.partial"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
     return manifest

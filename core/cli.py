@@ -126,12 +126,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                expected=list(src.model.config.scr_layers),
                                fix="drop --scr-layers; a checkpoint's SCR layers are fixed")
     elif args.config is not None:
-        from scredge.ref import build_model
-
-        config = SCRConfig.load(args.config)
-        if layers is not None:
-            config = config.with_(scr_layers=layers)
-        src = sources.ModelSource(build_model(config, args.seed),
+        src = sources.from_config(SCRConfig.load(args.config), args.seed, layers,
                                   {"kind": "config", "config": str(args.config),
                                    "seed": args.seed})
     else:
@@ -215,8 +210,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
         print(f"recording the reference (scr_ref) into {args.folder / GOLDEN_FILE} ...",
               flush=True)
-        record_into(artifact)
-        artifact = open_artifact(args.folder)  # the manifest now lists the golden file
+        artifact = record_into(artifact)  # its manifest now lists the golden file
     if args.live:
         from scredge.export.golden import record_golden
 
@@ -361,8 +355,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config.with_(window=None if args.window == "none" else _window(args.window))
     settings = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS
                 if getattr(args, name) is not None}
-    steps = settings.get("steps", TrainConfig.steps)
-    settings.setdefault("warmup_steps", min(100, steps // 10))
     cfg = TrainConfig(**settings)  # refuses bad settings before torch or data are loaded
     torch = require("torch")
     if args.threads is not None:

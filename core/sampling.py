@@ -49,8 +49,15 @@ GREEDY = SamplingParams(temperature=0.0)
 def seen_mask(rows: np.ndarray, vocab_size: int) -> np.ndarray:
     """ids [B,S] -> bool [B,V], True where a row contains the id."""
     mask = np.zeros((rows.shape[0], vocab_size), dtype=bool)
-    np.put_along_axis(mask, np.asarray(rows, dtype=np.int64), True, axis=1)
+    mark_seen(mask, rows)
     return mask
+
+
+def mark_seen(seen: np.ndarray | None, ids: np.ndarray) -> None:
+    """Mark ids [B] or [B,S] in the mask [B,V]; nothing when no sampler reads one (None)."""
+    if seen is not None:
+        np.put_along_axis(seen, np.asarray(ids, dtype=np.int64).reshape(len(seen), -1), True,
+                          axis=1)
 
 
 class Sampler:
@@ -59,6 +66,12 @@ class Sampler:
     def __init__(self, params: SamplingParams = GREEDY, seed: int | None = 0) -> None:
         self.params = params
         self._rng = np.random.default_rng(seed)
+
+    def history(self, rows: np.ndarray, vocab_size: int) -> np.ndarray | None:
+        """The seen-ids mask [B,V] of the prompt `rows` [B,S] when sampling reads one (only
+        the repetition penalty does), else None: greedy and plain sampling keep no history,
+        so a decode step spends nothing on it."""
+        return seen_mask(rows, vocab_size) if self.params.repetition_penalty != 1.0 else None
 
     def __call__(self, logits: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
         """logits [B,V] -> ids [B] int64. `seen` [B,V] bool marks ids already in each row

@@ -18,12 +18,6 @@ class LogitsThresholds:
     margin: float  # a position is a near-tie when ref's top-2 gap is below this
 
 
-LOGITS_TIER = {
-    "float32": LogitsThresholds(max_abs=1e-3, kl=1e-6, top1=1.0, margin=1e-3),
-    "float16": LogitsThresholds(max_abs=None, kl=1e-3, top1=0.99, margin=5e-2),
-}
-
-
 @dataclass(frozen=True)
 class Thresholds:
     """Every tier of SCR_SPEC section 5 for one dtype; override any field with replace()."""
@@ -36,8 +30,10 @@ class Thresholds:
 
 
 TIERS = {
-    "float32": Thresholds(1e-5, 0.99999, 1e-4, LOGITS_TIER["float32"], True),
-    "float16": Thresholds(2e-3, 0.999, 1e-2, LOGITS_TIER["float16"], False),
+    "float32": Thresholds(1e-5, 0.99999, 1e-4, LogitsThresholds(
+        max_abs=1e-3, kl=1e-6, top1=1.0, margin=1e-3), True),
+    "float16": Thresholds(2e-3, 0.999, 1e-2, LogitsThresholds(
+        max_abs=None, kl=1e-3, top1=0.99, margin=5e-2), False),
 }
 
 
@@ -59,10 +55,7 @@ def hidden_metrics(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 
 def logits_thresholds(dtype: str) -> LogitsThresholds:
-    if dtype not in LOGITS_TIER:
-        raise ScredgeError("no parity thresholds for this dtype", received=repr(dtype),
-                           expected=f"one of {sorted(LOGITS_TIER)}")
-    return LOGITS_TIER[dtype]
+    return tier_thresholds(dtype).logits
 
 
 @dataclass

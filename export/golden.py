@@ -10,9 +10,11 @@ What is recorded (SCR_SPEC section 5, every tier):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from scredge.artifact import WEIGHTS_FILE, add_to_manifest, sha256_file
+from scredge.artifact import WEIGHTS_FILE, add_to_manifest
 from scredge.deps import require
 from scredge.runtime.golden import GOLDEN_FILE, Golden
 from scredge.runtime.loaders import Artifact
@@ -86,16 +88,16 @@ def record_golden(artifact: Artifact, *, batch: int = 2, prompt_len: int = 24,
 
     greedy = generate(model, prompt[0].tolist(), greedy_tokens)[0]
     return Golden(
-        weights_sha256=sha256_file(artifact.folder / WEIGHTS_FILE),
+        weights_sha256=artifact.manifest["files"][WEIGHTS_FILE]["sha256"],  # verified on open
         config=c.to_dict(), steps_ids=steps_ids, steps_logits=steps_logits,
         steps_hidden=steps_hidden, final_state=final, op_inputs=op_inputs,
         op_outputs=op_outputs, kappa=c.kappa, greedy_prompt=prompt[0],
         greedy_ids=np.asarray(greedy, dtype=np.int64))
 
 
-def record_into(artifact: Artifact, **kwargs) -> str:
-    """Record and store `parity/golden.npz` in the folder, listed in the manifest."""
+def record_into(artifact: Artifact, **kwargs) -> Artifact:
+    """Record and store `parity/golden.npz` in the folder, listed in the manifest; returns
+    the artifact with that manifest (no need to re-read and re-hash the folder)."""
     golden = record_golden(artifact, **kwargs)
     golden.save(artifact.folder / GOLDEN_FILE)
-    add_to_manifest(artifact.folder, [GOLDEN_FILE])
-    return GOLDEN_FILE
+    return replace(artifact, manifest=add_to_manifest(artifact.folder, [GOLDEN_FILE]))

@@ -21,15 +21,21 @@ class ModelSource:
     description: dict = field(default_factory=dict)
 
 
-def from_preset(name: str, seed: int = 0, scr_layers: tuple[int, ...] | None = None,
-                gamma: float = 0.1) -> ModelSource:
+def from_config(config: SCRConfig, seed: int, scr_layers: tuple[int, ...] | None,
+                description: dict, gamma: float = 0.1) -> ModelSource:
+    """Seeded weights for `config` (its SCR layers replaced when `scr_layers` is given)."""
     from scredge.ref import build_model
 
-    config = SCRConfig.preset(name)
     if scr_layers is not None:
         config = config.with_(scr_layers=scr_layers)
-    return ModelSource(build_model(config, seed, gamma=gamma),
-                       {"kind": "preset", "preset": name, "seed": seed, "gamma_init": gamma})
+    return ModelSource(build_model(config, seed, gamma=gamma), description)
+
+
+def from_preset(name: str, seed: int = 0, scr_layers: tuple[int, ...] | None = None,
+                gamma: float = 0.1) -> ModelSource:
+    return from_config(SCRConfig.preset(name), seed, scr_layers,
+                       {"kind": "preset", "preset": name, "seed": seed, "gamma_init": gamma},
+                       gamma)
 
 
 def from_files(config_path: Path | None, weights: Path) -> ModelSource:

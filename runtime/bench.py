@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from scredge.artifact import atomic_write
 from scredge.device import cuda_device_count
 from scredge.runtime.generation import Generator
 from scredge.runtime.tokenizer import StreamDecoder
@@ -185,9 +186,6 @@ def sweep(runner, contexts: list[int], gen_len: int = 32, repeat: int = 3) -> li
 
 def plot_sweep(rows: list[dict], path) -> None:
     """Latency against context, written atomically (no half-written PNG)."""
-    import os
-    import tempfile
-    from pathlib import Path
 
     from scredge.deps import require
 
@@ -211,12 +209,7 @@ def plot_sweep(rows: list[dict], path) -> None:
         a.minorticks_off()
         a.set_xlabel("context (prompt tokens)")
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scredge.runtime.generation import positions
 from scredge.tiers import LogitsReport, compare_logits, logits_thresholds
 
 Stepper = Callable[[np.ndarray, np.ndarray], np.ndarray]  # ids, positions [B,T] -> [B,T,V]
@@ -54,7 +55,7 @@ def teacher_forced(reference: Stepper, candidate: Stepper, vocab_size: int, dtyp
     start = 0
     for step in range(decode_steps + 1):
         T = ids.shape[1]
-        pos = np.tile(np.arange(start, start + T, dtype=np.int64), (batch, 1))
+        pos = positions(start, batch, T)
         ref = np.asarray(reference(ids, pos), dtype=np.float32).copy()
         got = np.asarray(candidate(ids, pos), dtype=np.float32)
         phases.append(("prefill" if step == 0 else f"decode {step}",

@@ -150,7 +150,7 @@ class Engine:
         t0 = time.perf_counter()
         gen = self.generator(None, temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed,
-                             max_new_tokens=max(n, 1), stop_ids=stop_ids)
+                             max_new_tokens=max(n, 1))  # stops are handled below, per row
         gen.append(rows)
         t_prefill = time.perf_counter() - t0
         B = rows.shape[0]

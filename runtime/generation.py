@@ -14,7 +14,7 @@ import numpy as np
 
 from scredge.errors import ScredgeError
 from scredge.runtime.runners.base import Decoder, Runner
-from scredge.sampling import GREEDY, Sampler, SamplingParams
+from scredge.sampling import GREEDY, Sampler, SamplingParams, mark_seen
 
 MAX_NEW_TOKENS = 100_000_000  # beyond this a request is a mistake, not a plan
 PREFILL_CHUNK = 512  # long prompts go in chunks: bounded attention memory per call
@@ -66,12 +66,10 @@ def decode_step(decoder: Decoder, tokens: np.ndarray, position: int) -> np.ndarr
     return decoder.step(tokens.reshape(-1, 1), positions(position, len(tokens), 1))[:, -1]
 
 
-def sample(sampler: Sampler, logits: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """logits [B,V] -> ids [B]; marks them in `seen` [B,V] when the repetition penalty
-    reads it (the fancy-index write is a measurable share of a fast decode step)."""
+def sample(sampler: Sampler, logits: np.ndarray, seen: np.ndarray | None) -> np.ndarray:
+    """logits [B,V] -> ids [B]; marks them in `seen` [B,V] (None: the sampler keeps none)."""
     ids = sampler(logits, seen)
-    if sampler.params.repetition_penalty != 1.0:
-        seen[np.arange(len(ids)), ids] = True
+    mark_seen(seen, ids)
     return ids
 
 
@@ -88,14 +86,18 @@ class Generator:
     """
 
     def __init__(self, runner: Runner, params: SamplingParams = GREEDY, seed: int | None = 0,
-                 max_new_tokens: int = MAX_NEW_TOKENS, stop_ids: Sequence[int] = (),
-                 batch: int | None = None) -> None:
+                 max_new_tokens: int = MAX_NEW_TOKENS, stop_ids: Sequence[int] = ()) -> None:
         self.runner = runner
         self.vocab_size = runner.config.vocab_size
         self.sampler = Sampler(params, seed)
         self.max_new_tokens = check_max_new_tokens(max_new_tokens)
         self.stop_ids = np.array(sorted(set(stop_ids)), dtype=np.int64)
-        self.batch = batch
+        # [V] lookup: one gather per token instead of np.isin; ids outside the vocabulary
+        # can never be sampled, so they are left out
+        self._is_stop = np.zeros(self.vocab_size, dtype=bool)
+        valid = (self.stop_ids >= 0) & (self.stop_ids < self.vocab_size)
+        self._is_stop[self.stop_ids[valid]] = True
+        self.batch: int | None = None  # set by the first append
         self.decoder: Decoder | None = None
         self.position = 0  # absolute position of the next token fed
         self.generated = 0
@@ -111,7 +113,6 @@ class Generator:
         if self.decoder is None:
             self.batch = rows.shape[0]
             self.decoder = self.runner.decoder(self.batch)
-            self._seen = np.zeros((self.batch, self.vocab_size), dtype=bool)
             self.done = np.zeros(self.batch, dtype=bool)
         elif rows.shape[0] != self.batch:
             raise ScredgeError("appended ids have another batch size",
@@ -119,7 +120,10 @@ class Generator:
         if self._unfed is not None:
             rows = np.concatenate([self._unfed[:, None], rows], axis=1)
             self._unfed = None
-        self._seen[np.arange(self.batch)[:, None], rows] = True
+        if self._seen is None:
+            self._seen = self.sampler.history(rows, self.vocab_size)
+        else:
+            mark_seen(self._seen, rows)
         self._logits = prefill(self.decoder, rows, self.position)
         self.position += rows.shape[1]
 
@@ -139,7 +143,7 @@ class Generator:
         self._unfed = token
         self.generated += 1
         if self.stop_ids.size:
-            self.done |= np.isin(token, self.stop_ids)
+            self.done |= self._is_stop[token]
         return token
 
     def is_done(self) -> bool:

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scredge.artifact import WEIGHTS_FILE, sha256_file
+from scredge.artifact import WEIGHTS_FILE, atomic_write
 from scredge.errors import ScredgeError
+
+if TYPE_CHECKING:
+    from scredge.runtime.loaders import Artifact
 
 GOLDEN_FILE = "parity/golden.npz"
 
@@ -51,15 +53,7 @@ class Golden:
             for j, a in enumerate(outs):
                 arrays[f"op{k}.out{j}"] = a
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".golden-", suffix=".npz")
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, **arrays)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
     @classmethod
     def load(cls, path: Path) -> Golden:
@@ -80,9 +74,10 @@ class Golden:
                 [[z[f"op{k}.out{j}"] for j in range(3)] for k in range(ops)],
                 meta["kappa"], z["greedy_prompt"], z["greedy_ids"])
 
-    def check_matches(self, folder: Path) -> None:
-        """Refuse a golden file recorded for other weights."""
-        actual = sha256_file(folder / WEIGHTS_FILE)
+    def check_matches(self, artifact: Artifact) -> None:
+        """Refuse a golden file recorded for other weights (the artifact's manifest holds the
+        weights' sha256, checked against the file when the folder was opened)."""
+        folder, actual = artifact.folder, artifact.manifest["files"][WEIGHTS_FILE]["sha256"]
         if actual != self.weights_sha256:
             raise ScredgeError(
                 "the golden file was recorded for another model",

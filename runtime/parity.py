@@ -20,6 +20,7 @@ from scredge.artifact import ONNX_FILE
 from scredge.deps import require
 from scredge.runtime.cache import empty_state, state_from_outputs
 from scredge.runtime.debug_graph import realign_alone, with_hidden_outputs
+from scredge.runtime.generation import positions
 from scredge.runtime.golden import Golden
 from scredge.runtime.loaders import Artifact, ort_providers, session_options
 from scredge.tiers import Thresholds, compare_logits, hidden_metrics
@@ -108,7 +109,7 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
     for k, (ids, ref_logits, ref_hidden) in enumerate(zip(
             golden.steps_ids, golden.steps_logits, golden.steps_hidden)):
         T = ids.shape[1]
-        pos = np.tile(np.arange(start, start + T, dtype=np.int64), (B, 1))
+        pos = positions(start, B, T)
         feed = {"input_ids": ids, "position_ids": pos, **state}
         out = dict(zip(names, session.run(None, feed)))
         phase = "prefill" if k == 0 else f"decode {k}"
@@ -185,7 +186,7 @@ def greedy_tier(runner, golden: Golden, th: Thresholds) -> TierResult:
 def run_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds,
                device: str = "cpu", dump: Path | None = None) -> ParityResult:
     t0 = time.perf_counter()
-    golden.check_matches(artifact.folder)
+    golden.check_matches(artifact)
     tiers = [op_tier(artifact, golden, th, device)]
     decode, first = decode_tiers(artifact, golden, th, device, dump)
     tiers += decode

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
+from scredge.runtime.generation import positions
 from scredge.runtime.golden import Golden
 from scredge.runtime.loaders import Artifact
 from scredge.runtime.parity import (
@@ -28,7 +27,7 @@ from scredge.tiers import Thresholds, compare_logits
 
 def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) -> ParityResult:
     t0 = time.perf_counter()
-    golden.check_matches(artifact.folder)
+    golden.check_matches(artifact)
     skipped = f"not run on {runner.backend}: needs the ONNX graph; run `scredge parity " \
               f"{artifact.folder} --backend ort` for it"
     tiers = [_op_tier(artifact, golden, runner, th), TierResult("layer", None, skipped)]
@@ -37,7 +36,7 @@ def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) ->
     start, reports = 0, []
     for ids, ref_logits in zip(golden.steps_ids, golden.steps_logits):
         T = ids.shape[1]
-        pos = np.tile(np.arange(start, start + T, dtype=np.int64), (B, 1))
+        pos = positions(start, B, T)
         reports.append(compare_logits(ref_logits, dec.step(ids, pos), th.logits))
         start += T
     first = None

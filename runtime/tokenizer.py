@@ -9,8 +9,6 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterable
 
-from scredge.errors import ScredgeError
-
 
 class ByteTokenizer:
     vocab_size = 256
@@ -21,14 +19,6 @@ class ByteTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         # a model may emit invalid UTF-8; show it as U+FFFD rather than failing
         return bytes(ids).decode("utf-8", errors="replace")
-
-    def check_vocab(self, vocab_size: int) -> None:
-        if vocab_size != self.vocab_size:
-            raise ScredgeError(
-                "the byte tokenizer needs a 256-token vocabulary",
-                received=f"vocab_size = {vocab_size}",
-                expected="256 (UTF-8 bytes)",
-                fix="pass token ids instead of text for models with other vocabularies")
 
 
 class StreamDecoder:

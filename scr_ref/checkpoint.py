@@ -8,12 +8,11 @@ in the file's metadata so a checkpoint can be loaded on its own.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from scredge.artifact import atomic_write
 from scredge.config import SCRConfig
 from scredge.deps import require
 from scredge.errors import ScredgeError
@@ -32,15 +31,7 @@ def save_checkpoint(model: SCRForCausalLM, path: str | Path) -> Path:
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        st.save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: st.save_file(tensors, tmp, metadata=meta))
 
 
 def read_config(path: str | Path) -> SCRConfig | None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from scredge.ref.model import ModelState, SCRForCausalLM
-from scredge.sampling import GREEDY, Sampler, SamplingParams, seen_mask
+from scredge.sampling import GREEDY, Sampler, SamplingParams, mark_seen
 
 
 @torch.no_grad()
@@ -34,8 +34,8 @@ def decode_step(
     return prefill(model, token.view(-1, 1), state, start=position)
 
 
-def sample(logits: torch.Tensor, sampler: Sampler, seen: np.ndarray) -> torch.Tensor:
-    """logits [B,V] -> ids [B] via the shared NumPy sampler; `seen` [B,V] bool."""
+def sample(logits: torch.Tensor, sampler: Sampler, seen: np.ndarray | None) -> torch.Tensor:
+    """logits [B,V] -> ids [B] via the shared NumPy sampler; `seen` [B,V] bool or None."""
     return torch.from_numpy(sampler(logits.numpy(), seen))
 
 
@@ -51,7 +51,7 @@ def generate(
     rows = [list(prompt)] if prompt and isinstance(prompt[0], int) else [list(p) for p in prompt]
     ids = torch.tensor(rows, dtype=torch.int64)  # [B,T]
     sampler = Sampler(params, seed)
-    seen = seen_mask(ids.numpy(), model.config.vocab_size)
+    seen = sampler.history(ids.numpy(), model.config.vocab_size)
     logits, state = prefill(model, ids)
     out: list[list[int]] = [[] for _ in rows]
     done = np.zeros(len(rows), dtype=bool)
@@ -64,7 +64,7 @@ def generate(
                 done[b] = t in stop_ids
         if done.all() or step == max_new_tokens - 1:
             break
-        seen[np.arange(len(rows)), token.numpy()] = True
+        mark_seen(seen, token.numpy())
         logits, state = decode_step(model, token, position, state)
         position += 1
     return out

@@ -9,10 +9,10 @@ Torch-free: hashing and JSON only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from scredge.artifact import sha256_file
 from scredge.errors import ScredgeError
 
 FOLDER = Path(__file__).with_name("pretrained")
@@ -40,7 +40,7 @@ def path(name: str) -> Path:
         raise ScredgeError("shipped checkpoint file missing", received=str(weights),
                            expected=f"{info['file']} next to {name}.json",
                            fix="reinstall scredge, or retrain: " + " ".join(info["command"]))
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = sha256_file(weights)
     if digest != info["sha256"]:
         raise ScredgeError("shipped checkpoint does not match its record",
                            received=f"{weights}: sha256 {digest[:16]}...",

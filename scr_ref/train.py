@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scredge.artifact import atomic_write
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.ref.checkpoint import save_checkpoint
@@ -202,9 +201,8 @@ def train(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ScredgeError("CUDA device requested but torch sees no GPU", received=device,
                            expected="cpu, or a machine with CUDA", fix="pass --device cpu")
-    est = estimate_memory(model_config, cfg)
-    if not ignore_memory_check:
-        check_memory(model_config, cfg, available_memory(device))
+    est = (estimate_memory(model_config, cfg) if ignore_memory_check
+           else check_memory(model_config, cfg, available_memory(device)))
     out_dir.mkdir(parents=True, exist_ok=True)
     data_ids = {"train_sha256": sha256(data_train), "val_sha256": sha256(data_val),
                 "train_bytes": len(data_train), "val_bytes": len(data_val)}
@@ -323,7 +321,7 @@ def _save_state(path: Path, model, optimizer, rng, step: int, cfg: TrainConfig,
              "optimizer": optimizer.state_dict(), "numpy_rng": rng.bit_generator.state,
              "torch_rng": torch.get_rng_state(), "train_config": asdict(cfg),
              "model_config": model.config.to_dict(), "log": log}
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _restore(path: Path, model, optimizer, rng, model_config: SCRConfig, cfg: TrainConfig,
@@ -373,19 +371,7 @@ def _restore(path: Path, model, optimizer, rng, model_config: SCRConfig, cfg: Tr
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def _clock(seconds: float) -> str:

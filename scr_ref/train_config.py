@@ -23,7 +23,7 @@ class TrainConfig:
     seq_len: int = 256  # bytes per window (predicted positions)
     lr: float = 1e-3  # peak learning rate, after warmup
     min_lr: float = 1e-4  # end of the cosine decay
-    warmup_steps: int = 100  # linear warmup from lr/warmup_steps to lr
+    warmup_steps: int | None = None  # linear warmup to lr; None: min(100, steps // 10)
     weight_decay: float = 0.1  # AdamW, matrices only (see scredge.ref.train)
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     seed: int = 0  # weight init, batch sampling
@@ -33,6 +33,8 @@ class TrainConfig:
     log_every: int = 10  # a progress line every this many steps
 
     def __post_init__(self) -> None:
+        if self.warmup_steps is None and is_int(self.steps):
+            object.__setattr__(self, "warmup_steps", min(100, self.steps // 10))
         _validate(self)
 
     def lr_at(self, step: int) -> float:

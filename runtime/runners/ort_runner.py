@@ -63,7 +63,7 @@ class OrtDecoder(Decoder):
         self._state_outputs = runner.output_names[1:]  # present.*, scr_present.*
         self._past_names = [past_name(o) for o in self._state_outputs]
         c = runner.config
-        self._full = None if c.window is None else c.window - 1
+        self._full = c.max_cache
         zeros = empty_state(c, batch, runner.kv_dtype)  # P = 0
         self._state: dict = zeros if self._device == "cpu" else {
             k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for k, v in zeros.items()}
@@ -126,7 +126,7 @@ class OrtDecoder(Decoder):
         current = {k: ort.OrtValue.ortvalue_from_numpy(v) if isinstance(v, np.ndarray) else v
                    for k, v in self._state.items()}  # CPU: wraps, no copy
         spare = {k: ort.OrtValue.ortvalue_from_shape_and_type(
-            v.shape(), _NP_OF[v.data_type()], self._device, 0) for k, v in current.items()}
+            v.shape(), _ORT_TYPES[v.data_type()], self._device, 0) for k, v in current.items()}
         self._sets = [current, spare]
         self._steady = []
         self._steady_was_used = True
@@ -155,5 +155,3 @@ class OrtDecoder(Decoder):
         self._state = self._sets[self._parity]
         return self._logits
 
-
-_NP_OF = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

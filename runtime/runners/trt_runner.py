@@ -124,6 +124,7 @@ class _Call:
         self.runner, self.context, self.cuda = runner, context, runner.cuda
         self.stream = self.cuda.stream()
         self.profile: int | None = None
+        self._shapes_set: Mapping[str, tuple] | None = None  # last shapes given to the context
         self._buffers: list[int] = []
 
     def alloc(self, nbytes: int) -> int:
@@ -140,10 +141,14 @@ class _Call:
                                    received=profile, expected="0 (prefill) or 1 (decode)",
                                    fix="rebuild the engine with `scredge build`")
             self.profile = profile
-        for name, shape in input_shapes.items():
-            if not ctx.set_input_shape(name, shape):
-                raise ScredgeError(f"TensorRT refused the shape of input '{name}'",
-                                   received=list(shape), expected=f"profile {profile}'s range")
+            self._shapes_set = None  # a profile switch needs the shapes set again
+        if input_shapes is not self._shapes_set:  # same dict object: the context has them
+            for name, shape in input_shapes.items():
+                if not ctx.set_input_shape(name, shape):
+                    raise ScredgeError(f"TensorRT refused the shape of input '{name}'",
+                                       received=list(shape),
+                                       expected=f"profile {profile}'s range")
+            self._shapes_set = input_shapes
         for name, ptr in addresses.items():
             ctx.set_tensor_address(name, ptr)
         if not ctx.execute_async_v3(self.stream):
@@ -172,20 +177,25 @@ class TrtDecoder(Decoder):
         self._ids = self._call.alloc(B * rows * 8)
         self._pos = self._call.alloc(B * rows * 8)
         self._logits = self._call.alloc(B * rows * c.vocab_size * 4)
-        kv_bytes = B * c.n_kv_heads * lim.cache * c.head_dim * runner.kv_dtype.itemsize
-        self._state_inputs = [n for n in runner.input_metadata if n not in
-                              ("input_ids", "position_ids")]
+        # each state tensor at its largest: the output shapes of a call that fills the cache
         self._state_outputs = runner.output_names[1:]
-        self.sets: list[dict[str, int]] = []
-        for _ in range(2):
-            self.sets.append({n: self._call.alloc(kv_bytes if n.startswith("past_") else
-                                                  B * (c.d_model if n.endswith(".num") else 1)
-                                                  * 4)
-                              for n in self._state_inputs})
-        for n in self._state_inputs:  # empty SCR carry: num = 0, den = 0 (SCR_SPEC section 2)
+        full = runner._output_shapes(B, 0, lim.cache)
+        nbytes = {past_name(o): int(np.prod(full[o])) * runner.input_metadata[past_name(o)]
+                  .dtype.itemsize for o in self._state_outputs}
+        self._state_inputs = list(nbytes)
+        self.sets: list[dict[str, int]] = [
+            {n: self._call.alloc(size) for n, size in nbytes.items()} for _ in range(2)]
+        for n, size in nbytes.items():  # empty SCR carry: num = 0, den = 0 (SCR_SPEC section 2)
             if n.startswith("scr_past."):
-                cuda.zero(self.sets[0][n], B * (c.d_model if n.endswith(".num") else 1) * 4,
-                          self._call.stream)
+                cuda.zero(self.sets[0][n], size, self._call.stream)
+        # a call whose past is in set k writes its present into set 1-k: only two address
+        # maps ever occur, so they are built once, not per token
+        self._addresses = [
+            {"input_ids": self._ids, "position_ids": self._pos, "logits": self._logits,
+             **self.sets[k], **{o: self.sets[1 - k][past_name(o)] for o in self._state_outputs}}
+            for k in (0, 1)]
+        self._shapes_key: tuple[int, int] | None = None  # (T, P) of the last call's shapes
+        self._shapes: dict[str, tuple] = {}
         self.current = 0  # index of the set holding this call's past
 
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -210,20 +220,17 @@ class TrtDecoder(Decoder):
         runner, call, c = self.runner, self._call, self.runner.config
         B, T = ids.shape
         P = self.past
-        src, dst = self.sets[self.current], self.sets[1 - self.current]
         runner.cuda.upload(self._ids, ids, call.stream)
         runner.cuda.upload(self._pos, positions, call.stream)
-        shapes = {"input_ids": (B, T), "position_ids": (B, T)}
-        for n in self._state_inputs:
-            meta = runner.input_metadata[n]
-            shapes[n] = tuple(P if d == "past_sequence" else B if d == "batch" else d
-                              for d in meta.shape)
-        addresses = {"input_ids": self._ids, "position_ids": self._pos,
-                     "logits": self._logits, **src}
-        addresses.update({o: dst[past_name(o)] for o in self._state_outputs})
+        if self._shapes_key != (T, P):  # steady decode (T = 1, P = W-1) reuses the last ones
+            self._shapes = {"input_ids": (B, T), "position_ids": (B, T)}
+            for n in self._state_inputs:
+                self._shapes[n] = tuple(P if d == "past_sequence" else B if d == "batch" else d
+                                        for d in runner.input_metadata[n].shape)
+            self._shapes_key = (T, P)
         logits = np.empty((B, T, c.vocab_size), np.float32)
         t0 = time.perf_counter()
-        call.run(PREFILL if P == 0 else DECODE, shapes, addresses)
+        call.run(PREFILL if P == 0 else DECODE, self._shapes, self._addresses[self.current])
         runner.cuda.download(logits, self._logits, call.stream)
         runner.cuda.sync(call.stream)
         self.last_run_s = time.perf_counter() - t0
