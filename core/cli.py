@@ -142,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from scredge.runtime import Engine
 
-    engine = Engine.load(args.folder, backend=args.backend)
+    engine = Engine.load(args.folder, backend=args.backend, cuda_graph=args.cuda_graph)
     kwargs = dict(max_new_tokens=args.max_new_tokens,
                   temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
@@ -204,6 +204,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from scredge.runtime.parity import run_parity
     from scredge.tiers import tier_thresholds
 
+    _check_cuda_graph(args)
+    if args.backend == "trt" and args.dump is not None:
+        raise ScredgeError("--dump replays a call in onnxruntime: it needs --backend ort",
+                           received="--backend trt --dump", expected="--backend ort --dump DIR")
     artifact = open_artifact(args.folder)
     if args.record:
         from scredge.export.golden import record_into
@@ -217,9 +221,6 @@ def cmd_parity(args: argparse.Namespace) -> int:
         golden = record_golden(artifact)
     else:
         golden = Golden.load(args.folder / GOLDEN_FILE)
-    if args.backend == "trt" and args.dump is not None:
-        raise ScredgeError("--dump replays a call in onnxruntime: it needs --backend ort",
-                           received="--backend trt --dump", expected="--backend ort --dump DIR")
     th = tier_thresholds(args.dtype or artifact.dtype)
     th = replace(th, **{k: v for k, v in (("op_abs", args.op_tol),
                                           ("layer_cosine", args.cosine),
@@ -234,7 +235,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
         from scredge.runtime.parity_runner import runner_parity
         from scredge.runtime.trt_loader import load_trt_runner
 
-        result = runner_parity(artifact, golden, load_trt_runner(artifact), th)
+        result = runner_parity(artifact, golden,
+                               load_trt_runner(artifact, cuda_graph=args.cuda_graph), th)
     else:
         runner = load_ort(artifact, device=args.device)
         result = run_parity(artifact, golden, runner, th, device=runner.device, dump=args.dump)
@@ -243,6 +245,18 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 # ---- bench ------------------------------------------------------------------------
+_CUDA_GRAPH_HELP = "with --backend trt: replay the steady decode step from CUDA graphs"
+
+
+def _check_cuda_graph(args: argparse.Namespace) -> None:
+    if args.cuda_graph and args.backend != "trt":
+        raise ScredgeError("--cuda-graph is a TensorRT runner option",
+                           received=f"--backend {args.backend} --cuda-graph",
+                           expected="--backend trt --cuda-graph",
+                           fix="add --backend trt (needs an engine from `scredge build`), or "
+                               "drop --cuda-graph")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from scredge.runtime import bench as b
     from scredge.runtime.loaders import load_ort, open_artifact
@@ -257,17 +271,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = scr_overhead(args.folder, args)
         print(json.dumps(report, indent=2) if args.json else "\n".join(report["lines"]))
         return 0
+    _check_cuda_graph(args)
     artifact = open_artifact(args.folder)
     if args.backend == "trt":
         from scredge.runtime.trt_loader import load_trt_runner
 
-        runner = load_trt_runner(artifact)
+        runner = load_trt_runner(artifact, cuda_graph=args.cuda_graph)
     else:
         runner = load_ort(artifact, device=args.device, threads=args.threads)
     settings = dict(gen_len=args.gen_len, batch=args.batch, warmup=args.warmup,
                     repeat=args.repeat)
     result = b.bench(runner, prompt_len=args.prompt_len, **settings)
     lines = b.summary_lines(result)
+    if args.cuda_graph:  # the same engine uncaptured, in this run: the ratio is the gain
+        plain = b.bench(runner.without_cuda_graph(), prompt_len=args.prompt_len, **settings)
+        result["cuda_graph_compare"] = {
+            "uncaptured": plain, "decode_ratio": result["decode_tokens_per_s"]
+            / plain["decode_tokens_per_s"]}
+        lines.append(f"  CUDA graphs: {result['cuda_graph']}; decode "
+                     f"{result['cuda_graph_compare']['decode_ratio']:.2f}x the uncaptured "
+                     f"engine ({plain['decode_tokens_per_s']:.1f} tok/s)")
     if args.compare == "torch":
         from scredge.ref import load_checkpoint
 
@@ -455,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "trt"])
+    p.add_argument("--cuda-graph", action="store_true", help=_CUDA_GRAPH_HELP)
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: ids, text, backend, timing")
@@ -490,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true",
                    help="compare with scr_ref run now (needs torch) instead of the golden file")
     p.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    p.add_argument("--cuda-graph", action="store_true", help=_CUDA_GRAPH_HELP)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", choices=["float32", "float16"],
                    help="thresholds of this dtype (default: the artifact's)")
@@ -544,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency of real generation: TTFT, ITL percentiles, tok/s")
     p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
     p.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    p.add_argument("--cuda-graph", action="store_true",
+                   help=_CUDA_GRAPH_HELP + "; also times the same engine without them")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all)")
     p.add_argument("--prompt-len", type=int, default=128, help="default 128")

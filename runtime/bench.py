@@ -127,9 +127,12 @@ def bench(runner, *, prompt_len: int = 128, gen_len: int = 128, batch: int = 1,
           warmup: int = 1, repeat: int = 3) -> dict:
     result = measure(runtime_stepper(runner), prompt_len, gen_len, batch, warmup, repeat,
                      runner.config.vocab_size)
+    graph_status = getattr(runner, "cuda_graph_status", None)  # TensorRT runner only
     return {"backend": runner.backend, "settings": {
         "prompt_len": prompt_len, "gen_len": gen_len, "batch": batch, "warmup": warmup,
-        "repeat": repeat}, **result, "peak_rss_mib": peak_rss_mib(),
+        "repeat": repeat}, **result,
+        "cuda_graph": graph_status() if graph_status is not None else None,
+        "peak_rss_mib": peak_rss_mib(),
         "gpu_memory_used_mib": gpu_memory_used_mib(), "machine": machine_info()}
 
 

@@ -51,21 +51,28 @@ class Engine:
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "auto", device: str = "auto",
-             threads: int | None = None) -> Engine:
+             threads: int | None = None, cuda_graph: bool = False) -> Engine:
         """Open and check an artifact folder and pick a backend.
 
         backend: 'ort' (onnxruntime), 'trt' (the folder's TensorRT engine for this GPU and
         TensorRT version; ScredgeError saying why when there is none), or 'auto' (that
         engine when it exists, TensorRT imports and a GPU is present, else onnxruntime;
         device='cpu' always means onnxruntime).
+        cuda_graph: TensorRT only: replay the steady decode step from CUDA graphs (ignored
+        when 'auto' picks onnxruntime, refused with backend='ort').
         """
         if backend not in BACKENDS:
             raise ScredgeError("unknown backend", received=repr(backend),
                                expected=f"one of {list(BACKENDS)}")
+        if cuda_graph and backend == "ort":
+            raise ScredgeError("CUDA graph capture is a TensorRT runner feature",
+                               received="backend 'ort' with cuda_graph",
+                               expected="backend 'trt' or 'auto'",
+                               fix="drop --cuda-graph, or use --backend trt")
         artifact = open_artifact(folder)
         if backend == "trt" or (backend == "auto" and device != "cpu"
                                 and find_engine(artifact) is not None):
-            return cls(load_trt_runner(artifact), artifact)
+            return cls(load_trt_runner(artifact, cuda_graph=cuda_graph), artifact)
         return cls(load_ort(artifact, device=device, threads=threads), artifact)
 
     # ---- inputs ---------------------------------------------------------------------

@@ -68,8 +68,9 @@ def _rebuild_fix(artifact: Artifact, backend: str = "tensorrt") -> str:
     return f"rebuild on this machine: scredge build {artifact.folder} --backend {backend}"
 
 
-def load_trt_runner(artifact: Artifact, cuda=None):
-    """A TrtRunner for the folder's engine that fits this machine; ScredgeError otherwise."""
+def load_trt_runner(artifact: Artifact, cuda=None, cuda_graph: bool = False):
+    """A TrtRunner for the folder's engine that fits this machine; ScredgeError otherwise.
+    cuda_graph: replay the steady decode step from CUDA graphs (runners/trt_graphs)."""
     entries = trt_entries(artifact)
     if not entries:
         raise ScredgeError("the artifact folder has no TensorRT engine",
@@ -95,10 +96,10 @@ def load_trt_runner(artifact: Artifact, cuda=None):
             expected=f"an engine for {here} on compute capability {cc_text}",
             fix=_rebuild_fix(artifact, first["backend"]))
     entry = usable[0]
-    return _open(artifact, entry, cuda)
+    return _open(artifact, entry, cuda, cuda_graph)
 
 
-def _open(artifact: Artifact, entry: dict, cuda):
+def _open(artifact: Artifact, entry: dict, cuda, cuda_graph: bool):
     from scredge.plugins.trt import load_trt
     from scredge.runtime import trt_profiles
     from scredge.runtime.runners.cuda_ops import CudaOps
@@ -130,10 +131,26 @@ def _open(artifact: Artifact, entry: dict, cuda):
                            fix=_rebuild_fix(artifact, entry["backend"]))
     profs = trt_profiles.from_json(entry["profiles"])
     limits = trt_profiles.Limits.from_profiles(profs, artifact.config)
+    mode, runtime_config = graph_setup(trt, entry["backend"], engine, cuda_graph)
     runner = TrtRunner(engine, artifact.config, artifact.kv_dtype, limits,
-                       cuda if cuda is not None else CudaOps(), entry)
+                       cuda if cuda is not None else CudaOps(), entry, mode, runtime_config)
     runner._runtime = runtime  # the engine must not outlive its runtime
     return runner
+
+
+def graph_setup(trt, backend: str, engine, wanted: bool):
+    """(CudaGraphMode, runtime config or None) for an engine: TensorRT for RTX captures
+    itself when its runtime config says so (it refuses plain stream capture of engines that
+    own their memory); TensorRT is captured by the decoder."""
+    from scredge.runtime.runners.trt_graphs import CudaGraphMode
+
+    if not wanted:
+        return CudaGraphMode.OFF, None
+    if backend == "tensorrt_rtx" and hasattr(trt, "CudaGraphStrategy"):
+        config = engine.create_runtime_config()
+        config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        return CudaGraphMode.NATIVE, config
+    return CudaGraphMode.CAPTURE, None
 
 
 def register_plugin(trt, plugin: dict) -> None:

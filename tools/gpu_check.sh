@@ -7,7 +7,8 @@
 # With artifact folders (from `scredge export`), also runs the TensorRT runner's device-
 # memory path on them (tools/gpu_check_runner.py; the engine is emulated by onnxruntime,
 # since TensorRT itself may be absent) and, where TensorRT is installed, `scredge build`,
-# `parity --backend trt` and `bench --backend trt` on the first one.
+# `parity --backend trt` (with and without --cuda-graph) and `bench --backend trt
+# --cuda-graph` (which times the uncaptured engine too) on the first one.
 # Needs: nvidia-smi, nvcc, python with torch (CUDA build) and cuda-python or CuPy
 # (cuda-python for the Python plugin's enqueue and the runner check), onnxruntime.
 # Writes gpu_check_kernel.json / gpu_check_runner.json to $OUT if set, else a temp folder.
@@ -60,8 +61,11 @@ if [[ $# -gt 0 ]] && "$PY" -c "import tensorrt" 2>/dev/null; then
     timeout 300 $SCREDGE build "$work" --backend tensorrt || trt_rc=$?
     [[ $trt_rc == 0 ]] && { timeout 120 $SCREDGE parity "$work" --backend trt --json \
         > "$OUT_DIR/gpu_check_trt_parity.json" || trt_rc=$?; }
-    [[ $trt_rc == 0 ]] && { timeout 120 $SCREDGE bench "$work" --backend trt --json \
-        > "$OUT_DIR/gpu_check_trt_bench.json" || trt_rc=$?; }
+    [[ $trt_rc == 0 ]] && { timeout 120 $SCREDGE parity "$work" --backend trt --cuda-graph \
+        --json > "$OUT_DIR/gpu_check_trt_parity_graph.json" || trt_rc=$?; }
+    # with --cuda-graph, bench also times the same engine uncaptured: the ratio is the gain
+    [[ $trt_rc == 0 ]] && { timeout 180 $SCREDGE bench "$work" --backend trt --cuda-graph \
+        --json > "$OUT_DIR/gpu_check_trt_bench.json" || trt_rc=$?; }
 elif [[ $# -gt 0 ]]; then
     echo "== TensorRT: not installed here (import tensorrt failed): build/parity/bench skipped"
 fi

@@ -14,7 +14,8 @@ from scredge.errors import ScredgeError
 
 
 class CudaOps:
-    """cudaMalloc / cudaMemcpyAsync / cudaMemsetAsync / streams on the current device."""
+    """cudaMalloc / cudaMemcpyAsync / cudaMemsetAsync / streams / stream capture into CUDA
+    graphs, on the current device."""
 
     def __init__(self) -> None:
         self._rt = require("cuda.bindings.runtime")
@@ -55,3 +56,25 @@ class CudaOps:
 
     def sync(self, stream: int) -> None:
         self._check(self._rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    # -- CUDA graphs: capture one stream's work, replay it with one launch ---------------
+    def begin_capture(self, stream: int) -> None:
+        # thread-local: another thread's cudaMalloc (a second decoder of the same Engine)
+        # is not refused while this thread captures, as it would be in global mode
+        mode = self._rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._check(self._rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+
+    def end_capture(self, stream: int):
+        """Leave capture mode (always, even after a failed capture) and instantiate the
+        graph; returns the executable graph."""
+        graph = self._check(self._rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        try:
+            return self._check(self._rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            self._check(self._rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+    def launch_graph(self, graph, stream: int) -> None:
+        self._check(self._rt.cudaGraphLaunch(graph, stream), "cudaGraphLaunch")
+
+    def destroy_graph(self, graph) -> None:
+        self._check(self._rt.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")

@@ -9,14 +9,14 @@ with `set_optimization_profile_async` only when the phase changes.
 
 Every call is checked against the engine's limits before any CUDA or TensorRT call, so a
 request beyond the profiles is a ScredgeError, never a TensorRT failure. All CUDA calls go
-through one `CudaOps`-like object (injected; tests use a fake).
-
-TODO: capture the steady decode step (P = W-1, every shape and address fixed) in a CUDA
-graph once it can be checked on a GPU.
+through one `CudaOps`-like object (injected; tests use a fake). With `cuda_graph` the
+steady decode step (P = W-1: fixed shapes, two address maps) is replayed from CUDA graphs
+(trt_graphs).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping
 
@@ -26,6 +26,7 @@ from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.runtime.cache import past_name, state_from_outputs
 from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
+from scredge.runtime.runners.trt_graphs import CudaGraphMode, DecodeGraphs
 from scredge.runtime.trt_profiles import DECODE, PREFILL, Limits
 
 _F32 = np.dtype(np.float32)
@@ -56,13 +57,34 @@ class TrtRunner(Runner):
     device = "cuda"
 
     def __init__(self, engine, config: SCRConfig, kv_dtype, limits: Limits, cuda,
-                 entry: dict | None = None) -> None:
+                 entry: dict | None = None, cuda_graph: CudaGraphMode = CudaGraphMode.OFF,
+                 runtime_config=None) -> None:
         super().__init__(config, kv_dtype)
         self.engine = engine
         self.limits = limits
         self.cuda = cuda
         self.entry = entry or {}
+        self.cuda_graph = cuda_graph
+        self.runtime_config = runtime_config  # TensorRT for RTX: its own graph capture
+        self._last_graphs: DecodeGraphs | None = None
         self._inputs, self._outputs = graph_io(config, self.kv_dtype)
+
+    def without_cuda_graph(self) -> TrtRunner:
+        """The same engine, run uncaptured (the baseline of `bench --cuda-graph`)."""
+        plain = copy.copy(self)
+        plain.cuda_graph, plain.runtime_config, plain._last_graphs = CudaGraphMode.OFF, None, None
+        return plain
+
+    def cuda_graph_status(self) -> str:
+        """What the newest decoder did with CUDA graphs (captured, native, or off and why)."""
+        if self._last_graphs is None:
+            return f"{self.cuda_graph.value}: no decoder yet"
+        return self._last_graphs.status()
+
+    def new_context(self):
+        if self.runtime_config is not None:
+            return self.engine.create_execution_context(self.runtime_config)
+        return self.engine.create_execution_context()
 
     def decoder(self, batch: int) -> TrtDecoder:
         return TrtDecoder(self, batch)
@@ -80,7 +102,7 @@ class TrtRunner(Runner):
                                fix="use runner.decoder(batch).step, which splits such calls")
         self.limits.check(B, P, T)
         shapes = self._output_shapes(B, T, P)
-        call = _Call(self, self.engine.create_execution_context())
+        call = _Call(self, self.new_context())
         try:
             ptrs = {n: call.alloc(np.ascontiguousarray(a).nbytes) for n, a in feed.items()}
             out_dtypes = {n: (_F32 if n == "logits" or n.startswith("scr_") else self.kv_dtype)
@@ -171,7 +193,8 @@ class TrtDecoder(Decoder):
         runner.limits.check(batch, 0, 1)  # batch within the profiles, before any CUDA call
         super().__init__(runner, batch)
         c, lim = runner.config, runner.limits
-        self._call = _Call(runner, runner.engine.create_execution_context())
+        self._call = _Call(runner, runner.new_context())
+        self.graphs = runner._last_graphs = DecodeGraphs(self._call, runner.cuda_graph)
         B, cuda = batch, runner.cuda
         rows = lim.max_prefill
         self._ids = self._call.alloc(B * rows * 8)
@@ -230,7 +253,12 @@ class TrtDecoder(Decoder):
             self._shapes_key = (T, P)
         logits = np.empty((B, T, c.vocab_size), np.float32)
         t0 = time.perf_counter()
-        call.run(PREFILL if P == 0 else DECODE, self._shapes, self._addresses[self.current])
+        if T == 1 and P > 0 and c.present_len(P, 1) == P and self.graphs.active:
+            # steady decode: the cache is full, so shapes repeat and addresses alternate
+            self.graphs.run(self.current, self._shapes, self._addresses[self.current])
+        else:
+            self.graphs.drop()
+            call.run(PREFILL if P == 0 else DECODE, self._shapes, self._addresses[self.current])
         runner.cuda.download(logits, self._logits, call.stream)
         runner.cuda.sync(call.stream)
         self.last_run_s = time.perf_counter() - t0
@@ -252,6 +280,7 @@ class TrtDecoder(Decoder):
         return state_from_outputs(out)
 
     def close(self) -> None:
+        self.graphs.close()
         self._call.close()
 
     def __del__(self) -> None:

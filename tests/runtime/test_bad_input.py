@@ -105,3 +105,19 @@ def test_cuda_refused_without_a_gpu(small_window_artifact):
         pytest.skip("a GPU is present; this test covers machines without one")
     with pytest.raises(ScredgeError, match="cannot run onnxruntime on CUDA"):
         Engine.load(small_window_artifact[1], device="cuda")
+
+
+def test_cuda_graph_is_refused_on_onnxruntime(small_window_artifact, capsys):
+    """--cuda-graph is the TensorRT runner's: asked of onnxruntime it is an error, not a
+    silently ignored flag; 'auto' that lands on onnxruntime runs uncaptured."""
+    folder = str(small_window_artifact[1])
+    with pytest.raises(ScredgeError, match="TensorRT runner feature"):
+        Engine.load(folder, backend="ort", cuda_graph=True)
+    assert Engine.load(folder, backend="auto", device="cpu", cuda_graph=True).backend == "ort"
+    for command in (["bench", folder, "--gen-len", "2"], ["parity", folder]):
+        assert main([*command, "--cuda-graph"]) == 2
+        err = capsys.readouterr().err
+        assert "--cuda-graph is a TensorRT runner option" in err and "--backend trt" in err
+    assert main(["generate", folder, "--prompt", "Hi", "--backend", "ort",
+                 "--cuda-graph"]) == 2
+    assert "TensorRT runner feature" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fake_cuda import FakeCuda
+from fake_trt import FakeEngine
 
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
@@ -17,41 +18,6 @@ from scredge.runtime.trt_loader import mismatch, register_plugin
 
 W16 = SCRConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                 window=16, scr_layers=(0, 1))
-
-
-class FakeContext:
-    def __init__(self, engine) -> None:
-        self.engine, self.calls = engine, engine.calls
-        self.shapes, self.addresses, self.runs = {}, {}, 0
-
-    def set_optimization_profile_async(self, profile, stream):
-        self.calls.append(("profile", profile))
-        return True
-
-    def set_input_shape(self, name, shape):
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def set_tensor_address(self, name, ptr):
-        self.addresses[name] = ptr
-
-    def execute_async_v3(self, stream):
-        """Writes logits = the run number, so the copy back can be checked."""
-        self.runs += 1
-        B, T = self.shapes["input_ids"]
-        logits = np.full((B, T, W16.vocab_size), self.runs, np.float32)
-        self.engine.cuda.mem[self.addresses["logits"]][:logits.nbytes] = logits.tobytes()
-        self.calls.append(("execute", dict(self.shapes), dict(self.addresses)))
-        return True
-
-
-class FakeEngine:
-    def __init__(self, cuda: FakeCuda) -> None:
-        self.cuda, self.calls, self.contexts = cuda, cuda.calls, []
-
-    def create_execution_context(self):
-        self.contexts.append(FakeContext(self))
-        return self.contexts[-1]
 
 
 @pytest.fixture

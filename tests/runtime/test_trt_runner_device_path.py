@@ -30,6 +30,18 @@ def test_device_path_matches_the_host_runner_on_fake_memory(tool, small_window_a
     assert report["batch2_logits_max_abs_diff"] <= tool.LOGITS_TOL
 
 
+def test_cuda_graph_replays_match_the_host_runner_on_fake_memory(tool, small_window_artifact):
+    """Steady decode steps replayed from captured graphs (the fake records the emulated
+    engine's run at capture and reruns it per launch): same greedy ids and state."""
+    _, folder = small_window_artifact
+    report = tool.check_artifact(folder, tokens=24, cuda=FakeCuda([]), cuda_graph=True)
+    assert report["ok"], report
+    # prompt 5 + 24 tokens passes W-1 = 15, so both generations reach the steady shape
+    for case in report["cases"]:
+        assert case["cuda_graph_status"].startswith("on: 2 graph(s) captured"), case
+    assert report["batch2_cuda_graph_status"].startswith("on: 2 graph(s) captured")
+
+
 @pytest.mark.gpu
 def test_device_path_on_a_real_gpu(tool, small_window_artifact):
     reason = gpu_unavailable_reason()

@@ -1,0 +1,120 @@
+"""CUDA graphs for the TensorRT decoder's steady decode step (`--cuda-graph`).
+
+Once a windowed model's cache is full (P = W-1) every decode call has the same shapes,
+and the decoder's two state sets give only two address maps (trt_runner). Each map's call
+is captured once with stream capture and then replayed with one `cudaGraphLaunch`: the
+per-layer kernel launches, and the Python `Realign` plugin's `enqueue`, leave the token
+loop. TensorRT's rules for capture (developer guide, "Working with CUDA Graphs"): call
+`execute_async_v3` once after a shape change before capturing, capture on a non-default
+stream, and bind nothing else while the graph is in use; so each set runs uncaptured once
+at the steady shape, and any other call (a new prefill) drops the graphs.
+
+TensorRT for RTX refuses plain stream capture of engines that own their memory, and has
+its own capture instead (`IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE`, which
+also handles changing shapes): the loader picks `CudaGraphMode.NATIVE` for it and this
+module then stays out of the way.
+
+A capture TensorRT refuses (`is_stream_capturable` false, `execute_async_v3` false under
+capture, an invalidated capture) is not an error: the decoder warns once, says why in
+`status`, and runs uncaptured.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+
+from scredge.errors import ScredgeError
+from scredge.runtime.trt_profiles import DECODE
+
+
+class CudaGraphMode(enum.Enum):
+    OFF = "off"
+    CAPTURE = "capture"  # stream capture of the steady decode step, by this module
+    NATIVE = "native"  # TensorRT for RTX's own capture, set on the execution context
+
+
+class DecodeGraphs:
+    """Up to two captured decode steps of one decoder (its `_Call`: context, stream)."""
+
+    def __init__(self, call, mode: CudaGraphMode) -> None:
+        self.call, self.cuda, self.mode = call, call.cuda, mode
+        self.graphs: list[object | None] = [None, None]
+        self.warm = [False, False]  # set k ran once uncaptured at the current steady shape
+        self.launches = 0
+        self.captures = 0
+        self.off: str | None = {
+            CudaGraphMode.OFF: "not requested (--cuda-graph)",
+            CudaGraphMode.NATIVE: "TensorRT for RTX captures the engine itself"}.get(mode)
+
+    @property
+    def active(self) -> bool:
+        return self.off is None
+
+    def status(self) -> str:
+        if self.mode is CudaGraphMode.NATIVE:
+            return "native: TensorRT for RTX whole-graph capture"
+        if self.off is not None:
+            return f"off: {self.off}"
+        if self.captures == 0:
+            return ("on, none captured yet: the cache has not reached a fixed shape (a "
+                    "windowed model's cache fills at W-1; window = null grows every token)")
+        return f"on: {self.captures} graph(s) captured, {self.launches} launches"
+
+    def run(self, k: int, shapes, addresses) -> None:
+        """The steady decode call for state set k: replayed, captured, or run plainly."""
+        if self.graphs[k] is None:
+            if not self.warm[k]:
+                self.call.run(DECODE, shapes, addresses)
+                self.warm[k] = True
+                return
+            self.graphs[k] = self._capture(shapes, addresses)
+            if self.graphs[k] is None:  # refused: self.off says why
+                self.call.run(DECODE, shapes, addresses)
+                return
+        # a capture records the work without running it: every path launches
+        self.cuda.launch_graph(self.graphs[k], self.call.stream)
+        self.launches += 1
+
+    def _capture(self, shapes, addresses):
+        ctx, stream = self.call.context, self.call.stream
+        capturable = getattr(ctx, "is_stream_capturable", None)  # TensorRT for RTX, 10.x later
+        if capturable is not None and not capturable(stream):
+            return self._refuse("TensorRT reports the execution context not stream-capturable")
+        try:
+            self.cuda.begin_capture(stream)
+        except ScredgeError as exc:
+            return self._refuse(f"cudaStreamBeginCapture failed ({exc.received})")
+        failure = None
+        try:
+            self.call.run(DECODE, shapes, addresses)
+        except ScredgeError as exc:
+            failure = f"{exc.what} under stream capture"
+        finally:  # always leave capture mode, or the stream stays unusable
+            try:
+                graph = self.cuda.end_capture(stream)
+            except ScredgeError as exc:
+                graph, failure = None, failure or f"the capture was invalidated ({exc.received})"
+        if failure is not None:
+            if graph is not None:
+                self.cuda.destroy_graph(graph)
+            return self._refuse(failure)
+        self.captures += 1
+        return graph
+
+    def _refuse(self, why: str) -> None:
+        self.off = why
+        warnings.warn(f"CUDA graph capture of the decode step is off: {why}; decoding "
+                      "continues uncaptured", RuntimeWarning, stacklevel=4)
+        return None
+
+    def drop(self) -> None:
+        """Forget the graphs (the shape changed: a new prefill); they are captured again
+        when the cache is full again."""
+        for k, graph in enumerate(self.graphs):
+            if graph is not None:
+                self.cuda.destroy_graph(graph)
+            self.graphs[k] = None
+        self.warm = [False, False]
+
+    close = drop
