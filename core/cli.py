@@ -88,10 +88,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 # ---- export -------------------------------------------------------------------
-def parse_scr_layers(text: str | None) -> tuple[int, ...] | None:
-    """'all' (or absent) -> None (every layer), 'none' -> (), '0,2' -> (0, 2)."""
-    if text is None or text == "all":
+def parse_scr_layers(text: str | None, n_layers: int | None) -> tuple[int, ...] | None:
+    """--scr-layers for a model of n_layers: absent -> None (keep the source's own), 'all'
+    -> every layer, 'none' -> (), '0,2' -> (0, 2). n_layers None (not known yet: a Llama
+    folder) turns 'all' into None, the source's own default of every layer."""
+    if text is None:
         return None
+    if text == "all":
+        return None if n_layers is None else tuple(range(n_layers))
     if text == "none":
         return ()
     try:
@@ -107,30 +111,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     from scredge.export.pipeline import check_options, export_artifact
 
     out = Path(args.out)
-    layers = parse_scr_layers(args.scr_layers)
+    parse_scr_layers(args.scr_layers, None)  # its syntax, before anything is loaded
     # refuse bad options before building or loading anything
     check_options(out.absolute(), args.dtype, args.opset, args.force, window=None)
     if args.pretrained is not None:
-        if layers is not None or args.weights is not None or args.config is not None:
+        if args.scr_layers is not None or args.weights is not None or args.config is not None:
             raise ScredgeError("--pretrained takes no --config, --weights or --scr-layers",
                                received="--pretrained with one of them",
                                fix="drop them: the shipped checkpoint fixes its own config")
         src = sources.from_pretrained(args.pretrained)
     elif args.from_llama is not None:
-        src = sources.from_llama(args.from_llama, layers, seed=args.seed)
+        src = sources.from_llama(args.from_llama, parse_scr_layers(args.scr_layers, None),
+                                 seed=args.seed)
     elif args.weights is not None:
         src = sources.from_files(args.config, args.weights)
+        layers = parse_scr_layers(args.scr_layers, src.model.config.n_layers)
         if layers is not None and layers != src.model.config.scr_layers:
             raise ScredgeError("--scr-layers differs from the checkpoint's SCR layers",
                                received=list(layers),
                                expected=list(src.model.config.scr_layers),
                                fix="drop --scr-layers; a checkpoint's SCR layers are fixed")
     elif args.config is not None:
-        src = sources.from_config(SCRConfig.load(args.config), args.seed, layers,
+        config = SCRConfig.load(args.config)
+        src = sources.from_config(config, args.seed,
+                                  parse_scr_layers(args.scr_layers, config.n_layers),
                                   {"kind": "config", "config": str(args.config),
                                    "seed": args.seed})
     else:
-        src = sources.from_preset(args.preset, args.seed, layers)
+        src = sources.from_preset(args.preset, args.seed, parse_scr_layers(
+            args.scr_layers, SCRConfig.preset(args.preset).n_layers))
     path = export_artifact(src.model, out, dtype=args.dtype, opset=args.opset,
                            force=args.force, source=src.description,
                            log=lambda s: print(s, flush=True))
@@ -369,9 +378,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scredge.ref.train_config import TrainConfig
 
     config = _config_from_args(args)
-    layers = parse_scr_layers(args.scr_layers)
-    if args.scr_layers == "all":
-        layers = tuple(range(config.n_layers))
+    layers = parse_scr_layers(args.scr_layers, config.n_layers)
     if layers is not None:
         config = config.with_(scr_layers=layers)
     if args.window is not None:
@@ -461,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     p.add_argument("--dtype", default="float32", help="float32 (default) or float16")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
-    p.add_argument("--scr-layers", help="'all' (default), 'none', or indices like 0,2")
+    p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
+                                        "preset's or config's; every layer for --from-llama)")
     p.add_argument("--out", required=True, help="the artifact folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_export)

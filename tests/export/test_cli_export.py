@@ -42,6 +42,26 @@ def test_export_weights_with_checkpoint_config(tmp_path, micro_config):
     assert source == {"kind": "checkpoint", "weights": str(weights), "config": "metadata"}
 
 
+def test_scr_layers_all_means_every_layer_for_every_source(tmp_path, capsys):
+    """'all' is every layer, as in `scredge train`, not "keep the config's": a config with
+    SCR in layer 1 only, exported with --scr-layers all, has SCR in both layers; a
+    checkpoint whose SCR layers are fixed is refused for it, and absent keeps them."""
+    partial = tmp_path / "partial.json"
+    partial.write_text(MICRO.with_(scr_layers=(1,)).to_json())
+    assert main(["export", "--config", str(partial), "--scr-layers", "all",
+                 "--out", str(tmp_path / "all")]) == 0
+    assert read_config(tmp_path / "all")[0].scr_layers == (0, 1)
+    assert main(["export", "--config", str(partial), "--out", str(tmp_path / "kept")]) == 0
+    assert read_config(tmp_path / "kept")[0].scr_layers == (1,)
+    weights = tmp_path / "w.safetensors"
+    assert main(["init", "--config", str(partial), "--out", str(weights)]) == 0
+    capsys.readouterr()
+    assert main(["export", "--weights", str(weights), "--scr-layers", "all",
+                 "--out", str(tmp_path / "w")]) == 2
+    assert "differs from the checkpoint's SCR layers" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize(("extra", "needle"), [
     (["--dtype", "int8"], "unknown export dtype"),
     (["--opset", "13"], "unsupported ONNX opset"),
