@@ -82,8 +82,13 @@ StepperFactory = Callable[[], tuple[Callable[[np.ndarray], None], Callable[[], n
 
 
 def runtime_stepper(runner) -> StepperFactory:
+    last: list[Generator] = []
+
     def make():
+        if last:  # its decoder goes back to the runner, as Engine.generate's does
+            last.pop().close()
         gen = Generator(runner, GREEDY)
+        last.append(gen)
         return gen.append, gen.next_token
     return make
 

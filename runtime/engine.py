@@ -158,61 +158,64 @@ class Engine:
         gen = self.generator(None, temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed,
                              max_new_tokens=max(n, 1))  # stops are handled below, per row
-        gen.append(rows)
-        t_prefill = time.perf_counter() - t0
-        B = rows.shape[0]
-        out: list[list[int]] = [[] for _ in range(B)]
-        tails = [b"" for _ in range(B)]  # recent bytes, for stop strings
-        reason = ["length"] * B
-        live = np.ones(B, dtype=bool)
-        decoder = StreamDecoder() if stream else None
-        held: list[int] = []  # streamed ids held back while they may begin a stop string
-        ttft = None
-        longest_stop = max((len(s) for s in stop_texts), default=0)
-        for _ in range(n):
-            token = gen.next_token()
-            ttft = ttft if ttft is not None else time.perf_counter() - t0
-            for b in np.flatnonzero(live):
-                t = int(token[b])
-                if t in stop_ids:
-                    live[b], reason[b] = False, "stop"
-                    continue
-                out[b].append(t)
-                if stop_texts:
-                    tails[b] = (tails[b] + bytes((t,)))[-longest_stop:]
-                    hit = next((s for s in stop_texts if tails[b].endswith(s)), None)
-                    if hit is not None:
-                        del out[b][len(out[b]) - len(hit):]
+        try:  # the decoder goes back to the runner however the caller stops reading
+            gen.append(rows)
+            t_prefill = time.perf_counter() - t0
+            B = rows.shape[0]
+            out: list[list[int]] = [[] for _ in range(B)]
+            tails = [b"" for _ in range(B)]  # recent bytes, for stop strings
+            reason = ["length"] * B
+            live = np.ones(B, dtype=bool)
+            decoder = StreamDecoder() if stream else None
+            held: list[int] = []  # streamed ids held back while they may begin a stop string
+            ttft = None
+            longest_stop = max((len(s) for s in stop_texts), default=0)
+            for _ in range(n):
+                token = gen.next_token()
+                ttft = ttft if ttft is not None else time.perf_counter() - t0
+                for b in np.flatnonzero(live):
+                    t = int(token[b])
+                    if t in stop_ids:
                         live[b], reason[b] = False, "stop"
-                        if stream:
-                            held.clear()
                         continue
-                if stream:
-                    held.append(t)
-                    keep = _partial_stop_len(tails[b], stop_texts)
-                    while len(held) > keep:
-                        piece = decoder.push(held.pop(0))
-                        if piece:
-                            yield piece
-            if not live.any():
-                break
-        if stream:
-            for t in held:
-                piece = decoder.push(t)
-                if piece:
-                    yield piece
-            tail = decoder.flush()
-            if tail:
-                yield tail
-        total = time.perf_counter() - t0
-        new_tokens = gen.generated
-        timing = {"ttft_s": ttft or 0.0, "prefill_s": t_prefill, "total_s": total,
-                  "decode_s": total - t_prefill,
-                  "decode_tokens_per_s": (new_tokens - 1) / (total - (ttft or total))
-                  if new_tokens > 1 and ttft is not None and total > ttft else 0.0}
-        decode = self.tokenizer.decode if self.tokenizer else (lambda ids: "")
-        yield [GenerationResult(out[b], decode(out[b]), reason[b], rows.shape[1], timing)
-               for b in range(B)]
+                    out[b].append(t)
+                    if stop_texts:
+                        tails[b] = (tails[b] + bytes((t,)))[-longest_stop:]
+                        hit = next((s for s in stop_texts if tails[b].endswith(s)), None)
+                        if hit is not None:
+                            del out[b][len(out[b]) - len(hit):]
+                            live[b], reason[b] = False, "stop"
+                            if stream:
+                                held.clear()
+                            continue
+                    if stream:
+                        held.append(t)
+                        keep = _partial_stop_len(tails[b], stop_texts)
+                        while len(held) > keep:
+                            piece = decoder.push(held.pop(0))
+                            if piece:
+                                yield piece
+                if not live.any():
+                    break
+            if stream:
+                for t in held:
+                    piece = decoder.push(t)
+                    if piece:
+                        yield piece
+                tail = decoder.flush()
+                if tail:
+                    yield tail
+            total = time.perf_counter() - t0
+            new_tokens = gen.generated
+            timing = {"ttft_s": ttft or 0.0, "prefill_s": t_prefill, "total_s": total,
+                      "decode_s": total - t_prefill,
+                      "decode_tokens_per_s": (new_tokens - 1) / (total - (ttft or total))
+                      if new_tokens > 1 and ttft is not None and total > ttft else 0.0}
+            decode = self.tokenizer.decode if self.tokenizer else (lambda ids: "")
+            yield [GenerationResult(out[b], decode(out[b]), reason[b], rows.shape[1], timing)
+                   for b in range(B)]
+        finally:
+            gen.close()
 
 
 def _is_text(prompt) -> bool:

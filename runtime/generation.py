@@ -105,11 +105,14 @@ class Generator:
         self._logits: np.ndarray | None = None  # [B,V], of the last fed position
         self._unfed: np.ndarray | None = None  # [B], sampled but not yet fed
         self._seen: np.ndarray | None = None
+        self._closed = False
 
     def append(self, ids) -> None:
         """Feed more tokens (a prompt, or a later turn) to every row."""
         rows = np.asarray(ids)
         rows = check_ids(rows[None] if rows.ndim == 1 else rows, self.vocab_size)
+        if self._closed:
+            raise ScredgeError("append() on a closed generator", fix="start a new one")
         if self.decoder is None:
             self.batch = rows.shape[0]
             self.decoder = self.runner.decoder(self.batch)
@@ -130,7 +133,7 @@ class Generator:
     def next_token(self) -> np.ndarray:
         """Sample the next token of every row ([B] int64). Rows already done keep going
         (batched rows share every call) but their tokens are theirs to ignore."""
-        if self.decoder is None:
+        if self.decoder is None and not self._closed:
             raise ScredgeError("next_token() before any input",
                                fix="call append(prompt_ids) first")
         if self.is_done():
@@ -145,6 +148,15 @@ class Generator:
         if self.stop_ids.size:
             self.done |= self._is_stop[token]
         return token
+
+    def close(self) -> None:
+        """Hand the decoder back to the runner (the TensorRT runner reuses its execution
+        context and device buffers for the next generation); the generator is done."""
+        if self.decoder is not None:
+            self.decoder.release()
+            self.decoder = None
+            self.done[:] = True
+            self._closed = True
 
     def is_done(self) -> bool:
         return self.done is not None and (bool(self.done.all())

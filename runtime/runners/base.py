@@ -86,10 +86,16 @@ class Decoder(ABC):
         self.batch = batch
         self.past = 0  # P, cached positions
         self.last_run_s = 0.0  # the backend's own time in the last step (overhead accounting)
+        self.released = False
 
     @abstractmethod
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """ids, positions [B,T] int64 -> logits [B,T,V] float32 (host)."""
+
+    def release(self) -> None:
+        """The caller is done with this decoder (a backend may reuse its buffers for the
+        next one); it must not be stepped again."""
+        self.released = True  # host state: nothing to give back, the GC frees it
 
 
 class HostDecoder(Decoder):

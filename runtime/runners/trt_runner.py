@@ -17,6 +17,7 @@ steady decode step (P = W-1: fixed shapes, two address maps) is replayed from CU
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Mapping
 
@@ -29,6 +30,7 @@ from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
 from scredge.runtime.runners.trt_graphs import CudaGraphMode, DecodeGraphs
 from scredge.runtime.trt_profiles import DECODE, PREFILL, Limits
 
+MAX_IDLE_DECODERS = 4  # kept per batch size for reuse; each holds a full cache on the GPU
 _F32 = np.dtype(np.float32)
 _I64 = np.dtype(np.int64)
 
@@ -67,12 +69,17 @@ class TrtRunner(Runner):
         self.cuda_graph = cuda_graph
         self.runtime_config = runtime_config  # TensorRT for RTX: its own graph capture
         self._last_graphs: DecodeGraphs | None = None
+        # released decoders by batch size: the next generation reuses one's execution
+        # context, stream and device buffers instead of creating them again
+        self._idle: dict[int, list[TrtDecoder]] = {}
+        self._idle_lock = threading.Lock()
         self._inputs, self._outputs = graph_io(config, self.kv_dtype)
 
     def without_cuda_graph(self) -> TrtRunner:
         """The same engine, run uncaptured (the baseline of `bench --cuda-graph`)."""
         plain = copy.copy(self)
         plain.cuda_graph, plain.runtime_config, plain._last_graphs = CudaGraphMode.OFF, None, None
+        plain._idle, plain._idle_lock = {}, threading.Lock()  # its decoders are uncaptured
         return plain
 
     def cuda_graph_status(self) -> str:
@@ -87,7 +94,22 @@ class TrtRunner(Runner):
         return self.engine.create_execution_context()
 
     def decoder(self, batch: int) -> TrtDecoder:
-        return TrtDecoder(self, batch)
+        """A decoder in the empty state: a released one of this batch size, reset, or new."""
+        with self._idle_lock:
+            idle = self._idle.get(batch)
+            dec = idle.pop() if idle else None
+        if dec is None:
+            return TrtDecoder(self, batch)
+        dec.reset()
+        return dec
+
+    def _take_back(self, dec: TrtDecoder) -> None:
+        with self._idle_lock:
+            idle = self._idle.setdefault(dec.batch, [])
+            if len(idle) < MAX_IDLE_DECODERS:
+                idle.append(dec)
+                return
+        dec.close()
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One stateless call on host arrays (parity tools, polygraphy-style checks): state
@@ -195,8 +217,7 @@ class TrtDecoder(Decoder):
         c, lim = runner.config, runner.limits
         self._call = _Call(runner, runner.new_context())
         self.graphs = runner._last_graphs = DecodeGraphs(self._call, runner.cuda_graph)
-        B, cuda = batch, runner.cuda
-        rows = lim.max_prefill
+        B, rows = batch, lim.max_prefill
         self._ids = self._call.alloc(B * rows * 8)
         self._pos = self._call.alloc(B * rows * 8)
         self._logits = self._call.alloc(B * rows * c.vocab_size * 4)
@@ -208,9 +229,8 @@ class TrtDecoder(Decoder):
         self._state_inputs = list(nbytes)
         self.sets: list[dict[str, int]] = [
             {n: self._call.alloc(size) for n, size in nbytes.items()} for _ in range(2)]
-        for n, size in nbytes.items():  # empty SCR carry: num = 0, den = 0 (SCR_SPEC section 2)
-            if n.startswith("scr_past."):
-                cuda.zero(self.sets[0][n], size, self._call.stream)
+        self._carry_bytes = {n: size for n, size in nbytes.items() if n.startswith("scr_past.")}
+        self._zero_carry()
         # a call whose past is in set k writes its present into set 1-k: only two address
         # maps ever occur, so they are built once, not per token
         self._addresses = [
@@ -221,7 +241,29 @@ class TrtDecoder(Decoder):
         self._shapes: dict[str, tuple] = {}
         self.current = 0  # index of the set holding this call's past
 
+    def _zero_carry(self) -> None:
+        """The empty SCR carry (num = 0, den = 0; SCR_SPEC section 2) in the set the first
+        call reads; the KV past needs nothing, as that call has P = 0."""
+        for n, size in self._carry_bytes.items():
+            self.runner.cuda.zero(self.sets[0][n], size, self._call.stream)
+
+    def reset(self) -> None:
+        """Back to the empty state (P = 0), keeping context, stream and buffers."""
+        self.graphs.drop()  # captured for the last generation's run-up; captured again
+        self.past, self.current, self._shapes_key = 0, 0, None
+        self._zero_carry()
+        self.released = False
+        self.runner._last_graphs = self.graphs
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.runner._take_back(self)
+
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self.released:
+            raise ScredgeError("step() on a released decoder",
+                               fix="take a new one with runner.decoder(batch)")
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         positions = np.ascontiguousarray(positions, dtype=np.int64)
         if ids.ndim != 2 or ids.shape != positions.shape or ids.shape[0] != self.batch \

@@ -134,3 +134,46 @@ def test_missing_plugin_is_refused():
               "python": "scredge.plugins.realign.no_such_module"}
     with pytest.raises(ScredgeError, match="needs the TensorRT plugin scr::Realign v1"):
         register_plugin(object(), plugin)
+
+
+def test_released_decoders_are_reused_in_the_empty_state(runner):
+    """A generation's decoder goes back to the runner: the next one of the same batch gets
+    its context, stream and buffers, reset to P = 0 with the SCR carry zeroed again."""
+    from scredge.runtime import Engine
+    from scredge.runtime.runners import trt_runner
+
+    engine = Engine(runner)
+    calls = runner.cuda.calls
+    engine.generate([1, 2, 3], 20, temperature=0)
+    assert len(runner.engine.contexts) == 1
+    n = len(calls)
+    engine.generate([4, 5], 20, temperature=0)
+    new = calls[n:]
+    assert len(runner.engine.contexts) == 1 and not [c for c in new if c[0] == "malloc"]
+    first = next(c for c in new if c[0] == "execute")
+    assert first[1]["input_ids"] == (1, 2) and first[1]["past_key_values.0.key"][2] == 0
+    carry = {v for k, v in first[2].items() if k.startswith("scr_past.")}
+    zeroed = {c[1] for c in new if c[0] == "zero"}
+    assert zeroed == carry  # the carry the prefill reads is empty again
+
+    held = [runner.decoder(1) for _ in range(trt_runner.MAX_IDLE_DECODERS + 2)]
+    assert len({id(d._call.context) for d in held}) == len(held)  # in use: never shared
+    for d in held:
+        d.release()
+    assert len(runner._idle[1]) == trt_runner.MAX_IDLE_DECODERS  # the rest were freed
+    with pytest.raises(ScredgeError, match="released decoder"):
+        held[0].step(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
+
+
+def test_a_closed_generator_gives_its_decoder_back_once(runner):
+    from scredge.runtime.generation import Generator
+
+    gen = Generator(runner)
+    gen.append([1, 2, 3])
+    gen.next_token()
+    dec = gen.decoder
+    gen.close()
+    gen.close()
+    assert runner._idle[1] == [dec] and gen.is_done()
+    with pytest.raises(ScredgeError, match="closed generator"):
+        gen.append([4])

@@ -28,6 +28,8 @@ def test_device_path_matches_the_host_runner_on_fake_memory(tool, small_window_a
     assert [c["prompt_len"] for c in report["cases"]] == [5, 16 + 9]  # inside and past W
     assert report["batch2_past_len"] == 15  # W - 1: the cache was trimmed on the device
     assert report["batch2_logits_max_abs_diff"] <= tool.LOGITS_TOL
+    assert report["decoders_reused"] and report["batch2_reused_past_len"] == 15
+    assert report["batch2_reused_logits_max_abs_diff"] <= tool.LOGITS_TOL
 
 
 def test_cuda_graph_replays_match_the_host_runner_on_fake_memory(tool, small_window_artifact):
@@ -36,10 +38,11 @@ def test_cuda_graph_replays_match_the_host_runner_on_fake_memory(tool, small_win
     _, folder = small_window_artifact
     report = tool.check_artifact(folder, tokens=24, cuda=FakeCuda([]), cuda_graph=True)
     assert report["ok"], report
-    # prompt 5 + 24 tokens passes W-1 = 15, so both generations reach the steady shape
-    for case in report["cases"]:
-        assert case["cuda_graph_status"].startswith("on: 2 graph(s) captured"), case
-    assert report["batch2_cuda_graph_status"].startswith("on: 2 graph(s) captured")
+    # prompt 5 + 24 tokens passes W-1 = 15, so both generations reach the steady shape; the
+    # second reuses the first's decoder (context, buffers) and captures its two graphs anew
+    assert [c["cuda_graph_status"].split(",")[0] for c in report["cases"]] == [
+        "on: 2 graph(s) captured", "on: 4 graph(s) captured"]
+    assert report["batch2_cuda_graph_status"].startswith("on: 4 graph(s) captured")  # 2 runs
 
 
 @pytest.mark.gpu
