@@ -185,9 +185,10 @@ def build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache: Path | N
         pg_profiles.append(p)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
+    monitor = progress_monitor(trt, log)  # referenced here until the build returns
     settings = dict(profiles=pg_profiles,
                     load_timing_cache=str(cache) if cache and cache.is_file() else None,
-                    builder_optimization_level=opt_level)
+                    builder_optimization_level=opt_level, progress_monitor=monitor)
     if backend == "tensorrt_rtx":
         from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
 
@@ -220,6 +221,48 @@ def build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache: Path | N
                                "the Realign plugin") from exc
     log(f"built in {time.perf_counter() - t0:.1f} s")
     return bytes(engine_bytes), plugin_layers
+
+
+def progress_monitor(trt, log: Callable[[str], None], max_depth: int = 1):
+    """A TensorRT IProgressMonitor that logs the builder's phases (two levels deep, each
+    with its time) and, at most every 10 s, the step count of a long top-level phase;
+    None where the module has no IProgressMonitor (TensorRT < 8.6)."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+    import threading
+
+    class BuildProgress(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.lock = threading.Lock()  # TensorRT may call from several threads
+            self.phases: dict[str, tuple[int, float, int]] = {}  # name -> depth, start, steps
+            self.last_step_log = 0.0
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            with self.lock:
+                parent = self.phases.get(parent_phase) if parent_phase else None
+                depth = 0 if parent is None else parent[0] + 1
+                self.phases[phase_name] = (depth, time.perf_counter(), num_steps)
+                if depth <= max_depth:
+                    log(f"  {'  ' * depth}{phase_name} ...")
+
+        def step_complete(self, phase_name, step):
+            with self.lock:
+                depth, _, steps = self.phases.get(phase_name, (max_depth + 1, 0.0, 0))
+                now = time.perf_counter()
+                if depth == 0 and now - self.last_step_log >= 10.0:
+                    self.last_step_log = now
+                    log(f"  {phase_name}: step {step + 1} of {steps}")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            with self.lock:
+                depth, start, _ = self.phases.pop(phase_name, (max_depth + 1, 0.0, 0))
+                if depth <= max_depth:
+                    log(f"  {'  ' * depth}{phase_name}: done in "
+                        f"{time.perf_counter() - start:.1f} s")
+
+    return BuildProgress()
 
 
 def _count_plugin_layers(trt, network) -> int:

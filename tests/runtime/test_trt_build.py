@@ -49,6 +49,8 @@ def built(small_window_artifact, tmp_path_factory):
         result = build(target, *flags, cache=root / "timing.cache")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Realign plugin layers" in result.stdout  # progress lines
+        assert "  Building engine ..." in result.stdout  # the builder's own phases
+        assert "  Building engine: done in" in result.stdout
         out[dtype, mode] = target
     return out
 
