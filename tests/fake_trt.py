@@ -23,6 +23,7 @@ class FakeContext:
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = ptr
+        return True
 
     def execute_async_v3(self, stream):
         cuda = self.engine.cuda

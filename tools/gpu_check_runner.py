@@ -44,6 +44,7 @@ class OrtBackedContext:
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = int(ptr)
+        return True
 
     def execute_async_v3(self, stream):
         cuda = self.engine.cuda

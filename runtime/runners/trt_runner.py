@@ -194,7 +194,12 @@ class _Call:
                                        expected=f"profile {profile}'s range")
             self._shapes_set = input_shapes
         for name, ptr in addresses.items():
-            ctx.set_tensor_address(name, ptr)
+            if not ctx.set_tensor_address(name, ptr):
+                raise ScredgeError(f"TensorRT refused the address of tensor '{name}'",
+                                   received=hex(ptr), expected="a tensor of this engine, "
+                                   "256-byte aligned (cudaMalloc's alignment)",
+                                   fix="rebuild the engine from this artifact with "
+                                       "`scredge build`")
         if not ctx.execute_async_v3(self.stream):
             raise ScredgeError("TensorRT execution failed", received="execute_async_v3 False",
                                fix="see the TensorRT messages above")

@@ -175,11 +175,3 @@ def test_graph_setup_per_backend():
     assert kinds(cuda.calls, "begin_capture") == []
     assert runner.cuda_graph_status().startswith("native")
 
-
-def test_the_tensorrt_rtx_names_graph_setup_uses_exist():
-    """The real module, not a fake: the names graph_setup and DecodeGraphs call."""
-    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 (dev extra)")
-    assert trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE is not None
-    assert hasattr(trt.ICudaEngine, "create_runtime_config")
-    assert hasattr(trt.IRuntimeConfig, "cuda_graph_strategy")
-    assert hasattr(trt.IExecutionContext, "is_stream_capturable")
