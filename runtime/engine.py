@@ -49,6 +49,13 @@ class Engine:
     def backend(self) -> str:
         return self.runner.backend
 
+    def close(self) -> None:
+        """Free what the backend keeps between generations (the TensorRT runner's idle
+        decoders: execution contexts and device caches) before the Engine is collected."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
+
     @classmethod
     def load(cls, folder: str | Path, backend: str = "auto", device: str = "auto",
              threads: int | None = None, cuda_graph: bool = False) -> Engine:

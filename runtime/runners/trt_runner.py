@@ -103,6 +103,15 @@ class TrtRunner(Runner):
         dec.reset()
         return dec
 
+    def close(self) -> None:
+        """Free the idle decoders' contexts, streams and device buffers now (decoders in use
+        are freed when released or collected)."""
+        with self._idle_lock:
+            idle = [d for ds in self._idle.values() for d in ds]
+            self._idle.clear()
+        for dec in idle:
+            dec.close()
+
     def _take_back(self, dec: TrtDecoder) -> None:
         with self._idle_lock:
             idle = self._idle.setdefault(dec.batch, [])
@@ -333,4 +342,7 @@ class TrtDecoder(Decoder):
     def __del__(self) -> None:
         call = getattr(self, "_call", None)
         if call is not None and call.stream is not None:
-            self.close()
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - a finalizer: at interpreter exit the CUDA
+                pass  # runtime may be unloaded already, and the driver frees it all anyway

@@ -163,6 +163,8 @@ def test_released_decoders_are_reused_in_the_empty_state(runner):
     assert len(runner._idle[1]) == trt_runner.MAX_IDLE_DECODERS  # the rest were freed
     with pytest.raises(ScredgeError, match="released decoder"):
         held[0].step(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
+    engine.close()  # every decoder was released: closing the idle ones frees everything
+    assert runner._idle == {} and runner.cuda.mem == {}
 
 
 def test_a_closed_generator_gives_its_decoder_back_once(runner):
