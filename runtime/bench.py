@@ -82,14 +82,20 @@ StepperFactory = Callable[[], tuple[Callable[[np.ndarray], None], Callable[[], n
 
 
 def runtime_stepper(runner) -> StepperFactory:
+    """Generations as Engine.generate runs them: each one's decoder goes back to the runner
+    when the next one starts (and at `make.close()`), so later ones reuse its buffers."""
     last: list[Generator] = []
 
-    def make():
-        if last:  # its decoder goes back to the runner, as Engine.generate's does
+    def close() -> None:
+        if last:
             last.pop().close()
+
+    def make():
+        close()
         gen = Generator(runner, GREEDY)
         last.append(gen)
         return gen.append, gen.next_token
+    make.close = close
     return make
 
 
@@ -130,8 +136,10 @@ def measure(make: StepperFactory, prompt_len: int, gen_len: int, batch: int, war
 
 def bench(runner, *, prompt_len: int = 128, gen_len: int = 128, batch: int = 1,
           warmup: int = 1, repeat: int = 3) -> dict:
-    result = measure(runtime_stepper(runner), prompt_len, gen_len, batch, warmup, repeat,
+    stepper = runtime_stepper(runner)
+    result = measure(stepper, prompt_len, gen_len, batch, warmup, repeat,
                      runner.config.vocab_size)
+    stepper.close()  # before the next measurement, which should not share the GPU with it
     graph_status = getattr(runner, "cuda_graph_status", None)  # TensorRT runner only
     return {"backend": runner.backend, "settings": {
         "prompt_len": prompt_len, "gen_len": gen_len, "batch": batch, "warmup": warmup,

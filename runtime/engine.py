@@ -165,7 +165,7 @@ class Engine:
         gen = self.generator(None, temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed,
                              max_new_tokens=max(n, 1))  # stops are handled below, per row
-        try:  # the decoder goes back to the runner however the caller stops reading
+        try:
             gen.append(rows)
             t_prefill = time.perf_counter() - t0
             B = rows.shape[0]
@@ -221,7 +221,13 @@ class Engine:
             decode = self.tokenizer.decode if self.tokenizer else (lambda ids: "")
             yield [GenerationResult(out[b], decode(out[b]), reason[b], rows.shape[1], timing)
                    for b in range(B)]
-        finally:
+        except GeneratorExit:  # the caller stopped reading a stream: the decoder is sound
+            gen.close()
+            raise
+        except BaseException:  # a failed call may leave it unsound: free it, do not reuse
+            gen.close(reuse=False)
+            raise
+        else:
             gen.close()
 
 

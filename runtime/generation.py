@@ -112,7 +112,9 @@ class Generator:
         rows = np.asarray(ids)
         rows = check_ids(rows[None] if rows.ndim == 1 else rows, self.vocab_size)
         if self._closed:
-            raise ScredgeError("append() on a closed generator", fix="start a new one")
+            raise ScredgeError("append() on a closed generator",
+                               received="a generator after close()",
+                               expected="an open generator", fix="start a new one")
         if self.decoder is None:
             self.batch = rows.shape[0]
             self.decoder = self.runner.decoder(self.batch)
@@ -133,7 +135,11 @@ class Generator:
     def next_token(self) -> np.ndarray:
         """Sample the next token of every row ([B] int64). Rows already done keep going
         (batched rows share every call) but their tokens are theirs to ignore."""
-        if self.decoder is None and not self._closed:
+        if self._closed:
+            raise ScredgeError("next_token() on a closed generator",
+                               received="a generator after close()",
+                               expected="an open generator", fix="start a new one")
+        if self.decoder is None:
             raise ScredgeError("next_token() before any input",
                                fix="call append(prompt_ids) first")
         if self.is_done():
@@ -149,14 +155,20 @@ class Generator:
             self.done |= self._is_stop[token]
         return token
 
-    def close(self) -> None:
-        """Hand the decoder back to the runner (the TensorRT runner reuses its execution
-        context and device buffers for the next generation); the generator is done."""
+    def close(self, reuse: bool = True) -> None:
+        """End this generation. reuse: hand the decoder back to the runner (the TensorRT
+        runner reuses its context and device buffers for the next generation); False,
+        after a failure, frees it instead, so no later generation inherits its state."""
+        self._closed = True
         if self.decoder is not None:
-            self.decoder.release()
-            self.decoder = None
+            decoder, self.decoder = self.decoder, None
             self.done[:] = True
-            self._closed = True
+            if reuse:
+                decoder.release()
+            else:
+                close = getattr(decoder, "close", None)
+                if close is not None:
+                    close()
 
     def is_done(self) -> bool:
         return self.done is not None and (bool(self.done.all())

@@ -80,9 +80,10 @@ class OrtBackedContext:
 class OrtBackedEngine:
     def __init__(self, session, inputs, cuda) -> None:
         self.session, self.inputs, self.cuda = session, inputs, cuda
-        self.runs, self.bytes_moved = 0, 0
+        self.runs, self.bytes_moved, self.contexts_created = 0, 0, 0
 
     def create_execution_context(self):
+        self.contexts_created += 1
         return OrtBackedContext(self)
 
 
@@ -128,14 +129,18 @@ def check_artifact(folder: Path, tokens: int, cuda=None, cuda_graph: bool = Fals
     # batch 2 and the state left on the device after a prefill and decode steps; twice, the
     # second time on the first decoder released and reset (its buffers hold the first
     # run's state: a carry not zeroed again, or a stale set, shows in the logits)
+    device_states = []
     for key in ("batch2", "batch2_reused"):
-        worst, state_err, same_names, past = _batch2(runner, host_engine.runner, config, rng)
+        worst, state_err, same_names, past, state = _batch2(runner, host_engine.runner,
+                                                            config, rng)
         report[f"{key}_logits_max_abs_diff"] = worst
         report[f"{key}_state_max_abs_diff"] = state_err
         report[f"{key}_state_tensors_compared"] = same_names
         report[f"{key}_past_len"] = past
-    report["batch2_cuda_graph_status"] = runner.cuda_graph_status()
-    report["decoders_reused"] = len(runner._idle.get(2, [])) == 1
+        device_states.append(state)
+        if key == "batch2":
+            report["batch2_cuda_graph_status"] = runner.cuda_graph_status()
+    report["decoders_reused"] = device_states[0] is device_states[1]
     report["engine_runs"] = runner.engine.runs
     # same graph, same inputs, same onnxruntime: only thread scheduling may differ
     report["ok"] = (all(c["greedy_ids_identical"] for c in report["cases"])
@@ -163,12 +168,12 @@ def _batch2(runner, host_runner, config, rng):
         pos = np.full((2, 1), 7 + step)
         worst = max(worst, float(np.abs(dec_gpu.step(ids, pos) - dec_host.step(ids, pos)).max()))
     state_gpu = dec_gpu.state()  # copied back from the set the next call would read
-    past = dec_gpu.past
+    past, device_state = dec_gpu.past, dec_gpu._state
     dec_gpu.release()
     state_host = dec_host.state
     state_err = max(float(np.abs(state_gpu[n].astype(np.float64) - state_host[n]).max())
                     for n in state_host)
-    return worst, state_err, sorted(state_gpu) == sorted(state_host), past
+    return worst, state_err, sorted(state_gpu) == sorted(state_host), past, device_state
 
 
 def main(argv=None) -> int:

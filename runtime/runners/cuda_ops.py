@@ -69,9 +69,17 @@ class CudaOps:
         graph; returns the executable graph."""
         graph = self._check(self._rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
         try:
-            return self._check(self._rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        finally:
+            executable = self._check(self._rt.cudaGraphInstantiate(graph, 0),
+                                     "cudaGraphInstantiate")
+        except ScredgeError:
+            self._rt.cudaGraphDestroy(graph)  # best effort: the instantiate error is the news
+            raise
+        try:  # the executable graph keeps what it needs: the captured one can go
             self._check(self._rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+        except ScredgeError:
+            self.destroy_graph(executable)
+            raise
+        return executable
 
     def launch_graph(self, graph, stream: int) -> None:
         self._check(self._rt.cudaGraphLaunch(graph, stream), "cudaGraphLaunch")

@@ -6,8 +6,11 @@ is captured once with stream capture and then replayed with one `cudaGraphLaunch
 per-layer kernel launches, and the Python `Realign` plugin's `enqueue`, leave the token
 loop. TensorRT's rules for capture (developer guide, "Working with CUDA Graphs"): call
 `execute_async_v3` once after a shape change before capturing, capture on a non-default
-stream, and bind nothing else while the graph is in use; so each set runs uncaptured once
-at the steady shape, and any other call (a new prefill) drops the graphs.
+stream, and bind nothing else while the graph is in use. So each set runs uncaptured once
+at the steady shape, set 1's steady calls get an execution context of their own (each
+context keeps the bindings its graph was captured with, as TensorRT-LLM's two-context
+ping-pong does; it costs one more context's activation memory), and a new generation
+drops the graphs and captures again.
 
 TensorRT for RTX refuses plain stream capture of engines that own their memory, and has
 its own capture instead (`IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE`, which
@@ -35,10 +38,12 @@ class CudaGraphMode(enum.Enum):
 
 
 class DecodeGraphs:
-    """Up to two captured decode steps of one decoder (its `_Call`: context, stream)."""
+    """Up to two captured decode steps of one decoder state: set k's on the context that
+    `context_for_set(k)` gives, on the state's stream."""
 
-    def __init__(self, call, mode: CudaGraphMode) -> None:
-        self.call, self.cuda, self.mode = call, call.cuda, mode
+    def __init__(self, context_for_set, stream: int, cuda, mode: CudaGraphMode) -> None:
+        self.context_for_set, self.stream, self.cuda, self.mode = (context_for_set, stream,
+                                                                   cuda, mode)
         self.graphs: list[object | None] = [None, None]
         self.warm = [False, False]  # set k ran once uncaptured at the current steady shape
         self.launches = 0
@@ -64,40 +69,44 @@ class DecodeGraphs:
     def run(self, k: int, shapes, addresses) -> None:
         """The steady decode call for state set k: replayed, captured, or run plainly."""
         if self.graphs[k] is None:
+            ctx = self.context_for_set(k)
             if not self.warm[k]:
-                self.call.run(DECODE, shapes, addresses)
+                ctx.run(DECODE, shapes, addresses)
                 self.warm[k] = True
                 return
-            self.graphs[k] = self._capture(shapes, addresses)
+            self.graphs[k] = self._capture(ctx, shapes, addresses)
             if self.graphs[k] is None:  # refused: self.off says why
-                self.call.run(DECODE, shapes, addresses)
+                ctx.run(DECODE, shapes, addresses)
                 return
         # a capture records the work without running it: every path launches
-        self.cuda.launch_graph(self.graphs[k], self.call.stream)
+        self.cuda.launch_graph(self.graphs[k], self.stream)
         self.launches += 1
 
-    def _capture(self, shapes, addresses):
-        ctx, stream = self.call.context, self.call.stream
-        capturable = getattr(ctx, "is_stream_capturable", None)  # TensorRT for RTX, 10.x later
+    def _capture(self, ctx, shapes, addresses):
+        stream = self.stream
+        capturable = getattr(ctx.trt, "is_stream_capturable", None)  # TensorRT for RTX
         if capturable is not None and not capturable(stream):
             return self._refuse("TensorRT reports the execution context not stream-capturable")
         try:
             self.cuda.begin_capture(stream)
         except ScredgeError as exc:
             return self._refuse(f"cudaStreamBeginCapture failed ({exc.received})")
-        failure = None
+        failure, graph, escaping = None, None, True
         try:
-            self.call.run(DECODE, shapes, addresses)
-        except ScredgeError as exc:
-            failure = f"{exc.what} under stream capture"
+            try:
+                ctx.run(DECODE, shapes, addresses)
+            except ScredgeError as exc:
+                failure = f"{exc.what} under stream capture"
+            escaping = False
         finally:  # always leave capture mode, or the stream stays unusable
             try:
                 graph = self.cuda.end_capture(stream)
             except ScredgeError as exc:
-                graph, failure = None, failure or f"the capture was invalidated ({exc.received})"
+                failure = failure or f"ending the capture failed: {exc.what} ({exc.received})"
+            if graph is not None and (failure is not None or escaping):
+                self.cuda.destroy_graph(graph)  # refused, or an exception is on its way out
+                graph = None
         if failure is not None:
-            if graph is not None:
-                self.cuda.destroy_graph(graph)
             return self._refuse(failure)
         self.captures += 1
         return graph

@@ -17,7 +17,9 @@ from scredge.runtime import Engine
 
 @pytest.fixture
 def emulated_trt(monkeypatch):
+    """The runners `load_trt_runner` returned, newest last."""
     tool = load_script("tools/gpu_check_runner.py")
+    runners = []
 
     def load(artifact, cuda=None, cuda_graph=False):
         import onnxruntime as ort
@@ -33,6 +35,7 @@ def emulated_trt(monkeypatch):
         session = ort.InferenceSession(str(artifact.folder / "model.onnx"),
                                        providers=["CPUExecutionProvider"])
         runner.engine = tool.OrtBackedEngine(session, runner.input_metadata, fake)
+        runners.append(runner)
         return runner
 
     import scredge.runtime.engine as engine_module
@@ -40,6 +43,7 @@ def emulated_trt(monkeypatch):
 
     monkeypatch.setattr(loader, "load_trt_runner", load)
     monkeypatch.setattr(engine_module, "load_trt_runner", load)
+    return runners
 
 
 def test_generate_with_cuda_graphs_matches_onnxruntime(emulated_trt, small_window_artifact,
@@ -52,6 +56,8 @@ def test_generate_with_cuda_graphs_matches_onnxruntime(emulated_trt, small_windo
     assert out["backend"] == "trt"
     assert out["ids"] == Engine.load(folder, backend="ort").generate(
         "Hello", 30, temperature=0).ids
+    # the steady steps really were replayed (a refused capture would give the same ids)
+    assert emulated_trt[-1].cuda_graph_status().startswith("on: 2 graph(s) captured")
 
 
 def test_bench_with_cuda_graphs_times_the_uncaptured_engine_too(emulated_trt,
@@ -59,10 +65,15 @@ def test_bench_with_cuda_graphs_times_the_uncaptured_engine_too(emulated_trt,
     folder = str(small_window_artifact[1])
     assert main(["bench", folder, "--backend", "trt", "--cuda-graph", "--json",
                  "--prompt-len", "16", "--gen-len", "12", "--warmup", "0",
-                 "--repeat", "1"]) == 0
+                 "--repeat", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["backend"] == "trt"
-    assert out["cuda_graph"] == "on: 2 graph(s) captured, 9 launches"  # 12 - 1 prefill - 2 warm
+    # per generation: 12 tokens - 1 from the prefill - 2 warm-up calls = 9 launches
+    assert out["cuda_graph"] == "on: 4 graph(s) captured, 18 launches"
+    # the second generation reused the first's contexts (two with graphs: one per state
+    # set), and the uncaptured baseline made one of its own
+    assert emulated_trt[-1].engine.contexts_created == 3
+    assert len(emulated_trt[-1]._idle) == 1  # the last generation was handed back too
     plain = out["cuda_graph_compare"]["uncaptured"]
     assert plain["cuda_graph"] == "off: not requested (--cuda-graph)"
     assert out["cuda_graph_compare"]["decode_ratio"] == pytest.approx(

@@ -23,12 +23,13 @@ W16 = SCRConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                 window=16, scr_layers=(0, 1))
 
 
-def make_runner(mode=CudaGraphMode.CAPTURE, config=W16, refuse=False, **limits):
+def make_runner(mode=CudaGraphMode.CAPTURE, config=W16, refuse=False, capturable=None,
+                **limits):
     cuda = FakeCuda([])
     lim = tp.Limits.from_profiles(tp.profiles(config, max_batch=2, max_prefill=8, **limits),
                                   config)
-    return TrtRunner(FakeEngine(cuda, refuse_capture=refuse), config, np.float32, lim, cuda,
-                     cuda_graph=mode)
+    engine = FakeEngine(cuda, refuse_capture=refuse, capturable=capturable)
+    return TrtRunner(engine, config, np.float32, lim, cuda, cuda_graph=mode)
 
 
 def decode(dec, start, steps):
@@ -69,6 +70,11 @@ def test_steady_steps_are_replayed_from_two_graphs():
         assert second[f"present.{i}.key"] == first[f"past_key_values.{i}.key"]
         assert second[f"scr_past.{i}.num"] == first[f"scr_present.{i}.num"]
     assert all(c[1]["past_key_values.0.key"] == (1, 2, 15, 8) for c in kinds(new, "captured"))
+    # each graph on its own context, whose bindings stay those it was captured with (a
+    # context re-bound after its capture could replay the other set's addresses)
+    contexts = [c[3] for c in kinds(new, "captured")]
+    assert contexts[0] is not contexts[1]
+    assert [ctx.addresses for ctx in contexts] == [first, second]
     # per token: ids and positions up, logits down, one launch; no shape or address calls
     tail = calls[-6:]
     assert [c[0] for c in tail] == ["upload", "upload", "launch_graph", "execute", "download",
@@ -109,9 +115,8 @@ def test_a_refused_capture_falls_back_with_a_warning():
 
 
 def test_is_stream_capturable_false_means_no_capture():
-    runner = make_runner()
+    runner = make_runner(capturable=False)  # TensorRT for RTX's query says no
     dec = runner.decoder(1)
-    dec._call.context.is_stream_capturable = lambda stream: False  # TensorRT for RTX's query
     dec.step(np.zeros((1, 8), np.int64), np.arange(8).reshape(1, 8))
     with pytest.warns(RuntimeWarning, match="not stream-capturable"):
         decode(dec, 8, 12)

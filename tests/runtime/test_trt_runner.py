@@ -137,10 +137,9 @@ def test_missing_plugin_is_refused():
 
 
 def test_released_decoders_are_reused_in_the_empty_state(runner):
-    """A generation's decoder goes back to the runner: the next one of the same batch gets
-    its context, stream and buffers, reset to P = 0 with the SCR carry zeroed again."""
+    """A generation's device state goes back to the runner: the next decoder of the same
+    batch gets its context, stream and buffers, with P = 0 and the SCR carry zeroed again."""
     from scredge.runtime import Engine
-    from scredge.runtime.runners import trt_runner
 
     engine = Engine(runner)
     calls = runner.cuda.calls
@@ -156,15 +155,49 @@ def test_released_decoders_are_reused_in_the_empty_state(runner):
     zeroed = {c[1] for c in new if c[0] == "zero"}
     assert zeroed == carry  # the carry the prefill reads is empty again
 
-    held = [runner.decoder(1) for _ in range(trt_runner.MAX_IDLE_DECODERS + 2)]
-    assert len({id(d._call.context) for d in held}) == len(held)  # in use: never shared
+
+def test_the_pool_is_bounded_and_stale_handles_are_refused(runner):
+    from scredge.runtime.runners import trt_runner
+
+    held = [runner.decoder(1) for _ in range(trt_runner.MAX_IDLE_DECODERS + 1)]
+    held.append(runner.decoder(2))
+    states = [d._state for d in held]
+    assert len({id(s) for s in states}) == len(held)  # in use: never shared
     for d in held:
         d.release()
-    assert len(runner._idle[1]) == trt_runner.MAX_IDLE_DECODERS  # the rest were freed
-    with pytest.raises(ScredgeError, match="released decoder"):
-        held[0].step(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
-    engine.close()  # every decoder was released: closing the idle ones frees everything
-    assert runner._idle == {} and runner.cuda.mem == {}
+    # the least recently released are freed first, whatever their batch
+    assert runner._idle == states[-trt_runner.MAX_IDLE_DECODERS:]
+    assert states[0].closed and states[1].closed  # evicted: freed at once
+    reused = runner.decoder(1)
+    assert reused._state is states[-2]  # the most recently released of batch 1
+    stale = held[-2]  # the old handle to that same state
+    stale.release()  # a second release: nothing happens
+    assert reused._state not in runner._idle and len(runner._idle) == 3
+    with pytest.raises(ScredgeError, match="released or closed"):
+        stale.step(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
+    with pytest.raises(ScredgeError, match="released or closed"):
+        stale.state()
+    closed = runner.decoder(1)
+    closed.close()  # freed now, never pooled, even if released after
+    closed.release()
+    assert all(not s.closed for s in runner._idle)
+    reused.release()
+    runner.close()
+    assert runner._idle == [] and runner.cuda.mem == {}
+
+
+def test_a_failed_generation_frees_its_decoder():
+    """A call that fails mid-generation leaves the context in an unknown state: the
+    decoder is freed, not pooled, and the error reaches the caller."""
+    from scredge.runtime import Engine
+
+    calls: list = []
+    cuda = FakeCuda(calls)
+    limits = tp.Limits.from_profiles(tp.profiles(W16, max_batch=2, max_prefill=8), W16)
+    runner = TrtRunner(FakeEngine(cuda, fail_at=5), W16, np.float32, limits, cuda)
+    with pytest.raises(ScredgeError, match="TensorRT execution failed"):
+        Engine(runner).generate([1, 2, 3], 20, temperature=0)
+    assert runner._idle == [] and cuda.mem == {}
 
 
 def test_a_closed_generator_gives_its_decoder_back_once(runner):
@@ -173,9 +206,11 @@ def test_a_closed_generator_gives_its_decoder_back_once(runner):
     gen = Generator(runner)
     gen.append([1, 2, 3])
     gen.next_token()
-    dec = gen.decoder
+    state = gen.decoder._state
     gen.close()
     gen.close()
-    assert runner._idle[1] == [dec] and gen.is_done()
+    assert runner._idle == [state] and gen.is_done()
     with pytest.raises(ScredgeError, match="closed generator"):
         gen.append([4])
+    with pytest.raises(ScredgeError, match="closed generator"):
+        gen.next_token()

@@ -1,0 +1,206 @@
+"""The TensorRT decoder: KV and SCR state in device memory for a whole generation.
+
+`DecoderState` is what a decoder holds on the GPU: a stream, its execution context(s), the
+id / position / logits buffers, and two state sets sized for the full cache. A call reads
+one set and writes the other, then they swap (SCR_SPEC section 3: a call's `present.*` are
+exactly the next call's `past.*`), so only two address maps ever occur and they are built
+once. Per token only the ids and positions go up and the logits come down. The runner
+keeps released states and hands them to the next decoder of the same batch size, so a
+generation does not pay for a new context and cache (`TrtRunner.decoder`).
+
+`TrtDecoder` is one generation's view of a state: P, which set holds the past, the
+shapes of the last call. It is never reused itself: a stale handle to a released decoder
+is refused, it cannot reach the state the next generation owns.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+import numpy as np
+
+from scredge.errors import ScredgeError
+from scredge.runtime.cache import past_name, state_from_outputs
+from scredge.runtime.runners.base import Decoder
+from scredge.runtime.runners.trt_context import Context, DeviceBuffers, create_context
+from scredge.runtime.runners.trt_graphs import DecodeGraphs
+from scredge.runtime.trt_profiles import DECODE, PREFILL
+
+
+class DecoderState:
+    """One decoder's device resources, kept across generations (see the module doc)."""
+
+    def __init__(self, runner, batch: int) -> None:
+        c, lim = runner.config, runner.limits
+        self.batch, self.cuda = batch, runner.cuda
+        # the engine, not the runner: idle states sit in the runner, so holding it would
+        # make a reference cycle that keeps the engine alive until a full GC
+        self._engine, self._runtime_config = runner.engine, runner.runtime_config
+        self.buffers = DeviceBuffers(runner.cuda)
+        self.closed = False
+        try:
+            self.contexts = [self._context()]
+            rows = lim.max_prefill
+            self.ids = self.buffers.alloc(batch * rows * 8)
+            self.pos = self.buffers.alloc(batch * rows * 8)
+            self.logits = self.buffers.alloc(batch * rows * c.vocab_size * 4)
+            # each state tensor at its largest: the output shapes of a call filling the cache
+            self.state_outputs = runner.output_names[1:]
+            full = runner._output_shapes(batch, 0, lim.cache)
+            nbytes = {past_name(o): int(np.prod(full[o])) * runner.input_metadata[past_name(o)]
+                      .dtype.itemsize for o in self.state_outputs}
+            self.state_inputs = list(nbytes)
+            self.sets: list[dict[str, int]] = [
+                {n: self.buffers.alloc(size) for n, size in nbytes.items()} for _ in range(2)]
+        except BaseException:
+            self.buffers.close()
+            raise
+        self._carry_bytes = {n: s for n, s in nbytes.items() if n.startswith("scr_past.")}
+        # a call whose past is in set k writes its present into set 1-k
+        self.addresses = [
+            {"input_ids": self.ids, "position_ids": self.pos, "logits": self.logits,
+             **self.sets[k], **{o: self.sets[1 - k][past_name(o)] for o in self.state_outputs}}
+            for k in (0, 1)]
+        self.graphs = DecodeGraphs(self.context_for_set, self.buffers.stream, runner.cuda,
+                                   runner.cuda_graph)
+
+    @property
+    def stream(self) -> int:
+        return self.buffers.stream
+
+    def context_for_set(self, k: int) -> Context:
+        """Context 0 runs every call except, with CUDA graphs, the steady calls whose past
+        is in set 1: those get a context of their own, so that each context's bindings stay
+        as they were when its graph was captured (TensorRT-LLM ping-pongs two contexts the
+        same way)."""
+        while len(self.contexts) <= k:
+            self.contexts.append(self._context())
+        return self.contexts[k]
+
+    def _context(self) -> Context:
+        return Context(create_context(self._engine, self._runtime_config), self.buffers.stream)
+
+    def begin(self) -> None:
+        """The empty state for a new generation: P = 0 comes with the caller's first
+        shapes; here the SCR carry the first call reads is zeroed (num = 0, den = 0;
+        SCR_SPEC section 2) and the last generation's graphs are dropped (captured again)."""
+        if self.closed:
+            raise ScredgeError("this decoder state was closed", received="a closed state",
+                               expected="a live one", fix="take a decoder from the runner")
+        self.graphs.drop()
+        for n, size in self._carry_bytes.items():
+            self.cuda.zero(self.sets[0][n], size, self.buffers.stream)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.graphs.close()
+            self.buffers.close()
+            self.contexts.clear()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True) and getattr(self, "buffers", None) is not None:
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - a finalizer: at interpreter exit the CUDA
+                pass  # runtime may be unloaded already, and the driver frees it all anyway
+
+
+class TrtDecoder(Decoder):
+    """One generation on a `DecoderState`: state in two device buffer sets that swap."""
+
+    def __init__(self, runner, batch: int, state: DecoderState | None = None) -> None:
+        runner.limits.check(batch, 0, 1)  # batch within the profiles, before any CUDA call
+        super().__init__(runner, batch)
+        self._state = state if state is not None else DecoderState(runner, batch)
+        self._state.begin()
+        runner._last_graphs = weakref.ref(self._state.graphs)
+        self._shapes_key: tuple[int, int] | None = None  # (T, P) of the last call's shapes
+        self._shapes: dict[str, tuple] = {}
+        self.current = 0  # index of the set holding this call's past
+
+    @property
+    def graphs(self) -> DecodeGraphs:
+        return self._live().graphs
+
+    def _live(self) -> DecoderState:
+        if self.released:
+            raise ScredgeError("this decoder was released or closed",
+                               received="a call on a released decoder",
+                               expected="a decoder in use",
+                               fix="take a new one with runner.decoder(batch)")
+        return self._state
+
+    def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        self._live()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape != positions.shape or ids.shape[0] != self.batch \
+                or ids.shape[1] < 1:
+            raise ScredgeError("ids and positions must be [B,T] with this decoder's batch",
+                               received=f"ids {list(ids.shape)}, positions "
+                                        f"{list(positions.shape)}",
+                               expected=f"[{self.batch}, T >= 1] both")
+        T = ids.shape[1]
+        self.runner.limits.check(self.batch, self.past, T)
+        if self.past > 0 and T > 1:
+            # neither profile covers T > 1 with a cache: feed the tokens one by one (decode
+            # profile), which is what the graph computes for a chunk (SCR_SPEC section 2)
+            return np.concatenate([self._one(ids[:, i:i + 1], positions[:, i:i + 1])
+                                   for i in range(T)], axis=1)
+        return self._one(ids, positions)
+
+    def _one(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        runner, st, c = self.runner, self._state, self.runner.config
+        cuda, stream = runner.cuda, st.buffers.stream
+        B, T = ids.shape
+        P = self.past
+        cuda.upload(st.ids, ids, stream)
+        cuda.upload(st.pos, positions, stream)
+        if self._shapes_key != (T, P):  # steady decode (T = 1, P = W-1) reuses the last ones
+            self._shapes = {"input_ids": (B, T), "position_ids": (B, T)}
+            for n in st.state_inputs:
+                self._shapes[n] = tuple(P if d == "past_sequence" else B if d == "batch" else d
+                                        for d in runner.input_metadata[n].shape)
+            self._shapes_key = (T, P)
+        logits = np.empty((B, T, c.vocab_size), np.float32)
+        t0 = time.perf_counter()
+        if T == 1 and P > 0 and c.present_len(P, 1) == P and st.graphs.active:
+            # steady decode: the cache is full, so shapes repeat and addresses alternate
+            st.graphs.run(self.current, self._shapes, st.addresses[self.current])
+        else:
+            st.contexts[0].run(PREFILL if P == 0 else DECODE, self._shapes,
+                               st.addresses[self.current])
+        cuda.download(logits, st.logits, stream)
+        cuda.sync(stream)
+        self.last_run_s = time.perf_counter() - t0
+        self.current = 1 - self.current
+        self.past = c.present_len(P, T)
+        return logits
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state copied to the host (for checks; generation never needs it)."""
+        runner, st = self.runner, self._live()
+        shapes = runner._output_shapes(self.batch, 0, self.past)
+        out = {}
+        for o in st.state_outputs:
+            n = past_name(o)
+            out[o] = np.empty(shapes[o], runner.input_metadata[n].dtype)
+            runner.cuda.download(out[o], st.sets[self.current][n], st.stream)
+        runner.cuda.sync(st.stream)
+        return state_from_outputs(out)
+
+    def release(self) -> None:
+        """Hand the device state back to the runner for the next decoder (idempotent)."""
+        if not self.released:
+            self.released = True
+            state, self._state = self._state, None
+            self.runner._take_back(state)
+
+    def close(self) -> None:
+        """Free the device state now instead of handing it back (after a failure)."""
+        if not self.released:
+            self.released = True
+            state, self._state = self._state, None
+            state.close()
