@@ -15,6 +15,7 @@ is refused, it cannot reach the state the next generation owns.
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 
@@ -26,6 +27,10 @@ from scredge.runtime.runners.base import Decoder
 from scredge.runtime.runners.trt_context import Context, DeviceBuffers, create_context
 from scredge.runtime.runners.trt_graphs import DecodeGraphs
 from scredge.runtime.trt_profiles import DECODE, PREFILL
+
+
+def _context(engine, runtime_config, stream: int) -> Context:
+    return Context(create_context(engine, runtime_config), stream)
 
 
 class DecoderState:
@@ -40,7 +45,7 @@ class DecoderState:
         self.buffers = DeviceBuffers(runner.cuda)
         self.closed = False
         try:
-            self.contexts = [self._context()]
+            self.contexts = [_context(self._engine, self._runtime_config, self.buffers.stream)]
             rows = lim.max_prefill
             self.ids = self.buffers.alloc(batch * rows * 8)
             self.pos = self.buffers.alloc(batch * rows * 8)
@@ -62,24 +67,18 @@ class DecoderState:
             {"input_ids": self.ids, "position_ids": self.pos, "logits": self.logits,
              **self.sets[k], **{o: self.sets[1 - k][past_name(o)] for o in self.state_outputs}}
             for k in (0, 1)]
-        self.graphs = DecodeGraphs(self.context_for_set, self.buffers.stream, runner.cuda,
-                                   runner.cuda_graph)
+        # the graphs share the contexts list, and add set 1's context to it when needed
+        # (a callable that does not hold this state: no state <-> graphs cycle, so a dropped
+        # state is freed at once by reference counting, not at the next GC pass)
+        self.graphs = DecodeGraphs(
+            self.contexts, functools.partial(_context, self._engine, self._runtime_config,
+                                             self.buffers.stream),
+            self.buffers.stream, runner.cuda, runner.cuda_graph)
 
     @property
     def stream(self) -> int:
         return self.buffers.stream
 
-    def context_for_set(self, k: int) -> Context:
-        """Context 0 runs every call except, with CUDA graphs, the steady calls whose past
-        is in set 1: those get a context of their own, so that each context's bindings stay
-        as they were when its graph was captured (TensorRT-LLM ping-pongs two contexts the
-        same way)."""
-        while len(self.contexts) <= k:
-            self.contexts.append(self._context())
-        return self.contexts[k]
-
-    def _context(self) -> Context:
-        return Context(create_context(self._engine, self._runtime_config), self.buffers.stream)
 
     def begin(self) -> None:
         """The empty state for a new generation: P = 0 comes with the caller's first

@@ -38,12 +38,13 @@ class CudaGraphMode(enum.Enum):
 
 
 class DecodeGraphs:
-    """Up to two captured decode steps of one decoder state: set k's on the context that
-    `context_for_set(k)` gives, on the state's stream."""
+    """Up to two captured decode steps of one decoder state, on its stream: set k's on
+    `contexts[k]` (the state's list; context 1 is added by `new_context` when needed)."""
 
-    def __init__(self, context_for_set, stream: int, cuda, mode: CudaGraphMode) -> None:
-        self.context_for_set, self.stream, self.cuda, self.mode = (context_for_set, stream,
-                                                                   cuda, mode)
+    def __init__(self, contexts: list, new_context, stream: int, cuda,
+                 mode: CudaGraphMode) -> None:
+        self.contexts, self.new_context = contexts, new_context
+        self.stream, self.cuda, self.mode = stream, cuda, mode
         self.graphs: list[object | None] = [None, None]
         self.warm = [False, False]  # set k ran once uncaptured at the current steady shape
         self.launches = 0
@@ -81,6 +82,14 @@ class DecodeGraphs:
         # a capture records the work without running it: every path launches
         self.cuda.launch_graph(self.graphs[k], self.stream)
         self.launches += 1
+
+    def context_for_set(self, k: int):
+        """Context 0 runs every call except the steady ones whose past is in set 1: those
+        get a context of their own, so each context keeps the bindings its graph was
+        captured with (TensorRT-LLM ping-pongs two contexts the same way)."""
+        while len(self.contexts) <= k:
+            self.contexts.append(self.new_context())
+        return self.contexts[k]
 
     def _capture(self, ctx, shapes, addresses):
         stream = self.stream

@@ -180,3 +180,21 @@ def test_graph_setup_per_backend():
     assert kinds(cuda.calls, "begin_capture") == []
     assert runner.cuda_graph_status().startswith("native")
 
+
+
+def test_a_dropped_decoder_frees_its_device_memory_at_once():
+    """No reference cycle between a decoder's state and its graphs: dropping the last
+    reference frees the buffers and graphs without waiting for the cyclic GC."""
+    import gc
+
+    runner = make_runner()
+    dec = runner.decoder(1)
+    dec.step(np.zeros((1, 8), np.int64), np.arange(8).reshape(1, 8))
+    decode(dec, 8, 12)
+    assert runner.cuda.mem and runner.cuda_graph_status().startswith("on: 2 graph(s)")
+    gc.disable()
+    try:
+        del dec
+        assert runner.cuda.mem == {} and len(kinds(runner.cuda.calls, "destroy_graph")) == 2
+    finally:
+        gc.enable()
