@@ -140,11 +140,10 @@ def bench(runner, *, prompt_len: int = 128, gen_len: int = 128, batch: int = 1,
     result = measure(stepper, prompt_len, gen_len, batch, warmup, repeat,
                      runner.config.vocab_size)
     stepper.close()  # before the next measurement, which should not share the GPU with it
-    graph_status = getattr(runner, "cuda_graph_status", None)  # TensorRT runner only
     return {"backend": runner.backend, "settings": {
         "prompt_len": prompt_len, "gen_len": gen_len, "batch": batch, "warmup": warmup,
         "repeat": repeat}, **result,
-        "cuda_graph": graph_status() if graph_status is not None else None,
+        "cuda_graph": runner.cuda_graph_status(),
         "peak_rss_mib": peak_rss_mib(),
         "gpu_memory_used_mib": gpu_memory_used_mib(), "machine": machine_info()}
 

@@ -52,9 +52,7 @@ class Engine:
     def close(self) -> None:
         """Free what the backend keeps between generations (the TensorRT runner's idle
         decoders: execution contexts and device caches) before the Engine is collected."""
-        close = getattr(self.runner, "close", None)
-        if close is not None:
-            close()
+        self.runner.close()
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "auto", device: str = "auto",

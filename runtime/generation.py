@@ -166,9 +166,7 @@ class Generator:
             if reuse:
                 decoder.release()
             else:
-                close = getattr(decoder, "close", None)
-                if close is not None:
-                    close()
+                decoder.close()
 
     def is_done(self) -> bool:
         return self.done is not None and (bool(self.done.all())

@@ -77,6 +77,14 @@ class Runner(ABC):
         """A fresh decoding state for `batch` rows (P = 0, empty SCR carry)."""
         return HostDecoder(self, batch)
 
+    def cuda_graph_status(self) -> str | None:
+        """What the newest decoder did with CUDA graphs; None for a backend without them."""
+        return None
+
+    def close(self) -> None:
+        """Free what the backend keeps between generations (nothing, unless overridden)."""
+        return None
+
 
 class Decoder(ABC):
     """Calls the model chunk by chunk, threading its state: `step(ids, positions) -> logits`."""
@@ -96,6 +104,10 @@ class Decoder(ABC):
         """The caller is done with this decoder (a backend may reuse its buffers for the
         next one); it must not be stepped again."""
         self.released = True  # host state: nothing to give back, the GC frees it
+
+    def close(self) -> None:
+        """Free this decoder's state now instead of handing it back (after a failure)."""
+        self.release()
 
 
 class HostDecoder(Decoder):

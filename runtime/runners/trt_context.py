@@ -11,13 +11,6 @@ from collections.abc import Mapping
 from scredge.errors import ScredgeError
 
 
-def create_context(engine, runtime_config=None):
-    """A new TensorRT execution context (TensorRT for RTX: with its runtime config)."""
-    if runtime_config is not None:
-        return engine.create_execution_context(runtime_config)
-    return engine.create_execution_context()
-
-
 class Context:
     """One TensorRT execution context and the profile and input shapes last set on it, so
     a call re-sends only what changed. Not thread-safe (nor is TensorRT's): each belongs to
@@ -33,6 +26,14 @@ class Context:
         self.trt, self.stream = trt_context, stream
         self.profile: int | None = None
         self._shapes_set: Mapping[str, tuple] | None = None  # last shapes given to it
+
+    @classmethod
+    def create(cls, engine, runtime_config, stream: int) -> Context:
+        """A new execution context of `engine` (TensorRT for RTX: with its runtime config,
+        which carries its own CUDA-graph capture) running on `stream`."""
+        if runtime_config is not None:
+            return cls(engine.create_execution_context(runtime_config), stream)
+        return cls(engine.create_execution_context(), stream)
 
     def run(self, profile: int, input_shapes: Mapping[str, tuple], addresses: Mapping[str, int]
             ) -> None:

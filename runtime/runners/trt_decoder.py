@@ -24,13 +24,9 @@ import numpy as np
 from scredge.errors import ScredgeError
 from scredge.runtime.cache import past_name, state_from_outputs
 from scredge.runtime.runners.base import Decoder
-from scredge.runtime.runners.trt_context import Context, DeviceBuffers, create_context
+from scredge.runtime.runners.trt_context import Context, DeviceBuffers
 from scredge.runtime.runners.trt_graphs import DecodeGraphs
 from scredge.runtime.trt_profiles import DECODE, PREFILL
-
-
-def _context(engine, runtime_config, stream: int) -> Context:
-    return Context(create_context(engine, runtime_config), stream)
 
 
 class DecoderState:
@@ -39,13 +35,15 @@ class DecoderState:
     def __init__(self, runner, batch: int) -> None:
         c, lim = runner.config, runner.limits
         self.batch, self.cuda = batch, runner.cuda
-        # the engine, not the runner: idle states sit in the runner, so holding it would
-        # make a reference cycle that keeps the engine alive until a full GC
-        self._engine, self._runtime_config = runner.engine, runner.runtime_config
         self.buffers = DeviceBuffers(runner.cuda)
         self.closed = False
+        # bound to the engine, not the runner (idle states sit in the runner: holding it
+        # would be a cycle), and not to this state (the graphs hold it: same reason), so a
+        # dropped state is freed at once by reference counting, not at the next GC pass
+        new_context = functools.partial(Context.create, runner.engine, runner.runtime_config,
+                                        self.buffers.stream)
         try:
-            self.contexts = [_context(self._engine, self._runtime_config, self.buffers.stream)]
+            self.contexts = [new_context()]
             rows = lim.max_prefill
             self.ids = self.buffers.alloc(batch * rows * 8)
             self.pos = self.buffers.alloc(batch * rows * 8)
@@ -67,18 +65,12 @@ class DecoderState:
             {"input_ids": self.ids, "position_ids": self.pos, "logits": self.logits,
              **self.sets[k], **{o: self.sets[1 - k][past_name(o)] for o in self.state_outputs}}
             for k in (0, 1)]
+        # P of a steady decode call (shapes and addresses repeat): a full windowed cache;
+        # a window = null cache grows every call and never repeats
+        self.steady_past = lim.cache if c.window is not None and lim.cache > 0 else -1
         # the graphs share the contexts list, and add set 1's context to it when needed
-        # (a callable that does not hold this state: no state <-> graphs cycle, so a dropped
-        # state is freed at once by reference counting, not at the next GC pass)
-        self.graphs = DecodeGraphs(
-            self.contexts, functools.partial(_context, self._engine, self._runtime_config,
-                                             self.buffers.stream),
-            self.buffers.stream, runner.cuda, runner.cuda_graph)
-
-    @property
-    def stream(self) -> int:
-        return self.buffers.stream
-
+        self.graphs = DecodeGraphs(self.contexts, new_context, self.buffers.stream,
+                                   runner.cuda, runner.cuda_graph)
 
     def begin(self) -> None:
         """The empty state for a new generation: P = 0 comes with the caller's first
@@ -118,10 +110,6 @@ class TrtDecoder(Decoder):
         self._shapes_key: tuple[int, int] | None = None  # (T, P) of the last call's shapes
         self._shapes: dict[str, tuple] = {}
         self.current = 0  # index of the set holding this call's past
-
-    @property
-    def graphs(self) -> DecodeGraphs:
-        return self._live().graphs
 
     def _live(self) -> DecoderState:
         if self.released:
@@ -165,7 +153,7 @@ class TrtDecoder(Decoder):
             self._shapes_key = (T, P)
         logits = np.empty((B, T, c.vocab_size), np.float32)
         t0 = time.perf_counter()
-        if T == 1 and P > 0 and c.present_len(P, 1) == P and st.graphs.active:
+        if st.graphs.active and T == 1 and P == st.steady_past:
             # steady decode: the cache is full, so shapes repeat and addresses alternate
             st.graphs.run(self.current, self._shapes, st.addresses[self.current])
         else:
@@ -186,8 +174,8 @@ class TrtDecoder(Decoder):
         for o in st.state_outputs:
             n = past_name(o)
             out[o] = np.empty(shapes[o], runner.input_metadata[n].dtype)
-            runner.cuda.download(out[o], st.sets[self.current][n], st.stream)
-        runner.cuda.sync(st.stream)
+            runner.cuda.download(out[o], st.sets[self.current][n], st.buffers.stream)
+        runner.cuda.sync(st.buffers.stream)
         return state_from_outputs(out)
 
     def release(self) -> None:

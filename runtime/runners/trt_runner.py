@@ -25,7 +25,7 @@ import numpy as np
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.runtime.runners.base import Runner, TensorMeta
-from scredge.runtime.runners.trt_context import Context, DeviceBuffers, create_context
+from scredge.runtime.runners.trt_context import Context, DeviceBuffers
 from scredge.runtime.runners.trt_decoder import DecoderState, TrtDecoder
 from scredge.runtime.runners.trt_graphs import CudaGraphMode
 from scredge.runtime.trt_profiles import DECODE, PREFILL, Limits
@@ -87,9 +87,6 @@ class TrtRunner(Runner):
             return f"{self.cuda_graph.value}: no live decoder"
         return graphs.status()
 
-    def new_context(self):
-        return create_context(self.engine, self.runtime_config)
-
     def decoder(self, batch: int) -> TrtDecoder:
         """A decoder in the empty state, on a released decoder's device state when one of
         this batch size is idle (its context, stream and buffers), else on a new one."""
@@ -133,7 +130,7 @@ class TrtRunner(Runner):
         shapes = self._output_shapes(B, T, P)
         bufs = DeviceBuffers(self.cuda)
         try:
-            ctx = Context(self.new_context(), bufs.stream)
+            ctx = Context.create(self.engine, self.runtime_config, bufs.stream)
             ptrs = {n: bufs.alloc(np.ascontiguousarray(a).nbytes) for n, a in feed.items()}
             out_dtypes = {n: (_F32 if n == "logits" or n.startswith("scr_") else self.kv_dtype)
                           for n in self._outputs}
