@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 # already satisfied and pip never swaps in a multi-GB CUDA build on a CPU machine.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= export,ort,dev
+# every Python source folder, linted by `make test` and `make lint`
+SRC_DIRS := core cli scr_ref export runtime parity builder bench plugins tests benchmarks tools
 
 .PHONY: test venv lint engine pretrained clean
 
@@ -19,11 +21,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test: venv
-	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks tools
+	$(VENV)/bin/ruff check $(SRC_DIRS)
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check core scr_ref export runtime plugins tests benchmarks tools
+	$(VENV)/bin/ruff check $(SRC_DIRS)
 
 engine: venv
 	@echo "== [1/3] export the shipped tiny model (trained on Python's docs) to artifacts/tiny, verified against the reference"

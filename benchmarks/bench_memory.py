@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scredge.runtime.bench import peak_rss_mib
+from scredge.bench.latency import peak_rss_mib
 
 
 def rss_mib() -> float:

@@ -14,14 +14,8 @@ from pathlib import Path
 
 import scredge
 from scredge.config import SCRConfig
+from scredge.contract import CONFIG_FILE, FORMAT_VERSION, MANIFEST_FILE
 from scredge.errors import ScredgeError
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-ONNX_FILE = "model.onnx"
-ONNX_DATA_FILE = "model.onnx.data"
-MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:

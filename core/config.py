@@ -212,3 +212,33 @@ PRESETS: dict[str, SCRConfig] = {
         scr_layers=tuple(range(8)),
     ),
 }
+
+
+def parse_scr_layers(text: str | None, n_layers: int | None) -> tuple[int, ...] | None:
+    """--scr-layers for a model of n_layers: absent -> None (keep the source's own), 'all'
+    -> every layer, 'none' -> (), '0,2' -> (0, 2). n_layers None (not known yet: a Llama
+    folder) turns 'all' into None, the source's own default of every layer."""
+    if text is None:
+        return None
+    if text == "all":
+        return None if n_layers is None else tuple(range(n_layers))
+    if text == "none":
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ScredgeError("invalid --scr-layers", received=repr(text),
+                           expected="'all', 'none' or comma-separated layer indices like 0,2,3"
+                           ) from None
+
+
+def parse_window(text: str) -> int | None:
+    """--window: a token count, or 'none' for full causal attention."""
+    if text == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ScredgeError("invalid --window", received=repr(text),
+                           expected="a positive integer, or 'none' for full causal attention"
+                           ) from None

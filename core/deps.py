@@ -46,6 +46,29 @@ def require(module: str) -> ModuleType:
         ) from exc
 
 
+# what `scredge info` reports on, in that order
+OPTIONAL_MODULES = ("numpy", "torch", "safetensors", "onnx", "onnxscript", "onnxruntime",
+                    "tensorrt", "tensorrt_rtx", "transformers")
+_DISTRIBUTIONS = {"tensorrt_rtx": "tensorrt-rtx-cu13"}  # module -> pip distribution name
+
+
+def installed_versions(modules: tuple[str, ...] = OPTIONAL_MODULES) -> dict[str, str | None]:
+    """module -> its distribution's version, "installed" when that is unknown, or None when
+    the module is absent; found without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for mod in modules:
+        if not available(mod):
+            out[mod] = None
+            continue
+        try:
+            out[mod] = version(_DISTRIBUTIONS.get(mod, mod))
+        except PackageNotFoundError:
+            out[mod] = "installed"
+    return out
+
+
 def available(module: str) -> bool:
     """True when `module` can be found, without importing it."""
     return importlib.util.find_spec(module) is not None

@@ -3,7 +3,7 @@ parity tool and the runtime, so every backend is judged by the same numbers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -35,6 +35,18 @@ TIERS = {
     "float16": Thresholds(2e-3, 0.999, 1e-2, LogitsThresholds(
         max_abs=None, kl=1e-3, top1=0.99, margin=5e-2), False),
 }
+
+
+def with_overrides(th: Thresholds, *, op_abs: float | None = None,
+                   layer_cosine: float | None = None, layer_norm_tol: float | None = None,
+                   max_abs: float | None = None, kl: float | None = None,
+                   top1: float | None = None) -> Thresholds:
+    """`th` with every threshold given (not None) replaced: `scredge parity`'s overrides."""
+    tiers = {k: v for k, v in (("op_abs", op_abs), ("layer_cosine", layer_cosine),
+                                ("layer_norm_tol", layer_norm_tol)) if v is not None}
+    logits = {k: v for k, v in (("max_abs", max_abs), ("kl", kl), ("top1", top1))
+              if v is not None}
+    return replace(th, **tiers, logits=replace(th.logits, **logits))
 
 
 def tier_thresholds(dtype: str) -> Thresholds:

@@ -13,37 +13,15 @@ import contextlib
 import logging
 import re
 import warnings
-from dataclasses import dataclass
 
+from scredge import contract
 from scredge.config import SCRConfig
+from scredge.contract import GraphIO
 from scredge.deps import require
 from scredge.export import realign_onnx
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
-
-
-@dataclass(frozen=True)
-class GraphIO:
-    """Input and output names, in graph order (SCR_SPEC section 3)."""
-
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @classmethod
-    def for_config(cls, c: SCRConfig) -> GraphIO:
-        layers, scr = range(c.n_layers), c.scr_layers
-        inputs = (
-            "input_ids", "position_ids",
-            *(f"past_key_values.{i}.{kv}" for i in layers for kv in ("key", "value")),
-            *(f"scr_past.{i}.{nd}" for i in scr for nd in ("num", "den")),
-        )
-        outputs = (
-            "logits",
-            *(f"present.{i}.{kv}" for i in layers for kv in ("key", "value")),
-            *(f"scr_present.{i}.{nd}" for i in scr for nd in ("num", "den")),
-        )
-        return cls(inputs, outputs)
 
 
 def _wrapper(model):
@@ -89,10 +67,10 @@ def example_inputs(c: SCRConfig, dtype, batch: int = 2, new: int = 3, past: int 
 
 def _dynamic_shapes(c: SCRConfig, max_seq: int):
     Dim = require("torch").export.Dim
-    batch = Dim("batch", min=1, max=4096)
-    seq = Dim("sequence", min=1, max=max_seq)
+    batch = Dim(contract.BATCH, min=1, max=4096)
+    seq = Dim(contract.SEQUENCE, min=1, max=max_seq)
     past_max = c.window - 1 if c.window is not None else max_seq
-    past = Dim("past_sequence", min=0, max=max(past_max, 2))
+    past = Dim(contract.PAST, min=0, max=max(past_max, 2))
     kv = {0: batch, 2: past}
     return (
         {0: batch, 1: seq},
@@ -160,30 +138,30 @@ def _rename_nodes(proto) -> None:
 
 def _attach_realign_function(proto, opset: int) -> None:
     onnx = require("onnx")
-    if not any(n.domain == realign_onnx.DOMAIN for n in proto.graph.node):
+    if not any(n.domain == contract.DOMAIN for n in proto.graph.node):
         return  # no SCR layers: a plain transformer graph
     del proto.functions[:]
     proto.functions.append(realign_onnx.realign_function(opset))
     domains = {o.domain for o in proto.opset_import}
-    if realign_onnx.DOMAIN not in domains:
+    if contract.DOMAIN not in domains:
         proto.opset_import.append(
-            onnx.helper.make_opsetid(realign_onnx.DOMAIN, realign_onnx.OP_VERSION))
+            onnx.helper.make_opsetid(contract.DOMAIN, contract.OP_VERSION))
 
 
 def _name_dynamic_dims(proto) -> None:
     """Give every symbolic dimension of the graph I/O a stable, meaningful name."""
-    names = {"input_ids": ("batch", "sequence"), "position_ids": ("batch", "sequence"),
-             "logits": ("batch", "sequence", None)}
+    inputs = {v.name for v in proto.graph.input}
     for value in list(proto.graph.input) + list(proto.graph.output):
         dims = value.type.tensor_type.shape.dim
-        if value.name in names:
-            wanted = names[value.name]
-        elif value.name.startswith("past_key_values."):
-            wanted = ("batch", None, "past_sequence", None)
-        elif value.name.startswith("present."):
-            wanted = ("batch", None, "present_sequence", None)
-        else:
-            wanted = ("batch", None)
+        if value.name in contract.TOKEN_INPUTS:
+            wanted = (contract.BATCH, contract.SEQUENCE)
+        elif value.name == contract.LOGITS:
+            wanted = (contract.BATCH, contract.SEQUENCE, None)
+        elif contract.is_kv(value.name):
+            past = contract.PAST if value.name in inputs else contract.PRESENT
+            wanted = (contract.BATCH, None, past, None)
+        else:  # SCR carries
+            wanted = (contract.BATCH, None)
         for dim, name in zip(dims, wanted):
             if name is not None:
                 dim.ClearField("dim_value")

@@ -19,10 +19,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import scredge
-from scredge.artifact import CONFIG_FILE, ONNX_DATA_FILE, ONNX_FILE, WEIGHTS_FILE, write_manifest
+from scredge import contract
+from scredge.artifact import write_manifest
+from scredge.contract import CONFIG_FILE, ONNX_DATA_FILE, ONNX_FILE, WEIGHTS_FILE, GraphIO
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, GraphIO, export_graph
+from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
 from scredge.export.verify import verify_onnx
 
 DTYPES = ("float32", "float16")
@@ -115,7 +117,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             "model": c.to_dict(),
             "export": {"dtype": dtype, "opset": opset, "source": source or {},
                        "external_data": large,
-                       "realign": {"domain": "scr", "op_type": "Realign", "version": 1,
+                       "realign": {"domain": contract.DOMAIN, "op_type": contract.OP_TYPE,
+                                   "version": contract.OP_VERSION,
                                    "onnx_function": True}},
             "io": {"inputs": list(io.inputs), "outputs": list(io.outputs),
                    "kv_dtype": dtype, "scr_dtype": "float32", "logits_dtype": "float32"},

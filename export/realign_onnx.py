@@ -9,14 +9,15 @@ is, while TensorRT swaps in the `Realign` plugin (found through the
 
 from __future__ import annotations
 
+from scredge.contract import (
+    DOMAIN,
+    OP_TYPE,
+    OP_VERSION,
+    PLUGIN_ATTRS,
+    REALIGN_INPUTS,
+    REALIGN_OUTPUTS,
+)
 from scredge.deps import require
-
-DOMAIN = "scr"
-OP_TYPE = "Realign"
-OP_VERSION = 1
-PLUGIN_ATTRS = {"plugin_namespace": "scr", "plugin_version": "1"}
-INPUTS = ("h", "m_prev", "num_in", "den_in", "w_r", "b_r", "w_g", "b_g")
-OUTPUTS = ("m", "num_out", "den_out")
 
 _registered = False
 
@@ -40,14 +41,14 @@ def register_schema() -> None:
         DOMAIN,
         OP_VERSION,
         doc="SCR realignment (SCR_SPEC section 2): relevance-weighted running mean, gated.",
-        inputs=[param(n, "X" if i < 2 else "tensor(float)") for i, n in enumerate(INPUTS)],
-        outputs=[param("m", "X"), param("num_out", "tensor(float)"),
-                 param("den_out", "tensor(float)")],
+        inputs=[param(n, "X" if i < 2 else "tensor(float)") for i, n in enumerate(REALIGN_INPUTS)],
+        outputs=[param(n, "X" if i == 0 else "tensor(float)")
+                 for i, n in enumerate(REALIGN_OUTPUTS)],
         type_constraints=[("X", ["tensor(float)", "tensor(float16)"], "h, m_prev and m")],
         attributes=[
             attr("kappa", defs.OpSchema.AttrType.FLOAT, "relevance bound", required=False),
-            attr("plugin_namespace", kind.STRING, "TensorRT plugin namespace", required=False),
-            attr("plugin_version", kind.STRING, "TensorRT plugin version", required=False),
+            *(attr(name, kind.STRING, "how TensorRT finds the plugin", required=False)
+              for name in PLUGIN_ATTRS),
         ],
     )
     defs.register_schema(schema)
@@ -128,7 +129,7 @@ def realign_function(opset: int):
         helper.make_node("Squeeze", ["den_last", "axes_t"], ["den_out"]),
     ]
     return helper.make_function(
-        DOMAIN, OP_TYPE, list(INPUTS), list(OUTPUTS), nodes,
+        DOMAIN, OP_TYPE, list(REALIGN_INPUTS), list(REALIGN_OUTPUTS), nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=["kappa", *PLUGIN_ATTRS],
         doc_string="SCR_SPEC section 2, float32 inside; only m is cast back to the dtype of h.",

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scredge.config import SCRConfig
+from scredge.config import SCRConfig, parse_scr_layers
 from scredge.deps import require
 from scredge.errors import ScredgeError
 
@@ -58,6 +58,39 @@ def from_pretrained(name: str) -> ModelSource:
     return ModelSource(model, {"kind": "pretrained", "name": name, "sha256": info["sha256"],
                                "final_val_loss": info["final_val_loss"],
                                "command": info["command"]})
+
+
+def select_source(*, preset: str = "tiny", pretrained: str | None = None,
+                  llama: Path | None = None, config: Path | None = None,
+                  weights: Path | None = None, scr_layers: str | None = None,
+                  seed: int = 0) -> ModelSource:
+    """The model `scredge export` exports, from its source options: one of pretrained,
+    llama (a Hugging Face folder), weights (with an optional config), config, preset;
+    `scr_layers` is the --scr-layers text."""
+    parse_scr_layers(scr_layers, None)  # its syntax, before anything is loaded
+    if pretrained is not None:
+        if scr_layers is not None or weights is not None or config is not None:
+            raise ScredgeError("--pretrained takes no --config, --weights or --scr-layers",
+                               received="--pretrained with one of them",
+                               fix="drop them: the shipped checkpoint fixes its own config")
+        return from_pretrained(pretrained)
+    if llama is not None:
+        return from_llama(llama, parse_scr_layers(scr_layers, None), seed=seed)
+    if weights is not None:
+        src = from_files(config, weights)
+        layers = parse_scr_layers(scr_layers, src.model.config.n_layers)
+        if layers is not None and layers != src.model.config.scr_layers:
+            raise ScredgeError("--scr-layers differs from the checkpoint's SCR layers",
+                               received=list(layers),
+                               expected=list(src.model.config.scr_layers),
+                               fix="drop --scr-layers; a checkpoint's SCR layers are fixed")
+        return src
+    if config is not None:
+        cfg = SCRConfig.load(config)
+        return from_config(cfg, seed, parse_scr_layers(scr_layers, cfg.n_layers),
+                           {"kind": "config", "config": str(config), "seed": seed})
+    return from_preset(preset, seed, parse_scr_layers(
+        scr_layers, SCRConfig.preset(preset).n_layers))
 
 
 # ---- Hugging Face Llama family -------------------------------------------------------

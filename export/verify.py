@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from scredge.deps import require
-from scredge.runtime.check import ParityReport, teacher_forced
 from scredge.runtime.runners.ort_runner import OrtRunner
+from scredge.teacher_forced import TeacherForcedReport, teacher_forced
 
 
 def reference_stepper(model):
@@ -27,13 +27,11 @@ def reference_stepper(model):
     return step
 
 
-def verify_onnx(onnx_path: Path, model, dtype: str, **kwargs) -> ParityReport:
+def verify_onnx(onnx_path: Path, model, dtype: str, **kwargs) -> TeacherForcedReport:
     """Compare `onnx_path` run by onnxruntime (CPU) with `model`, the float32 reference."""
-    from scredge.runtime.loaders import session_options
+    from scredge.runtime.loaders import ort_session
 
-    ort = require("onnxruntime")
-    session = ort.InferenceSession(str(onnx_path), session_options(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path, "cpu")
     kv = np.float16 if dtype == "float16" else np.float32
     runner = OrtRunner(session, model.config, kv)
     return teacher_forced(reference_stepper(model), runner.decoder(kwargs.get("batch", 2)).step,

@@ -14,9 +14,9 @@ Both return copies; the input model is not changed.
 
 from __future__ import annotations
 
+from scredge.contract import DOMAIN, OP_TYPE, PLUGIN_ATTRS
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.export.realign_onnx import DOMAIN, OP_TYPE, PLUGIN_ATTRS
 
 _REEXPORT = "re-export the model with `scredge export` (it writes the nodes and the function)"
 

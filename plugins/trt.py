@@ -21,7 +21,7 @@ from types import ModuleType
 from scredge.errors import ScredgeError
 
 ENV_VAR = "SCREDGE_TRT"
-MODULES = ("tensorrt", "tensorrt_rtx")  # search order when nothing is preferred
+TRT_MODULES = ("tensorrt", "tensorrt_rtx")  # search order when nothing is preferred
 MIN_TENSORRT = (10, 0)  # IPluginV3 and strongly typed networks; JetPack 6 has 10.3
 _INSTALL = {
     "tensorrt": "pip install 'scredge[trt]' (TensorRT 10.x from NVIDIA's index; "
@@ -36,15 +36,15 @@ def load_trt(prefer: str | None = None) -> ModuleType:
     """Import and return `tensorrt` or `tensorrt_rtx`.
 
     `prefer` (or the environment variable SCREDGE_TRT) names the one to use and makes it
-    mandatory; without either, the first usable module of `MODULES` wins (a `tensorrt`
+    mandatory; without either, the first usable module of `TRT_MODULES` wins (a `tensorrt`
     older than 10.0 is passed over).
     """
     choice = prefer if prefer is not None else os.environ.get(ENV_VAR) or None
-    if choice is not None and choice not in MODULES:
+    if choice is not None and choice not in TRT_MODULES:
         source = "prefer" if prefer is not None else f"${ENV_VAR}"
         raise ScredgeError(f"unknown TensorRT module in {source}", received=repr(choice),
-                           expected=f"one of {list(MODULES)} or unset")
-    wanted = [choice] if choice else list(MODULES)
+                           expected=f"one of {list(TRT_MODULES)} or unset")
+    wanted = [choice] if choice else list(TRT_MODULES)
     failures = []
     for name in wanted:
         if importlib.util.find_spec(name) is None:

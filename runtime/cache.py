@@ -5,31 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from scredge import contract
 from scredge.config import SCRConfig
 
 
 def empty_state(c: SCRConfig, batch: int, kv_dtype=np.float32) -> dict[str, np.ndarray]:
     """P = 0 caches and zero SCR carries for `batch` rows."""
-    state: dict[str, np.ndarray] = {}
-    for i in range(c.n_layers):
-        for kv in ("key", "value"):
-            state[f"past_key_values.{i}.{kv}"] = np.zeros(
-                (batch, c.n_kv_heads, 0, c.head_dim), dtype=kv_dtype)
-    for i in c.scr_layers:
-        state[f"scr_past.{i}.num"] = np.zeros((batch, c.d_model), dtype=np.float32)
-        state[f"scr_past.{i}.den"] = np.zeros((batch, 1), dtype=np.float32)
-    return state
-
-
-def past_name(output: str) -> str:
-    """The input that takes a state output next call: present.* -> past_key_values.*,
-    scr_present.* -> scr_past.*."""
-    if output.startswith("scr_present."):
-        return "scr_past." + output[len("scr_present."):]
-    return "past_key_values." + output[len("present."):]
+    return {name: np.zeros(contract.state_shape(c, name, batch, 0),
+                           dtype=contract.tensor_dtype(name, kv_dtype))
+            for name in contract.GraphIO.for_config(c).state_inputs}
 
 
 def state_from_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The next call's state inputs from a call's outputs (other outputs are dropped)."""
-    return {past_name(name): value for name, value in outputs.items()
-            if name.startswith(("present.", "scr_present."))}
+    return {contract.past_name(name): value for name, value in outputs.items()
+            if contract.is_state_output(name)}

@@ -26,7 +26,20 @@ from scredge.runtime.tokenizer import ByteTokenizer, StreamDecoder
 from scredge.runtime.trt_loader import find_engine, load_trt_runner
 from scredge.sampling import SamplingParams
 
-BACKENDS = ("auto", "ort", "trt")
+RUNTIME_BACKENDS = ("ort", "trt")  # what runs a graph: onnxruntime, or a TensorRT engine
+LOAD_CHOICES = ("auto", *RUNTIME_BACKENDS)
+
+
+def check_backend_options(backend: str, cuda_graph: bool = False) -> None:
+    """Refuse an unknown runtime backend, and CUDA graphs asked of onnxruntime."""
+    if backend not in LOAD_CHOICES:
+        raise ScredgeError("unknown backend", received=repr(backend),
+                           expected=f"one of {list(LOAD_CHOICES)}")
+    if cuda_graph and backend == "ort":
+        raise ScredgeError("CUDA graph capture is a TensorRT runner feature",
+                           received="backend 'ort' with cuda_graph",
+                           expected="backend 'trt' or 'auto'",
+                           fix="drop --cuda-graph, or use --backend trt")
 
 
 @dataclass
@@ -66,14 +79,7 @@ class Engine:
         cuda_graph: TensorRT only: replay the steady decode step from CUDA graphs (ignored
         when 'auto' picks onnxruntime, refused with backend='ort').
         """
-        if backend not in BACKENDS:
-            raise ScredgeError("unknown backend", received=repr(backend),
-                               expected=f"one of {list(BACKENDS)}")
-        if cuda_graph and backend == "ort":
-            raise ScredgeError("CUDA graph capture is a TensorRT runner feature",
-                               received="backend 'ort' with cuda_graph",
-                               expected="backend 'trt' or 'auto'",
-                               fix="drop --cuda-graph, or use --backend trt")
+        check_backend_options(backend, cuda_graph)
         artifact = open_artifact(folder)
         if backend == "trt" or (backend == "auto" and device != "cpu"
                                 and find_engine(artifact) is not None):

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scredge.artifact import MANIFEST_FILE, ONNX_FILE, read_config, verify_manifest
+from scredge.artifact import read_config, verify_manifest
 from scredge.config import SCRConfig
+from scredge.contract import MANIFEST_FILE, ONNX_FILE
 from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
 from scredge.errors import ScredgeError
@@ -70,7 +71,11 @@ def ort_providers(device: str) -> list[str]:
         "CPUExecutionProvider"]
 
 
-def session_options(threads: int | None = None, optimize: bool = True):
+def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None = None,
+                optimize: bool = True, save_optimized: Path | None = None):
+    """The one place an onnxruntime InferenceSession is made: `model` a path or serialized
+    bytes, on `device` ('auto' | 'cpu' | 'cuda', see `ort_providers`); `optimize` False for
+    a graph optimised offline; `save_optimized` writes the optimised graph there."""
     ort = require("onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -78,7 +83,10 @@ def session_options(threads: int | None = None, optimize: bool = True):
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
         opts.intra_op_num_threads = threads
-    return opts
+    if save_optimized is not None:
+        opts.optimized_model_filepath = str(save_optimized)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=ort_providers(device))
 
 
 def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = None):
@@ -86,14 +94,12 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
     ort = require("onnxruntime")
     from scredge.runtime.runners.ort_runner import OrtRunner
 
-    providers = ort_providers(device)
-    kind = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-    path = artifact.folder / ONNX_FILE
+    kind = "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
     optimized = artifact.engines.get(f"ort-{kind}")
     if optimized and optimized.get("onnxruntime") == ort.__version__:
-        path = artifact.folder / optimized["file"]
-        opts = session_options(threads, optimize=False)  # already optimised offline
+        # already optimised offline, for this onnxruntime and device
+        session = ort_session(artifact.folder / optimized["file"], device, threads=threads,
+                              optimize=False)
     else:
-        opts = session_options(threads)
-    session = ort.InferenceSession(str(path), opts, providers=providers)
+        session = ort_session(artifact.folder / ONNX_FILE, device, threads=threads)
     return OrtRunner(session, artifact.config, artifact.kv_dtype)

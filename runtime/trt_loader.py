@@ -15,14 +15,12 @@ import importlib.util
 
 from scredge.device import compute_capability, gpu_unavailable_reason
 from scredge.errors import ScredgeError
-from scredge.plugins.trt import MODULES
+from scredge.plugins.trt import TRT_MODULES
 from scredge.runtime.loaders import Artifact
-
-BACKENDS = MODULES
 
 
 def trt_entries(artifact: Artifact) -> dict[str, dict]:
-    return {k: v for k, v in artifact.engines.items() if v.get("backend") in BACKENDS}
+    return {k: v for k, v in artifact.engines.items() if v.get("backend") in TRT_MODULES}
 
 
 def _installed_version(backend: str) -> str | None:
@@ -56,7 +54,7 @@ def find_engine(artifact: Artifact) -> tuple[str, dict] | None:
     TensorRT; None when there is none (or no GPU)."""
     if gpu_unavailable_reason() is not None:
         return None
-    versions = {b: _installed_version(b) for b in BACKENDS}
+    versions = {b: _installed_version(b) for b in TRT_MODULES}
     cc = compute_capability()
     for key, entry in trt_entries(artifact).items():
         if mismatch(entry, versions, cc) is None:
@@ -82,7 +80,7 @@ def load_trt_runner(artifact: Artifact, cuda=None, cuda_graph: bool = False):
         raise ScredgeError("running a TensorRT engine needs an NVIDIA GPU", received=reason,
                            expected="a CUDA GPU and its driver",
                            fix="use --backend ort on this machine")
-    versions = {b: _installed_version(b) for b in BACKENDS}
+    versions = {b: _installed_version(b) for b in TRT_MODULES}
     cc = compute_capability()
     why = {e["file"]: mismatch(e, versions, cc) for e in entries.values()}
     usable = [e for e in entries.values() if why[e["file"]] is None]
@@ -133,8 +131,8 @@ def _open(artifact: Artifact, entry: dict, cuda, cuda_graph: bool):
     limits = trt_profiles.Limits.from_profiles(profs, artifact.config)
     mode, runtime_config = graph_setup(trt, entry["backend"], engine, cuda_graph)
     runner = TrtRunner(engine, artifact.config, artifact.kv_dtype, limits,
-                       cuda if cuda is not None else CudaOps(), entry, mode, runtime_config)
-    runner._runtime = runtime  # the engine must not outlive its runtime
+                       cuda if cuda is not None else CudaOps(), entry, mode, runtime_config,
+                       trt_runtime=runtime)
     return runner
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scredge import contract
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 
@@ -60,8 +61,6 @@ def profiles(config: SCRConfig, max_batch: int = DEFAULT_MAX_BATCH,
 
     Optimised for one sequence (opt batch 1), a full prefill and a full cache: the shapes
     a long generation spends its time in."""
-    from scredge.export.graph import GraphIO  # torch-free: names from the config only
-
     cap = cache_capacity(config, max_context)
     if max_prefill is None:
         max_prefill = default_max_prefill(config, max_context)
@@ -73,22 +72,17 @@ def profiles(config: SCRConfig, max_batch: int = DEFAULT_MAX_BATCH,
         raise ScredgeError("--max-prefill exceeds --max-context", received=max_prefill,
                            expected=f"<= {cap}", fix=f"pass --max-prefill {cap} or less")
     decode_p = cap if config.window is not None else cap - 1  # P' = P+1 must fit in cap
-    hk, dh, d = config.n_kv_heads, config.head_dim, config.d_model
     out = []
     for t, p in (((1, max_prefill, max_prefill), (0, 0, 0)),
                  ((1, 1, 1), (0, decode_p, decode_p))):
         b = (1, 1, max_batch)
         prof: Profile = {}
-        for name in GraphIO.for_config(config).inputs:
-            if name in ("input_ids", "position_ids"):
-                dims = [(bi, ti) for bi, ti in zip(b, t)]
-            elif name.startswith("past_key_values."):
-                dims = [(bi, hk, pi, dh) for bi, pi in zip(b, p)]
-            elif name.endswith(".num"):
-                dims = [(bi, d) for bi in b]
-            else:  # scr_past.{l}.den
-                dims = [(bi, 1) for bi in b]
-            prof[name] = tuple(dims)
+        for name in contract.GraphIO.for_config(config).inputs:
+            if name in contract.TOKEN_INPUTS:
+                prof[name] = tuple(zip(b, t))
+            else:
+                prof[name] = tuple(contract.state_shape(config, name, bi, pi)
+                                   for bi, pi in zip(b, p))
         out.append(prof)
     return out
 
@@ -106,8 +100,8 @@ class Limits:
     @classmethod
     def from_profiles(cls, profs: list[Profile], config: SCRConfig) -> Limits:
         prefill, decode = profs[PREFILL], profs[DECODE]
-        max_b, max_t = prefill["input_ids"][2]
-        past = decode["past_key_values.0.key"][2][2]
+        max_b, max_t = prefill[contract.INPUT_IDS][2]
+        past = decode[contract.past_kv(0, "key")][2][2]
         windowed = config.window is not None
         return cls(max_b, max_t, past if windowed else past + 1, windowed)
 

@@ -19,6 +19,7 @@ _EXPORTS = {
     "realign_reference": "realign_op",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
+    "init_checkpoint": "checkpoint",
     "load_state_dict": "checkpoint",
     "read_config": "checkpoint",
     "prefill": "generation",

@@ -34,6 +34,31 @@ def save_checkpoint(model: SCRForCausalLM, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: st.save_file(tensors, tmp, metadata=meta))
 
 
+def init_checkpoint(config: SCRConfig, out: str | Path, seed: int = 0, gamma: float = 0.1,
+                    force: bool = False) -> tuple[Path, Path, int]:
+    """A seeded checkpoint at `out` (.safetensors) and its config beside it (.config.json);
+    refuses to replace either unless `force`. Returns both paths and the parameter count."""
+    from scredge.ref.model import build_model
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ScredgeError("--out must name a .safetensors file", received=str(out),
+                           expected="PATH.safetensors")
+    config_path = out.with_suffix(".config.json")
+    for p in (out, config_path):
+        if p.exists() and not force:
+            raise ScredgeError("output file exists", received=str(p),
+                               fix="pass --force to replace it")
+    if not out.parent.is_dir():
+        raise ScredgeError("output folder does not exist", received=str(out.parent),
+                           fix="create it first")
+    model = build_model(config, seed, gamma=gamma)
+    save_checkpoint(model, out)
+    text = json.dumps({"model": config.to_dict()}, indent=2) + "\n"
+    atomic_write(config_path, lambda tmp: Path(tmp).write_text(text))
+    return out, config_path, sum(p.numel() for p in model.parameters())
+
+
 def read_config(path: str | Path) -> SCRConfig | None:
     """The config stored in a checkpoint's metadata, or None if it has none."""
     meta = _open(Path(path)).metadata() or {}

@@ -249,3 +249,36 @@ def _check_settings(n_docs, doc_bytes, gap_min, gap_max, keys) -> None:
             k.isascii() and k.isalpha() for k in keys):
         raise ScredgeError("invalid keys", received=list(keys),
                            expected="at least 2 ASCII words with distinct first letters")
+
+
+# ---- what `scredge train` trains on ------------------------------------------------------
+def parse_gap(text: str) -> tuple[int, int]:
+    """--recall-gap MIN,MAX."""
+    try:
+        a, b = (int(t) for t in text.split(","))
+    except ValueError:
+        raise ScredgeError("invalid --recall-gap", received=repr(text),
+                           expected="two integers MIN,MAX like 300,600") from None
+    return a, b
+
+
+def training_data(*, data: str | Path | None = None, corpus: str = "prose",
+                  val_fraction: float = 0.05, corpus_seed: int = 0, docs: int = 1000,
+                  doc_bytes: int = 4096, recall_gap: str = "300,600"
+                  ) -> tuple[bytes, bytes, dict]:
+    """(train bytes, validation bytes, a description for the log): a text file or folder
+    (`data`), else the built-in `corpus` (prose: Python's docs; longrange: key/recall)."""
+    import platform
+
+    if data is not None:
+        train, val = split(load_text(data), val_fraction)
+        return train, val, {"kind": "text", "path": str(Path(data).absolute())}
+    if corpus == "longrange":
+        gap_min, gap_max = parse_gap(recall_gap)
+        full = LongRangeCorpus.generate(seed=corpus_seed, n_docs=docs, doc_bytes=doc_bytes,
+                                        gap_min=gap_min, gap_max=gap_max)
+        train_part, val_part = full.split(val_fraction)
+        return train_part.data, val_part.data, {"kind": "longrange", **full.describe()}
+    train, val = split(prose_corpus(), val_fraction)
+    return train, val, {"kind": "prose", "source": "pydoc_data.topics",
+                        "python": platform.python_version()}

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from scredge.artifact import atomic_write
 from scredge.config import SCRConfig
+from scredge.contract import WEIGHTS_FILE
 from scredge.errors import ScredgeError
 from scredge.ref.checkpoint import save_checkpoint
 from scredge.ref.corpus import sha256
@@ -40,7 +41,7 @@ from scredge.ref.model import SCRForCausalLM, build_model
 from scredge.ref.train_config import TRAJECTORY_FIELDS, TrainConfig, is_int
 
 STATE_FILE = "last.pt"
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = WEIGHTS_FILE  # the name `scredge export --weights` and an artifact use
 LOG_FILE = "train_log.json"
 STATE_FORMAT = "scredge-train-state/1"
 ADAM_BETAS = (0.9, 0.95)
@@ -186,21 +187,7 @@ def train(
     state_path = out_dir / STATE_FILE
     train_arr = _as_array(data_train, "training", cfg.seq_len)
     val_arr = _as_array(data_val, "validation", cfg.seq_len)
-    if stop_at is not None and not (is_int(stop_at) and 1 <= stop_at):
-        raise ScredgeError("invalid stop step", received=stop_at, expected="an integer >= 1")
-    if resume and not state_path.is_file():
-        raise ScredgeError("nothing to resume", received=f"no {STATE_FILE} in {out_dir}",
-                           fix="drop --resume to start a new run, or point --out at a run")
-    if not resume and state_path.exists():
-        raise ScredgeError("the output folder already holds a training run",
-                           received=str(state_path),
-                           fix="pass --resume to continue it, or choose another --out")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ScredgeError("unknown training device", received=repr(device),
-                           expected="cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ScredgeError("CUDA device requested but torch sees no GPU", received=device,
-                           expected="cpu, or a machine with CUDA", fix="pass --device cpu")
+    _check_run(out_dir, resume, stop_at, device)
     est = (estimate_memory(model_config, cfg) if ignore_memory_check
            else check_memory(model_config, cfg, available_memory(device)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,15 +221,7 @@ def train(
         compute_s, steps_here, window_losses = 0.0, 0, []
 
         def evaluate() -> float:
-            model.eval()
-            total = 0.0
-            with torch.no_grad():
-                for chunk in val.split(cfg.batch_size):
-                    logits, _ = model(chunk[:, :-1], positions[: len(chunk)])
-                    total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(),
-                                             reduction="sum").item()
-            model.train()
-            return total / (val.shape[0] * cfg.seq_len)
+            return validation_loss(model, val, positions, cfg.batch_size, cfg.seq_len)
 
         def wall() -> float:
             return wall_before + time.perf_counter() - t0
@@ -256,23 +235,9 @@ def train(
         while step < cfg.steps:
             s0 = time.perf_counter()
             lr = cfg.lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             x, y = sample_batch(train_arr, rng, cfg.batch_size, cfg.seq_len)
-            x, y = x.to(device), y.to(device)
-            logits, _ = model(x, positions)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise ScredgeError("training diverged: the loss is not finite",
-                                   received=f"loss {loss_value} at step {step + 1}",
-                                   fix="lower --lr or keep --grad-clip on; resume from the "
-                                       "last checkpoint with other settings in a new --out")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            loss_value = optimizer_step(model, optimizer, cfg, lr, x.to(device), y.to(device),
+                                        positions, step + 1)
             step += 1
             steps_here += 1
             compute_s += time.perf_counter() - s0
@@ -312,6 +277,60 @@ def train(
         save_checkpoint(model, out_dir / MODEL_FILE)
         _write_json(out_dir / LOG_FILE, log)
         return TrainResult(model.eval(), log, finished=True)
+
+
+def _check_run(out_dir: Path, resume: bool, stop_at: int | None, device: str) -> None:
+    """Refuse a run that cannot start, before anything is allocated or written."""
+    state_path = out_dir / STATE_FILE
+    if stop_at is not None and not (is_int(stop_at) and 1 <= stop_at):
+        raise ScredgeError("invalid stop step", received=stop_at, expected="an integer >= 1")
+    if resume and not state_path.is_file():
+        raise ScredgeError("nothing to resume", received=f"no {STATE_FILE} in {out_dir}",
+                           fix="drop --resume to start a new run, or point --out at a run")
+    if not resume and state_path.exists():
+        raise ScredgeError("the output folder already holds a training run",
+                           received=str(state_path),
+                           fix="pass --resume to continue it, or choose another --out")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ScredgeError("unknown training device", received=repr(device),
+                           expected="cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ScredgeError("CUDA device requested but torch sees no GPU", received=device,
+                           expected="cpu, or a machine with CUDA", fix="pass --device cpu")
+
+
+def optimizer_step(model, optimizer, cfg: TrainConfig, lr: float, x, y, positions,
+                   step: int) -> float:
+    """One AdamW step on a batch (x -> y, [B, seq_len]) at learning rate `lr`; the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    logits, _ = model(x, positions)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise ScredgeError("training diverged: the loss is not finite",
+                           received=f"loss {loss_value} at step {step}",
+                           fix="lower --lr or keep --grad-clip on; resume from the "
+                               "last checkpoint with other settings in a new --out")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss_value
+
+
+def validation_loss(model, val, positions, batch_size: int, seq_len: int) -> float:
+    """Mean next-byte cross-entropy (nats) over the fixed validation windows."""
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for chunk in val.split(batch_size):
+            logits, _ = model(chunk[:, :-1], positions[: len(chunk)])
+            total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(),
+                                     reduction="sum").item()
+    model.train()
+    return total / (val.shape[0] * seq_len)
 
 
 # ---- checkpoints ---------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny configs and fixed seeds. Every test names its oracle."""
+"""Shared fixtures: tiny configs and fixed seeds. Every test names its oracle.
+
+The exported artifacts are shared per session (an export takes seconds). Weights use std
+0.08 so greedy decoding is decisive and varied (std 0.02 gives nearly flat logits whose
+argmax is a coin toss between backends, which tests nothing)."""
 
 from __future__ import annotations
 
@@ -11,8 +15,34 @@ MICRO = SCRConfig(
     vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
     window=8, scr_layers=(0, 1),
 )
+WINDOWED = SCRConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                     window=16, scr_layers=(0, 1))
 
 
 @pytest.fixture
 def micro() -> SCRConfig:
     return MICRO
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    """The `tiny` preset (W = 128) with decisive weights: (reference model, folder)."""
+    from scredge.export.pipeline import export_artifact
+    from scredge.ref import build_model
+
+    model = build_model(SCRConfig.preset("tiny"), seed=0, gamma=0.5, std=0.08)
+    out = tmp_path_factory.mktemp("runtime") / "tiny"
+    export_artifact(model, out)
+    return model, out
+
+
+@pytest.fixture(scope="session")
+def small_window_artifact(tmp_path_factory):
+    """A micro model with W = 16, so short tests run far past the window."""
+    from scredge.export.pipeline import export_artifact
+    from scredge.ref import build_model
+
+    model = build_model(WINDOWED, seed=1, gamma=0.5, std=0.08)
+    out = tmp_path_factory.mktemp("runtime") / "w16"
+    export_artifact(model, out)
+    return model, out

@@ -29,11 +29,13 @@ import math
 import threading
 from types import ModuleType
 
+from scredge.contract import PLUGIN_NAME as NAME
+from scredge.contract import PLUGIN_NAMESPACE as NAMESPACE
+from scredge.contract import PLUGIN_VERSION as VERSION
+from scredge.contract import REALIGN_INPUTS as INPUTS
+from scredge.contract import REALIGN_OUTPUTS as OUTPUTS
 from scredge.errors import ScredgeError
-from scredge.export.realign_onnx import INPUTS, OP_TYPE, OUTPUTS, PLUGIN_ATTRS
 
-# what the ONNX parser asks the registry for: the node's op type and plugin attributes
-NAME, VERSION, NAMESPACE = OP_TYPE, PLUGIN_ATTRS["plugin_version"], PLUGIN_ATTRS["plugin_namespace"]
 RANKS = (3, 3, 2, 2, 1, 1, 1, 1)  # h, m_prev, num_in, den_in, w_r, b_r, w_g, b_g
 _REEXPORT = "re-export the model with `scredge export`, which writes a float kappa on every node"
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scredge.config import SCRConfig
+from scredge.contract import INPUT_IDS, LOGITS, POSITION_IDS
 from scredge.errors import ScredgeError
 from scredge.runtime.cache import empty_state, state_from_outputs
 
@@ -118,8 +119,8 @@ class HostDecoder(Decoder):
         self.state = empty_state(runner.config, batch, runner.kv_dtype)
 
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        out = self.runner.infer({"input_ids": ids, "position_ids": positions, **self.state})
+        out = self.runner.infer({INPUT_IDS: ids, POSITION_IDS: positions, **self.state})
         self.last_run_s = self.runner.last_inference_time
         self.state = state_from_outputs(out)
         self.past = self.runner.config.present_len(self.past, ids.shape[1])
-        return out["logits"]
+        return out[LOGITS]

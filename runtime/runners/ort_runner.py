@@ -14,7 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from scredge.config import SCRConfig
-from scredge.runtime.cache import empty_state, past_name
+from scredge.contract import INPUT_IDS, LOGITS, POSITION_IDS, past_name
+from scredge.runtime.cache import empty_state
 from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
@@ -70,7 +71,7 @@ class OrtDecoder(Decoder):
         self._binding = self._session.io_binding() if self._device != "cpu" else None
         self._steady: list | None = None  # the two prepared bindings, once P = W-1
         self._steady_was_used = False
-        self._parity = 0
+        self._set = 0  # which of the two steady state sets holds the current state
 
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         B, T = ids.shape
@@ -93,7 +94,7 @@ class OrtDecoder(Decoder):
             state = {k: v.numpy() for k, v in state.items()}
             self._steady_was_used = False
         t0 = time.perf_counter()
-        out = self._session.run(None, {"input_ids": ids, "position_ids": positions, **state})
+        out = self._session.run(None, {INPUT_IDS: ids, POSITION_IDS: positions, **state})
         self.last_run_s = time.perf_counter() - t0
         self._state = dict(zip(self._past_names, out[1:]))
         return out[0]
@@ -102,11 +103,11 @@ class OrtDecoder(Decoder):
         b = self._binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
-        b.bind_cpu_input("input_ids", ids)
-        b.bind_cpu_input("position_ids", positions)
+        b.bind_cpu_input(INPUT_IDS, ids)
+        b.bind_cpu_input(POSITION_IDS, positions)
         for name, value in self._state.items():
             b.bind_ortvalue_input(name, value)
-        b.bind_output("logits", "cpu")
+        b.bind_output(LOGITS, "cpu")
         for o in self._state_outputs:
             b.bind_output(o, self._device)
         t0 = time.perf_counter()
@@ -132,15 +133,15 @@ class OrtDecoder(Decoder):
         self._steady_was_used = True
         for src, dst in ((0, 1), (1, 0)):
             b = self._session.io_binding()
-            b.bind_ortvalue_input("input_ids", ids_v)
-            b.bind_ortvalue_input("position_ids", pos_v)
+            b.bind_ortvalue_input(INPUT_IDS, ids_v)
+            b.bind_ortvalue_input(POSITION_IDS, pos_v)
             for name, value in self._sets[src].items():
                 b.bind_ortvalue_input(name, value)
-            b.bind_ortvalue_output("logits", logits_v)
+            b.bind_ortvalue_output(LOGITS, logits_v)
             for o, name in zip(self._state_outputs, self._past_names):
                 b.bind_ortvalue_output(o, self._sets[dst][name])
             self._steady.append(b)
-        self._parity = 0
+        self._set = 0
 
     def _steady_step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Returns a buffer that the next step overwrites: read it before stepping again."""
@@ -149,9 +150,9 @@ class OrtDecoder(Decoder):
         self._ids[:] = ids
         self._pos[:] = positions
         t0 = time.perf_counter()
-        self._session.run_with_iobinding(self._steady[self._parity])
+        self._session.run_with_iobinding(self._steady[self._set])
         self.last_run_s = time.perf_counter() - t0
-        self._parity ^= 1
-        self._state = self._sets[self._parity]
+        self._set ^= 1
+        self._state = self._sets[self._set]
         return self._logits
 

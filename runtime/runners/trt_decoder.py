@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import functools
 import time
-import weakref
 
 import numpy as np
 
+from scredge import contract
+from scredge.contract import past_name
 from scredge.errors import ScredgeError
-from scredge.runtime.cache import past_name, state_from_outputs
+from scredge.runtime.cache import state_from_outputs
 from scredge.runtime.runners.base import Decoder
 from scredge.runtime.runners.trt_context import Context, DeviceBuffers
 from scredge.runtime.runners.trt_graphs import DecodeGraphs
@@ -50,7 +51,7 @@ class DecoderState:
             self.logits = self.buffers.alloc(batch * rows * c.vocab_size * 4)
             # each state tensor at its largest: the output shapes of a call filling the cache
             self.state_outputs = runner.output_names[1:]
-            full = runner._output_shapes(batch, 0, lim.cache)
+            full = runner.output_shapes(batch, 0, lim.cache)
             nbytes = {past_name(o): int(np.prod(full[o])) * runner.input_metadata[past_name(o)]
                       .dtype.itemsize for o in self.state_outputs}
             self.state_inputs = list(nbytes)
@@ -59,10 +60,11 @@ class DecoderState:
         except BaseException:
             self.buffers.close()
             raise
-        self._carry_bytes = {n: s for n, s in nbytes.items() if n.startswith("scr_past.")}
+        self._carry_bytes = {n: s for n, s in nbytes.items() if contract.is_carry(n)}
         # a call whose past is in set k writes its present into set 1-k
         self.addresses = [
-            {"input_ids": self.ids, "position_ids": self.pos, "logits": self.logits,
+            {contract.INPUT_IDS: self.ids, contract.POSITION_IDS: self.pos,
+             contract.LOGITS: self.logits,
              **self.sets[k], **{o: self.sets[1 - k][past_name(o)] for o in self.state_outputs}}
             for k in (0, 1)]
         # P of a steady decode call (shapes and addresses repeat): a full windowed cache;
@@ -106,7 +108,7 @@ class TrtDecoder(Decoder):
         super().__init__(runner, batch)
         self._state = state if state is not None else DecoderState(runner, batch)
         self._state.begin()
-        runner._last_graphs = weakref.ref(self._state.graphs)
+        runner.track_graphs(self._state.graphs)
         self._shapes_key: tuple[int, int] | None = None  # (T, P) of the last call's shapes
         self._shapes: dict[str, tuple] = {}
         self.current = 0  # index of the set holding this call's past
@@ -146,7 +148,7 @@ class TrtDecoder(Decoder):
         cuda.upload(st.ids, ids, stream)
         cuda.upload(st.pos, positions, stream)
         if self._shapes_key != (T, P):  # steady decode (T = 1, P = W-1) reuses the last ones
-            self._shapes = {"input_ids": (B, T), "position_ids": (B, T)}
+            self._shapes = {n: (B, T) for n in contract.TOKEN_INPUTS}
             for n in st.state_inputs:
                 self._shapes[n] = tuple(P if d == "past_sequence" else B if d == "batch" else d
                                         for d in runner.input_metadata[n].shape)
@@ -169,7 +171,7 @@ class TrtDecoder(Decoder):
     def state(self) -> dict[str, np.ndarray]:
         """The current state copied to the host (for checks; generation never needs it)."""
         runner, st = self.runner, self._live()
-        shapes = runner._output_shapes(self.batch, 0, self.past)
+        shapes = runner.output_shapes(self.batch, 0, self.past)
         out = {}
         for o in st.state_outputs:
             n = past_name(o)
@@ -183,7 +185,7 @@ class TrtDecoder(Decoder):
         if not self.released:
             self.released = True
             state, self._state = self._state, None
-            self.runner._take_back(state)
+            self.runner.take_back(state)
 
     def close(self) -> None:
         """Free the device state now instead of handing it back (after a failure)."""

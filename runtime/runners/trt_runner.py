@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import copy
 import threading
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
 
+from scredge import contract
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.runtime.runners.base import Runner, TensorMeta
@@ -31,26 +33,15 @@ from scredge.runtime.runners.trt_graphs import CudaGraphMode
 from scredge.runtime.trt_profiles import DECODE, PREFILL, Limits
 
 MAX_IDLE_DECODERS = 4  # device states kept for reuse; each holds two full caches on the GPU
-_F32 = np.dtype(np.float32)
-_I64 = np.dtype(np.int64)
 
 
 def graph_io(config: SCRConfig, kv_dtype: np.dtype) -> tuple[dict[str, TensorMeta], list[str]]:
     """Input metadata (symbolic dims as exported) and output names, in graph order."""
-    from scredge.export.graph import GraphIO  # torch-free: names from the config only
-
-    io = GraphIO.for_config(config)
-    meta = {}
-    for name in io.inputs:
-        if name in ("input_ids", "position_ids"):
-            meta[name] = TensorMeta(_I64, ("batch", "sequence"))
-        elif name.startswith("past_key_values."):
-            meta[name] = TensorMeta(kv_dtype, ("batch", config.n_kv_heads, "past_sequence",
-                                               config.head_dim))
-        elif name.endswith(".num"):
-            meta[name] = TensorMeta(_F32, ("batch", config.d_model))
-        else:
-            meta[name] = TensorMeta(_F32, ("batch", 1))
+    io = contract.GraphIO.for_config(config)
+    meta = {name: TensorMeta(contract.tensor_dtype(name, kv_dtype),
+                             (contract.BATCH, contract.SEQUENCE) if name in contract.TOKEN_INPUTS
+                             else contract.state_shape(config, name))
+            for name in io.inputs}
     return meta, list(io.outputs)
 
 
@@ -60,7 +51,7 @@ class TrtRunner(Runner):
 
     def __init__(self, engine, config: SCRConfig, kv_dtype, limits: Limits, cuda,
                  entry: dict | None = None, cuda_graph: CudaGraphMode = CudaGraphMode.OFF,
-                 runtime_config=None) -> None:
+                 runtime_config=None, trt_runtime=None) -> None:
         super().__init__(config, kv_dtype)
         self.engine = engine
         self.limits = limits
@@ -68,6 +59,7 @@ class TrtRunner(Runner):
         self.entry = entry or {}
         self.cuda_graph = cuda_graph
         self.runtime_config = runtime_config  # TensorRT for RTX: its own graph capture
+        self._trt_runtime = trt_runtime  # held: the engine must not outlive its runtime
         self._last_graphs = None  # weakref to the newest decoder's DecodeGraphs
         self._idle: list[DecoderState] = []  # released decoders' device state, oldest first
         self._idle_lock = threading.Lock()
@@ -79,6 +71,11 @@ class TrtRunner(Runner):
         plain.cuda_graph, plain.runtime_config, plain._last_graphs = CudaGraphMode.OFF, None, None
         plain._idle, plain._idle_lock = [], threading.Lock()  # its states are uncaptured
         return plain
+
+    def track_graphs(self, graphs) -> None:
+        """The newest decoder's graphs, which `cuda_graph_status` reports on (weakly held:
+        a dropped decoder frees them at once)."""
+        self._last_graphs = weakref.ref(graphs)
 
     def cuda_graph_status(self) -> str:
         """What the newest decoder did with CUDA graphs (captured, native, or off and why)."""
@@ -97,7 +94,8 @@ class TrtRunner(Runner):
                 self._idle.remove(state)
         return TrtDecoder(self, batch, state)
 
-    def _take_back(self, state: DecoderState) -> None:
+    def take_back(self, state: DecoderState) -> None:
+        """Keep a released decoder's device state for the next decoder of its batch size."""
         if state.closed:
             return
         with self._idle_lock:
@@ -118,8 +116,8 @@ class TrtRunner(Runner):
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One stateless call on host arrays (parity tools, polygraphy-style checks): state
         goes up and comes back down. Generation uses `decoder`, which keeps it on the GPU."""
-        B, T = feed["input_ids"].shape
-        P = feed["past_key_values.0.key"].shape[2]
+        B, T = feed[contract.INPUT_IDS].shape
+        P = feed[contract.past_kv(0, "key")].shape[2]
         if P > 0 and T > 1:
             raise ScredgeError("a call with cached positions and several new tokens is "
                                "outside both optimisation profiles",
@@ -127,13 +125,12 @@ class TrtRunner(Runner):
                                expected="P = 0 (prefill) or T = 1 (decode)",
                                fix="use runner.decoder(batch).step, which splits such calls")
         self.limits.check(B, P, T)
-        shapes = self._output_shapes(B, T, P)
+        shapes = self.output_shapes(B, T, P)
         bufs = DeviceBuffers(self.cuda)
         try:
             ctx = Context.create(self.engine, self.runtime_config, bufs.stream)
             ptrs = {n: bufs.alloc(np.ascontiguousarray(a).nbytes) for n, a in feed.items()}
-            out_dtypes = {n: (_F32 if n == "logits" or n.startswith("scr_") else self.kv_dtype)
-                          for n in self._outputs}
+            out_dtypes = {n: contract.tensor_dtype(n, self.kv_dtype) for n in self._outputs}
             ptrs.update({n: bufs.alloc(int(np.prod(s)) * out_dtypes[n].itemsize)
                          for n, s in shapes.items()})
             for n, a in feed.items():
@@ -148,15 +145,9 @@ class TrtRunner(Runner):
         finally:
             bufs.close()
 
-    def _output_shapes(self, B: int, T: int, P: int) -> dict[str, tuple[int, ...]]:
+    def output_shapes(self, B: int, T: int, P: int) -> dict[str, tuple[int, ...]]:
+        """Every output's shape for a call of T new tokens on P cached ones."""
         c = self.config
         p2 = c.present_len(P, T)
-        shapes = {}
-        for n in self._outputs:
-            if n == "logits":
-                shapes[n] = (B, T, c.vocab_size)
-            elif n.startswith("present."):
-                shapes[n] = (B, c.n_kv_heads, p2, c.head_dim)
-            else:
-                shapes[n] = (B, c.d_model) if n.endswith(".num") else (B, 1)
-        return shapes
+        return {n: (B, T, c.vocab_size) if n == contract.LOGITS
+                else contract.state_shape(c, n, B, p2) for n in self._outputs}

@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from scredge.config import SCRConfig
-from scredge.export.graph import GraphIO, export_graph
+from scredge.contract import GraphIO
+from scredge.export.graph import export_graph
 from scredge.ref import build_model
 
 CFG = SCRConfig(vocab_size=256, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=64,

@@ -9,8 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from scredge.contract import REALIGN_INPUTS, REALIGN_OUTPUTS
 from scredge.errors import ScredgeError
-from scredge.export.realign_onnx import INPUTS, OUTPUTS, realign_function
+from scredge.export.realign_onnx import realign_function
 from scredge.plugins.onnx_modes import decomposed, for_plugin
 
 D = 8
@@ -21,9 +22,11 @@ def _model(with_function: bool = True, **attrs) -> onnx.ModelProto:
     attrs = {"kappa": 3.0, "plugin_namespace": "scr", "plugin_version": "1", **attrs}
     shapes = {"h": ["B", "T", D], "m_prev": ["B", "T", D], "num_in": ["B", D],
               "den_in": ["B", 1], "w_r": [D], "b_r": [1], "w_g": [D], "b_g": [1]}
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shapes[n]) for n in INPUTS]
-    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in OUTPUTS]
-    node = helper.make_node("Realign", list(INPUTS), list(OUTPUTS), name="/model/scr/Realign",
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shapes[n])
+              for n in REALIGN_INPUTS]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in REALIGN_OUTPUTS]
+    node = helper.make_node("Realign", list(REALIGN_INPUTS), list(REALIGN_OUTPUTS),
+                            name="/model/scr/Realign",
                             domain="scr", **{k: v for k, v in attrs.items() if v is not None})
     model = helper.make_model(
         helper.make_graph([node], "realign", inputs, outputs),

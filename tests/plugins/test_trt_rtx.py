@@ -14,8 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from scredge.artifact import read_config
+from scredge.contract import GraphIO
 from scredge.errors import ScredgeError
-from scredge.export.graph import GraphIO
 from scredge.export.pipeline import export_artifact
 from scredge.export.sources import from_preset
 from scredge.plugins.onnx_modes import decomposed, for_plugin

@@ -81,7 +81,7 @@ def test_optimised_graph_is_used_and_agrees(small_window_artifact, tmp_path):
     """`scredge build --backend ort` output: listed in the manifest, loaded, same tokens."""
     import shutil
 
-    from scredge.runtime.build import build_ort
+    from scredge.builder.ort_build import build_ort
     from scredge.runtime.loaders import open_artifact
 
     _, folder = small_window_artifact
@@ -120,7 +120,7 @@ def test_float16_artifact_through_the_runtime(small_window_artifact, tmp_path):
     its float16 state buffers is exercised."""
     from scredge.export.pipeline import export_artifact
     from scredge.export.verify import reference_stepper
-    from scredge.runtime.check import teacher_forced
+    from scredge.teacher_forced import teacher_forced
 
     model, _ = small_window_artifact
     folder = export_artifact(model, tmp_path / "f16", dtype="float16")

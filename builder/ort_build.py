@@ -12,38 +12,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from scredge.artifact import ONNX_FILE, add_to_manifest
+from scredge.artifact import add_to_manifest
+from scredge.contract import ONNX_FILE, ORT_OPTIMIZED_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.runtime.check import ParityReport, teacher_forced
-from scredge.runtime.loaders import Artifact, ort_providers, session_options
+from scredge.runtime.loaders import Artifact, ort_providers, ort_session
 from scredge.runtime.runners.ort_runner import OrtRunner
-
-ORT_OPTIMIZED_FILE = "model.ort-{device}.onnx"
+from scredge.teacher_forced import TeacherForcedReport, teacher_forced
 
 
 def build_ort(artifact: Artifact, device: str = "cpu",
-              log: Callable[[str], None] = lambda s: None) -> tuple[Path, ParityReport]:
+              log: Callable[[str], None] = lambda s: None) -> tuple[Path, TeacherForcedReport]:
     ort = require("onnxruntime")
     providers = ort_providers(device)
     kind = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+    device = kind  # 'auto' resolved once: every session below runs where the graph is for
     name = ORT_OPTIMIZED_FILE.format(device=kind)
     target = artifact.folder / name
     tmp = artifact.folder / f".{name}.partial"
     log(f"optimising the graph for onnxruntime {ort.__version__} ({providers[0]}) ...")
     try:
-        opts = session_options()
-        opts.optimized_model_filepath = str(tmp)
-        ort.InferenceSession(str(artifact.folder / ONNX_FILE), opts, providers=providers)
+        ort_session(artifact.folder / ONNX_FILE, device, save_optimized=tmp)
         log("checking the optimised graph against the exported one ...")
 
-        def runner(path: Path, optimize: bool) -> OrtRunner:
-            session = ort.InferenceSession(str(path), session_options(optimize=optimize),
-                                           providers=providers)
+        def runner(path: Path) -> OrtRunner:  # as written: no further optimisation
+            session = ort_session(path, device, optimize=False)
             return OrtRunner(session, artifact.config, artifact.kv_dtype)
 
-        report = teacher_forced(runner(artifact.folder / ONNX_FILE, False).decoder(2).step,
-                                runner(tmp, False).decoder(2).step,
+        report = teacher_forced(runner(artifact.folder / ONNX_FILE).decoder(2).step,
+                                runner(tmp).decoder(2).step,
                                 artifact.config.vocab_size, artifact.dtype)
         for line in report.lines():
             log("  " + line)

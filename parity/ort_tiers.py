@@ -11,68 +11,23 @@ greedy (agreement length over the reference's greedy tokens).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from scredge.artifact import ONNX_FILE
-from scredge.deps import require
+from scredge.contract import INPUT_IDS, LOGITS, ONNX_FILE, POSITION_IDS
+from scredge.parity.golden_file import Golden
+from scredge.parity.graph_surgery import hidden_output, realign_alone, with_hidden_outputs
+from scredge.parity.report import ParityReport, TierResult
 from scredge.runtime.cache import empty_state, state_from_outputs
-from scredge.runtime.debug_graph import realign_alone, with_hidden_outputs
 from scredge.runtime.generation import positions
-from scredge.runtime.golden import Golden
-from scredge.runtime.loaders import Artifact, ort_providers, session_options
+from scredge.runtime.loaders import Artifact, ort_session
 from scredge.tiers import Thresholds, compare_logits, hidden_metrics
-
-
-@dataclass
-class TierResult:
-    tier: str
-    passed: bool | None  # None: reported, not enforced (e.g. float16 greedy)
-    summary: str
-    metrics: dict = field(default_factory=dict)
-
-
-@dataclass
-class ParityResult:
-    backend: str
-    dtype: str
-    tiers: list[TierResult]
-    first_divergence: dict | None  # {"step": k, "layer": l, "tier": ...} or None
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return all(t.passed is not False for t in self.tiers)
-
-    def table(self) -> str:
-        rows = [f"{'tier':<22} {'result':<7} summary"]
-        for t in self.tiers:
-            mark = {True: "PASS", False: "FAIL", None: "report"}[t.passed]
-            rows.append(f"{t.tier:<22} {mark:<7} {t.summary}")
-        if self.first_divergence:
-            d = self.first_divergence
-            rows.append(f"first divergence: step {d['step']} ({d['phase']}), layer {d['layer']}"
-                        f" ({d['tier']})")
-        rows.append(f"overall: {'PASS' if self.passed else 'FAIL'} "
-                    f"({self.backend}, {self.dtype}, {self.seconds:.1f} s)")
-        return "\n".join(rows)
-
-    def to_json(self) -> dict:
-        return {"backend": self.backend, "dtype": self.dtype, "passed": self.passed,
-                "first_divergence": self.first_divergence, "seconds": self.seconds,
-                "tiers": [asdict(t) for t in self.tiers]}
-
-
-def _session(model_bytes: bytes, device: str):
-    ort = require("onnxruntime")
-    return ort.InferenceSession(model_bytes, session_options(), providers=ort_providers(device))
 
 
 def op_tier(artifact: Artifact, golden: Golden, th: Thresholds, device: str) -> TierResult:
     """The artifact's own `Realign` function alone, in onnxruntime."""
-    session = _session(realign_alone(artifact.folder / ONNX_FILE, golden.kappa), device)
+    session = ort_session(realign_alone(artifact.folder / ONNX_FILE, golden.kappa), device)
     return op_tier_with(lambda feed: session.run(None, feed), artifact, golden, th)
 
 
@@ -99,7 +54,7 @@ def op_tier_with(run_case, artifact: Artifact, golden: Golden, th: Thresholds,
 def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str,
                  dump: Path | None = None) -> tuple[list[TierResult], dict | None]:
     """Layer, logits and teacher-forced decode tiers, and the first divergence."""
-    session = _session(with_hidden_outputs(artifact.folder / ONNX_FILE), device)
+    session = ort_session(with_hidden_outputs(artifact.folder / ONNX_FILE), device)
     names = [o.name for o in session.get_outputs()]
     c = artifact.config
     B = golden.steps_ids[0].shape[0]
@@ -110,18 +65,18 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
             golden.steps_ids, golden.steps_logits, golden.steps_hidden)):
         T = ids.shape[1]
         pos = positions(start, B, T)
-        feed = {"input_ids": ids, "position_ids": pos, **state}
+        feed = {INPUT_IDS: ids, POSITION_IDS: pos, **state}
         out = dict(zip(names, session.run(None, feed)))
         phase = "prefill" if k == 0 else f"decode {k}"
         for l in range(c.n_layers):
-            cos, norm = hidden_metrics(ref_hidden[l], out[f"hidden.{l}"])
+            cos, norm = hidden_metrics(ref_hidden[l], out[hidden_output(l)])
             worst_layer = (min(worst_layer[0], cos), max(worst_layer[1], norm))
             if first is None and (cos < th.layer_cosine or norm > th.layer_norm_tol):
                 first = {"step": k, "phase": phase, "layer": l, "tier": "layer",
                          "cosine": cos, "norm_ratio_error": norm}
                 if dump is not None:
                     write_repro(dump, artifact, feed, k, l)
-        report = compare_logits(ref_logits, out["logits"], th.logits)
+        report = compare_logits(ref_logits, out[LOGITS], th.logits)
         logit_reports.append(report)
         if first is None and not report.passed:  # logits diverge with every layer in bounds
             first = {"step": k, "phase": phase, "layer": c.n_layers - 1, "tier": "logits"}
@@ -184,14 +139,14 @@ def greedy_tier(runner, golden: Golden, th: Thresholds) -> TierResult:
 
 
 def run_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds,
-               device: str = "cpu", dump: Path | None = None) -> ParityResult:
+               device: str = "cpu", dump: Path | None = None) -> ParityReport:
     t0 = time.perf_counter()
     golden.check_matches(artifact)
     tiers = [op_tier(artifact, golden, th, device)]
     decode, first = decode_tiers(artifact, golden, th, device, dump)
     tiers += decode
     tiers.append(greedy_tier(runner, golden, th))
-    return ParityResult(runner.backend, artifact.dtype, tiers, first,
+    return ParityReport(runner.backend, artifact.dtype, tiers, first,
                         time.perf_counter() - t0)
 
 

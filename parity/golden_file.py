@@ -1,5 +1,5 @@
 """The golden file `parity/golden.npz`: what `scredge parity --record` stores (see
-`scredge.export.golden`) and every backend is compared against, torch-free."""
+`scredge.parity.record`) and every backend is compared against, torch-free."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scredge.artifact import WEIGHTS_FILE, atomic_write
+from scredge.artifact import atomic_write
+from scredge.contract import WEIGHTS_FILE
 from scredge.errors import ScredgeError
 
 if TYPE_CHECKING:
     from scredge.runtime.loaders import Artifact
 
-GOLDEN_FILE = "parity/golden.npz"
 
 
 @dataclass

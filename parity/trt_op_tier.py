@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from scredge.artifact import ONNX_FILE
+from scredge.contract import ONNX_FILE
+from scredge.contract import REALIGN_INPUTS as INPUTS
+from scredge.contract import REALIGN_OUTPUTS as OUTPUTS
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.export.realign_onnx import INPUTS, OUTPUTS
-from scredge.runtime.debug_graph import realign_alone
-from scredge.runtime.golden import Golden
+from scredge.parity.golden_file import Golden
+from scredge.parity.graph_surgery import realign_alone
 from scredge.runtime.loaders import Artifact
 
 IN_NAMES, OUT_NAMES = INPUTS, OUTPUTS
@@ -32,7 +33,7 @@ def realign_profile(golden: Golden, width: int) -> dict[str, tuple]:
 
 def build_realign_engine(trt, artifact: Artifact, golden: Golden, backend: str,
                          cc: tuple[int, int] | None) -> bytes:
-    from scredge.runtime.trt_build import build_model_bytes
+    from scredge.builder.trt_build import build_model_bytes
 
     onnx = require("onnx")
     model = onnx.load_from_string(realign_alone(artifact.folder / ONNX_FILE, golden.kappa))

@@ -14,10 +14,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from scredge.artifact import ONNX_FILE, add_to_manifest
+from scredge.artifact import add_to_manifest
 from scredge.cli import main
+from scredge.contract import GOLDEN_FILE, ONNX_FILE
 from scredge.errors import ScredgeError
-from scredge.runtime.golden import GOLDEN_FILE
 from scredge.tiers import tier_thresholds
 
 
@@ -103,9 +103,9 @@ def test_golden_of_another_model_is_refused(recorded, small_window_artifact, tmp
     shutil.copy(recorded / GOLDEN_FILE, other / GOLDEN_FILE)
     add_to_manifest(other, [GOLDEN_FILE])
     with pytest.raises(ScredgeError, match=r"recorded for another model(.|\n)*--record"):
-        from scredge.runtime.golden import Golden
+        from scredge.parity.golden_file import Golden
+        from scredge.parity.ort_tiers import run_parity
         from scredge.runtime.loaders import load_ort, open_artifact
-        from scredge.runtime.parity import run_parity
 
         artifact = open_artifact(other)
         run_parity(artifact, Golden.load(other / GOLDEN_FILE), load_ort(artifact),
@@ -131,9 +131,9 @@ def test_threshold_overrides_apply(recorded, capsys):
 def test_runner_parity_runs_the_runner_tiers(recorded, capsys):
     """The path of `--backend trt`, driven with the onnxruntime runner: logits, teacher-forced
     and greedy pass through the runner's decoder; op and layer are reported as not run."""
-    from scredge.runtime.golden import Golden
+    from scredge.parity.golden_file import Golden
+    from scredge.parity.runner_tiers import runner_parity
     from scredge.runtime.loaders import load_ort, open_artifact
-    from scredge.runtime.parity_runner import runner_parity
 
     artifact = open_artifact(recorded)
     result = runner_parity(artifact, Golden.load(recorded / GOLDEN_FILE), load_ort(artifact),

@@ -10,9 +10,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scredge.contract import (
+    BATCH,
+    DOMAIN,
+    OP_TYPE,
+    PLUGIN_ATTRS,
+    REALIGN_INPUTS,
+    REALIGN_OUTPUTS,
+    SEQUENCE,
+    is_carry,
+    is_kv,
+)
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.export.realign_onnx import DOMAIN, OP_TYPE, PLUGIN_ATTRS
+
+
+def hidden_output(layer: int) -> str:
+    """The extra output `with_hidden_outputs` adds: the hidden state after `layer`."""
+    return f"hidden.{layer}"
 
 
 def hidden_value_names(model) -> list[str]:
@@ -35,13 +50,12 @@ def with_hidden_outputs(onnx_path: Path) -> bytes:
     """model.onnx with outputs hidden.0 .. hidden.{L-1} ([B,T,D], model dtype) appended."""
     onnx = require("onnx")
     model = onnx.load(str(onnx_path))
-    elem = next(i.type.tensor_type.elem_type for i in model.graph.input
-                if i.name.startswith("past_key_values."))
+    elem = next(i.type.tensor_type.elem_type for i in model.graph.input if is_kv(i.name))
     for l, value in enumerate(hidden_value_names(model)):
         model.graph.node.append(onnx.helper.make_node(
-            "Identity", [value], [f"hidden.{l}"], name=f"/parity/hidden.{l}"))
+            "Identity", [value], [hidden_output(l)], name=f"/parity/{hidden_output(l)}"))
         model.graph.output.append(onnx.helper.make_tensor_value_info(
-            f"hidden.{l}", elem, ["batch", "sequence", None]))
+            hidden_output(l), elem, [BATCH, SEQUENCE, None]))
     return model.SerializeToString()
 
 
@@ -54,17 +68,19 @@ def realign_alone(onnx_path: Path, kappa: float) -> bytes:
     if not model.functions:
         raise ScredgeError("the graph carries no scr.Realign function",
                            received=str(onnx_path), fix="re-export the artifact")
-    elem = next(i.type.tensor_type.elem_type for i in model.graph.input
-                if i.name.startswith("past_key_values."))
+    elem = next(i.type.tensor_type.elem_type for i in model.graph.input if is_kv(i.name))
     f32 = TensorProto.FLOAT
-    D = next(d.dim_value for i in model.graph.input if i.name.startswith("scr_past.")
+    D = next(d.dim_value for i in model.graph.input if is_carry(i.name)
              for d in i.type.tensor_type.shape.dim[1:2])  # [B,D] carry: the width
-    bt, b = ["batch", "sequence", D], ["batch"]
-    ins = [helper.make_tensor_value_info(n, t, s) for n, t, s in (
-        ("h", elem, bt), ("m_prev", elem, bt), ("num_in", f32, b + [D]), ("den_in", f32, b + [1]),
-        ("w_r", f32, [D]), ("b_r", f32, [1]), ("w_g", f32, [D]), ("b_g", f32, [1]))]
-    outs = [helper.make_tensor_value_info(n, t, s) for n, t, s in (
-        ("m", elem, bt), ("num_out", f32, b + [D]), ("den_out", f32, b + [1]))]
+    bt, b = [BATCH, SEQUENCE, D], [BATCH]
+    # REALIGN_INPUTS / REALIGN_OUTPUTS order: h, m_prev, num, den, w_r, b_r, w_g, b_g
+    in_types = ((elem, bt), (elem, bt), (f32, b + [D]), (f32, b + [1]),
+                (f32, [D]), (f32, [1]), (f32, [D]), (f32, [1]))
+    out_types = ((elem, bt), (f32, b + [D]), (f32, b + [1]))
+    ins = [helper.make_tensor_value_info(n, t, s)
+           for n, (t, s) in zip(REALIGN_INPUTS, in_types, strict=True)]
+    outs = [helper.make_tensor_value_info(n, t, s)
+            for n, (t, s) in zip(REALIGN_OUTPUTS, out_types, strict=True)]
     node = helper.make_node(OP_TYPE, [i.name for i in ins], [o.name for o in outs],
                             domain=DOMAIN, kappa=kappa, **PLUGIN_ATTRS)
     graph = helper.make_graph([node], "realign_alone", ins, outs)

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from scredge.bench.latency import percentiles
 from scredge.cli import main
-from scredge.runtime.bench import percentiles
 
 KEYS = {"backend", "settings", "ttft_s", "prefill_tokens_per_s", "itl_s",
         "decode_tokens_per_s", "samples", "peak_rss_mib", "gpu_memory_used_mib", "machine"}

@@ -118,10 +118,10 @@ def test_manifest_entry_is_json_clean(built):
 OP_ENGINE = """
 import sys
 from pathlib import Path
-from scredge.runtime.golden import Golden
+from scredge.parity.golden_file import Golden
 from scredge.runtime.loaders import open_artifact
-from scredge.runtime.trt_build import import_trt
-from scredge.runtime.trt_op_tier import build_realign_engine, realign_profile
+from scredge.builder.trt_build import import_trt
+from scredge.parity.trt_op_tier import build_realign_engine, realign_profile
 folder = Path(sys.argv[1])
 artifact, golden = open_artifact(folder), Golden.load(folder / "parity" / "golden.npz")
 assert realign_profile(golden, 32)["h"][2] == (2, 4096, 32)

@@ -2,8 +2,8 @@
 tier): a prefill and decode calls that each thread their own state, both fed the reference's
 greedy tokens, so a divergence shows up at the step where it starts, not as drift.
 
-Torch-free: the exporter checks a graph against `scr_ref` with it, and `scredge build`
-checks a built engine against the exported graph with it.
+Torch-free and backend-free: the exporter checks a graph against `scr_ref` with it, and
+`scredge build` checks a built engine against the exported graph with it.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scredge.runtime.generation import positions
 from scredge.tiers import LogitsReport, compare_logits, logits_thresholds
 
 Stepper = Callable[[np.ndarray, np.ndarray], np.ndarray]  # ids, positions [B,T] -> [B,T,V]
 
 
 @dataclass
-class ParityReport:
+class TeacherForcedReport:
     dtype: str
     phases: list[tuple[str, LogitsReport]]
 
@@ -47,7 +46,7 @@ class ParityReport:
 
 def teacher_forced(reference: Stepper, candidate: Stepper, vocab_size: int, dtype: str, *,
                    batch: int = 2, prompt_len: int = 24, decode_steps: int = 8,
-                   seed: int = 0) -> ParityReport:
+                   seed: int = 0) -> TeacherForcedReport:
     thresholds = logits_thresholds(dtype)
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab_size, size=(batch, prompt_len), dtype=np.int64)
@@ -55,11 +54,11 @@ def teacher_forced(reference: Stepper, candidate: Stepper, vocab_size: int, dtyp
     start = 0
     for step in range(decode_steps + 1):
         T = ids.shape[1]
-        pos = positions(start, batch, T)
+        pos = np.tile(np.arange(start, start + T, dtype=np.int64), (batch, 1))
         ref = np.asarray(reference(ids, pos), dtype=np.float32).copy()
         got = np.asarray(candidate(ids, pos), dtype=np.float32)
         phases.append(("prefill" if step == 0 else f"decode {step}",
                        compare_logits(ref, got, thresholds)))
         start += T
         ids = ref[:, -1].argmax(-1).astype(np.int64)[:, None]
-    return ParityReport(dtype, phases)
+    return TeacherForcedReport(dtype, phases)

@@ -14,9 +14,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from scredge.artifact import WEIGHTS_FILE, add_to_manifest
+from scredge.artifact import add_to_manifest
+from scredge.contract import GOLDEN_FILE, WEIGHTS_FILE, present_carry, present_kv
 from scredge.deps import require
-from scredge.runtime.golden import GOLDEN_FILE, Golden
+from scredge.parity.golden_file import Golden
 from scredge.runtime.loaders import Artifact
 
 OP_CASES = ((2, 7), (1, 1), (1, 4096))  # (B, T): a chunk, a decode step, a long call
@@ -68,11 +69,11 @@ def record_golden(artifact: Artifact, *, batch: int = 2, prompt_len: int = 24,
 
     final = {}
     for i in range(c.n_layers):
-        final[f"present.{i}.key"] = state.keys[i].numpy()
-        final[f"present.{i}.value"] = state.values[i].numpy()
+        final[present_kv(i, "key")] = state.keys[i].numpy()
+        final[present_kv(i, "value")] = state.values[i].numpy()
     for i in c.scr_layers:
-        final[f"scr_present.{i}.num"] = state.scr_num[i].numpy()
-        final[f"scr_present.{i}.den"] = state.scr_den[i].numpy()
+        final[present_carry(i, "num")] = state.scr_num[i].numpy()
+        final[present_carry(i, "den")] = state.scr_den[i].numpy()
 
     op_inputs, op_outputs = [], []
     g = torch.Generator().manual_seed(seed)

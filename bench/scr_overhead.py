@@ -4,12 +4,11 @@ peak memory is that model's alone. Needs torch to export the SCR-free twin."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import multiprocessing
 import tempfile
 from pathlib import Path
 
+from scredge.contract import WEIGHTS_FILE
 from scredge.deps import require
 
 
@@ -21,29 +20,39 @@ def _twin_without_scr(folder: Path, out: Path) -> Path:
     from scredge.runtime.loaders import open_artifact
 
     artifact = open_artifact(folder)
-    model = load_checkpoint(folder / "model.safetensors", artifact.config)
+    model = load_checkpoint(folder / WEIGHTS_FILE, artifact.config)
     plain = SCRForCausalLM(artifact.config.with_(scr_layers=()))
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".scr." not in k})
     return export_artifact(plain.eval(), out, dtype=artifact.dtype,
                            source={"kind": "scr-overhead twin", "of": str(folder)})
 
 
-def _bench_in_child(folder: Path, args) -> dict:
-    cmd = [sys.executable, "-m", "scredge", "bench", str(folder), "--json",
-           "--device", args.device, "--prompt-len", str(args.prompt_len),
-           "--gen-len", str(args.gen_len), "--batch", str(args.batch),
-           "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+def _bench_folder(folder: str, settings: dict) -> dict:
+    """Runs in a fresh process: only this artifact's memory counts in its peak RSS."""
+    from scredge.bench.report import run_bench
+
+    return run_bench(folder, **settings)[0]
 
 
-def scr_overhead(folder: Path, args) -> dict:
+def _bench_in_child(folder: Path, settings: dict) -> dict:
+    # spawn, not fork: a forked child would inherit the parent's pages (torch, the twin's
+    # export) and its peak RSS with them
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_bench_folder, (str(folder), settings))
+
+
+def scr_overhead(folder: str | Path, *, device: str = "auto", threads: int | None = None,
+                 prompt_len: int = 128, gen_len: int = 128, batch: int = 1, warmup: int = 1,
+                 repeat: int = 3) -> dict:
+    from scredge.bench.report import check_settings
+
+    check_settings(prompt_len=prompt_len, gen_len=gen_len, batch=batch, repeat=repeat)
+    settings = dict(device=device, threads=threads, prompt_len=prompt_len, gen_len=gen_len,
+                    batch=batch, warmup=warmup, repeat=repeat)
     with tempfile.TemporaryDirectory(prefix="scredge-noscr-") as tmp:
         twin = _twin_without_scr(Path(folder), Path(tmp) / "no-scr")
-        with_scr = _bench_in_child(Path(folder), args)
-        without = _bench_in_child(twin, args)
+        with_scr = _bench_in_child(Path(folder), settings)
+        without = _bench_in_child(twin, settings)
     ratio = {
         "decode_latency": without["decode_tokens_per_s"] / with_scr["decode_tokens_per_s"],
         "ttft": with_scr["ttft_s"] / without["ttft_s"],

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import time
 
-from scredge.runtime.generation import positions
-from scredge.runtime.golden import Golden
-from scredge.runtime.loaders import Artifact
-from scredge.runtime.parity import (
-    ParityResult,
-    TierResult,
+from scredge.parity.golden_file import Golden
+from scredge.parity.ort_tiers import (
     greedy_tier,
     logits_tiers,
     op_tier_with,
     state_error,
 )
+from scredge.parity.report import ParityReport, TierResult
+from scredge.runtime.generation import positions
+from scredge.runtime.loaders import Artifact
 from scredge.tiers import Thresholds, compare_logits
 
 
-def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) -> ParityResult:
+def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) -> ParityReport:
     t0 = time.perf_counter()
     golden.check_matches(artifact)
     skipped = f"not run on {runner.backend}: needs the ONNX graph; run `scredge parity " \
@@ -46,7 +45,7 @@ def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) ->
                  "layer": artifact.config.n_layers - 1, "tier": "logits"}
     tiers += logits_tiers(reports, _state_error(dec, golden))
     tiers.append(greedy_tier(runner, golden, th))
-    return ParityResult(runner.backend, artifact.dtype, tiers, first, time.perf_counter() - t0)
+    return ParityReport(runner.backend, artifact.dtype, tiers, first, time.perf_counter() - t0)
 
 
 def _op_tier(artifact: Artifact, golden: Golden, runner, th: Thresholds) -> TierResult:
@@ -57,9 +56,9 @@ def _op_tier(artifact: Artifact, golden: Golden, runner, th: Thresholds) -> Tier
             f"{runner.backend} has no Realign plugin"
         return TierResult("op (Realign)", None, f"not run: {why}; the ONNX function is "
                           f"checked by `scredge parity {artifact.folder} --backend ort`")
+    from scredge.builder.trt_build import import_trt
     from scredge.device import compute_capability
-    from scredge.runtime.trt_build import import_trt
-    from scredge.runtime.trt_op_tier import build_realign_engine, trt_case_runner
+    from scredge.parity.trt_op_tier import build_realign_engine, trt_case_runner
 
     trt = import_trt(entry["backend"])
     engine = build_realign_engine(trt, artifact, golden, entry["backend"], compute_capability())

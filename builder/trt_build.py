@@ -26,18 +26,17 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from scredge.artifact import ONNX_FILE, add_to_manifest
+from scredge.artifact import add_to_manifest
+from scredge.contract import ENGINE_FILE, INPUT_IDS, ONNX_FILE
 from scredge.deps import require
 from scredge.device import compute_capability, gpu_unavailable_reason
 from scredge.errors import ScredgeError
-from scredge.plugins import trt as trt_modules
 from scredge.plugins.realign import python_plugin
+from scredge.plugins.trt import TRT_MODULES
 from scredge.runtime import trt_profiles
 from scredge.runtime.loaders import Artifact
 
-BACKENDS = trt_modules.MODULES
 _TAG = {"tensorrt": "trt", "tensorrt_rtx": "trtrtx"}
-ENGINE_FILE = "model.{tag}.engine"
 PLUGIN = {"name": python_plugin.NAME, "namespace": python_plugin.NAMESPACE,
           "version": python_plugin.VERSION, "python": python_plugin.__name__}
 CACHE_ENV = "SCREDGE_CACHE_DIR"
@@ -64,9 +63,9 @@ def import_trt(backend: str) -> ModuleType:
     Polygraphy reads POLYGRAPHY_USE_TENSORRT_RTX once, when `polygraphy.config` is first
     imported, and binds its lazy TensorRT import then; so the variable is set before that,
     and a process that already imported Polygraphy for the other module is refused."""
-    if backend not in BACKENDS:
+    if backend not in TRT_MODULES:
         raise ScredgeError("unknown TensorRT backend", received=repr(backend),
-                           expected=f"one of {list(BACKENDS)}")
+                           expected=f"one of {list(TRT_MODULES)}")
     from scredge.plugins.trt import load_trt
 
     trt = load_trt(backend)
@@ -136,7 +135,7 @@ def build_trt(artifact: Artifact, backend: str = "tensorrt_rtx", *, no_plugin: b
         "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
         "plugin_mode": mode, "plugin_layers": plugin_layers,
         "plugins": [] if no_plugin else [PLUGIN], "dtype": artifact.dtype,
-        "max_batch": max_batch, "max_prefill": profs[0]["input_ids"][2][1],
+        "max_batch": max_batch, "max_prefill": profs[trt_profiles.PREFILL][INPUT_IDS][2][1],
         "max_context": max_context, "profiles": trt_profiles.to_json(profs),
     }
     add_to_manifest(artifact.folder, [name], engines={tag: entry})

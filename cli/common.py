@@ -1,0 +1,45 @@
+"""Arguments several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scredge.config import PRESETS, SCRConfig
+from scredge.errors import ScredgeError
+
+CUDA_GRAPH_HELP = "with --backend trt: replay the steady decode step from CUDA graphs"
+
+
+def add_model_source(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", default="tiny",
+                   help=f"named config: {', '.join(PRESETS)} (default tiny)")
+    g.add_argument("--config", type=Path,
+                   help="a config JSON file (bare fields or {\"model\": {...}})")
+
+
+def config_from_args(args: argparse.Namespace) -> SCRConfig:
+    if args.config is not None:
+        return SCRConfig.load(args.config)
+    return SCRConfig.preset(args.preset)
+
+
+def add_folder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
+
+
+def check_cuda_graph(args: argparse.Namespace) -> None:
+    """--cuda-graph names the TensorRT runner: refuse it with --backend ort."""
+    if args.cuda_graph and args.backend != "trt":
+        raise ScredgeError("--cuda-graph is a TensorRT runner option",
+                           received=f"--backend {args.backend} --cuda-graph",
+                           expected="--backend trt --cuda-graph",
+                           fix="add --backend trt (needs an engine from `scredge build`), or "
+                               "drop --cuda-graph")
+
+
+def print_json_or_lines(data: dict, lines: list[str], as_json: bool) -> None:
+    import json
+
+    print(json.dumps(data, indent=2) if as_json else "\n".join(lines))

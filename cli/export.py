@@ -1,0 +1,49 @@
+"""`scredge export`: a model to a verified ONNX artifact folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scredge.config import PRESETS
+
+
+def add(sub) -> None:
+    p = sub.add_parser("export", help="export a model to a verified ONNX artifact folder")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="tiny",
+                     help=f"seeded model of a named config: {', '.join(PRESETS)} (default tiny)")
+    src.add_argument("--pretrained", metavar="NAME",
+                     help="a checkpoint shipped with scredge and trained by `scredge train`: "
+                          "tiny (prose)")
+    src.add_argument("--from-llama", type=Path, metavar="DIR",
+                     help="a local Hugging Face Llama/Mistral folder (config.json + safetensors); "
+                          "SCR layers are added with gamma = 0")
+    p.add_argument("--config", type=Path,
+                   help="a config JSON file (seeded weights, or the config of --weights)")
+    p.add_argument("--weights", type=Path, help="a .safetensors checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or float16")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
+                                        "preset's or config's; every layer for --from-llama)")
+    p.add_argument("--out", required=True, help="the artifact folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scredge.export.pipeline import check_options, export_artifact
+    from scredge.export.sources import select_source
+
+    out = Path(args.out)
+    # refuse bad options before building or loading anything
+    check_options(out.absolute(), args.dtype, args.opset, args.force, window=None)
+    src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
+                        config=args.config, weights=args.weights, scr_layers=args.scr_layers,
+                        seed=args.seed)
+    path = export_artifact(src.model, out, dtype=args.dtype, opset=args.opset,
+                           force=args.force, source=src.description,
+                           log=lambda s: print(s, flush=True))
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,52 @@
+"""`scredge generate`: text from an artifact folder, torch-free."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from scredge.cli.common import CUDA_GRAPH_HELP, add_folder
+
+
+def add(sub) -> None:
+    p = sub.add_parser("generate", help="generate text from an artifact folder (torch-free)")
+    add_folder(p)
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--backend", default="auto", choices=["auto", "ort", "trt"])
+    p.add_argument("--cuda-graph", action="store_true", help=CUDA_GRAPH_HELP)
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: ids, text, backend, timing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scredge.runtime import Engine
+
+    engine = Engine.load(args.folder, backend=args.backend, cuda_graph=args.cuda_graph)
+    kwargs = dict(max_new_tokens=args.max_new_tokens,
+                  temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                  stop=args.stop or ())
+    if args.stream and not args.json:
+        print(args.prompt, end="", flush=True)
+        for piece in engine.stream(args.prompt, **kwargs):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    result = engine.generate(args.prompt, **kwargs)
+    if args.json:
+        print(json.dumps({"ids": result.ids, "text": result.text, "backend": engine.backend,
+                          "finish_reason": result.finish_reason,
+                          "prompt_tokens": result.prompt_tokens, "timing": result.timing}))
+    else:
+        print(args.prompt + result.text)
+    return 0

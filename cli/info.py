@@ -1,0 +1,54 @@
+"""`scredge info` (versions, backends, presets) and `scredge init` (a seeded checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import scredge
+from scredge.cli.common import add_model_source, config_from_args
+from scredge.config import PRESETS
+from scredge.deps import installed_versions
+
+
+def add(sub) -> None:
+    p = sub.add_parser("info", help="versions, installed backends and presets")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_info)
+
+    p = sub.add_parser("init", help="write a seeded reference checkpoint (needs the ref extra)")
+    add_model_source(p)
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--gamma", type=float, default=0.1,
+                   help="initial SCR scale; 0 makes SCR an exact identity (default 0.1)")
+    p.add_argument("--out", required=True, help="checkpoint path, ending in .safetensors")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.set_defaults(func=run_init)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    report = {
+        "scredge": scredge.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "modules": installed_versions(),
+        "presets": {name: cfg.to_dict() for name, cfg in PRESETS.items()},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"scredge {report['scredge']} on Python {report['python']} ({report['machine']})")
+    for mod, ver in report["modules"].items():
+        print(f"  {mod:<13} {ver or 'not installed'}")
+    print("presets: " + ", ".join(PRESETS))
+    return 0
+
+
+def run_init(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from scredge.ref import init_checkpoint
+
+    out, config_path, n = init_checkpoint(config, args.out, args.seed, args.gamma, args.force)
+    print(f"wrote {out} ({n:,} parameters, seed {args.seed}) and {config_path}")
+    return 0

@@ -1,0 +1,160 @@
+"""The contract between the parts (SCR_SPEC sections 2-4), defined once.
+
+The exporter writes these names, the runtime, the TensorRT builder and plugin, and the
+parity tools read them; no other module spells them out. Pure Python (numpy only), so
+the torch-free layers import it without importing the exporter.
+
+- the `scr.Realign` op: domain, type, version, attributes, input/output names (section 2)
+- the decoder graph's inputs and outputs, and the state layout: which tensor is a KV
+  cache or an SCR carry, its shape and dtype, and which input takes an output next call
+  (section 3)
+- the artifact folder's file names (section 4)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scredge.config import SCRConfig
+
+# ---- the Realign op (SCR_SPEC section 2) ----------------------------------------------
+DOMAIN = "scr"
+OP_TYPE = "Realign"
+OP_VERSION = 1
+# on every node: how the TensorRT ONNX parser finds the plugin (name Realign, version 1,
+# namespace scr)
+PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = OP_TYPE, "1", DOMAIN
+PLUGIN_ATTRS = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
+REALIGN_INPUTS = ("h", "m_prev", "num_in", "den_in", "w_r", "b_r", "w_g", "b_g")
+REALIGN_OUTPUTS = ("m", "num_out", "den_out")
+
+# ---- the decoder graph (SCR_SPEC section 3) -------------------------------------------
+INPUT_IDS = "input_ids"
+POSITION_IDS = "position_ids"
+LOGITS = "logits"
+TOKEN_INPUTS = (INPUT_IDS, POSITION_IDS)
+KV = ("key", "value")
+CARRY = ("num", "den")
+_PAST_KV, _PRESENT_KV = "past_key_values.", "present."
+_PAST_SCR, _PRESENT_SCR = "scr_past.", "scr_present."
+
+
+def past_kv(layer: int, kv: str) -> str:
+    return f"{_PAST_KV}{layer}.{kv}"
+
+
+def present_kv(layer: int, kv: str) -> str:
+    return f"{_PRESENT_KV}{layer}.{kv}"
+
+
+def past_carry(layer: int, part: str) -> str:
+    return f"{_PAST_SCR}{layer}.{part}"
+
+
+def present_carry(layer: int, part: str) -> str:
+    return f"{_PRESENT_SCR}{layer}.{part}"
+
+
+def is_kv(name: str) -> bool:
+    """A KV-cache tensor, input or output."""
+    return name.startswith((_PAST_KV, _PRESENT_KV))
+
+
+def is_carry(name: str) -> bool:
+    """An SCR carry tensor (num or den), input or output."""
+    return name.startswith((_PAST_SCR, _PRESENT_SCR))
+
+
+def is_state_output(name: str) -> bool:
+    return name.startswith((_PRESENT_KV, _PRESENT_SCR))
+
+
+def past_name(output: str) -> str:
+    """The input that takes a state output next call: present.* -> past_key_values.*,
+    scr_present.* -> scr_past.*."""
+    if output.startswith(_PRESENT_SCR):
+        return _PAST_SCR + output[len(_PRESENT_SCR):]
+    if output.startswith(_PRESENT_KV):
+        return _PAST_KV + output[len(_PRESENT_KV):]
+    raise ValueError(f"not a state output: {output!r}")
+
+
+def present_name(past: str) -> str:
+    """The output a state input becomes: the inverse of `past_name`."""
+    if past.startswith(_PAST_SCR):
+        return _PRESENT_SCR + past[len(_PAST_SCR):]
+    if past.startswith(_PAST_KV):
+        return _PRESENT_KV + past[len(_PAST_KV):]
+    raise ValueError(f"not a state input: {past!r}")
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """Input and output names of a config's decoder graph, in graph order."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @classmethod
+    def for_config(cls, c: SCRConfig) -> GraphIO:
+        layers, scr = range(c.n_layers), c.scr_layers
+        inputs = (
+            *TOKEN_INPUTS,
+            *(past_kv(i, kv) for i in layers for kv in KV),
+            *(past_carry(i, p) for i in scr for p in CARRY),
+        )
+        outputs = (
+            LOGITS,
+            *(present_kv(i, kv) for i in layers for kv in KV),
+            *(present_carry(i, p) for i in scr for p in CARRY),
+        )
+        return cls(inputs, outputs)
+
+    @property
+    def state_inputs(self) -> tuple[str, ...]:
+        return tuple(n for n in self.inputs if is_kv(n) or is_carry(n))
+
+    @property
+    def state_outputs(self) -> tuple[str, ...]:
+        return tuple(n for n in self.outputs if is_state_output(n))
+
+
+# Symbolic dimension names as exported; state shapes below use the same names.
+BATCH, SEQUENCE, PAST, PRESENT = "batch", "sequence", "past_sequence", "present_sequence"
+
+
+def state_shape(c: SCRConfig, name: str, batch: int | str = BATCH,
+                past: int | str = PAST) -> tuple[int | str, ...]:
+    """The shape of a state tensor (input or output): KV [B, Hk, P, Dh], num [B, D],
+    den [B, 1]. `past` is P for an input, P' for an output."""
+    if is_kv(name):
+        return (batch, c.n_kv_heads, past, c.head_dim)
+    if is_carry(name):
+        return (batch, c.d_model) if name.endswith(".num") else (batch, 1)
+    raise ValueError(f"not a state tensor: {name!r}")
+
+
+def tensor_dtype(name: str, kv_dtype: np.dtype) -> np.dtype:
+    """Token inputs are int64; logits and SCR carries float32 whatever the model dtype;
+    the KV cache is in the model dtype."""
+    if name in TOKEN_INPUTS:
+        return np.dtype(np.int64)
+    if name == LOGITS or is_carry(name):
+        return np.dtype(np.float32)
+    if is_kv(name):
+        return np.dtype(kv_dtype)
+    raise ValueError(f"not a decoder graph tensor: {name!r}")
+
+
+# ---- the artifact folder (SCR_SPEC section 4) -----------------------------------------
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+ONNX_DATA_FILE = "model.onnx.data"
+MANIFEST_FILE = "manifest.json"
+GOLDEN_FILE = "parity/golden.npz"  # the reference outputs `scredge parity` compares with
+ORT_OPTIMIZED_FILE = "model.ort-{device}.onnx"  # `scredge build --backend ort`, per device
+ENGINE_FILE = "model.{tag}.engine"  # `scredge build` TensorRT engines, tagged by version/GPU
+FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one

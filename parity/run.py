@@ -1,0 +1,57 @@
+"""`scredge parity` as one call: open the folder, get the reference (golden file, a fresh
+recording, or scr_ref run live), run every tier the backend can run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from scredge.contract import GOLDEN_FILE
+from scredge.errors import ScredgeError
+from scredge.parity.golden_file import Golden
+from scredge.parity.report import ParityReport
+from scredge.runtime.loaders import load_ort, open_artifact
+from scredge.tiers import Thresholds, tier_thresholds, with_overrides
+
+
+def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
+          record: bool = False, live: bool = False, dtype: str | None = None,
+          overrides: dict[str, float | None] | None = None, cuda_graph: bool = False,
+          dump: Path | None = None,
+          log: Callable[[str], None] = lambda s: None) -> ParityReport:
+    """Run the parity tiers on `folder` through `backend` ('ort' or 'trt').
+
+    record: run scr_ref (torch) and store the golden file first; live: compare with scr_ref
+    run now instead of the golden file; dtype: thresholds of that dtype (default: the
+    artifact's), each overridable through `overrides` (see `tiers.with_overrides`); dump:
+    write the first diverging call's inputs there (onnxruntime only)."""
+    from scredge.runtime.engine import check_backend_options
+
+    check_backend_options(backend, cuda_graph)
+    if backend == "trt" and dump is not None:
+        raise ScredgeError("--dump replays a call in onnxruntime: it needs --backend ort",
+                           received="--backend trt --dump", expected="--backend ort --dump DIR")
+    artifact = open_artifact(folder)
+    if record:
+        from scredge.parity.record import record_into
+
+        log(f"recording the reference (scr_ref) into {artifact.folder / GOLDEN_FILE} ...")
+        artifact = record_into(artifact)  # its manifest now lists the golden file
+    if live:
+        from scredge.parity.record import record_golden
+
+        golden = record_golden(artifact)
+    else:
+        golden = Golden.load(artifact.folder / GOLDEN_FILE)
+    th: Thresholds = with_overrides(tier_thresholds(dtype or artifact.dtype),
+                                    **(overrides or {}))
+    if backend == "trt":
+        from scredge.parity.runner_tiers import runner_parity
+        from scredge.runtime.trt_loader import load_trt_runner
+
+        return runner_parity(artifact, golden, load_trt_runner(artifact, cuda_graph=cuda_graph),
+                             th)
+    from scredge.parity.ort_tiers import run_parity
+
+    runner = load_ort(artifact, device=device)
+    return run_parity(artifact, golden, runner, th, device=runner.device, dump=dump)
