@@ -13,7 +13,9 @@ from pathlib import Path
 from scredge.deps import require
 
 
-def _twin_without_scr(folder: Path, out: Path) -> Path:
+def twin_without_scr(folder: Path, out: Path) -> Path:
+    """Export the artifact in `folder` again to `out` with `scr_layers = []`: every other
+    tensor identical."""
     require("torch")
     from scredge.export.pipeline import export_artifact
     from scredge.ref import load_checkpoint
@@ -41,7 +43,7 @@ def _bench_in_child(folder: Path, args) -> dict:
 
 def scr_overhead(folder: Path, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="scredge-noscr-") as tmp:
-        twin = _twin_without_scr(Path(folder), Path(tmp) / "no-scr")
+        twin = twin_without_scr(Path(folder), Path(tmp) / "no-scr")
         with_scr = _bench_in_child(Path(folder), args)
         without = _bench_in_child(twin, args)
     ratio = {
