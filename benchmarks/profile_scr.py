@@ -138,7 +138,9 @@ def table(with_scr: RunProfile, without: RunProfile, title: str) -> list[str]:
         _row("executor (between kernels)", a.executor_us, b.executor_us),
         _row("**model_run**", a.wall_us, b.wall_us) + f" x{a.wall_us / b.wall_us:.2f}",
         "",
-        f"SCR's own nodes: {a.scr_nodes:.0f} per run, {a.scr_kernel_us:.1f} µs of kernel time.",
+        f"SCR's own nodes: {a.scr_nodes:.0f} per run, {a.scr_kernel_us:.1f} µs of kernel time, "
+        f"{a.scr_kernel_us / max(sum(a.kernel_us.values()) - a.scr_kernel_us, 1e-9):.1%} of the "
+        f"other nodes' (a ratio within one profile: the least disturbed by other tenants).",
         ""]
     return lines
 
