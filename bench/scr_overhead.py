@@ -12,7 +12,9 @@ from scredge.contract import WEIGHTS_FILE
 from scredge.deps import require
 
 
-def _twin_without_scr(folder: Path, out: Path) -> Path:
+def twin_without_scr(folder: Path, out: Path) -> Path:
+    """Export the artifact in `folder` again to `out` with `scr_layers = []`: every other
+    tensor identical."""
     require("torch")
     from scredge.export.pipeline import export_artifact
     from scredge.ref import load_checkpoint
@@ -50,7 +52,7 @@ def scr_overhead(folder: str | Path, *, device: str = "auto", threads: int | Non
     settings = dict(device=device, threads=threads, prompt_len=prompt_len, gen_len=gen_len,
                     batch=batch, warmup=warmup, repeat=repeat)
     with tempfile.TemporaryDirectory(prefix="scredge-noscr-") as tmp:
-        twin = _twin_without_scr(Path(folder), Path(tmp) / "no-scr")
+        twin = twin_without_scr(Path(folder), Path(tmp) / "no-scr")
         with_scr = _bench_in_child(Path(folder), settings)
         without = _bench_in_child(twin, settings)
     ratio = {

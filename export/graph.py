@@ -19,6 +19,7 @@ from scredge.config import SCRConfig
 from scredge.contract import GraphIO
 from scredge.deps import require
 from scredge.export import realign_onnx
+from scredge.export.fold_scale import fold_scr_scale
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -102,6 +103,7 @@ def export_graph(model, opset: int = DEFAULT_OPSET, max_seq: int = 1 << 20):
         )
     proto = program.model_proto
     _rename_nodes(proto)
+    fold_scr_scale(proto)
     _attach_realign_function(proto, opset)
     _name_dynamic_dims(proto)
     proto.producer_name = "scredge"

@@ -72,7 +72,21 @@ def translation_table() -> dict:
 
 
 def realign_function(opset: int):
-    """The FunctionProto `scr.Realign`: SCR_SPEC section 2 in standard ops, float32 inside."""
+    """The FunctionProto `scr.Realign`: SCR_SPEC section 2 in standard ops, float32 inside.
+
+    Written for onnxruntime's CPU executor, where a decode step (T = 1) pays a fixed cost
+    per node (dispatch, output allocation), which is most of this op's time there, while a
+    prefill (T = 4096) pays per element. So: every weight-only expression (the [D,2] score
+    matrix, its bias, the exp scale) is a constant that onnxruntime folds at load, and each
+    remaining node does work at every T:
+      - one MatMul scores relevance and gate together: h @ [-2 w_r / kappa, w_g] + b;
+      - one Sigmoid serves both, since kappa * tanh(x) - kappa = -2 kappa * sigmoid(-2 x)
+        (so e = exp(-2 kappa * sigmoid(-2 (w_r . h + b_r) / kappa)), no cancellation);
+      - scores stay [B,T,1] (no Unsqueeze), one Split separates them;
+      - m = m_prev + beta (c - m_prev): three [B,T,D] nodes instead of four;
+      - the carries are one Gather each (index -1 drops the T axis), not Slice + Squeeze.
+    The two Casts and the CastLike are identities for float32 (onnxruntime removes them).
+    """
     onnx = require("onnx")
     from onnx import TensorProto, helper
 
@@ -81,52 +95,53 @@ def realign_function(opset: int):
         return helper.make_node("Constant", [], [name], value=helper.make_tensor(
             name + "_value", dtype, list(dims), vals))
 
-    kappa = helper.make_node("Constant", [], ["kappa"])
+    node = helper.make_node
+    kappa = node("Constant", [], ["kappa"])
     kappa.attribute.append(onnx.AttributeProto(
         name="value_float", ref_attr_name="kappa", type=onnx.AttributeProto.FLOAT))
+    split = {"num_outputs": 2} if opset >= 18 else {}  # equal halves either way
     nodes = [
         kappa,
-        const("one", 1.0),
+        const("minus_two", -2.0),
         const("axis_t", 1, TensorProto.INT64),
         const("axes_t", [1], TensorProto.INT64, [1]),
-        const("axes_last", [-1], TensorProto.INT64, [1]),
-        const("last_start", [-1], TensorProto.INT64, [1]),
-        const("last_end", [2**62], TensorProto.INT64, [1]),
-        helper.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT),  # [B,T,D]
-        helper.make_node("Cast", ["m_prev"], ["mpf"], to=TensorProto.FLOAT),
-        # r = kappa * tanh((w_r . h + b_r) / kappa); e = exp(r - kappa)        [B,T]
-        helper.make_node("MatMul", ["hf", "w_r"], ["sr0"]),
-        helper.make_node("Add", ["sr0", "b_r"], ["sr"]),
-        helper.make_node("Div", ["sr", "kappa"], ["sr_k"]),
-        helper.make_node("Tanh", ["sr_k"], ["tanh_r"]),
-        helper.make_node("Mul", ["tanh_r", "kappa"], ["r"]),
-        helper.make_node("Sub", ["r", "kappa"], ["r_shift"]),
-        helper.make_node("Exp", ["r_shift"], ["e0"]),
-        helper.make_node("Unsqueeze", ["e0", "axes_last"], ["e"]),  # [B,T,1]
+        const("axes_col", [1], TensorProto.INT64, [1]),
+        const("last", -1, TensorProto.INT64),
+        # weight-only constants, folded at load: W [D,2], b [2], the exp scale -2 kappa
+        node("Div", ["minus_two", "kappa"], ["r_scale"]),
+        node("Mul", ["w_r", "r_scale"], ["w_r2"]),
+        node("Mul", ["b_r", "r_scale"], ["b_r2"]),
+        node("Unsqueeze", ["w_r2", "axes_col"], ["w_r_col"]),
+        node("Unsqueeze", ["w_g", "axes_col"], ["w_g_col"]),
+        node("Concat", ["w_r_col", "w_g_col"], ["w_rg"], axis=1),
+        node("Concat", ["b_r2", "b_g"], ["b_rg"], axis=0),
+        node("Mul", ["minus_two", "kappa"], ["e_scale"]),
+        # per token
+        node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT),  # [B,T,D]
+        node("Cast", ["m_prev"], ["mpf"], to=TensorProto.FLOAT),
+        node("MatMul", ["hf", "w_rg"], ["s0"]),  # [B,T,2]
+        node("Add", ["s0", "b_rg"], ["s"]),
+        node("Sigmoid", ["s"], ["sig"]),  # [sigmoid(-2 x_r), beta]
+        node("Split", ["sig"], ["sig_r", "beta"], axis=2, **split),  # [B,T,1] each
+        node("Mul", ["sig_r", "e_scale"], ["log_e"]),  # r - kappa, in (-2 kappa, 0)
+        node("Exp", ["log_e"], ["e"]),
         # N_t = num_in + cumsum(e h); Z_t = den_in + cumsum(e)                [B,T,D], [B,T,1]
-        helper.make_node("Mul", ["e", "hf"], ["eh"]),
-        helper.make_node("CumSum", ["eh", "axis_t"], ["cs_num"]),
-        helper.make_node("CumSum", ["e", "axis_t"], ["cs_den"]),
-        helper.make_node("Unsqueeze", ["num_in", "axes_t"], ["num_in3"]),  # [B,1,D]
-        helper.make_node("Unsqueeze", ["den_in", "axes_t"], ["den_in3"]),  # [B,1,1]
-        helper.make_node("Add", ["num_in3", "cs_num"], ["num_all"]),
-        helper.make_node("Add", ["den_in3", "cs_den"], ["den_all"]),
-        helper.make_node("Div", ["num_all", "den_all"], ["c"]),
-        # beta = sigmoid(w_g . h + b_g); m = (1 - beta) m_prev + beta c
-        helper.make_node("MatMul", ["hf", "w_g"], ["sg0"]),
-        helper.make_node("Add", ["sg0", "b_g"], ["sg"]),
-        helper.make_node("Sigmoid", ["sg"], ["beta0"]),
-        helper.make_node("Unsqueeze", ["beta0", "axes_last"], ["beta"]),  # [B,T,1]
-        helper.make_node("Sub", ["one", "beta"], ["keep"]),
-        helper.make_node("Mul", ["keep", "mpf"], ["m_old"]),
-        helper.make_node("Mul", ["beta", "c"], ["m_new"]),
-        helper.make_node("Add", ["m_old", "m_new"], ["m32"]),
-        helper.make_node("CastLike", ["m32", "h"], ["m"]),
+        node("Mul", ["e", "hf"], ["eh"]),
+        node("CumSum", ["eh", "axis_t"], ["cs_num"]),
+        node("CumSum", ["e", "axis_t"], ["cs_den"]),
+        node("Unsqueeze", ["num_in", "axes_t"], ["num_in3"]),  # [B,1,D]
+        node("Unsqueeze", ["den_in", "axes_t"], ["den_in3"]),  # [B,1,1]
+        node("Add", ["num_in3", "cs_num"], ["num_all"]),
+        node("Add", ["den_in3", "cs_den"], ["den_all"]),
+        node("Div", ["num_all", "den_all"], ["c"]),
+        # m = (1 - beta) m_prev + beta c = m_prev + beta (c - m_prev)
+        node("Sub", ["c", "mpf"], ["delta"]),
+        node("Mul", ["beta", "delta"], ["moved"]),
+        node("Add", ["mpf", "moved"], ["m32"]),
+        node("CastLike", ["m32", "h"], ["m"]),
         # carries out: the last token's prefix sums                          [B,D], [B,1]
-        helper.make_node("Slice", ["num_all", "last_start", "last_end", "axes_t"], ["num_last"]),
-        helper.make_node("Slice", ["den_all", "last_start", "last_end", "axes_t"], ["den_last"]),
-        helper.make_node("Squeeze", ["num_last", "axes_t"], ["num_out"]),
-        helper.make_node("Squeeze", ["den_last", "axes_t"], ["den_out"]),
+        node("Gather", ["num_all", "last"], ["num_out"], axis=1),
+        node("Gather", ["den_all", "last"], ["den_out"], axis=1),
     ]
     return helper.make_function(
         DOMAIN, OP_TYPE, list(REALIGN_INPUTS), list(REALIGN_OUTPUTS), nodes,

@@ -1,0 +1,173 @@
+"""SCR's own cost on onnxruntime (CPU): the same weights with SCR on every layer and without
+SCR (`scr_layers = []`), decode step and prefill latency, batch 1.
+
+Each sample is its own process (the model alone in memory and caches), and the two models
+alternate, round after round, so drift on a shared machine hits both alike. A child times
+the runner's step calls (no sampling: that cost is the same with and without SCR) and
+reports medians of wall time and of its thread's CPU time; CPU time is what the other
+tenants of a shared machine disturb least. Ratios are medians over rounds.
+
+Goals (issue 17): decode with SCR <= 1.10x without on `small`, <= 1.15x on `tiny`;
+prefill (256 tokens) <= 1.15x.
+
+Usage: python benchmarks/bench_scr_overhead.py [--presets tiny small] [--rounds 7]
+       [--steps 64] [--prompt 64] [--prefill 256] [--threads 1] [--artifacts DIR]
+       [--config FILE]   (a config JSON instead of the presets, seeded weights)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GOALS = {"tiny": 1.15, "small": 1.10}
+PREFILL_GOAL = 1.15
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Pair:
+    scr: Path  # SCR on every layer
+    plain: Path  # the same weights, scr_layers = []
+
+
+def _stale(folder: Path) -> bool:
+    """An artifact older than the exporter or the reference model may hold an old graph."""
+    sources = [f for d in ("scr_ref", "export") for f in (REPO / d).glob("*.py")]
+    return any(f.stat().st_mtime > (folder / "model.onnx").stat().st_mtime for f in sources)
+
+
+def ensure_pair(name: str, root: Path, config: Path | None = None) -> Pair:
+    """Export preset `name` (or `config`) with SCR on every layer, seed 0, and its twin
+    without SCR under `root`, unless they are already there (a stale pair is reused with a
+    warning: delete it to re-export)."""
+    import shutil
+
+    from scredge.bench.scr_overhead import twin_without_scr
+    from scredge.config import SCRConfig
+    from scredge.export.pipeline import export_artifact
+    from scredge.export.sources import from_config
+
+    pair = Pair(root / name, root / f"{name}-noscr")
+    if pair.scr.exists() and pair.plain.exists():
+        if _stale(pair.scr):
+            print(f"warning: {pair.scr} was exported before the last change to the exporter "
+                  f"or the reference model; delete it to re-export", flush=True)
+        return pair
+    c = SCRConfig.load(config) if config else SCRConfig.preset(name)
+    src = from_config(c, 0, tuple(range(c.n_layers)), {"kind": "bench", "name": name})
+    root.mkdir(parents=True, exist_ok=True)
+    export_artifact(src.model, pair.scr, source=src.description, force=True)
+    shutil.rmtree(pair.plain, ignore_errors=True)
+    twin_without_scr(pair.scr, pair.plain)
+    return pair
+
+
+def _timed(fn) -> tuple[float, float]:
+    w, c = time.perf_counter(), time.thread_time()
+    fn()
+    return time.perf_counter() - w, time.thread_time() - c
+
+
+def child(folder: Path, *, steps: int, prompt: int, prefill: int, threads: int) -> dict:
+    """Medians in this process: prefill calls of `prefill` tokens, and decode steps after a
+    `prompt`-token prompt. onnxruntime runs on this thread when threads = 1."""
+    from scredge.runtime.loaders import load_ort, open_artifact
+
+    artifact = open_artifact(folder)
+    runner = load_ort(artifact, device="cpu", threads=threads)
+    vocab = artifact.config.vocab_size
+
+    def tokens(n, start=0):
+        return (np.arange(start, start + n, dtype=np.int64) % vocab).reshape(1, -1), \
+            np.arange(start, start + n, dtype=np.int64).reshape(1, -1)
+
+    pre = [_timed(lambda: runner.decoder(1).step(*tokens(prefill))) for _ in range(4)][1:]
+    decoder = runner.decoder(1)
+    decoder.step(*tokens(prompt))
+    dec = [_timed(lambda i=i: decoder.step(*tokens(1, prompt + i))) for i in range(steps + 4)]
+    dec = dec[4:]  # warm-up steps
+    return {"prefill_wall_s": statistics.median(w for w, _ in pre),
+            "prefill_cpu_s": statistics.median(c for _, c in pre),
+            "decode_wall_s": statistics.median(w for w, _ in dec),
+            "decode_cpu_s": statistics.median(c for _, c in dec)}
+
+
+def run_child(folder: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(folder), "--steps", str(args.steps),
+           "--prompt", str(args.prompt), "--prefill", str(args.prefill),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+METRICS = ("decode_wall_s", "decode_cpu_s", "prefill_wall_s", "prefill_cpu_s")
+
+
+def compare(pair: Pair, args) -> dict:
+    """Alternate the two models for `args.rounds` rounds; medians and per-round ratios."""
+    samples: dict[str, list[dict]] = {"scr": [], "plain": []}
+    for r in range(args.rounds):
+        order = (("scr", pair.scr), ("plain", pair.plain))
+        for kind, folder in order if r % 2 == 0 else order[::-1]:
+            samples[kind].append(run_child(folder, args))
+    out: dict = {"samples": samples}
+    for m in METRICS:
+        a = statistics.median(s[m] for s in samples["scr"])
+        b = statistics.median(s[m] for s in samples["plain"])
+        paired = statistics.median(x[m] / y[m] for x, y in zip(samples["scr"], samples["plain"]))
+        out[m] = {"scr": a, "plain": b, "ratio": a / b, "paired_ratio": paired}
+    return out
+
+
+def report_lines(name: str, result: dict, rounds: int) -> list[str]:
+    goal = GOALS.get(name)
+    lines = [f"{name}: median of {rounds} alternating rounds, each a separate process"]
+    for m in METRICS:
+        r = result[m]
+        target = PREFILL_GOAL if m.startswith("prefill") else goal
+        note = f" (goal <= {target:.2f}x)" if target else ""
+        lines.append(f"  {m:<15} with SCR {r['scr'] * 1e3:8.3f} ms, without {r['plain'] * 1e3:8.3f}"
+                     f" ms -> x{r['ratio']:.3f} (paired x{r['paired_ratio']:.3f}){note}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--artifacts", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write every sample here")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, steps=args.steps, prompt=args.prompt,
+                               prefill=args.prefill, threads=args.threads)))
+        return {}
+    root = args.artifacts or Path(tempfile.mkdtemp(prefix="scredge-scr-overhead-"))
+    results = {}
+    for name in (["config"] if args.config else args.presets):
+        pair = ensure_pair(name, root, args.config)
+        results[name] = compare(pair, args)
+        print("\n".join(report_lines(name, results[name], args.rounds)), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
