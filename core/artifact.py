@@ -22,6 +22,10 @@ ONNX_FILE = "model.onnx"
 ONNX_DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one
+# config.json's top-level "graph_version": the decoder graph contract of SCR_SPEC section 3
+# (2 = with `attention_mask`); a folder without it is version 1
+GRAPH_VERSION_KEY = "graph_version"
+GRAPH_VERSION = 2
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -107,10 +111,30 @@ def verify_manifest(folder: str | Path) -> dict:
 
 
 def read_config(folder: str | Path) -> tuple[SCRConfig, dict]:
-    """The model config and the whole config.json of an artifact folder."""
+    """The model config and the whole config.json of an artifact folder; a folder whose
+    graph predates graph version 2 is refused with the command that exports it again."""
     path = Path(folder) / CONFIG_FILE
     config = SCRConfig.load(path)
-    return config, json.loads(path.read_text())
+    settings = json.loads(path.read_text())
+    check_graph_version(Path(folder), settings)
+    return config, settings
+
+
+def check_graph_version(folder: Path, settings: dict) -> None:
+    found = settings.get(GRAPH_VERSION_KEY, 1)
+    if found == GRAPH_VERSION:
+        return
+    export = settings.get("export", {})
+    redo = (f"scredge export --weights {folder / WEIGHTS_FILE} --dtype "
+            f"{export.get('dtype', 'float32')} --opset {export.get('opset', 18)} "
+            f"--out {folder} --force")
+    older = isinstance(found, int) and found < GRAPH_VERSION
+    raise ScredgeError(
+        f"artifact graph version {found} is {'older than' if older else 'not'} what this "
+        f"scredge runs", received=f"{GRAPH_VERSION_KEY} {found} in {folder / CONFIG_FILE}",
+        expected=f"{GRAPH_VERSION_KEY} {GRAPH_VERSION} (SCR_SPEC section 3: the graph takes "
+                 "attention_mask)",
+        fix=f"export it again: {redo}" if older else "use the scredge version that wrote it")
 
 
 def add_to_manifest(folder: str | Path, files: list[str], **sections: dict) -> dict:

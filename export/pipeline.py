@@ -19,7 +19,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import scredge
-from scredge.artifact import CONFIG_FILE, ONNX_DATA_FILE, ONNX_FILE, WEIGHTS_FILE, write_manifest
+from scredge.artifact import (
+    CONFIG_FILE,
+    GRAPH_VERSION,
+    GRAPH_VERSION_KEY,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    write_manifest,
+)
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, GraphIO, export_graph
@@ -112,6 +120,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         save_checkpoint(model, tmp / WEIGHTS_FILE)
         io = GraphIO.for_config(c)
         config = {
+            GRAPH_VERSION_KEY: GRAPH_VERSION,
             "model": c.to_dict(),
             "export": {"dtype": dtype, "opset": opset, "source": source or {},
                        "external_data": large,

@@ -18,6 +18,7 @@ import numpy as np
 
 from scredge.artifact import ONNX_FILE
 from scredge.deps import require
+from scredge.export.graph import ATTENTION_MASK  # torch-free: a name
 from scredge.runtime.cache import empty_state, state_from_outputs
 from scredge.runtime.debug_graph import realign_alone, with_hidden_outputs
 from scredge.runtime.generation import positions
@@ -110,7 +111,9 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
             golden.steps_ids, golden.steps_logits, golden.steps_hidden)):
         T = ids.shape[1]
         pos = positions(start, B, T)
-        feed = {"input_ids": ids, "position_ids": pos, **state}
+        P = state["past_key_values.0.key"].shape[2]
+        feed = {"input_ids": ids, "position_ids": pos,
+                ATTENTION_MASK: np.ones((B, P + T), np.int64), **state}
         out = dict(zip(names, session.run(None, feed)))
         phase = "prefill" if k == 0 else f"decode {k}"
         for l in range(c.n_layers):

@@ -3,7 +3,7 @@
 One graph serves prefill and decode (SCR_SPEC section 3), but their shapes are far apart:
 prefill has many tokens and no cache (T 1..max_prefill, P = 0), decode one token and a
 cache up to its capacity (T = 1, P 0..cap-1 with cap = W-1 for a windowed model, or
-`max_context` for window = null). One profile spanning both would tune kernels for shapes
+`max_context` for window = null). `attention_mask` [B, P+T] spans P+T in each. One profile spanning both would tune kernels for shapes
 that never occur, so the builder makes two and the runner picks one per call. Pure
 functions of the config: the builder records the result in the manifest, the runner reads
 its limits back from there. Torch-free and TensorRT-free.
@@ -60,7 +60,7 @@ def profiles(config: SCRConfig, max_batch: int = DEFAULT_MAX_BATCH,
 
     Optimised for one sequence (opt batch 1), a full prefill and a full cache: the shapes
     a long generation spends its time in."""
-    from scredge.export.graph import GraphIO  # torch-free: names from the config only
+    from scredge.export.graph import ATTENTION_MASK, GraphIO  # torch-free: names only
 
     cap = cache_capacity(config, max_context)
     if max_prefill is None:
@@ -82,6 +82,8 @@ def profiles(config: SCRConfig, max_batch: int = DEFAULT_MAX_BATCH,
         for name in GraphIO.for_config(config).inputs:
             if name in ("input_ids", "position_ids"):
                 dims = [(bi, ti) for bi, ti in zip(b, t)]
+            elif name == ATTENTION_MASK:  # [B, P+T]
+                dims = [(bi, pi + ti) for bi, pi, ti in zip(b, p, t)]
             elif name.startswith("past_key_values."):
                 dims = [(bi, hk, pi, dh) for bi, pi in zip(b, p)]
             elif name.endswith(".num"):

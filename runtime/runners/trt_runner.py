@@ -24,6 +24,7 @@ import numpy as np
 
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
+from scredge.export.graph import ATTENTION_MASK  # torch-free: a name
 from scredge.runtime.runners.base import Runner, TensorMeta
 from scredge.runtime.runners.trt_context import Context, DeviceBuffers
 from scredge.runtime.runners.trt_decoder import DecoderState, TrtDecoder
@@ -44,6 +45,8 @@ def graph_io(config: SCRConfig, kv_dtype: np.dtype) -> tuple[dict[str, TensorMet
     for name in io.inputs:
         if name in ("input_ids", "position_ids"):
             meta[name] = TensorMeta(_I64, ("batch", "sequence"))
+        elif name == ATTENTION_MASK:
+            meta[name] = TensorMeta(_I64, ("batch", "past_sequence + sequence"))
         elif name.startswith("past_key_values."):
             meta[name] = TensorMeta(kv_dtype, ("batch", config.n_kv_heads, "past_sequence",
                                                config.head_dim))
@@ -91,11 +94,25 @@ class TrtRunner(Runner):
         """A decoder in the empty state, on a released decoder's device state when one of
         this batch size is idle (its context, stream and buffers), else on a new one."""
         self.limits.check(batch, 0, 1)  # before taking anything from the pool
+        return TrtDecoder(self, batch, self._idle_state(batch))
+
+    def limits_check(self, batch: int, past: int) -> None:
+        self.limits.check(batch, past, 1)
+
+    def _idle_state(self, batch: int) -> DecoderState | None:
         with self._idle_lock:
             state = next((s for s in reversed(self._idle) if s.batch == batch), None)
             if state is not None:
                 self._idle.remove(state)
-        return TrtDecoder(self, batch, state)
+        return state
+
+    def _state_for(self, batch: int) -> DecoderState:
+        """A device state of `batch` rows for a decoder whose batch changes (join, leave)."""
+        state = self._idle_state(batch)
+        if state is None:
+            state = DecoderState(self, batch)
+        state.begin()
+        return state
 
     def _take_back(self, state: DecoderState) -> None:
         if state.closed:

@@ -108,7 +108,8 @@ def test_stateless_infer(runner):
     from scredge.runtime.cache import empty_state
 
     feed = {"input_ids": np.zeros((1, 4), np.int64),
-            "position_ids": np.arange(4).reshape(1, 4), **empty_state(W16, 1)}
+            "position_ids": np.arange(4).reshape(1, 4),
+            "attention_mask": np.ones((1, 4), np.int64), **empty_state(W16, 1)}
     out = runner.infer(feed)
     assert out["logits"].shape == (1, 4, 256) and (out["logits"] == 1).all()
     assert out["present.1.key"].shape == (1, 2, 4, 8) and out["scr_present.0.den"].shape == (1, 1)
