@@ -146,13 +146,19 @@ class Decoder(ABC):
         return full
 
     # ---- the batch's membership (SCR_SPEC section 3's join) -----------------------------
-    @abstractmethod
     def _state_arrays(self) -> dict[str, np.ndarray]:
         """The state inputs (past_key_values.*, scr_past.*) the next call reads, on the host."""
+        raise self._no_join()
 
-    @abstractmethod
     def _load_arrays(self, arrays: dict[str, np.ndarray], batch: int) -> None:
         """Make `arrays` (host, `batch` rows) the state the next call reads."""
+        raise self._no_join()
+
+    def _no_join(self) -> ScredgeError:
+        return ScredgeError("this decoder cannot hand over its state",
+                            received=type(self).__name__,
+                            expected="a runner's decoder (onnxruntime, TensorRT, host)",
+                            fix="prefill rows of unequal length on a backend's own runner")
 
     def host_state(self) -> HostState:
         """The whole state (arrays and cache mask) copied to the host."""
