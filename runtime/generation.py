@@ -151,8 +151,9 @@ class Generator:
         self._check_open("append")
         if self.decoder is None and _is_ragged(ids):
             rows = [check_ids(np.asarray(r)[None], self.vocab_size)[0] for r in ids]
+            seeds = row_seeds(self.seed, len(rows))  # refused before any model call
             self.decoder, self._logits = prefill_rows(self.runner, rows)
-            self._start(len(rows), np.array([len(r) for r in rows], dtype=np.int64))
+            self._start(seeds, np.array([len(r) for r in rows], dtype=np.int64))
             if self.sampler.params.repetition_penalty != 1.0:
                 self._seen = np.zeros((len(rows), self.vocab_size), dtype=bool)
                 for b, r in enumerate(rows):
@@ -166,8 +167,9 @@ class Generator:
         rows = np.asarray(ids)
         rows = check_ids(rows[None] if rows.ndim == 1 else rows, self.vocab_size)
         if self.decoder is None:
+            seeds = row_seeds(self.seed, rows.shape[0])
             self.decoder = self.runner.decoder(rows.shape[0])
-            self._start(rows.shape[0], np.zeros(rows.shape[0], dtype=np.int64))
+            self._start(seeds, np.zeros(rows.shape[0], dtype=np.int64))
         elif rows.shape[0] != self.batch:
             raise ScredgeError("appended ids have another batch size",
                                received=rows.shape[0], expected=self.batch)
@@ -181,9 +183,9 @@ class Generator:
         self._logits = prefill(self.decoder, rows, self.position)
         self.position = self.position + rows.shape[1]
 
-    def _start(self, batch: int, position: np.ndarray) -> None:
-        self.batch = batch
-        self.sampler = RowSampler(self.params, row_seeds(self.seed, batch))
+    def _start(self, seeds: list, position: np.ndarray) -> None:
+        batch = self.batch = len(seeds)
+        self.sampler = RowSampler(self.params, seeds)
         self.position = position
         self.done = np.zeros(batch, dtype=bool)
         self.row_generated = np.zeros(batch, dtype=np.int64)
