@@ -230,6 +230,9 @@ class Generator:
         after them move up. Dropping every row ends the generation."""
         self._check_open("leave")
         gone = {int(r) for r in rows}
+        if any(not 0 <= r < (self.batch or 0) for r in gone):
+            raise ScredgeError("leave() got rows outside the batch", received=sorted(gone),
+                               expected=f"indices in 0..{(self.batch or 0) - 1}")
         keep = [r for r in range(self.batch or 0) if r not in gone]
         if not keep:
             self.close()
@@ -248,12 +251,13 @@ class Generator:
         if self.decoder is None or other.decoder is None or other.runner is not self.runner:
             raise ScredgeError("join() needs two started generators on the same runner",
                                fix="append a prompt to each first")
+        if other.params != self.params:
+            raise ScredgeError("joined rows must sample with the same parameters",
+                               received=repr(other.params), expected=repr(self.params))
         self._feed_unfed()  # both sides hold the logits of their last fed position
         other._feed_unfed()
         self.decoder.join(other.decoder)
         self.sampler.join(other.sampler)
-        if (self._seen is None) != (other._seen is None):
-            raise ScredgeError("joined rows must sample with the same parameters")
         if self._seen is not None:
             self._seen = np.concatenate([self._seen, other._seen])
         for name in ("position", "done", "row_generated", "_logits"):
