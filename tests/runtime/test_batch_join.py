@@ -129,3 +129,21 @@ def test_decoder_join_select_and_state(engine):
     for name, value in a.host_state().arrays.items():
         np.testing.assert_array_equal(value, sa.arrays[name])
     a.release()
+
+
+def test_join_and_leave_refusals(engine):
+    """Oracle: the ScredgeError messages; a refused join leaves both batches as they were."""
+    from scredge.errors import ScredgeError
+
+    gen = engine.generator(PROMPTS[0], temperature=0)
+    other = engine.generator(PROMPTS[1], temperature=0.5, seed=1)
+    with pytest.raises(ScredgeError, match="same parameters"):
+        gen.join(other)
+    assert gen.batch == 1 and other.batch == 1 and not gen.decoder.padded
+    with pytest.raises(ScredgeError, match="outside the batch"):
+        gen.leave([1])
+    with pytest.raises(ScredgeError, match="join\\(\\) takes other decoders"):
+        gen.decoder.join(gen.decoder)
+    gen.leave([0])  # every row gone: the generation ends, its decoder handed back
+    assert gen.is_done() and gen.decoder is None
+    other.close()
