@@ -14,7 +14,14 @@ from pathlib import Path
 
 import scredge
 from scredge.config import SCRConfig
-from scredge.contract import CONFIG_FILE, FORMAT_VERSION, MANIFEST_FILE
+from scredge.contract import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    GRAPH_VERSION,
+    GRAPH_VERSION_KEY,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+)
 from scredge.errors import ScredgeError
 
 
@@ -101,10 +108,30 @@ def verify_manifest(folder: str | Path) -> dict:
 
 
 def read_config(folder: str | Path) -> tuple[SCRConfig, dict]:
-    """The model config and the whole config.json of an artifact folder."""
+    """The model config and the whole config.json of an artifact folder; a folder whose
+    graph predates graph version 2 is refused with the command that exports it again."""
     path = Path(folder) / CONFIG_FILE
     config = SCRConfig.load(path)
-    return config, json.loads(path.read_text())
+    settings = json.loads(path.read_text())
+    check_graph_version(Path(folder), settings)
+    return config, settings
+
+
+def check_graph_version(folder: Path, settings: dict) -> None:
+    found = settings.get(GRAPH_VERSION_KEY, 1)
+    if found == GRAPH_VERSION:
+        return
+    export = settings.get("export", {})
+    redo = (f"scredge export --weights {folder / WEIGHTS_FILE} --dtype "
+            f"{export.get('dtype', 'float32')} --opset {export.get('opset', 18)} "
+            f"--out {folder} --force")
+    older = isinstance(found, int) and found < GRAPH_VERSION
+    raise ScredgeError(
+        f"artifact graph version {found} is {'older than' if older else 'not'} what this "
+        f"scredge runs", received=f"{GRAPH_VERSION_KEY} {found} in {folder / CONFIG_FILE}",
+        expected=f"{GRAPH_VERSION_KEY} {GRAPH_VERSION} (SCR_SPEC section 3: the graph takes "
+                 "attention_mask)",
+        fix=f"export it again: {redo}" if older else "use the scredge version that wrote it")
 
 
 def add_to_manifest(folder: str | Path, files: list[str], **sections: dict) -> dict:

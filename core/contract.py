@@ -33,8 +33,14 @@ REALIGN_OUTPUTS = ("m", "num_out", "den_out")
 # ---- the decoder graph (SCR_SPEC section 3) -------------------------------------------
 INPUT_IDS = "input_ids"
 POSITION_IDS = "position_ids"
+# v2: [B, P+T] int64, 1 = a real token, 0 = a pad slot of the cache (a joined batch)
+ATTENTION_MASK = "attention_mask"
 LOGITS = "logits"
 TOKEN_INPUTS = (INPUT_IDS, POSITION_IDS)
+# config.json's top-level "graph_version": the decoder graph contract of SCR_SPEC section 3
+# (2 = with `attention_mask`); a folder without it is version 1
+GRAPH_VERSION_KEY = "graph_version"
+GRAPH_VERSION = 2
 KV = ("key", "value")
 CARRY = ("num", "den")
 _PAST_KV, _PRESENT_KV = "past_key_values.", "present."
@@ -101,7 +107,7 @@ class GraphIO:
     def for_config(cls, c: SCRConfig) -> GraphIO:
         layers, scr = range(c.n_layers), c.scr_layers
         inputs = (
-            *TOKEN_INPUTS,
+            *TOKEN_INPUTS, ATTENTION_MASK,
             *(past_kv(i, kv) for i in layers for kv in KV),
             *(past_carry(i, p) for i in scr for p in CARRY),
         )
@@ -123,6 +129,7 @@ class GraphIO:
 
 # Symbolic dimension names as exported; state shapes below use the same names.
 BATCH, SEQUENCE, PAST, PRESENT = "batch", "sequence", "past_sequence", "present_sequence"
+MASK_LENGTH = "past_sequence + sequence"
 
 
 def state_shape(c: SCRConfig, name: str, batch: int | str = BATCH,
@@ -139,7 +146,7 @@ def state_shape(c: SCRConfig, name: str, batch: int | str = BATCH,
 def tensor_dtype(name: str, kv_dtype: np.dtype) -> np.dtype:
     """Token inputs are int64; logits and SCR carries float32 whatever the model dtype;
     the KV cache is in the model dtype."""
-    if name in TOKEN_INPUTS:
+    if name in TOKEN_INPUTS or name == ATTENTION_MASK:
         return np.dtype(np.int64)
     if name == LOGITS or is_carry(name):
         return np.dtype(np.float32)

@@ -102,10 +102,54 @@ class Sampler:
             probs = np.where(drop, 0.0, probs)
             probs /= probs.sum(axis=-1, keepdims=True)
         # inverse-CDF draw: one uniform per row, reproducible across NumPy versions
-        u = self._rng.random(x.shape[0])[:, None]  # [B,1]
+        u = self._uniforms(x.shape[0])[:, None]  # [B,1]
         cdf = np.cumsum(probs, axis=-1)
         ids = (cdf < u * cdf[:, -1:]).sum(axis=-1)
         return np.minimum(ids, x.shape[-1] - 1).astype(np.int64)
+
+
+    def _uniforms(self, n: int) -> np.ndarray:
+        return self._rng.random(n)
+
+
+class RowSampler(Sampler):
+    """One random stream per row, seeded by that row's seed: row k draws exactly what its
+    prompt alone would draw with that seed (`Sampler(params, seed)` on a batch of one),
+    whatever else shares the batch. Rows leave (`select`) and join (`join`) with their
+    streams, as sequences leave and join a running batch."""
+
+    def __init__(self, params: SamplingParams, seeds) -> None:
+        self.params = params
+        self._rngs = [np.random.default_rng(s) for s in seeds]
+
+    def _uniforms(self, n: int) -> np.ndarray:
+        assert n == len(self._rngs), "one random stream per row"
+        return np.array([rng.random() for rng in self._rngs])
+
+    def select(self, rows) -> None:
+        """Keep the streams of `rows`, in that order."""
+        self._rngs = [self._rngs[int(r)] for r in rows]
+
+    def join(self, other: RowSampler) -> None:
+        """Append `other`'s rows (same parameters) after these."""
+        if other.params != self.params:
+            raise ScredgeError("joined rows must sample with the same parameters",
+                               received=repr(other.params), expected=repr(self.params))
+        self._rngs += other._rngs
+
+
+def row_seeds(seed, batch: int) -> list:
+    """Each row's seed: `seed` (int or None) for every row, or a sequence of one per row."""
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        return [seed] * batch
+    seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
+    if seeds is None or len(seeds) != batch or not all(
+            s is None or (isinstance(s, (int, np.integer)) and not isinstance(s, bool))
+            for s in seeds):
+        raise ScredgeError("seed must be an integer, None, or one per prompt",
+                           received=repr(seed)[:80],
+                           expected=f"an int, None, or {batch} of them (one per row)")
+    return seeds
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

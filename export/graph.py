@@ -38,13 +38,13 @@ def _wrapper(model):
             super().__init__()
             self.m = model
 
-        def forward(self, input_ids, position_ids, past, scr_past):
+        def forward(self, input_ids, position_ids, attention_mask, past, scr_past):
             state = ModelState(
                 keys=list(past[0::2]), values=list(past[1::2]),
                 scr_num={i: scr_past[2 * j] for j, i in enumerate(c.scr_layers)},
                 scr_den={i: scr_past[2 * j + 1] for j, i in enumerate(c.scr_layers)},
             )
-            logits, new = self.m(input_ids, position_ids, state)
+            logits, new = self.m(input_ids, position_ids, state, attention_mask)
             present = [t for i in range(c.n_layers) for t in (new.keys[i], new.values[i])]
             scr_present = [t for i in c.scr_layers for t in (new.scr_num[i], new.scr_den[i])]
             return logits, present, scr_present
@@ -59,11 +59,12 @@ def example_inputs(c: SCRConfig, dtype, batch: int = 2, new: int = 3, past: int 
         past = min(past, c.window - 1)
     ids = torch.zeros(batch, new, dtype=torch.int64)
     pos = torch.arange(past, past + new, dtype=torch.int64).expand(batch, new).contiguous()
+    mask = torch.ones(batch, past + new, dtype=torch.int64)
     kv = (batch, c.n_kv_heads, past, c.head_dim)
     pasts = [torch.zeros(kv, dtype=dtype) for _ in range(2 * c.n_layers)]
     scr = [t for _ in c.scr_layers for t in (torch.zeros(batch, c.d_model),
                                              torch.ones(batch, 1))]
-    return ids, pos, pasts, scr
+    return ids, pos, mask, pasts, scr
 
 
 def _dynamic_shapes(c: SCRConfig, max_seq: int):
@@ -76,6 +77,7 @@ def _dynamic_shapes(c: SCRConfig, max_seq: int):
     return (
         {0: batch, 1: seq},
         {0: batch, 1: seq},
+        {0: batch, 1: Dim.AUTO},  # P + T: the exporter derives it from the past and ids
         [kv] * (2 * c.n_layers),
         [{0: batch}] * (2 * len(c.scr_layers)),
     )
@@ -157,6 +159,8 @@ def _name_dynamic_dims(proto) -> None:
         dims = value.type.tensor_type.shape.dim
         if value.name in contract.TOKEN_INPUTS:
             wanted = (contract.BATCH, contract.SEQUENCE)
+        elif value.name == contract.ATTENTION_MASK:
+            wanted = (contract.BATCH, contract.MASK_LENGTH)
         elif value.name == contract.LOGITS:
             wanted = (contract.BATCH, contract.SEQUENCE, None)
         elif contract.is_kv(value.name):

@@ -21,7 +21,15 @@ from pathlib import Path
 import scredge
 from scredge import contract
 from scredge.artifact import write_manifest
-from scredge.contract import CONFIG_FILE, ONNX_DATA_FILE, ONNX_FILE, WEIGHTS_FILE, GraphIO
+from scredge.contract import (
+    CONFIG_FILE,
+    GRAPH_VERSION,
+    GRAPH_VERSION_KEY,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    GraphIO,
+)
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
@@ -114,6 +122,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         save_checkpoint(model, tmp / WEIGHTS_FILE)
         io = GraphIO.for_config(c)
         config = {
+            GRAPH_VERSION_KEY: GRAPH_VERSION,
             "model": c.to_dict(),
             "export": {"dtype": dtype, "opset": opset, "source": source or {},
                        "external_data": large,

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from scredge.contract import INPUT_IDS, LOGITS, ONNX_FILE, POSITION_IDS
+from scredge.contract import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    LOGITS,
+    ONNX_FILE,
+    POSITION_IDS,
+    past_kv,
+)
 from scredge.parity.golden_file import Golden
 from scredge.parity.graph_surgery import hidden_output, realign_alone, with_hidden_outputs
 from scredge.parity.report import ParityReport, TierResult
@@ -65,7 +72,9 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
             golden.steps_ids, golden.steps_logits, golden.steps_hidden)):
         T = ids.shape[1]
         pos = positions(start, B, T)
-        feed = {INPUT_IDS: ids, POSITION_IDS: pos, **state}
+        P = state[past_kv(0, "key")].shape[2]
+        feed = {INPUT_IDS: ids, POSITION_IDS: pos,
+                ATTENTION_MASK: np.ones((B, P + T), np.int64), **state}
         out = dict(zip(names, session.run(None, feed)))
         phase = "prefill" if k == 0 else f"decode {k}"
         for l in range(c.n_layers):

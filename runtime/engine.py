@@ -89,6 +89,16 @@ class Engine:
     # ---- inputs ---------------------------------------------------------------------
     def encode(self, prompt) -> np.ndarray:
         """str | [str] | [int] | [[int]] | ndarray -> [B,T] ids (rows of equal length)."""
+        rows = self.encode_rows(prompt)
+        lengths = {len(r) for r in rows}
+        if len(lengths) > 1:
+            raise ScredgeError("encode() needs prompts of equal length",
+                               received=sorted(lengths), expected="one length",
+                               fix="use encode_rows(); generate() takes any mix of lengths")
+        return np.asarray(rows, dtype=np.int64)
+
+    def encode_rows(self, prompt) -> list[list[int]]:
+        """str | [str] | [int] | [[int]] | ndarray -> one id list per prompt, any lengths."""
         if _is_text(prompt):
             if self.tokenizer is None:
                 raise ScredgeError("text prompts need the byte tokenizer (vocab_size 256)",
@@ -104,18 +114,13 @@ class Engine:
             raise ScredgeError("prompt must be text or token ids", received=repr(prompt)[:80],
                                expected="str, list of str, list of ids, or [B,T] ids")
         lengths = {len(r) for r in rows}
-        if len(lengths) > 1:
-            raise ScredgeError("batched prompts must have equal lengths",
-                               received=sorted(lengths),
-                               expected="one length (SCR_SPEC section 3: rows share T and P)",
-                               fix="pad the prompts yourself or generate them separately")
         if not rows or 0 in lengths:
             raise ScredgeError("empty prompt", expected="at least one token",
                                fix="pass a non-empty prompt")
         if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
                    for r in rows for t in r):
             raise ScredgeError("prompt ids must be integers", received=repr(rows[0][:8]))
-        return np.asarray(rows, dtype=np.int64)
+        return rows
 
     def _stops(self, stop: Sequence[str | int]) -> tuple[set[int], list[bytes]]:
         ids = {s for s in stop if isinstance(s, (int, np.integer)) and not isinstance(s, bool)}
@@ -127,27 +132,33 @@ class Engine:
 
     # ---- generation -----------------------------------------------------------------
     def generator(self, prompt=None, *, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = 0,
+                  top_p: float = 1.0, repetition_penalty: float = 1.0, seed=0,
                   max_new_tokens: int = 1_000_000, stop_ids: Sequence[int] = ()) -> Generator:
-        """A stateful Generator on this engine's runner, optionally with a prompt appended."""
+        """A stateful Generator on this engine's runner, optionally with a prompt (or prompts
+        of any lengths) appended. `seed`: an int or None for every row, or one per row."""
         params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
         gen = Generator(self.runner, params, seed, max_new_tokens, stop_ids)
         if prompt is not None:
-            gen.append(self.encode(prompt))
+            rows = self.encode_rows(prompt)
+            gen.append(rows if len({len(r) for r in rows}) > 1 else np.asarray(rows, np.int64))
         return gen
 
     def generate(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: int | None = 0, stop: Sequence[str | int] = ()
+                 seed=0, stop: Sequence[str | int] = ()
                  ) -> GenerationResult | list[GenerationResult]:
-        """One prompt -> one result; a list of equal-length prompts -> a list of results."""
+        """One prompt -> one result; a list of prompts (any lengths) -> a list of results.
+
+        Every row equals its prompt generated alone with its seed (`seed` for every row, or
+        a list of one per prompt); a row that finishes leaves the batch, so it costs
+        nothing more."""
         results = list(self._run(prompt, max_new_tokens, temperature, top_k, top_p,
                                  repetition_penalty, seed, stop, stream=False))
         return results[-1] if _is_batch(prompt) else results[-1][0]
 
     def stream(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-               seed: int | None = 0, stop: Sequence[str | int] = ()) -> Iterator[str]:
+               seed=0, stop: Sequence[str | int] = ()) -> Iterator[str]:
         """Text pieces of one prompt's continuation, never splitting a UTF-8 character."""
         if self.tokenizer is None:
             raise ScredgeError("streaming text needs the byte tokenizer (vocab_size 256)",
@@ -161,22 +172,23 @@ class Engine:
              seed, stop, stream: bool):
         n = check_max_new_tokens(max_new_tokens)
         stop_ids, stop_texts = self._stops(stop)
-        rows = self.encode(prompt)
-        if stream and rows.shape[0] != 1:
-            raise ScredgeError("stream() takes one prompt", received=f"{rows.shape[0]} prompts",
+        rows = self.encode_rows(prompt)
+        if stream and len(rows) != 1:
+            raise ScredgeError("stream() takes one prompt", received=f"{len(rows)} prompts",
                                fix="use generate() for batches")
         t0 = time.perf_counter()
         gen = self.generator(None, temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed,
                              max_new_tokens=max(n, 1))  # stops are handled below, per row
         try:
-            gen.append(rows)
+            gen.append(rows if len({len(r) for r in rows}) > 1 else np.asarray(rows, np.int64))
             t_prefill = time.perf_counter() - t0
-            B = rows.shape[0]
+            B = len(rows)
             out: list[list[int]] = [[] for _ in range(B)]
             tails = [b"" for _ in range(B)]  # recent bytes, for stop strings
             reason = ["length"] * B
             live = np.ones(B, dtype=bool)
+            slots = list(range(B))  # the prompt of each row of the running batch
             decoder = StreamDecoder() if stream else None
             held: list[int] = []  # streamed ids held back while they may begin a stop string
             ttft = None
@@ -184,8 +196,8 @@ class Engine:
             for _ in range(n):
                 token = gen.next_token()
                 ttft = ttft if ttft is not None else time.perf_counter() - t0
-                for b in np.flatnonzero(live):
-                    t = int(token[b])
+                for i, b in enumerate(slots):
+                    t = int(token[i])
                     if t in stop_ids:
                         live[b], reason[b] = False, "stop"
                         continue
@@ -208,6 +220,10 @@ class Engine:
                                 yield piece
                 if not live.any():
                     break
+                finished = [i for i, b in enumerate(slots) if not live[b]]
+                if finished:  # a finished row leaves: its slot is not decoded further
+                    gen.leave(finished)
+                    slots = [b for b in slots if live[b]]
             if stream:
                 for t in held:
                     piece = decoder.push(t)
@@ -223,7 +239,7 @@ class Engine:
                       "decode_tokens_per_s": (new_tokens - 1) / (total - (ttft or total))
                       if new_tokens > 1 and ttft is not None and total > ttft else 0.0}
             decode = self.tokenizer.decode if self.tokenizer else (lambda ids: "")
-            yield [GenerationResult(out[b], decode(out[b]), reason[b], rows.shape[1], timing)
+            yield [GenerationResult(out[b], decode(out[b]), reason[b], len(rows[b]), timing)
                    for b in range(B)]
         except GeneratorExit:  # the caller stopped reading a stream: the decoder is sound
             gen.close()

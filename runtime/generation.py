@@ -14,7 +14,7 @@ import numpy as np
 
 from scredge.errors import ScredgeError
 from scredge.runtime.runners.base import Decoder, Runner
-from scredge.sampling import GREEDY, Sampler, SamplingParams, mark_seen
+from scredge.sampling import GREEDY, RowSampler, Sampler, SamplingParams, mark_seen, row_seeds
 
 MAX_NEW_TOKENS = 100_000_000  # beyond this a request is a mistake, not a plan
 PREFILL_CHUNK = 512  # long prompts go in chunks: bounded attention memory per call
@@ -44,16 +44,19 @@ def check_max_new_tokens(n: object) -> int:
     return int(n)
 
 
-def positions(start: int, batch: int, length: int) -> np.ndarray:
-    """[B,T] absolute positions start..start+T-1 (consecutive, shared by every row)."""
+def positions(start, batch: int, length: int) -> np.ndarray:
+    """[B,T] absolute positions start..start+T-1, consecutive per row; `start` is one int
+    for every row or [B] (rows joined at different lengths have their own positions)."""
+    if isinstance(start, np.ndarray):
+        return start.astype(np.int64).reshape(batch, 1) + np.arange(length, dtype=np.int64)
     if length == 1:  # the per-token path: the cheapest array NumPy can make
         return np.full((batch, 1), start, dtype=np.int64)
     return np.tile(np.arange(start, start + length, dtype=np.int64), (batch, 1))
 
 
-def prefill(decoder: Decoder, ids: np.ndarray, start: int = 0,
+def prefill(decoder: Decoder, ids: np.ndarray, start=0,
             chunk: int = PREFILL_CHUNK) -> np.ndarray:
-    """ids [B,T] at positions start.. -> logits of the last position [B,V]."""
+    """ids [B,T] at positions start.. (int, or [B]) -> logits of the last position [B,V]."""
     B, T = ids.shape
     for s in range(0, T, chunk):
         part = ids[:, s:s + chunk]
@@ -61,9 +64,35 @@ def prefill(decoder: Decoder, ids: np.ndarray, start: int = 0,
     return logits[:, -1]
 
 
-def decode_step(decoder: Decoder, tokens: np.ndarray, position: int) -> np.ndarray:
-    """tokens [B] at absolute `position` -> logits [B,V]."""
+def decode_step(decoder: Decoder, tokens: np.ndarray, position) -> np.ndarray:
+    """tokens [B] at absolute `position` (int, or [B]) -> logits [B,V]."""
     return decoder.step(tokens.reshape(-1, 1), positions(position, len(tokens), 1))[:, -1]
+
+
+def prefill_rows(runner: Runner, rows: Sequence[np.ndarray]) -> tuple[Decoder, np.ndarray]:
+    """Prompts of any lengths -> one decoder holding them all, rows in the given order, and
+    the logits of each prompt's last position [B,V]. Prompts of equal length are prefilled
+    together, each group alone; the groups are then joined (SCR_SPEC section 3: shorter
+    caches left-padded, mask 0 there), so every row continues exactly as it would alone."""
+    groups: dict[int, list[int]] = {}
+    for b, row in enumerate(rows):
+        groups.setdefault(len(row), []).append(b)
+    decoders, logits, order = [], [], []
+    try:
+        for members in groups.values():
+            dec = runner.decoder(len(members))
+            decoders.append(dec)
+            logits.append(prefill(dec, np.stack([rows[b] for b in members])))
+            order += members
+        first = decoders[0]
+        if len(decoders) > 1:
+            first.join(*decoders[1:])
+            first.select(np.argsort(order))  # back to the callers' order
+    except BaseException:
+        for dec in decoders:
+            dec.close()
+        raise
+    return first, np.concatenate(logits)[np.argsort(order)]
 
 
 def sample(sampler: Sampler, logits: np.ndarray, seen: np.ndarray | None) -> np.ndarray:
@@ -77,19 +106,26 @@ class Generator:
     """Token-by-token generation that the caller drives.
 
         gen = Generator(runner, params, seed=0, max_new_tokens=64, stop_ids={10})
-        gen.append(prompt_ids)            # [T] or [B,T]
+        gen.append(prompt_ids)            # [T], [B,T], or (first input) rows of any lengths
         while not gen.is_done():
             token = gen.next_token()      # [B]
+
+    Each row samples from its own random stream seeded by its seed (`seed` for every row,
+    or one per row), so a row's tokens equal what its prompt gives alone with that seed.
+    `leave(rows)` drops finished rows (never computed again) and `join(other)` adds
+    another generator's rows to this batch at the next step, as a server adds a request.
 
     A sampled token is fed to the model lazily, by the next `next_token` or `append`, so no
     model call is spent on a token nobody asks to continue from.
     """
 
-    def __init__(self, runner: Runner, params: SamplingParams = GREEDY, seed: int | None = 0,
+    def __init__(self, runner: Runner, params: SamplingParams = GREEDY, seed=0,
                  max_new_tokens: int = MAX_NEW_TOKENS, stop_ids: Sequence[int] = ()) -> None:
         self.runner = runner
         self.vocab_size = runner.config.vocab_size
-        self.sampler = Sampler(params, seed)
+        self.params = params
+        self.seed = seed
+        self.sampler: RowSampler | None = None  # set by the first append, one stream per row
         self.max_new_tokens = check_max_new_tokens(max_new_tokens)
         self.stop_ids = np.array(sorted(set(stop_ids)), dtype=np.int64)
         # [V] lookup: one gather per token instead of np.isin; ids outside the vocabulary
@@ -99,8 +135,9 @@ class Generator:
         self._is_stop[self.stop_ids[valid]] = True
         self.batch: int | None = None  # set by the first append
         self.decoder: Decoder | None = None
-        self.position = 0  # absolute position of the next token fed
-        self.generated = 0
+        self.position: np.ndarray | None = None  # [B] absolute position of each row's next
+        self.generated = 0  # next_token calls
+        self.row_generated: np.ndarray | None = None  # [B] tokens sampled for each row
         self.done: np.ndarray | None = None  # [B] bool
         self._logits: np.ndarray | None = None  # [B,V], of the last fed position
         self._unfed: np.ndarray | None = None  # [B], sampled but not yet fed
@@ -108,17 +145,31 @@ class Generator:
         self._closed = False
 
     def append(self, ids) -> None:
-        """Feed more tokens (a prompt, or a later turn) to every row."""
+        """Feed more tokens (a prompt, or a later turn) to every row. The first input may be
+        rows of different lengths (a list of id lists): each length is prefilled apart and
+        the rows are joined into one batch."""
+        self._check_open("append")
+        if self.decoder is None and _is_ragged(ids):
+            rows = [check_ids(np.asarray(r)[None], self.vocab_size)[0] for r in ids]
+            seeds = row_seeds(self.seed, len(rows))  # refused before any model call
+            self.decoder, self._logits = prefill_rows(self.runner, rows)
+            self._start(seeds, np.array([len(r) for r in rows], dtype=np.int64))
+            if self.sampler.params.repetition_penalty != 1.0:
+                self._seen = np.zeros((len(rows), self.vocab_size), dtype=bool)
+                for b, r in enumerate(rows):
+                    self._seen[b, r] = True
+            return
+        if _is_ragged(ids):
+            raise ScredgeError("a later turn must give every row the same number of tokens",
+                               received=sorted({len(r) for r in ids}),
+                               expected="one length (rows of any length only as the first "
+                                        "input)", fix="append the rows' turns one length at a time")
         rows = np.asarray(ids)
         rows = check_ids(rows[None] if rows.ndim == 1 else rows, self.vocab_size)
-        if self._closed:
-            raise ScredgeError("append() on a closed generator",
-                               received="a generator after close()",
-                               expected="an open generator", fix="start a new one")
         if self.decoder is None:
-            self.batch = rows.shape[0]
-            self.decoder = self.runner.decoder(self.batch)
-            self.done = np.zeros(self.batch, dtype=bool)
+            seeds = row_seeds(self.seed, rows.shape[0])
+            self.decoder = self.runner.decoder(rows.shape[0])
+            self._start(seeds, np.zeros(rows.shape[0], dtype=np.int64))
         elif rows.shape[0] != self.batch:
             raise ScredgeError("appended ids have another batch size",
                                received=rows.shape[0], expected=self.batch)
@@ -130,30 +181,97 @@ class Generator:
         else:
             mark_seen(self._seen, rows)
         self._logits = prefill(self.decoder, rows, self.position)
-        self.position += rows.shape[1]
+        self.position = self.position + rows.shape[1]
+
+    def _start(self, seeds: list, position: np.ndarray) -> None:
+        batch = self.batch = len(seeds)
+        self.sampler = RowSampler(self.params, seeds)
+        self.position = position
+        self.done = np.zeros(batch, dtype=bool)
+        self.row_generated = np.zeros(batch, dtype=np.int64)
+        if self.max_new_tokens == 0:
+            self.done[:] = True
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise ScredgeError(f"{what}() on a closed generator",
+                               received="a generator after close()",
+                               expected="an open generator", fix="start a new one")
 
     def next_token(self) -> np.ndarray:
         """Sample the next token of every row ([B] int64). Rows already done keep going
-        (batched rows share every call) but their tokens are theirs to ignore."""
-        if self._closed:
-            raise ScredgeError("next_token() on a closed generator",
-                               received="a generator after close()",
-                               expected="an open generator", fix="start a new one")
+        until they `leave` (batched rows share every call), their tokens theirs to ignore."""
+        self._check_open("next_token")
         if self.decoder is None:
             raise ScredgeError("next_token() before any input",
                                fix="call append(prompt_ids) first")
         if self.is_done():
             raise ScredgeError("generation is done", received=f"{self.generated} new tokens",
                                fix="check is_done() before next_token(), or append() more")
-        if self._unfed is not None:
-            self._logits = decode_step(self.decoder, self._unfed, self.position)
-            self.position += 1
+        self._feed_unfed()
         token = sample(self.sampler, self._logits, self._seen)
         self._unfed = token
         self.generated += 1
+        self.row_generated += 1
+        self.done |= self.row_generated >= self.max_new_tokens
         if self.stop_ids.size:
             self.done |= self._is_stop[token]
         return token
+
+    def _feed_unfed(self) -> None:
+        if self._unfed is not None:
+            self._logits = decode_step(self.decoder, self._unfed, self.position)
+            self.position = self.position + 1
+            self._unfed = None
+
+    # ---- the batch's membership -----------------------------------------------------
+    def leave(self, rows) -> None:
+        """Drop rows (indices into this batch): they are never decoded again, and the rows
+        after them move up. Dropping every row ends the generation."""
+        self._check_open("leave")
+        gone = {int(r) for r in rows}
+        if any(not 0 <= r < (self.batch or 0) for r in gone):
+            raise ScredgeError("leave() got rows outside the batch", received=sorted(gone),
+                               expected=f"indices in 0..{(self.batch or 0) - 1}")
+        keep = [r for r in range(self.batch or 0) if r not in gone]
+        if not keep:
+            self.close()
+            self.batch = 0
+            return
+        if len(keep) != self.batch:
+            self.decoder.select(keep)
+            self._select(keep)
+
+    def join(self, other: Generator) -> None:
+        """Add `other`'s rows (a generator on the same runner with the same sampling
+        parameters, e.g. a new request's prompt appended) after this batch's rows, from the
+        next step on; `other` is consumed. Each row continues exactly as it would alone."""
+        self._check_open("join")
+        other._check_open("join")
+        if self.decoder is None or other.decoder is None or other.runner is not self.runner:
+            raise ScredgeError("join() needs two started generators on the same runner",
+                               fix="append a prompt to each first")
+        if other.params != self.params:
+            raise ScredgeError("joined rows must sample with the same parameters",
+                               received=repr(other.params), expected=repr(self.params))
+        self._feed_unfed()  # both sides hold the logits of their last fed position
+        other._feed_unfed()
+        self.decoder.join(other.decoder)
+        self.sampler.join(other.sampler)
+        if self._seen is not None:
+            self._seen = np.concatenate([self._seen, other._seen])
+        for name in ("position", "done", "row_generated", "_logits"):
+            setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
+        self.batch += other.batch
+        other.decoder, other._closed = None, True
+
+    def _select(self, keep: list[int]) -> None:
+        self.sampler.select(keep)
+        for name in ("position", "done", "row_generated", "_logits", "_unfed", "_seen"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[keep])
+        self.batch = len(keep)
 
     def close(self, reuse: bool = True) -> None:
         """End this generation. reuse: hand the decoder back to the runner (the TensorRT
@@ -169,5 +287,13 @@ class Generator:
                 decoder.close()
 
     def is_done(self) -> bool:
-        return self.done is not None and (bool(self.done.all())
-                                          or self.generated >= self.max_new_tokens)
+        return self.done is not None and bool(self.done.all())
+
+
+def _is_ragged(ids) -> bool:
+    """A list of id rows whose lengths differ."""
+    if isinstance(ids, np.ndarray) or not isinstance(ids, (list, tuple)) or not ids:
+        return False
+    if not all(isinstance(r, (list, tuple, np.ndarray)) for r in ids):
+        return False
+    return len({len(r) for r in ids}) > 1

@@ -3,10 +3,11 @@
 One graph serves prefill and decode (SCR_SPEC section 3), but their shapes are far apart:
 prefill has many tokens and no cache (T 1..max_prefill, P = 0), decode one token and a
 cache up to its capacity (T = 1, P 0..cap-1 with cap = W-1 for a windowed model, or
-`max_context` for window = null). One profile spanning both would tune kernels for shapes
-that never occur, so the builder makes two and the runner picks one per call. Pure
-functions of the config: the builder records the result in the manifest, the runner reads
-its limits back from there. Torch-free and TensorRT-free.
+`max_context` for window = null); `attention_mask` [B, P+T] spans P+T in each. One
+profile spanning both would tune kernels for shapes that never occur, so the builder
+makes two and the runner picks one per call. Pure functions of the config: the builder
+records the result in the manifest, the runner reads its limits back from there.
+Torch-free and TensorRT-free.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def profiles(config: SCRConfig, max_batch: int = DEFAULT_MAX_BATCH,
         for name in contract.GraphIO.for_config(config).inputs:
             if name in contract.TOKEN_INPUTS:
                 prof[name] = tuple(zip(b, t))
+            elif name == contract.ATTENTION_MASK:  # [B, P+T]
+                prof[name] = tuple((bi, pi + ti) for bi, pi, ti in zip(b, p, t))
             else:
                 prof[name] = tuple(contract.state_shape(config, name, bi, pi)
                                    for bi, pi in zip(b, p))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from scredge.ref.model import ModelState, SCRForCausalLM
-from scredge.sampling import GREEDY, Sampler, SamplingParams, mark_seen
+from scredge.sampling import GREEDY, RowSampler, Sampler, SamplingParams, mark_seen, row_seeds
 
 
 @torch.no_grad()
@@ -44,18 +44,30 @@ def generate(
     prompt: Sequence[Sequence[int]] | Sequence[int],
     max_new_tokens: int,
     params: SamplingParams = GREEDY,
-    seed: int | None = 0,
+    seed=0,
     stop_ids: Sequence[int] = (),
 ) -> list[list[int]]:
-    """Prompts of equal length -> the new ids of each row (a row stops at a stop id)."""
+    """Prompts (any lengths) -> the new ids of each row (a row stops at a stop id).
+
+    Each row samples from its own stream seeded by its seed (`seed` for every row, or one
+    per row), so a row's ids equal its prompt's alone. Prompts of unequal length are
+    prefilled one by one and joined (SCR_SPEC section 3: `ModelState.join`)."""
     rows = [list(prompt)] if prompt and isinstance(prompt[0], int) else [list(p) for p in prompt]
-    ids = torch.tensor(rows, dtype=torch.int64)  # [B,T]
-    sampler = Sampler(params, seed)
-    seen = sampler.history(ids.numpy(), model.config.vocab_size)
-    logits, state = prefill(model, ids)
+    sampler = RowSampler(params, row_seeds(seed, len(rows)))
+    seen = None
+    if params.repetition_penalty != 1.0:
+        seen = np.zeros((len(rows), model.config.vocab_size), dtype=bool)
+        for b, r in enumerate(rows):
+            seen[b, r] = True
+    if len({len(r) for r in rows}) == 1:
+        logits, state = prefill(model, torch.tensor(rows, dtype=torch.int64))
+    else:
+        alone = [prefill(model, torch.tensor([r], dtype=torch.int64)) for r in rows]
+        logits = torch.cat([lg for lg, _ in alone])
+        state = ModelState.join([st for _, st in alone])
     out: list[list[int]] = [[] for _ in rows]
     done = np.zeros(len(rows), dtype=bool)
-    position = ids.shape[1]
+    position = torch.tensor([len(r) for r in rows], dtype=torch.int64)  # [B], each row's own
     for step in range(max_new_tokens):
         token = sample(logits, sampler, seen)  # [B]
         for b, t in enumerate(token.tolist()):
@@ -65,6 +77,8 @@ def generate(
         if done.all() or step == max_new_tokens - 1:
             break
         mark_seen(seen, token.numpy())
-        logits, state = decode_step(model, token, position, state)
-        position += 1
+        with torch.no_grad():
+            step_logits, state = model(token.view(-1, 1), position.view(-1, 1), state)
+        logits = step_logits[:, -1]
+        position = position + 1
     return out

@@ -32,6 +32,9 @@ class ModelState:
     values: list[Tensor]  # per layer [B,Hk,P,Dh]
     scr_num: dict[int, Tensor]  # per SCR layer [B,D] float32
     scr_den: dict[int, Tensor]  # per SCR layer [B,1] float32
+    # [B,P] int64, 1 = real token, 0 = a pad slot left by a join (SCR_SPEC section 3);
+    # None = every cached slot is real (a row or batch that was never joined)
+    mask: Tensor | None = None
 
     @classmethod
     def empty(
@@ -52,6 +55,29 @@ class ModelState:
     @property
     def past_len(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
+
+    @classmethod
+    def join(cls, states: list[ModelState]) -> ModelState:
+        """One batch from several (SCR_SPEC section 3): each cache left-padded with zeros to
+        the longest P, mask 0 in those slots; SCR carries stacked as they are."""
+        P = max(s.past_len for s in states)
+
+        def pad(t: Tensor) -> Tensor:  # [B,Hk,p,Dh] -> [B,Hk,P,Dh], zeros on the left
+            return F.pad(t, (0, 0, P - t.shape[2], 0))
+
+        def mask(s: ModelState) -> Tensor:
+            own = s.mask if s.mask is not None else torch.ones(
+                s.keys[0].shape[0], s.past_len, dtype=torch.int64, device=s.keys[0].device)
+            return F.pad(own, (P - s.past_len, 0))
+
+        layers = range(len(states[0].keys))
+        return cls(
+            keys=[torch.cat([pad(s.keys[i]) for s in states]) for i in layers],
+            values=[torch.cat([pad(s.values[i]) for s in states]) for i in layers],
+            scr_num={i: torch.cat([s.scr_num[i] for s in states]) for i in states[0].scr_num},
+            scr_den={i: torch.cat([s.scr_den[i] for s in states]) for i in states[0].scr_den},
+            mask=torch.cat([mask(s) for s in states]),
+        )
 
 
 # ---- sublayers ----------------------------------------------------------------
@@ -110,8 +136,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(c.d_model, c.d_model, bias=False)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor, past_v: Tensor
+        self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor, past_v: Tensor,
+        key_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """key_mask [B,P+T] int64 or None: a key whose mask is 0 is invisible (a pad)."""
         c = self.c
         B, T, _ = x.shape
         P = past_k.shape[2]
@@ -130,6 +158,8 @@ class Attention(nn.Module):
         qg = q.reshape(B, c.n_kv_heads, G * T, c.head_dim)  # [B,Hk,G*T,Dh], row g*T + t
         scores = (qg @ k_all.transpose(-1, -2)) * c.head_dim**-0.5  # [B,Hk,G*T,P+T]
         mask = visible_mask(P, T, c.window, device=x.device).repeat(G, 1)  # [G*T,P+T]
+        if key_mask is not None:  # pads left by a join: hidden from every query
+            mask = mask & (key_mask != 0)[:, None, None, :]  # [B,1,G*T,P+T]
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores.to(torch.float32), dim=-1).to(q.dtype)
         out = (probs @ v_all).reshape(B, c.n_heads, T, c.head_dim)  # [B,H,T,Dh]
@@ -188,9 +218,9 @@ class Block(nn.Module):
         if index in c.scr_layers:
             self.scr = SCR(c)
 
-    def forward(self, x, cos, sin, past_k, past_v):
+    def forward(self, x, cos, sin, past_k, past_v, key_mask=None):
         attn, present_k, present_v = self.self_attn(
-            self.input_layernorm(x), cos, sin, past_k, past_v
+            self.input_layernorm(x), cos, sin, past_k, past_v, key_mask
         )
         a = x + attn  # [B,T,D]
         h = a + self.mlp(self.post_attention_layernorm(a))  # [B,T,D]
@@ -221,20 +251,29 @@ class SCRForCausalLM(nn.Module):
         return self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
 
     def forward(
-        self, ids: Tensor, positions: Tensor, state: ModelState | None = None
+        self, ids: Tensor, positions: Tensor, state: ModelState | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, ModelState]:
-        """ids, positions [B,T] int64 -> logits [B,T,V] float32, the state for the next call."""
+        """ids, positions [B,T] int64 -> logits [B,T,V] float32, the state for the next call.
+
+        attention_mask [B,P+T] int64 (SCR_SPEC section 3, v2): 0 marks a pad slot of the
+        cache, invisible to every query; the last T columns are 1. None: built from the
+        state's own mask (all real when it has none). The returned state keeps the mask's
+        last P' columns, trimmed with the cache."""
         c = self.config
         B, T = ids.shape
         x = self.model.embed_tokens(ids)  # [B,T,D]
         if state is None:
             state = ModelState.empty(c, B, dtype=x.dtype, device=ids.device)
         self._check_state(state, B)
+        if attention_mask is None and state.mask is not None:
+            new_cols = torch.ones(B, T, dtype=state.mask.dtype, device=state.mask.device)
+            attention_mask = torch.cat((state.mask, new_cols), dim=1)  # [B,P+T]
         cos, sin = rotary_cos_sin(positions, c.head_dim, c.rope_theta)  # [B,T,Dh]
         m = torch.zeros_like(x)  # SCR context through depth, [B,T,D]
         new = ModelState([], [], {}, {})
         for i, block in enumerate(self.model.layers):
-            h, k, v = block(x, cos, sin, state.keys[i], state.values[i])
+            h, k, v = block(x, cos, sin, state.keys[i], state.values[i], attention_mask)
             new.keys.append(k)
             new.values.append(v)
             if i in c.scr_layers:
@@ -244,6 +283,8 @@ class SCRForCausalLM(nn.Module):
             else:
                 x = h
         logits = (self.model.norm(x) @ self.output_weight.T).to(torch.float32)  # [B,T,V]
+        if attention_mask is not None:  # the mask is trimmed with the cache
+            new.mask = attention_mask[:, attention_mask.shape[1] - new.keys[0].shape[2]:]
         return logits, new
 
     def _check_state(self, state: ModelState, batch: int) -> None:

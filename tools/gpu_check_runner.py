@@ -141,10 +141,18 @@ def check_artifact(folder: Path, tokens: int, cuda=None, cuda_graph: bool = Fals
         if key == "batch2":
             report["batch2_cuda_graph_status"] = runner.cuda_graph_status()
     report["decoders_reused"] = device_states[0] is device_states[1]
+    # prompts of both lengths as one batch (SCR_SPEC section 3, v2): prefilled apart, joined
+    # on the device through the attention mask; each row must equal its prompt alone. Last,
+    # as it leaves decoder states of other batch sizes (and their graphs) in the pool
+    prompts = [rng.integers(0, config.vocab_size, size=n).tolist()
+               for n in (config.window + 3, 6)]
+    mixed = gpu_engine.generate(prompts, tokens, temperature=0.0)
+    report["mixed_batch_ids_identical"] = [r.ids for r in mixed] == [
+        host_engine.generate(p, tokens, temperature=0.0).ids for p in prompts]
     report["engine_runs"] = runner.engine.runs
     # same graph, same inputs, same onnxruntime: only thread scheduling may differ
     report["ok"] = (all(c["greedy_ids_identical"] for c in report["cases"])
-                    and report["decoders_reused"]
+                    and report["mixed_batch_ids_identical"] and report["decoders_reused"]
                     and all(report[f"{k}_logits_max_abs_diff"] <= LOGITS_TOL
                             and report[f"{k}_state_max_abs_diff"] <= LOGITS_TOL
                             and report[f"{k}_state_tensors_compared"]

@@ -16,9 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from scredge.config import SCRConfig
-from scredge.contract import INPUT_IDS, LOGITS, POSITION_IDS
+from scredge.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS
 from scredge.errors import ScredgeError
-from scredge.runtime.cache import empty_state, state_from_outputs
+from scredge.runtime.cache import (
+    HostState,
+    empty_state,
+    feed_mask,
+    join_states,
+    select_rows,
+    state_from_outputs,
+    trim_mask,
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,10 @@ class Runner(ABC):
         """A fresh decoding state for `batch` rows (P = 0, empty SCR carry)."""
         return HostDecoder(self, batch)
 
+    def limits_check(self, batch: int, past: int) -> None:
+        """Refuse a joined batch the backend cannot run (nothing, unless overridden)."""
+        return None
+
     def cuda_graph_status(self) -> str | None:
         """What the newest decoder did with CUDA graphs; None for a backend without them."""
         return None
@@ -88,18 +100,114 @@ class Runner(ABC):
 
 
 class Decoder(ABC):
-    """Calls the model chunk by chunk, threading its state: `step(ids, positions) -> logits`."""
+    """Calls the model chunk by chunk, threading its state: `step(ids, positions) -> logits`.
+
+    The decoder keeps the cache's `attention_mask` [B,P] on the host (SCR_SPEC section 3,
+    v2) and feeds the graph that mask plus T ones every call. `join` and `leave` change
+    which sequences the batch holds between two steps: a server adds a prefilled sequence
+    to a running batch with `batch.join(new)`, and drops a finished one with
+    `batch.leave([row])`; every row keeps exactly the logits it would get alone.
+    """
 
     def __init__(self, runner: Runner, batch: int) -> None:
         self.runner = runner
         self.batch = batch
         self.past = 0  # P, cached positions
+        # the cache's mask [B,P] (0 = a pad slot left by a join), or None while every slot
+        # is real (no join): then nothing about the mask is built or sent per token
+        self._mask: np.ndarray | None = None
         self.last_run_s = 0.0  # the backend's own time in the last step (overhead accounting)
         self.released = False
 
     @abstractmethod
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """ids, positions [B,T] int64 -> logits [B,T,V] float32 (host)."""
+        """ids, positions [B,T] int64 -> logits [B,T,V] float32 (host). Positions are each
+        row's own absolute ones (rows joined at different lengths differ)."""
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The cache's attention mask [B,P] int64 (1 = real token, 0 = pad)."""
+        if self._mask is None:
+            return np.ones((self.batch, self.past), dtype=np.int64)
+        return self._mask
+
+    @property
+    def padded(self) -> bool:
+        """Whether the cache holds pad slots (rows joined at unequal lengths)."""
+        return self._mask is not None
+
+    def _next_mask(self, new: int) -> np.ndarray:
+        """This call's attention_mask [B,P+T]; the cache's mask moves on to its last P'."""
+        if self._mask is None:
+            return np.ones((self.batch, self.past + new), dtype=np.int64)
+        full = feed_mask(self._mask, new)
+        kept = trim_mask(full, self.runner.config.present_len(self.past, new))
+        self._mask = None if kept.all() else kept  # the last pad has left the cache
+        return full
+
+    # ---- the batch's membership (SCR_SPEC section 3's join) -----------------------------
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """The state inputs (past_key_values.*, scr_past.*) the next call reads, on the host."""
+        raise self._no_join()
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray], batch: int) -> None:
+        """Make `arrays` (host, `batch` rows) the state the next call reads."""
+        raise self._no_join()
+
+    def _no_join(self) -> ScredgeError:
+        return ScredgeError("this decoder cannot hand over its state",
+                            received=type(self).__name__,
+                            expected="a runner's decoder (onnxruntime, TensorRT, host)",
+                            fix="prefill rows of unequal length on a backend's own runner")
+
+    def host_state(self) -> HostState:
+        """The whole state (arrays and cache mask) copied to the host."""
+        self._check_live()
+        return HostState(self._state_arrays(), self.mask.copy())
+
+    def load_state(self, state: HostState) -> None:
+        """Continue from `state` (its rows, P and mask) at the next step."""
+        self._check_live()
+        self.runner.limits_check(state.batch, state.past)
+        self._load_arrays(state.arrays, state.batch)
+        self.batch, self.past = state.batch, state.past
+        self._mask = None if state.mask.all() else state.mask.astype(np.int64)
+
+    def join(self, *others: Decoder) -> None:
+        """Append the rows of `others` (decoders of the same runner, e.g. a prompt prefilled
+        alone) after this batch's rows; they are released. Caches are left-padded to the
+        longest P with mask 0 there and SCR carries stacked (SCR_SPEC section 3)."""
+        for other in others:
+            if other is self or other.runner is not self.runner:
+                raise ScredgeError("join() takes other decoders of the same runner",
+                                   received="itself" if other is self else "another runner's",
+                                   expected="a decoder from this runner's decoder(batch)")
+            other._check_live()
+        state = join_states([self.host_state(), *(o.host_state() for o in others)])
+        self.load_state(state)
+        for other in others:
+            other.release()
+
+    def select(self, rows) -> None:
+        """Keep the rows `rows` (indices into this batch, in the order given)."""
+        rows = [int(r) for r in rows]
+        if not rows or any(not 0 <= r < self.batch for r in rows) or len(set(rows)) != len(rows):
+            raise ScredgeError("invalid rows to keep", received=rows,
+                               expected=f"distinct indices in 0..{self.batch - 1}, at least one",
+                               fix="release() the decoder when no row is left")
+        self.load_state(select_rows(self.host_state(), rows))
+
+    def leave(self, rows) -> None:
+        """Drop the rows `rows` (finished sequences): they are never computed again."""
+        gone = {int(r) for r in rows}
+        self.select([r for r in range(self.batch) if r not in gone])
+
+    def _check_live(self) -> None:
+        if self.released:
+            raise ScredgeError("this decoder was released or closed",
+                               received="a call on a released decoder",
+                               expected="a decoder in use",
+                               fix="take a new one with runner.decoder(batch)")
 
     def release(self) -> None:
         """The caller is done with this decoder (a backend may reuse its buffers for the
@@ -119,8 +227,16 @@ class HostDecoder(Decoder):
         self.state = empty_state(runner.config, batch, runner.kv_dtype)
 
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        out = self.runner.infer({INPUT_IDS: ids, POSITION_IDS: positions, **self.state})
+        mask = self._next_mask(ids.shape[1])
+        out = self.runner.infer({INPUT_IDS: ids, POSITION_IDS: positions,
+                                 ATTENTION_MASK: mask, **self.state})
         self.last_run_s = self.runner.last_inference_time
         self.state = state_from_outputs(out)
         self.past = self.runner.config.present_len(self.past, ids.shape[1])
         return out[LOGITS]
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.state)
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray], batch: int) -> None:
+        self.state = dict(arrays)

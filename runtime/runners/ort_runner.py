@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from scredge.config import SCRConfig
-from scredge.contract import INPUT_IDS, LOGITS, POSITION_IDS, past_name
-from scredge.runtime.cache import empty_state
+from scredge.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_name
+from scredge.runtime.cache import empty_state, feed_mask
 from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
@@ -50,8 +50,9 @@ class OrtDecoder(Decoder):
     the cheapest call (binding 2L+2S values one by one costs more than it saves).
 
     Steady phase (P = W-1, decode): every shape is fixed. Two state buffer sets S0, S1 and
-    two IOBindings prepared once (S0 -> S1, S1 -> S0), with the token and position arrays
-    bound by reference: a step writes two integers and runs, with no allocation.
+    two IOBindings prepared once (S0 -> S1, S1 -> S0), with the token, position and mask
+    arrays bound by reference: a step writes two integers and runs, with no allocation (the
+    mask [B,W] shifts by one column only while a joined row's pads are still in the cache).
     """
 
     def __init__(self, runner: OrtRunner, batch: int) -> None:
@@ -81,30 +82,33 @@ class OrtDecoder(Decoder):
         self._steady = None  # shapes change: the prepared bindings no longer apply
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         positions = np.ascontiguousarray(positions, dtype=np.int64)
+        mask = self._next_mask(T)
         if self._device == "cpu":
-            logits = self._host_step(ids, positions)
+            logits = self._host_step(ids, positions, mask)
         else:
-            logits = self._bound_step(ids, positions)
+            logits = self._bound_step(ids, positions, mask)
         self.past = new_past
         return logits
 
-    def _host_step(self, ids, positions) -> np.ndarray:
+    def _host_step(self, ids, positions, mask) -> np.ndarray:
         state = self._state
         if self._steady_was_used:  # leaving the steady phase: OrtValues back to arrays
             state = {k: v.numpy() for k, v in state.items()}
             self._steady_was_used = False
         t0 = time.perf_counter()
-        out = self._session.run(None, {INPUT_IDS: ids, POSITION_IDS: positions, **state})
+        out = self._session.run(None, {INPUT_IDS: ids, POSITION_IDS: positions,
+                                       ATTENTION_MASK: mask, **state})
         self.last_run_s = time.perf_counter() - t0
         self._state = dict(zip(self._past_names, out[1:]))
         return out[0]
 
-    def _bound_step(self, ids, positions) -> np.ndarray:
+    def _bound_step(self, ids, positions, mask) -> np.ndarray:
         b = self._binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         b.bind_cpu_input(INPUT_IDS, ids)
         b.bind_cpu_input(POSITION_IDS, positions)
+        b.bind_cpu_input(ATTENTION_MASK, mask)
         for name, value in self._state.items():
             b.bind_ortvalue_input(name, value)
         b.bind_output(LOGITS, "cpu")
@@ -122,8 +126,10 @@ class OrtDecoder(Decoder):
         self._ids = np.zeros((self.batch, 1), np.int64)
         self._pos = np.zeros((self.batch, 1), np.int64)
         self._logits = np.empty((self.batch, 1, c.vocab_size), np.float32)
-        ids_v, pos_v, logits_v = (ort.OrtValue.ortvalue_from_numpy(a)
-                                  for a in (self._ids, self._pos, self._logits))
+        self._mask_buf = feed_mask(self.mask, 1)  # [B,W]: the cache's mask, then the token
+        self._mask_ones = bool(self._mask_buf.all())
+        ids_v, pos_v, logits_v, mask_v = (ort.OrtValue.ortvalue_from_numpy(a) for a in (
+            self._ids, self._pos, self._logits, self._mask_buf))
         current = {k: ort.OrtValue.ortvalue_from_numpy(v) if isinstance(v, np.ndarray) else v
                    for k, v in self._state.items()}  # CPU: wraps, no copy
         spare = {k: ort.OrtValue.ortvalue_from_shape_and_type(
@@ -135,6 +141,7 @@ class OrtDecoder(Decoder):
             b = self._session.io_binding()
             b.bind_ortvalue_input(INPUT_IDS, ids_v)
             b.bind_ortvalue_input(POSITION_IDS, pos_v)
+            b.bind_ortvalue_input(ATTENTION_MASK, mask_v)
             for name, value in self._sets[src].items():
                 b.bind_ortvalue_input(name, value)
             b.bind_ortvalue_output(LOGITS, logits_v)
@@ -154,5 +161,21 @@ class OrtDecoder(Decoder):
         self.last_run_s = time.perf_counter() - t0
         self._set ^= 1
         self._state = self._sets[self._set]
+        buf = self._mask_buf
+        if not self._mask_ones:  # the oldest slot leaves the cache: shift the mask by one
+            buf[:, :-1] = buf[:, 1:].copy()
+            buf[:, -1] = 1
+            self._mask_ones = bool(buf.all())
+        self._mask = None if self._mask_ones else buf[:, :-1]  # a view; host_state copies
         return self._logits
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy() if isinstance(v, self._ort.OrtValue) else np.array(v)
+                for k, v in self._state.items()}
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray], batch: int) -> None:
+        self._steady, self._steady_was_used = None, False  # other shapes, other buffers
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        self._state = arrays if self._device == "cpu" else {
+            k: self._ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for k, v in arrays.items()}
 

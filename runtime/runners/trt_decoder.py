@@ -49,6 +49,10 @@ class DecoderState:
             self.ids = self.buffers.alloc(batch * rows * 8)
             self.pos = self.buffers.alloc(batch * rows * 8)
             self.logits = self.buffers.alloc(batch * rows * c.vocab_size * 4)
+            # attention_mask [B,P+T]: P+T <= max_prefill (prefill) or the cache + 1 (decode)
+            self.mask_slots = batch * max(rows, lim.cache + 1)
+            self.mask = self.buffers.alloc(self.mask_slots * 8)
+            self.mask_ones = 0  # leading int64 ones the mask buffer holds
             # each state tensor at its largest: the output shapes of a call filling the cache
             self.state_outputs = runner.output_names[1:]
             full = runner.output_shapes(batch, 0, lim.cache)
@@ -64,6 +68,7 @@ class DecoderState:
         # a call whose past is in set k writes its present into set 1-k
         self.addresses = [
             {contract.INPUT_IDS: self.ids, contract.POSITION_IDS: self.pos,
+             contract.ATTENTION_MASK: self.mask,
              contract.LOGITS: self.logits,
              **self.sets[k], **{o: self.sets[1 - k][past_name(o)] for o in self.state_outputs}}
             for k in (0, 1)]
@@ -114,11 +119,7 @@ class TrtDecoder(Decoder):
         self.current = 0  # index of the set holding this call's past
 
     def _live(self) -> DecoderState:
-        if self.released:
-            raise ScredgeError("this decoder was released or closed",
-                               received="a call on a released decoder",
-                               expected="a decoder in use",
-                               fix="take a new one with runner.decoder(batch)")
+        self._check_live()
         return self._state
 
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -147,10 +148,17 @@ class TrtDecoder(Decoder):
         P = self.past
         cuda.upload(st.ids, ids, stream)
         cuda.upload(st.pos, positions, stream)
+        if self.padded:  # a joined batch's pads are in the cache: this call's mask goes up
+            cuda.upload(st.mask, self._next_mask(T), stream)
+            st.mask_ones = 0
+        elif st.mask_ones < B * (P + T):  # every slot real: ones, sent once per state
+            cuda.upload(st.mask, np.ones(st.mask_slots, np.int64), stream)
+            st.mask_ones = st.mask_slots
         if self._shapes_key != (T, P):  # steady decode (T = 1, P = W-1) reuses the last ones
-            self._shapes = {n: (B, T) for n in contract.TOKEN_INPUTS}
+            self._shapes = {**{n: (B, T) for n in contract.TOKEN_INPUTS},
+                            contract.ATTENTION_MASK: (B, P + T)}
             for n in st.state_inputs:
-                self._shapes[n] = tuple(P if d == "past_sequence" else B if d == "batch" else d
+                self._shapes[n] = tuple(P if d == contract.PAST else B if d == contract.BATCH else d
                                         for d in runner.input_metadata[n].shape)
             self._shapes_key = (T, P)
         logits = np.empty((B, T, c.vocab_size), np.float32)
@@ -167,6 +175,24 @@ class TrtDecoder(Decoder):
         self.current = 1 - self.current
         self.past = c.present_len(P, T)
         return logits
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return self.state()
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray], batch: int) -> None:
+        """Upload `arrays` into set 0; another batch size takes a state of that size (from
+        the runner's idle ones, or new) and hands this one back."""
+        runner = self.runner
+        if batch != self.batch:
+            old, self._state = self._state, runner.state_for(batch)
+            runner.take_back(old)
+            runner.track_graphs(self._state.graphs)
+        st = self._state
+        st.graphs.drop()  # captured for another state: captured again once steady
+        for name, a in arrays.items():
+            st.cuda.upload(st.sets[0][name], np.ascontiguousarray(a), st.buffers.stream)
+        st.cuda.sync(st.buffers.stream)
+        self.current, self._shapes_key = 0, None
 
     def state(self) -> dict[str, np.ndarray]:
         """The current state copied to the host (for checks; generation never needs it)."""

@@ -40,6 +40,8 @@ def graph_io(config: SCRConfig, kv_dtype: np.dtype) -> tuple[dict[str, TensorMet
     io = contract.GraphIO.for_config(config)
     meta = {name: TensorMeta(contract.tensor_dtype(name, kv_dtype),
                              (contract.BATCH, contract.SEQUENCE) if name in contract.TOKEN_INPUTS
+                             else (contract.BATCH, contract.MASK_LENGTH)
+                             if name == contract.ATTENTION_MASK
                              else contract.state_shape(config, name))
             for name in io.inputs}
     return meta, list(io.outputs)
@@ -88,11 +90,25 @@ class TrtRunner(Runner):
         """A decoder in the empty state, on a released decoder's device state when one of
         this batch size is idle (its context, stream and buffers), else on a new one."""
         self.limits.check(batch, 0, 1)  # before taking anything from the pool
+        return TrtDecoder(self, batch, self._idle_state(batch))
+
+    def limits_check(self, batch: int, past: int) -> None:
+        self.limits.check(batch, past, 1)
+
+    def _idle_state(self, batch: int) -> DecoderState | None:
         with self._idle_lock:
             state = next((s for s in reversed(self._idle) if s.batch == batch), None)
             if state is not None:
                 self._idle.remove(state)
-        return TrtDecoder(self, batch, state)
+        return state
+
+    def state_for(self, batch: int) -> DecoderState:
+        """A device state of `batch` rows for a decoder whose batch changes (join, leave)."""
+        state = self._idle_state(batch)
+        if state is None:
+            state = DecoderState(self, batch)
+        state.begin()
+        return state
 
     def take_back(self, state: DecoderState) -> None:
         """Keep a released decoder's device state for the next decoder of its batch size."""

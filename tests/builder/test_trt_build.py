@@ -72,6 +72,8 @@ def test_engine_file_and_manifest(built, dtype):
     prefill, decode = entry["profiles"]
     assert prefill["input_ids"] == [[1, 1], [1, 32], [4, 32]]
     assert decode["past_key_values.0.key"] == [[1, 2, 0, 8], [1, 2, 15, 8], [4, 2, 15, 8]]
+    assert prefill["attention_mask"] == [[1, 1], [1, 32], [4, 32]]  # [B, P+T] in both
+    assert decode["attention_mask"] == [[1, 1], [1, 16], [4, 16]]
     data = (folder / ENGINE).read_bytes()
     assert data.count(b"Realign") >= 2 and b"kappa" in data  # the plugin layers' fields
 

@@ -18,9 +18,12 @@ class OrtDecoder:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.names = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, ids, pos, state):
+    def __call__(self, ids, pos, state, mask=None):
+        if mask is None:  # every cached slot real (SCR_SPEC section 3, v2)
+            mask = np.ones((ids.shape[0], state["past_key_values.0.key"].shape[2]
+                            + ids.shape[1]), np.int64)
         outs = dict(zip(self.names, self.session.run(
-            None, {"input_ids": ids, "position_ids": pos, **state})))
+            None, {"input_ids": ids, "position_ids": pos, "attention_mask": mask, **state})))
         return outs, state_from_outputs(outs)
 
 

@@ -40,7 +40,9 @@ def test_folder_contents_and_manifest(artifact):
     config = json.loads((out / "config.json").read_text())
     assert SCRConfig.from_dict(config["model"]) == CFG
     assert config["export"]["dtype"] == "float32" and config["export"]["opset"] == 18
-    assert config["io"]["inputs"][:3] == ["input_ids", "position_ids", "past_key_values.0.key"]
+    assert config["io"]["inputs"][:4] == ["input_ids", "position_ids", "attention_mask",
+                                          "past_key_values.0.key"]
+    assert config["graph_version"] == 2
     assert {"torch", "onnx", "onnxruntime", "scredge"} <= set(config["versions"])
     assert "prefill" in config["export"]["verification"]
     # the weights the graph came from, loadable as the reference
@@ -135,3 +137,29 @@ def test_tiny_window_refused(tmp_path):
     with pytest.raises(ScredgeError, match="window too small"):
         export_artifact(build_model(CFG.with_(window=2)), tmp_path / "w2")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_older_graph_is_refused_with_the_reexport_command(artifact, tmp_path):
+    """Oracle: SCR_SPEC section 3: a runtime refuses graph_version < 2 (a v1 folder has
+    none) with a message saying to export it again; nothing is loaded."""
+    import shutil
+
+    from scredge.artifact import write_manifest
+    from scredge.runtime import Engine
+
+    _, out = artifact
+    for found, needle in ((None, "graph version 1 is older"), (1, "graph version 1 is older"),
+                          (3, "graph version 3 is not")):
+        old = tmp_path / f"v{found}"
+        shutil.copytree(out, old)
+        config = json.loads((old / "config.json").read_text())
+        config.pop("graph_version")
+        if found is not None:
+            config["graph_version"] = found
+        (old / "config.json").write_text(json.dumps(config))
+        write_manifest(old)
+        with pytest.raises(ScredgeError, match=needle) as err:
+            Engine.load(old)
+        if found != 3:
+            assert (f"scredge export --weights {old / 'model.safetensors'} --dtype float32 "
+                    f"--opset 18 --out {old} --force") in str(err.value)

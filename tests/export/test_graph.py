@@ -49,7 +49,8 @@ def test_io_names_and_dynamic_dims(saved):
     io = GraphIO.for_config(CFG)
     assert [i.name for i in saved.graph.input] == list(io.inputs)
     assert [o.name for o in saved.graph.output] == list(io.outputs)
-    assert io.inputs[2:6] == ("past_key_values.0.key", "past_key_values.0.value",
+    assert io.inputs[2] == "attention_mask"
+    assert io.inputs[3:7] == ("past_key_values.0.key", "past_key_values.0.value",
                               "past_key_values.1.key", "past_key_values.1.value")
     assert io.inputs[-4:] == ("scr_past.0.num", "scr_past.0.den", "scr_past.2.num",
                               "scr_past.2.den")
@@ -60,13 +61,14 @@ def test_io_names_and_dynamic_dims(saved):
 
     by_name = {v.name: v for v in list(saved.graph.input) + list(saved.graph.output)}
     assert dims(by_name["input_ids"]) == ["batch", "sequence"]
+    assert dims(by_name["attention_mask"]) == ["batch", "past_sequence + sequence"]
     assert dims(by_name["past_key_values.1.value"]) == ["batch", 2, "past_sequence", 8]
     assert dims(by_name["present.2.key"]) == ["batch", 2, "present_sequence", 8]
     assert dims(by_name["scr_past.0.num"]) == ["batch", 32]
     assert dims(by_name["logits"]) == ["batch", "sequence", 256]
     elem = {v.name: v.type.tensor_type.elem_type for v in by_name.values()}
     assert elem["logits"] == elem["scr_present.0.num"] == onnx.TensorProto.FLOAT
-    assert elem["input_ids"] == onnx.TensorProto.INT64
+    assert elem["input_ids"] == elem["attention_mask"] == onnx.TensorProto.INT64
 
 
 def test_readable_node_names(saved):

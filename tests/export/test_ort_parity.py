@@ -71,3 +71,44 @@ def test_one_call_equals_the_split_calls(exported, ort_decoder):
     _, whole = run_both(model, decoder, dtype, [sum(SPLITS)])
     tol = 2e-2 if dtype == "float16" else 1e-5
     np.testing.assert_allclose(split, whole, atol=tol, rtol=0)
+
+
+def test_joined_rows_with_attention_mask_equal_each_row_alone(exported, ort_decoder):
+    """SCR_SPEC section 3 (v2). Oracle: `scr_ref` running each prompt alone. The graph
+    prefills prompts of 3 and 9 tokens apart; their states are joined (the shorter cache
+    left-padded, mask 0 there) and 8 decode steps run as one batch, each row at its own
+    positions, past the window where it has one."""
+    from scredge.runtime.cache import HostState, join_states, trim_mask
+
+    dtype, model, path = exported
+    if dtype != "float32":
+        pytest.skip("float32 shows the mask exactly; float16 adds nothing here")
+    decoder = ort_decoder(path)
+    c, gen = model.config, torch.Generator().manual_seed(11)
+    prompts = [torch.randint(0, 256, (1, n), generator=gen) for n in (3, 9)]
+    steps = torch.randint(0, 256, (2, 8), generator=gen)
+    alone, parts = [], []
+    for b, p in enumerate(prompts):
+        pos = torch.arange(p.shape[1])[None]
+        with torch.no_grad():
+            ref, st = model(p, pos)
+            want = [ref[0, -1].numpy()]
+            for k in range(steps.shape[1]):
+                ref, st = model(steps[b:b + 1, k:k + 1], torch.tensor([[p.shape[1] + k]]), st)
+                want.append(ref[0, -1].numpy())
+        alone.append(np.stack(want))
+        outs, state = decoder(p.numpy(), pos.numpy(), empty_state(c, 1))
+        np.testing.assert_allclose(outs["logits"][0, -1], alone[b][0], atol=1e-4, rtol=0)
+        parts.append(HostState(state, np.ones((1, state["past_key_values.0.key"].shape[2]),
+                                              np.int64)))
+    joined = join_states(parts)
+    state, mask = joined.arrays, joined.mask
+    assert (mask == 0).any(), "the shorter row must be padded"
+    position = np.array([[3], [9]])
+    for k in range(steps.shape[1]):
+        full = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        outs, state = decoder(steps[:, k:k + 1].numpy(), position + k, state, full)
+        mask = trim_mask(full, state["past_key_values.0.key"].shape[2])
+        for b in range(2):
+            np.testing.assert_allclose(outs["logits"][b, -1], alone[b][k + 1], atol=1e-4,
+                                       rtol=0)

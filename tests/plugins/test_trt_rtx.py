@@ -117,9 +117,11 @@ def test_parser_accepts_every_node(tiny, mode, dtype):
 
 
 # dimension name (as exported, SCR_SPEC section 3) -> (min, opt, max); P <= W-1 = 127 for tiny
-PROFILES = {
-    "prefill": {"batch": (1, 1, 4), "sequence": (1, 64, 256), "past_sequence": (0, 0, 0)},
-    "decode": {"batch": (1, 1, 4), "sequence": (1, 1, 1), "past_sequence": (0, 64, 127)},
+PROFILES = {  # attention_mask's axis is P + T (SCR_SPEC section 3, v2)
+    "prefill": {"batch": (1, 1, 4), "sequence": (1, 64, 256), "past_sequence": (0, 0, 0),
+                "past_sequence + sequence": (1, 64, 256)},
+    "decode": {"batch": (1, 1, 4), "sequence": (1, 1, 1), "past_sequence": (0, 64, 127),
+               "past_sequence + sequence": (1, 65, 128)},
 }
 
 

@@ -22,7 +22,11 @@ def engine(small_window_artifact):
     ([-1], {}, "outside the vocabulary"),
     ("", {}, "empty prompt"),
     ([], {}, "empty prompt"),
-    ([[1, 2], [3]], {}, "equal lengths"),
+    # prompts of unequal length are a valid batch now (SCR_SPEC v2 attention_mask); what
+    # stays wrong in one is an empty row, a bad id in a row, or seeds not one per prompt
+    ([[1, 2], []], {}, "empty prompt"),
+    ([[1, 2], [3, 300, 4]], {}, r"outside the vocabulary"),
+    ([[1, 2], [3]], {"seed": [1]}, "one per prompt"),
     ([1.5, 2], {}, "must be integers"),
     ([1], {"max_new_tokens": -1}, "invalid max_new_tokens"),
     ([1], {"max_new_tokens": 10**12}, "invalid max_new_tokens"),

@@ -24,7 +24,9 @@ def test_bound_path_equals_stateless_infer(small_window_artifact):
     for size in (5, 3, *([1] * 32)):  # past W-1 = 15: growing, then the fixed-shape phase
         chunk = ids[:, start:start + size]
         pos = np.tile(np.arange(start, start + size), (2, 1))
-        out = runner.infer({"input_ids": chunk, "position_ids": pos, **state})
+        mask = np.ones((2, state["past_key_values.0.key"].shape[2] + size), np.int64)
+        out = runner.infer({"input_ids": chunk, "position_ids": pos, "attention_mask": mask,
+                            **state})
         state = state_from_outputs(out)
         np.testing.assert_allclose(bound.step(chunk, pos), out["logits"], rtol=0, atol=1e-6)
         np.testing.assert_allclose(host.step(chunk, pos), out["logits"], rtol=0, atol=1e-6)

@@ -16,7 +16,7 @@ FULL = W16.with_(window=None, scr_layers=(1,))
 
 def test_windowed_profiles():
     prefill, decode = tp.profiles(W16, max_batch=3, max_prefill=64)
-    assert list(prefill) == ["input_ids", "position_ids",
+    assert list(prefill) == ["input_ids", "position_ids", "attention_mask",
                              *(f"past_key_values.{i}.{kv}" for i in (0, 1)
                                for kv in ("key", "value")),
                              "scr_past.0.num", "scr_past.0.den", "scr_past.1.num",
@@ -27,6 +27,8 @@ def test_windowed_profiles():
     assert decode["past_key_values.0.key"] == ((1, 2, 0, 8), (1, 2, 15, 8), (3, 2, 15, 8))
     assert decode["scr_past.1.num"] == ((1, 32), (1, 32), (3, 32))
     assert decode["scr_past.0.den"] == ((1, 1), (1, 1), (3, 1))
+    assert prefill["attention_mask"] == ((1, 1), (1, 64), (3, 64))  # [B, P+T], P = 0
+    assert decode["attention_mask"] == ((1, 1), (1, 16), (3, 16))  # P 0..15, T = 1
     assert tp.from_json(tp.to_json([prefill, decode])) == [prefill, decode]
 
 
@@ -36,6 +38,7 @@ def test_full_causal_profiles_need_max_context():
     prefill, decode = tp.profiles(FULL, max_batch=2, max_context=100)
     assert prefill["input_ids"][2] == (2, 100)  # default max_prefill: min(512, max_context)
     assert decode["past_key_values.0.key"][2] == (2, 2, 99, 8)  # P' = P + 1 <= 100
+    assert decode["attention_mask"][2] == (2, 100)
     assert "scr_past.0.num" not in decode and "scr_past.1.num" in decode
 
 

@@ -108,7 +108,8 @@ def test_stateless_infer(runner):
     from scredge.runtime.cache import empty_state
 
     feed = {"input_ids": np.zeros((1, 4), np.int64),
-            "position_ids": np.arange(4).reshape(1, 4), **empty_state(W16, 1)}
+            "position_ids": np.arange(4).reshape(1, 4),
+            "attention_mask": np.ones((1, 4), np.int64), **empty_state(W16, 1)}
     out = runner.infer(feed)
     assert out["logits"].shape == (1, 4, 256) and (out["logits"] == 1).all()
     assert out["present.1.key"].shape == (1, 2, 4, 8) and out["scr_present.0.den"].shape == (1, 1)
@@ -214,3 +215,31 @@ def test_a_closed_generator_gives_its_decoder_back_once(runner):
         gen.append([4])
     with pytest.raises(ScredgeError, match="closed generator"):
         gen.next_token()
+
+
+def test_join_and_leave_rebind_state_and_mask(runner):
+    """SCR_SPEC section 3 (v2) on the device path: a join uploads the left-padded state into
+    a decoder state of the new batch size, the decode call gets attention_mask [B, P+1] with
+    0 in the shorter row's pads, and a row that leaves takes an idle state of the smaller
+    batch (nothing allocated). Oracle: the host-side join of `runtime.cache`."""
+    calls = runner.cuda.calls
+    a, b = runner.decoder(1), runner.decoder(1)
+    a.step(np.zeros((1, 3), np.int64), np.arange(3).reshape(1, 3))
+    b.step(np.zeros((1, 5), np.int64), np.arange(5).reshape(1, 5))
+    a.join(b)
+    assert b.released and a.batch == 2 and a.past == 5 and a.padded
+    n = len(calls)
+    a.step(np.array([[1], [2]]), np.array([[3], [5]]))
+    (_, shapes, addr), = executes(calls[n:])
+    assert shapes["attention_mask"] == (2, 6) and shapes["past_key_values.0.key"] == (2, 2, 5, 8)
+    sent = np.frombuffer(runner.cuda.mem[addr["attention_mask"]][:2 * 6 * 8], np.int64)
+    np.testing.assert_array_equal(sent.reshape(2, 6), [[0, 0, 1, 1, 1, 1], [1] * 6])
+    mallocs = len([c for c in calls if c[0] == "malloc"])
+    a.leave([1])
+    assert a.batch == 1 and a.past == 4 and not a.padded  # its pads left with the long row
+    assert len([c for c in calls if c[0] == "malloc"]) == mallocs  # an idle batch-1 state
+    n = len(calls)
+    a.step(np.array([[1]]), np.array([[4]]))
+    (_, shapes, _), = executes(calls[n:])
+    assert shapes["attention_mask"] == (1, 5) and shapes["input_ids"] == (1, 1)
+    a.release()

@@ -27,6 +27,7 @@ def test_device_path_matches_the_host_runner_on_fake_memory(tool, small_window_a
     assert report["ok"], report
     assert [c["prompt_len"] for c in report["cases"]] == [5, 16 + 9]  # inside and past W
     assert report["batch2_past_len"] == 15  # W - 1: the cache was trimmed on the device
+    assert report["mixed_batch_ids_identical"]  # prompts of 19 and 6 tokens, joined
     assert report["batch2_logits_max_abs_diff"] <= tool.LOGITS_TOL
     assert report["decoders_reused"] and report["batch2_reused_past_len"] == 15
     assert report["batch2_reused_logits_max_abs_diff"] <= tool.LOGITS_TOL
