@@ -141,7 +141,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         src = sources.from_preset(args.preset, args.seed, parse_scr_layers(
             args.scr_layers, SCRConfig.preset(args.preset).n_layers))
     path = export_artifact(src.model, out, dtype=args.dtype, opset=args.opset,
-                           force=args.force, source=src.description,
+                           force=args.force, source=src.description, tokenizer=src.tokenizer,
                            log=lambda s: print(s, flush=True))
     print(f"wrote {path}")
     return 0
@@ -150,25 +150,32 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ---- generate / build ---------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
     from scredge.runtime import Engine
+    from scredge.runtime.chat import chat_messages
 
+    messages = chat_messages(args.prompt, args.chat, args.messages)
+    if messages is None and args.prompt is None:
+        raise ScredgeError("generate needs --prompt (or --messages FILE for a chat)",
+                           fix="pass --prompt TEXT")
     engine = Engine.load(args.folder, backend=args.backend, cuda_graph=args.cuda_graph)
+    prompt = args.prompt if messages is None else engine.chat_ids(messages)
+    echo = args.prompt if messages is None else ""  # a chat prints the reply alone
     kwargs = dict(max_new_tokens=args.max_new_tokens,
                   temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                  stop=args.stop or ())
+                  stop=args.stop or (), ignore_eos=args.ignore_eos)
     if args.stream and not args.json:
-        print(args.prompt, end="", flush=True)
-        for piece in engine.stream(args.prompt, **kwargs):
+        print(echo, end="", flush=True)
+        for piece in engine.stream(prompt, **kwargs):
             print(piece, end="", flush=True)
         print()
         return 0
-    result = engine.generate(args.prompt, **kwargs)
+    result = engine.generate(prompt, **kwargs)
     if args.json:
         print(json.dumps({"ids": result.ids, "text": result.text, "backend": engine.backend,
                           "finish_reason": result.finish_reason,
                           "prompt_tokens": result.prompt_tokens, "timing": result.timing}))
     else:
-        print(args.prompt + result.text)
+        print(echo + result.text)
     return 0
 
 
@@ -460,8 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a checkpoint shipped with scredge and trained by `scredge train`: "
                           "tiny (prose)")
     src.add_argument("--from-llama", type=Path, metavar="DIR",
-                     help="a local Hugging Face Llama/Mistral folder (config.json + safetensors); "
-                          "SCR layers are added with gamma = 0")
+                     help="a local Hugging Face Llama/Mistral/Qwen2 folder (config.json + "
+                          "safetensors, tokenizer files when present); SCR layers are added "
+                          "with gamma = 0")
     p.add_argument("--config", type=Path,
                    help="a config JSON file (seeded weights, or the config of --weights)")
     p.add_argument("--weights", type=Path, help="a .safetensors checkpoint")
@@ -476,7 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text from an artifact folder (torch-free)")
     p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
-    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--prompt", help="the prompt text (with --chat: the user's message)")
+    p.add_argument("--chat", action="store_true",
+                   help="send --prompt as a user message through the model's chat template")
+    p.add_argument("--messages", type=Path, metavar="FILE",
+                   help="a chat: a JSON list of {\"role\", \"content\"} messages (--prompt, "
+                        "when given, is appended as the user's turn)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="do not stop at the tokenizer's end-of-sequence ids")
     p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
     p.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="default 1.0")

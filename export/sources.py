@@ -12,6 +12,7 @@ from scredge.config import SCRConfig
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.hf_config import SUPPORTED_ARCHITECTURES, llama_config
+from scredge.export.tokenizer_files import TokenizerFiles, find_tokenizer
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "ModelSource", "from_config", "from_files",
            "from_llama", "from_preset", "from_pretrained", "llama_config"]
@@ -23,6 +24,7 @@ class ModelSource:
 
     model: object  # scredge.ref.SCRForCausalLM
     description: dict = field(default_factory=dict)
+    tokenizer: TokenizerFiles | None = None  # a Hugging Face folder's, copied by the export
 
 
 def from_config(config: SCRConfig, seed: int, scr_layers: tuple[int, ...] | None,
@@ -107,6 +109,7 @@ def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
     folder = Path(folder)
     hf = _hf_config(folder)
     config = llama_config(hf, scr_layers)
+    tokenizer = find_tokenizer(folder, hf, config.vocab_size)  # refused before weights load
     tensors = {k: v for k, v in _read_safetensors(folder).items()
                if not k.endswith("rotary_emb.inv_freq")}
     if config.tie_embeddings:
@@ -122,4 +125,4 @@ def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
     return ModelSource(model, {"kind": "huggingface", "folder": str(folder),
                                "architectures": hf.get("architectures"),
                                "model_type": hf.get("model_type"),
-                               "scr_seed": seed, "gamma_init": 0.0})
+                               "scr_seed": seed, "gamma_init": 0.0}, tokenizer)
