@@ -1,5 +1,7 @@
-"""`--from-llama`: a tiny random transformers.LlamaForCausalLM saved with save_pretrained,
-retrofitted with SCR at gamma = 0. Oracle: transformers' own logits for the same ids."""
+"""`--from-llama`: tiny random transformers Llama / Mistral / Qwen2 models saved with
+save_pretrained, retrofitted with SCR at gamma = 0. Oracle: transformers' own logits for the
+same ids. (The exported graphs of each family are checked against transformers in
+tests/runtime/test_hf_generate.py, which exports them once.)"""
 
 from __future__ import annotations
 
@@ -7,14 +9,11 @@ import copy
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 
 from scredge.errors import ScredgeError
-from scredge.export.pipeline import export_artifact
 from scredge.export.sources import from_llama
-from scredge.runtime.cache import empty_state
 
 transformers = pytest.importorskip("transformers", reason="transformers (dev extra) not installed")
 
@@ -28,22 +27,6 @@ def save_llama(folder, **overrides):
     model = transformers.LlamaForCausalLM(cfg).eval()
     model.save_pretrained(folder, safe_serialization=True)
     return model
-
-
-def test_exported_logits_equal_transformers(tmp_path, ort_decoder):
-    hf = save_llama(tmp_path / "llama")
-    src = from_llama(tmp_path / "llama", scr_layers=None, seed=1)
-    assert src.model.config.scr_layers == (0, 1) and src.model.config.window is None
-    out = export_artifact(src.model, tmp_path / "art", source=src.description)
-    ids = torch.randint(0, 300, (2, 11), generator=torch.Generator().manual_seed(2))
-    pos = torch.arange(11).expand(2, 11)
-    with torch.no_grad():
-        expected = hf(input_ids=ids, position_ids=pos, use_cache=False).logits.numpy()
-    outs, _ = ort_decoder(out / "model.onnx")(ids.numpy(), pos.numpy(),
-                                              empty_state(src.model.config, 2))
-    np.testing.assert_allclose(outs["logits"], expected, atol=1e-4, rtol=0)
-    config = json.loads((out / "config.json").read_text())
-    assert config["export"]["source"]["kind"] == "huggingface"
 
 
 @pytest.mark.parametrize(("edit", "needle"), [
@@ -156,3 +139,18 @@ def test_rope_scaling_beside_default_rope_parameters_is_applied(tmp_path):
     assert hf.config.rope_parameters["rope_type"] == "linear"
     config = reference_logits_match(tmp_path, hf)
     assert config.rope_scaling.to_dict() == {"rope_type": "linear", "factor": 4.0}
+
+
+def test_a_folder_without_tokenizer_json_has_no_tokenizer(tmp_path):
+    """The byte tokenizer (or ids only) stays the default: nothing to copy."""
+    save_llama(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert from_llama(tmp_path).tokenizer is None
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path, bpe_tokenizer):
+    """vocab 300 model, 2048-token tokenizer: ids the model cannot take."""
+    save_llama(tmp_path)
+    bpe_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ScredgeError, match="more tokens than the model"):
+        from_llama(tmp_path)

@@ -64,6 +64,24 @@ def expected(model, ids):
 
 
 @pytest.mark.parametrize("variant", list(hf_models.VARIANTS))
+def test_exported_logits_equal_transformers(families, variant):
+    """The artifact's onnxruntime graph (SCR retrofitted at gamma = 0) gives transformers'
+    logits, past the Mistral window and the llama3 low-frequency band."""
+    import numpy as np
+    import torch
+
+    from scredge.runtime import Engine
+
+    model, _, art = families[variant]
+    ids = np.random.default_rng(5).integers(0, model.config.vocab_size, (1, 40))
+    pos = np.arange(40)[None]
+    logits = Engine.load(art, backend="ort").runner.decoder(1).step(ids, pos)
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+    np.testing.assert_allclose(logits, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", list(hf_models.VARIANTS))
 def test_generate_equals_transformers(families, hf_tokenizer_dir, capsys, variant):
     model, _, art = families[variant]
     hf_tok = hf_tokenizer_dir[1]
@@ -121,6 +139,7 @@ def test_artifact_lists_the_tokenizer_files(families):
         assert manifest[name]["sha256"] == sha256_file(folder / name)
     assert config[TOKENIZER_KEY]["eos_token_ids"] == json.loads(
         (folder / "generation_config.json").read_text())["eos_token_id"]
+    assert config["export"]["source"]["kind"] == "huggingface"
 
 
 NO_TORCH = """

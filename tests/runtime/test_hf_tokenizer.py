@@ -99,3 +99,16 @@ def test_template_globals_and_filters_as_transformers(pair):
 def test_refusals_are_scredge_errors(template, messages, needle):
     with pytest.raises(ScredgeError, match=needle):
         render_chat(template, messages, {})
+
+
+def test_byte_tokenizer_stays_the_default_without_tokenizer_json(tmp_path):
+    """Oracle: SCR_SPEC section 1 (UTF-8 bytes for V = 256; ids only otherwise)."""
+    from types import SimpleNamespace
+
+    from scredge.config import SCRConfig
+    from scredge.runtime.tokenizer import ByteTokenizer, load_tokenizer
+
+    art = SimpleNamespace(folder=tmp_path, config=SCRConfig(), settings={})
+    assert isinstance(load_tokenizer(art), ByteTokenizer)
+    art.config = SCRConfig(vocab_size=300)
+    assert load_tokenizer(art) is None
