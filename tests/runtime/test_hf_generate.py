@@ -96,24 +96,25 @@ def test_generate_equals_transformers(families, hf_tokenizer_dir, capsys, varian
         assert len(free["ids"]) == NEW and free["ids"][:6] == ids
 
 
+def hf_chat_ids(hf_tok, messages) -> list[int]:
+    ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(getattr(ids, "input_ids", ids))  # a BatchEncoding in transformers 5
+
+
 def test_chat_equals_transformers(families, hf_tokenizer_dir, capsys, tmp_path):
-    """--chat and --messages render the template as apply_chat_template does."""
+    """--messages and --chat render the template as apply_chat_template does."""
     model, _, art = families["qwen2"]
     hf_tok = hf_tokenizer_dir[1]
     messages = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": "What is a list?"}]
-    ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    ids = list(getattr(ids, "input_ids", ids))
     path = tmp_path / "messages.json"
     path.write_text(json.dumps(messages))
+    ids = hf_chat_ids(hf_tok, messages)
     result = scredge_generate(capsys, art, "--messages", str(path))
-    want, reason = expected(model, ids)
-    assert result["ids"] == want and result["prompt_tokens"] == len(ids)
-    one = [{"role": "user", "content": "What is a list?"}]
-    ids = list(getattr(hf_tok.apply_chat_template(one, add_generation_prompt=True), "input_ids",
-                       hf_tok.apply_chat_template(one, add_generation_prompt=True)))
+    assert result["ids"] == expected(model, ids)[0] and result["prompt_tokens"] == len(ids)
+    ids = hf_chat_ids(hf_tok, [{"role": "user", "content": "What is a list?"}])
     result = scredge_generate(capsys, art, "--chat", "--prompt", "What is a list?")
-    assert result["ids"] == expected(model, ids)[0]
+    assert result["ids"] == expected(model, ids)[0] and result["prompt_tokens"] == len(ids)
 
 
 def test_stream_and_engine_chat(families):
