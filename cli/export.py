@@ -17,8 +17,9 @@ def add(sub) -> None:
                      help="a checkpoint shipped with scredge and trained by `scredge train`: "
                           "tiny (prose)")
     src.add_argument("--from-llama", type=Path, metavar="DIR",
-                     help="a local Hugging Face Llama/Mistral folder (config.json + safetensors); "
-                          "SCR layers are added with gamma = 0")
+                     help="a local Hugging Face Llama/Mistral/Qwen2 folder (config.json + "
+                          "safetensors, tokenizer files when present); SCR layers are added "
+                          "with gamma = 0")
     p.add_argument("--config", type=Path,
                    help="a config JSON file (seeded weights, or the config of --weights)")
     p.add_argument("--weights", type=Path, help="a .safetensors checkpoint")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                         config=args.config, weights=args.weights, scr_layers=args.scr_layers,
                         seed=args.seed)
     path = export_artifact(src.model, out, dtype=args.dtype, opset=args.opset,
-                           force=args.force, source=src.description,
+                           force=args.force, source=src.description, tokenizer=src.tokenizer,
                            log=lambda s: print(s, flush=True))
     print(f"wrote {path}")
     return 0

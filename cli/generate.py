@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from scredge.cli.common import CUDA_GRAPH_HELP, add_folder
+from scredge.errors import ScredgeError
 
 
 def add(sub) -> None:
     p = sub.add_parser("generate", help="generate text from an artifact folder (torch-free)")
     add_folder(p)
-    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--prompt", help="the prompt text (with --chat: the user's message)")
+    p.add_argument("--chat", action="store_true",
+                   help="send --prompt as a user message through the model's chat template")
+    p.add_argument("--messages", type=Path, metavar="FILE",
+                   help="a chat: a JSON list of {\"role\", \"content\"} messages (--prompt, "
+                        "when given, is appended as the user's turn)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="do not stop at the tokenizer's end-of-sequence ids")
     p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
     p.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
@@ -30,23 +39,30 @@ def add(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scredge.runtime import Engine
+    from scredge.runtime.chat import chat_messages
 
+    messages = chat_messages(args.prompt, args.chat, args.messages)
+    if messages is None and args.prompt is None:
+        raise ScredgeError("generate needs --prompt (or --messages FILE for a chat)",
+                           fix="pass --prompt TEXT")
     engine = Engine.load(args.folder, backend=args.backend, cuda_graph=args.cuda_graph)
+    prompt = args.prompt if messages is None else engine.chat_ids(messages)
+    echo = args.prompt if messages is None else ""  # a chat prints the reply alone
     kwargs = dict(max_new_tokens=args.max_new_tokens,
                   temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                  stop=args.stop or ())
+                  stop=args.stop or (), ignore_eos=args.ignore_eos)
     if args.stream and not args.json:
-        print(args.prompt, end="", flush=True)
-        for piece in engine.stream(args.prompt, **kwargs):
+        print(echo, end="", flush=True)
+        for piece in engine.stream(prompt, **kwargs):
             print(piece, end="", flush=True)
         print()
         return 0
-    result = engine.generate(args.prompt, **kwargs)
+    result = engine.generate(prompt, **kwargs)
     if args.json:
         print(json.dumps({"ids": result.ids, "text": result.text, "backend": engine.backend,
                           "finish_reason": result.finish_reason,
                           "prompt_tokens": result.prompt_tokens, "timing": result.timing}))
     else:
-        print(args.prompt + result.text)
+        print(echo + result.text)
     return 0

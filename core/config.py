@@ -13,6 +13,51 @@ from pathlib import Path
 
 from scredge.errors import ScredgeError
 
+# v2 model fields (SCR_SPEC section 1): absent from a config file = the v1 behaviour, and left
+# out of `to_dict` when they hold that behaviour, so a v1 model's config.json is unchanged.
+V2_FIELDS = ("rope_scaling", "attention_bias")
+# rope_type -> the keys its `rope_scaling` object carries besides rope_type
+ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings"),
+}
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """SCR_SPEC v2 `rope_scaling`: linear (`inv_freq /= factor`) or HF's llama3 rule."""
+
+    rope_type: str
+    factor: float
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    def __post_init__(self) -> None:
+        _validate_rope_scaling(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> RopeScaling:
+        """The spec's JSON object, every key of its rope_type and no other."""
+        if not isinstance(data, dict) or data.get("rope_type") not in ROPE_SCALING_KEYS:
+            raise ScredgeError(
+                "invalid config field 'rope_scaling'", received=repr(data),
+                expected="null, or an object with rope_type "
+                         + " or ".join(repr(t) for t in ROPE_SCALING_KEYS))
+        wanted = set(ROPE_SCALING_KEYS[data["rope_type"]])
+        got = set(data) - {"rope_type"}
+        if got != wanted:
+            raise ScredgeError(
+                f"invalid config field 'rope_scaling' ({data['rope_type']})",
+                received=sorted(got), expected=f"exactly the keys {sorted(wanted)}",
+                fix=f"unknown: {sorted(got - wanted)}; missing: {sorted(wanted - got)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return {"rope_type": self.rope_type,
+                **{k: getattr(self, k) for k in ROPE_SCALING_KEYS[self.rope_type]}}
+
 
 @dataclass(frozen=True)
 class SCRConfig:
@@ -28,11 +73,15 @@ class SCRConfig:
     scr_layers: tuple[int, ...] = field(default=(0, 1, 2, 3))  # () = plain transformer
     kappa: float = 8.0
     tie_embeddings: bool = True
+    rope_scaling: RopeScaling | None = None  # v2; None = plain rotary
+    attention_bias: bool = False  # v2; q, k, v projections carry biases (Qwen2)
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep an immutable, hashable tuple.
         if isinstance(self.scr_layers, list):
             object.__setattr__(self, "scr_layers", tuple(self.scr_layers))
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
         _validate(self)
 
     # ---- derived fields ------------------------------------------------
@@ -67,6 +116,10 @@ class SCRConfig:
             shapes[p + "self_attn.k_proj.weight"] = (kv, d)
             shapes[p + "self_attn.v_proj.weight"] = (kv, d)
             shapes[p + "self_attn.o_proj.weight"] = (d, d)
+            if self.attention_bias:
+                shapes[p + "self_attn.q_proj.bias"] = (d,)
+                shapes[p + "self_attn.k_proj.bias"] = (kv,)
+                shapes[p + "self_attn.v_proj.bias"] = (kv,)
             shapes[p + "post_attention_layernorm.weight"] = (d,)
             shapes[p + "mlp.gate_proj.weight"] = (f, d)
             shapes[p + "mlp.up_proj.weight"] = (f, d)
@@ -103,6 +156,12 @@ class SCRConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["scr_layers"] = list(self.scr_layers)
+        if self.rope_scaling is None:
+            del d["rope_scaling"]
+        else:
+            d["rope_scaling"] = self.rope_scaling.to_dict()
+        if not self.attention_bias:
+            del d["attention_bias"]
         return d
 
     @classmethod
@@ -122,7 +181,7 @@ class SCRConfig:
                 expected=f"only {sorted(known)}",
                 fix="remove or rename those keys",
             )
-        missing = sorted(known - set(data))
+        missing = sorted(known - set(data) - set(V2_FIELDS))
         if missing:
             raise ScredgeError(
                 f"{source} lacks model fields",
@@ -177,8 +236,11 @@ def _validate(c: SCRConfig) -> None:
         v = getattr(c, name)
         if not _is_real(v) or not math.isfinite(v) or v <= 0:
             bad(name, v, "a finite number > 0")
-    if not isinstance(c.tie_embeddings, bool):
-        bad("tie_embeddings", c.tie_embeddings, "true or false")
+    for name in ("tie_embeddings", "attention_bias"):
+        if not isinstance(getattr(c, name), bool):
+            bad(name, getattr(c, name), "true or false")
+    if c.rope_scaling is not None and not isinstance(c.rope_scaling, RopeScaling):
+        bad("rope_scaling", c.rope_scaling, "null or a rope_scaling object (SCR_SPEC section 1)")
     if c.d_model % c.n_heads:
         bad("n_heads", c.n_heads, f"a divisor of d_model={c.d_model}")
     if c.n_heads % c.n_kv_heads:
@@ -195,6 +257,31 @@ def _validate(c: SCRConfig) -> None:
         bad("scr_layers", list(c.scr_layers), f"indices in 0..{c.n_layers - 1}")
     if list(c.scr_layers) != sorted(set(c.scr_layers)):
         bad("scr_layers", list(c.scr_layers), "strictly increasing indices, no repeats")
+
+
+def _validate_rope_scaling(r: RopeScaling) -> None:
+    def bad(key: str, value: object, expected: str) -> None:
+        raise ScredgeError(f"invalid config field 'rope_scaling.{key}'", received=repr(value),
+                           expected=expected)
+
+    if r.rope_type not in ROPE_SCALING_KEYS:
+        bad("rope_type", r.rope_type, f"one of {list(ROPE_SCALING_KEYS)}")
+    for key in ("factor", "low_freq_factor", "high_freq_factor"):
+        v = getattr(r, key)
+        if key not in ROPE_SCALING_KEYS[r.rope_type]:
+            if v is not None:
+                bad(key, v, f"absent for rope_type {r.rope_type!r}")
+        elif not _is_real(v) or not math.isfinite(v) or v <= 0:
+            bad(key, v, "a finite number > 0")
+    omp = r.original_max_position_embeddings
+    if r.rope_type == "llama3":
+        if not _is_int(omp) or omp < 1:
+            bad("original_max_position_embeddings", omp, "a positive integer")
+        if r.high_freq_factor <= r.low_freq_factor:
+            bad("high_freq_factor", r.high_freq_factor,
+                f"greater than low_freq_factor = {r.low_freq_factor}")
+    elif omp is not None:
+        bad("original_max_position_embeddings", omp, f"absent for rope_type {r.rope_type!r}")
 
 
 def _is_int(v: object) -> bool:

@@ -164,4 +164,18 @@ MANIFEST_FILE = "manifest.json"
 GOLDEN_FILE = "parity/golden.npz"  # the reference outputs `scredge parity` compares with
 ORT_OPTIMIZED_FILE = "model.ort-{device}.onnx"  # `scredge build --backend ort`, per device
 ENGINE_FILE = "model.{tag}.engine"  # `scredge build` TensorRT engines, tagged by version/GPU
+# Hugging Face tokenizer files an artifact may carry (SCR_SPEC section 4; listed in the
+# manifest like every file): tokenizer.json is the tokenizer itself; the others are read
+# when present: special tokens and chat template, the template as its own file
+# (transformers >= 4.43 writes it there), legacy special tokens, the eos ids generation
+# stops on
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE,
+                   SPECIAL_TOKENS_MAP_FILE, GENERATION_CONFIG_FILE)
+# config.json section describing the tokenizer: {"files": [...], "eos_token_ids": [...]}
+TOKENIZER_KEY = "tokenizer"
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one

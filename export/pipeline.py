@@ -27,12 +27,14 @@ from scredge.contract import (
     GRAPH_VERSION_KEY,
     ONNX_DATA_FILE,
     ONNX_FILE,
+    TOKENIZER_KEY,
     WEIGHTS_FILE,
     GraphIO,
 )
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
+from scredge.export.tokenizer_files import TokenizerFiles
 from scredge.export.verify import verify_onnx
 
 DTYPES = ("float32", "float16")
@@ -96,9 +98,10 @@ def _versions() -> dict[str, str]:
 
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int = DEFAULT_OPSET, force: bool = False,
-                    source: dict | None = None,
+                    source: dict | None = None, tokenizer: TokenizerFiles | None = None,
                     log: Callable[[str], None] = lambda s: None) -> Path:
-    """Export the float32 reference `model` to a verified artifact folder at `out`."""
+    """Export the float32 reference `model` to a verified artifact folder at `out`, with the
+    Hugging Face `tokenizer` files when given (copied, listed in the manifest)."""
     from scredge.ref import save_checkpoint
 
     onnx = require("onnx")
@@ -133,6 +136,11 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                    "kv_dtype": dtype, "scr_dtype": "float32", "logits_dtype": "float32"},
             "versions": _versions(),
         }
+        if tokenizer is not None:
+            tokenizer.copy_into(tmp)
+            config[TOKENIZER_KEY] = tokenizer.describe()
+            log(f"  tokenizer: {', '.join(tokenizer.files)} (eos ids "
+                f"{list(tokenizer.eos_token_ids)})")
         t1 = time.perf_counter()
         log(f"  graph written in {t1 - t0:.1f} s ({len(proto.graph.node)} nodes)")
 

@@ -11,6 +11,11 @@ from pathlib import Path
 from scredge.config import SCRConfig, parse_scr_layers
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.export.hf_config import SUPPORTED_ARCHITECTURES, llama_config
+from scredge.export.tokenizer_files import TokenizerFiles, find_tokenizer
+
+__all__ = ["SUPPORTED_ARCHITECTURES", "ModelSource", "from_config", "from_files", "select_source",
+           "from_llama", "from_preset", "from_pretrained", "llama_config"]
 
 
 @dataclass
@@ -19,6 +24,7 @@ class ModelSource:
 
     model: object  # scredge.ref.SCRForCausalLM
     description: dict = field(default_factory=dict)
+    tokenizer: TokenizerFiles | None = None  # a Hugging Face folder's, copied by the export
 
 
 def from_config(config: SCRConfig, seed: int, scr_layers: tuple[int, ...] | None,
@@ -94,9 +100,6 @@ def select_source(*, preset: str = "tiny", pretrained: str | None = None,
 
 
 # ---- Hugging Face Llama family -------------------------------------------------------
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-
-
 def _hf_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
@@ -109,43 +112,6 @@ def _hf_config(folder: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ScredgeError("config.json of the Hugging Face folder is not valid JSON",
                            received=f"{path}: {exc.msg}") from exc
-
-
-def llama_config(hf: dict, scr_layers: tuple[int, ...] | None) -> SCRConfig:
-    """Map a HF Llama/Mistral config to SCRConfig, refusing what the spec cannot express."""
-    archs = hf.get("architectures") or []
-    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise ScredgeError("unsupported Hugging Face architecture", received=archs,
-                           expected=f"one of {list(SUPPORTED_ARCHITECTURES)}")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    unsupported = []
-    if hf.get("hidden_act", "silu") != "silu":
-        unsupported.append(f"hidden_act={hf['hidden_act']!r} (only 'silu')")
-    for flag in ("attention_bias", "mlp_bias"):
-        if hf.get(flag):
-            unsupported.append(f"{flag}=true (no biases in the spec's projections)")
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        unsupported.append(f"rope scaling {rope.get('rope_type', rope.get('type'))!r} "
-                           "(only plain rotary)")
-    heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim")
-    if head_dim is not None and head_dim * heads != hf["hidden_size"]:
-        unsupported.append(f"head_dim={head_dim} != hidden_size/num_attention_heads")
-    if unsupported:
-        raise ScredgeError("the Hugging Face model uses fields scredge cannot export",
-                           received="; ".join(unsupported),
-                           expected="a Llama-family model with SwiGLU, no biases, plain rotary")
-    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
-    n_layers = hf["num_hidden_layers"]
-    return SCRConfig(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=n_layers,
-        n_heads=heads, n_kv_heads=hf.get("num_key_value_heads") or heads,
-        d_ff=hf["intermediate_size"], window=window,
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        scr_layers=tuple(range(n_layers)) if scr_layers is None else scr_layers,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-    )
 
 
 def _read_safetensors(folder: Path) -> dict:
@@ -167,7 +133,8 @@ def _read_safetensors(folder: Path) -> dict:
 
 def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
                seed: int = 0) -> ModelSource:
-    """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto Llama weights."""
+    """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto the weights of a
+    local Llama, Mistral or Qwen2 folder."""
     from scredge.ref import build_model
     from scredge.ref.checkpoint import check_tensor_names_and_shapes
 
@@ -175,6 +142,7 @@ def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
     folder = Path(folder)
     hf = _hf_config(folder)
     config = llama_config(hf, scr_layers)
+    tokenizer = find_tokenizer(folder, hf, config.vocab_size)  # refused before weights load
     tensors = {k: v for k, v in _read_safetensors(folder).items()
                if not k.endswith("rotary_emb.inv_freq")}
     if config.tie_embeddings:
@@ -189,4 +157,5 @@ def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
             params[name].copy_(value.to(torch.float32))
     return ModelSource(model, {"kind": "huggingface", "folder": str(folder),
                                "architectures": hf.get("architectures"),
-                               "scr_seed": seed, "gamma_init": 0.0})
+                               "model_type": hf.get("model_type"),
+                               "scr_seed": seed, "gamma_init": 0.0}, tokenizer)

@@ -4,6 +4,11 @@
     result = engine.generate("Once upon", max_new_tokens=64, temperature=0.8, seed=1)
     for piece in engine.stream("Once upon", max_new_tokens=64):
         print(piece, end="")
+    reply = engine.chat([{"role": "user", "content": "Hi"}], max_new_tokens=64)  # its template
+
+Text goes through the artifact's tokenizer (its Hugging Face tokenizer.json when it carries
+one, else UTF-8 bytes for a 256-token vocabulary); generation stops on the tokenizer's eos
+ids unless ignore_eos=True.
 
 Every call gets its own decoder state and sampler, so one Engine serves concurrent callers
 and the same seed gives the same tokens on every backend whose logits agree.
@@ -22,7 +27,8 @@ from scredge.errors import ScredgeError
 from scredge.runtime.generation import Generator, check_max_new_tokens
 from scredge.runtime.loaders import Artifact, load_ort, open_artifact
 from scredge.runtime.runners.base import Runner
-from scredge.runtime.tokenizer import ByteTokenizer, StreamDecoder
+from scredge.runtime.stop_text import StopText
+from scredge.runtime.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from scredge.runtime.trt_loader import find_engine, load_trt_runner
 from scredge.sampling import SamplingParams
 
@@ -56,7 +62,9 @@ class Engine:
         self.runner = runner
         self.artifact = artifact
         self.config = runner.config
-        self.tokenizer = ByteTokenizer() if self.config.vocab_size == 256 else None
+        self.tokenizer: Tokenizer | None = (
+            load_tokenizer(artifact) if artifact is not None
+            else ByteTokenizer() if self.config.vocab_size == 256 else None)
 
     @property
     def backend(self) -> str:
@@ -100,10 +108,7 @@ class Engine:
     def encode_rows(self, prompt) -> list[list[int]]:
         """str | [str] | [int] | [[int]] | ndarray -> one id list per prompt, any lengths."""
         if _is_text(prompt):
-            if self.tokenizer is None:
-                raise ScredgeError("text prompts need the byte tokenizer (vocab_size 256)",
-                                   received=f"vocab_size {self.config.vocab_size}",
-                                   fix="pass token ids instead of text")
+            self._need_tokenizer("text prompts")
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
             rows = [self.tokenizer.encode(t) for t in texts]
         elif isinstance(prompt, np.ndarray) and prompt.ndim in (1, 2):
@@ -122,12 +127,29 @@ class Engine:
             raise ScredgeError("prompt ids must be integers", received=repr(rows[0][:8]))
         return rows
 
-    def _stops(self, stop: Sequence[str | int]) -> tuple[set[int], list[bytes]]:
-        ids = {s for s in stop if isinstance(s, (int, np.integer)) and not isinstance(s, bool)}
-        texts = [s.encode("utf-8") for s in stop if isinstance(s, str) and s]
+    def _need_tokenizer(self, what: str) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ScredgeError(f"{what} need a tokenizer, and this artifact has none",
+                               received=f"vocab_size {self.config.vocab_size}, no tokenizer.json",
+                               expected="a Hugging Face tokenizer.json in the artifact, or the "
+                                        "byte tokenizer (vocab_size 256)",
+                               fix="pass token ids instead, or export with --from-llama from a "
+                                   "folder holding tokenizer.json")
+        return self.tokenizer
+
+    def _stops(self, stop: Sequence[str | int], ignore_eos: bool) -> tuple[set[int], list[str]]:
+        """Stop ids (the tokenizer's eos ids unless ignore_eos, and any ids given) and stop
+        strings."""
+        ids = {int(s) for s in stop if isinstance(s, (int, np.integer))
+               and not isinstance(s, bool)}
+        texts = [s for s in stop if isinstance(s, str) and s]
         if len(ids) + len(texts) != len(stop):
             raise ScredgeError("stop entries must be token ids or non-empty strings",
                                received=list(stop))
+        if texts:
+            self._need_tokenizer("stop strings")
+        if not ignore_eos and self.tokenizer is not None:
+            ids |= set(self.tokenizer.eos_ids)
         return ids, texts
 
     # ---- generation -----------------------------------------------------------------
@@ -145,33 +167,33 @@ class Engine:
 
     def generate(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed=0, stop: Sequence[str | int] = ()
-                 ) -> GenerationResult | list[GenerationResult]:
+                 seed=0, stop: Sequence[str | int] = (),
+                 ignore_eos: bool = False) -> GenerationResult | list[GenerationResult]:
         """One prompt -> one result; a list of prompts (any lengths) -> a list of results.
 
         Every row equals its prompt generated alone with its seed (`seed` for every row, or
         a list of one per prompt); a row that finishes leaves the batch, so it costs
-        nothing more."""
+        nothing more. Generation stops at a stop id or string (excluded from the result),
+        and at the tokenizer's eos ids unless ignore_eos."""
         results = list(self._run(prompt, max_new_tokens, temperature, top_k, top_p,
-                                 repetition_penalty, seed, stop, stream=False))
+                                 repetition_penalty, seed, stop, ignore_eos, stream=False))
         return results[-1] if _is_batch(prompt) else results[-1][0]
 
     def stream(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-               seed=0, stop: Sequence[str | int] = ()) -> Iterator[str]:
+               seed=0, stop: Sequence[str | int] = (),
+               ignore_eos: bool = False) -> Iterator[str]:
         """Text pieces of one prompt's continuation, never splitting a UTF-8 character."""
-        if self.tokenizer is None:
-            raise ScredgeError("streaming text needs the byte tokenizer (vocab_size 256)",
-                               received=f"vocab_size {self.config.vocab_size}")
+        self._need_tokenizer("streamed text")
         for piece in self._run(prompt, max_new_tokens, temperature, top_k, top_p,
-                               repetition_penalty, seed, stop, stream=True):
+                               repetition_penalty, seed, stop, ignore_eos, stream=True):
             if isinstance(piece, str):
                 yield piece
 
     def _run(self, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-             seed, stop, stream: bool):
+             seed, stop, ignore_eos, stream: bool):
         n = check_max_new_tokens(max_new_tokens)
-        stop_ids, stop_texts = self._stops(stop)
+        stop_ids, stop_texts = self._stops(stop, ignore_eos)
         rows = self.encode_rows(prompt)
         if stream and len(rows) != 1:
             raise ScredgeError("stream() takes one prompt", received=f"{len(rows)} prompts",
@@ -185,14 +207,13 @@ class Engine:
             t_prefill = time.perf_counter() - t0
             B = len(rows)
             out: list[list[int]] = [[] for _ in range(B)]
-            tails = [b"" for _ in range(B)]  # recent bytes, for stop strings
+            # rows as text, only when text is needed before the end (stream, stop strings)
+            texts = ([StopText(self.tokenizer.stream_decoder(), stop_texts) for _ in range(B)]
+                     if stream or stop_texts else None)
             reason = ["length"] * B
             live = np.ones(B, dtype=bool)
             slots = list(range(B))  # the prompt of each row of the running batch
-            decoder = StreamDecoder() if stream else None
-            held: list[int] = []  # streamed ids held back while they may begin a stop string
             ttft = None
-            longest_stop = max((len(s) for s in stop_texts), default=0)
             for _ in range(n):
                 token = gen.next_token()
                 ttft = ttft if ttft is not None else time.perf_counter() - t0
@@ -200,47 +221,34 @@ class Engine:
                     t = int(token[i])
                     if t in stop_ids:
                         live[b], reason[b] = False, "stop"
-                        continue
-                    out[b].append(t)
-                    if stop_texts:
-                        tails[b] = (tails[b] + bytes((t,)))[-longest_stop:]
-                        hit = next((s for s in stop_texts if tails[b].endswith(s)), None)
-                        if hit is not None:
-                            del out[b][len(out[b]) - len(hit):]
+                    elif texts is None:
+                        out[b].append(t)
+                    else:
+                        if texts[b].push(t):
                             live[b], reason[b] = False, "stop"
-                            if stream:
-                                held.clear()
-                            continue
-                    if stream:
-                        held.append(t)
-                        keep = _partial_stop_len(tails[b], stop_texts)
-                        while len(held) > keep:
-                            piece = decoder.push(held.pop(0))
-                            if piece:
-                                yield piece
+                        piece = texts[b].release() if stream else ""
+                        if piece:
+                            yield piece
                 if not live.any():
                     break
                 finished = [i for i, b in enumerate(slots) if not live[b]]
                 if finished:  # a finished row leaves: its slot is not decoded further
                     gen.leave(finished)
                     slots = [b for b in slots if live[b]]
-            if stream:
-                for t in held:
-                    piece = decoder.push(t)
-                    if piece:
-                        yield piece
-                tail = decoder.flush()
-                if tail:
-                    yield tail
+            if texts is not None:
+                for b, row in enumerate(texts):
+                    row.finish()
+                    out[b] = row.ids
+                if stream and (piece := texts[0].release_all()):
+                    yield piece
             total = time.perf_counter() - t0
             new_tokens = gen.generated
             timing = {"ttft_s": ttft or 0.0, "prefill_s": t_prefill, "total_s": total,
                       "decode_s": total - t_prefill,
                       "decode_tokens_per_s": (new_tokens - 1) / (total - (ttft or total))
                       if new_tokens > 1 and ttft is not None and total > ttft else 0.0}
-            decode = self.tokenizer.decode if self.tokenizer else (lambda ids: "")
-            yield [GenerationResult(out[b], decode(out[b]), reason[b], len(rows[b]), timing)
-                   for b in range(B)]
+            yield [GenerationResult(out[b], self._text(out[b], texts[b] if texts else None),
+                                    reason[b], len(rows[b]), timing) for b in range(B)]
         except GeneratorExit:  # the caller stopped reading a stream: the decoder is sound
             gen.close()
             raise
@@ -249,6 +257,38 @@ class Engine:
             raise
         else:
             gen.close()
+
+    def _text(self, ids: list[int], row: StopText | None) -> str:
+        """The result's text: the tokenizer's decode of its ids (what transformers decodes),
+        or the text cut exactly at a stop string."""
+        if row is not None and row.stopped:
+            return row.text
+        return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
+
+    # ---- chat -----------------------------------------------------------------------
+    def render_chat(self, messages, **template_kwargs) -> str:
+        """The artifact's chat template applied to `messages` with the assistant's turn
+        opened, as transformers' apply_chat_template(add_generation_prompt=True)."""
+        from scredge.runtime.chat import render_chat
+
+        tok = self._need_tokenizer("chat messages")
+        return render_chat(tok.chat_template, messages,
+                           getattr(tok, "special_tokens", {}), **template_kwargs)
+
+    def chat_ids(self, messages, **template_kwargs) -> list[int]:
+        """The rendered chat as ids; the template writes its own special tokens, so the
+        tokenizer adds none (as apply_chat_template(tokenize=True))."""
+        text = self.render_chat(messages, **template_kwargs)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def chat(self, messages, max_new_tokens: int = 128, **kwargs) -> GenerationResult:
+        """The assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]); takes
+        generate()'s keyword arguments."""
+        return self.generate(self.chat_ids(messages), max_new_tokens, **kwargs)
+
+    def chat_stream(self, messages, max_new_tokens: int = 128, **kwargs) -> Iterator[str]:
+        """chat(), streamed as stream() streams."""
+        return self.stream(self.chat_ids(messages), max_new_tokens, **kwargs)
 
 
 def _is_text(prompt) -> bool:
@@ -264,14 +304,3 @@ def _is_batch(prompt) -> bool:
         return prompt.ndim == 2
     return isinstance(prompt, (list, tuple)) and bool(prompt) and all(
         isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt)
-
-
-def _partial_stop_len(tail: bytes, stops: list[bytes]) -> int:
-    """How many trailing bytes could still be the start of a stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(tail)), best, -1):
-            if tail.endswith(s[:k]):
-                best = k
-                break
-    return best

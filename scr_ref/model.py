@@ -12,6 +12,7 @@ prefill and token-by-token decode all give the same logits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -94,12 +95,34 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rotary_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """positions [B,T] -> cos, sin [B,T,Dh] in float32 (HF rotate-half layout)."""
-    inv_freq = 1.0 / theta ** (
-        torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
-    )  # [Dh/2]
-    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # [B,T,Dh/2]
+def rotary_inv_freq(c: SCRConfig) -> Tensor:
+    """[Dh/2] float32 rotary frequencies, with the config's `rope_scaling` (SCR_SPEC v2).
+
+    The float32 operations are transformers' own, in its order, so the frequencies are
+    bit-equal to the ones a transformers model of the same config uses."""
+    dim = c.head_dim
+    inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    r = c.rope_scaling
+    if r is None:
+        return inv_freq
+    if r.rope_type == "linear":
+        return inv_freq / r.factor
+    # llama3: long wavelengths are slowed by `factor`, short ones kept, the band between
+    # interpolated smoothly
+    old_len = r.original_max_position_embeddings
+    low_freq_wavelen = old_len / r.low_freq_factor
+    high_freq_wavelen = old_len / r.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / r.factor, inv_freq)
+    smooth = (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rotary_cos_sin(positions: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
+    """positions [B,T], inv_freq [Dh/2] -> cos, sin [B,T,Dh] in float32 (HF rotate-half)."""
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq.to(positions.device)
     emb = torch.cat((angles, angles), dim=-1)  # [B,T,Dh]
     return emb.cos(), emb.sin()
 
@@ -130,9 +153,9 @@ class Attention(nn.Module):
         super().__init__()
         self.c = c
         kv = c.n_kv_heads * c.head_dim
-        self.q_proj = nn.Linear(c.d_model, c.d_model, bias=False)
-        self.k_proj = nn.Linear(c.d_model, kv, bias=False)
-        self.v_proj = nn.Linear(c.d_model, kv, bias=False)
+        self.q_proj = nn.Linear(c.d_model, c.d_model, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.d_model, kv, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.d_model, kv, bias=c.attention_bias)
         self.o_proj = nn.Linear(c.d_model, c.d_model, bias=False)
 
     def forward(
@@ -245,6 +268,9 @@ class SCRForCausalLM(nn.Module):
         self.model = Decoder(config)
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # A plain attribute, not a buffer: outside the state dict, and float32 even in a
+        # model cast to float16 (as the frequencies were when computed in forward).
+        self.inv_freq = rotary_inv_freq(config)  # [Dh/2] float32
 
     @property
     def output_weight(self) -> Tensor:
@@ -269,7 +295,7 @@ class SCRForCausalLM(nn.Module):
         if attention_mask is None and state.mask is not None:
             new_cols = torch.ones(B, T, dtype=state.mask.dtype, device=state.mask.device)
             attention_mask = torch.cat((state.mask, new_cols), dim=1)  # [B,P+T]
-        cos, sin = rotary_cos_sin(positions, c.head_dim, c.rope_theta)  # [B,T,Dh]
+        cos, sin = rotary_cos_sin(positions, self.inv_freq)  # [B,T,Dh]
         m = torch.zeros_like(x)  # SCR context through depth, [B,T,D]
         new = ModelState([], [], {}, {})
         for i, block in enumerate(self.model.layers):

@@ -46,3 +46,25 @@ def small_window_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("runtime") / "w16"
     export_artifact(model, out)
     return model, out
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """A byte-level BPE (vocab 2048) trained once per session on our prose corpus."""
+    pytest.importorskip("tokenizers", reason="tokenizers (ort extra) not installed")
+    from hf_models import train_bpe
+
+    return train_bpe()
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(bpe_tokenizer, tmp_path_factory):
+    """(folder, transformers tokenizer): the BPE saved by transformers with its chat template."""
+    pytest.importorskip("transformers", reason="transformers (dev extra) not installed")
+    from hf_models import save_tokenizer
+
+    folder = tmp_path_factory.mktemp("hf_tokenizer")
+    save_tokenizer(folder, bpe_tokenizer)
+    import transformers
+
+    return folder, transformers.AutoTokenizer.from_pretrained(folder)

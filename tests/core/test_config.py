@@ -96,3 +96,47 @@ def test_unknown_and_missing_fields(tmp_path):
         SCRConfig.from_dict([1, 2])
     with pytest.raises(ScredgeError, match="cannot read config file"):
         SCRConfig.load(tmp_path / "absent.json")
+
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192}
+
+
+def test_v2_fields_absent_mean_v1_and_round_trip(tmp_path):
+    """Oracle: SCR_SPEC section 1, v2 fields (absent = v1 behaviour; the spec's JSON form)."""
+    tiny = SCRConfig.preset("tiny")
+    assert tiny.rope_scaling is None and tiny.attention_bias is False
+    assert "rope_scaling" not in tiny.to_dict() and "attention_bias" not in tiny.to_dict()
+    v2 = tiny.with_(rope_scaling=LLAMA3, attention_bias=True)
+    assert v2.to_dict()["rope_scaling"] == LLAMA3 and v2.to_dict()["attention_bias"] is True
+    path = tmp_path / "c.json"
+    path.write_text(v2.to_json())
+    assert SCRConfig.load(path) == v2
+    linear = tiny.with_(rope_scaling={"rope_type": "linear", "factor": 4.0})
+    assert linear.to_dict()["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+    hash(v2)  # still a frozen, hashable config
+    shapes = v2.parameter_shapes()
+    assert shapes["model.layers.0.self_attn.q_proj.bias"] == (128,)
+    assert shapes["model.layers.0.self_attn.k_proj.bias"] == (64,)
+    assert "model.layers.0.self_attn.o_proj.bias" not in shapes
+
+
+@pytest.mark.parametrize(("scaling", "needle"), [
+    ({"rope_type": "yarn", "factor": 2.0}, "'rope_scaling'"),
+    ({"rope_type": "linear"}, "missing: ['factor']"),
+    ({"rope_type": "linear", "factor": 2.0, "low_freq_factor": 1.0},
+     "unknown: ['low_freq_factor']"),
+    ({"rope_type": "linear", "factor": 0.0}, "'rope_scaling.factor'"),
+    ({**LLAMA3, "high_freq_factor": 1.0}, "greater than low_freq_factor"),
+    ({**LLAMA3, "original_max_position_embeddings": 8.5}, "positive integer"),
+    ("linear", "'rope_scaling'"),
+])
+def test_bad_rope_scaling_names_the_field(scaling, needle):
+    with pytest.raises(ScredgeError, match="rope_scaling") as info:
+        SCRConfig.preset("tiny").with_(rope_scaling=scaling)
+    assert needle in str(info.value)
+
+
+def test_bad_attention_bias():
+    with pytest.raises(ScredgeError, match="'attention_bias'(.|\n)*true or false"):
+        SCRConfig.preset("tiny").with_(attention_bias=1)

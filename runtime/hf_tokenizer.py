@@ -1,0 +1,147 @@
+"""A Hugging Face tokenizer from an artifact's files, with the `tokenizers` library alone.
+
+Encoding, decoding and the chat template follow transformers' fast tokenizer exactly
+(checked against it in tests/runtime/test_hf_tokenizer.py): `encode` is
+`tokenizer(text).input_ids`, `decode` is `tokenizer.decode(ids)` (special tokens kept, and
+the clean-up of tokenization spaces that transformers applies only to non-BPE models when
+tokenizer_config.json asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from scredge.contract import (
+    CHAT_TEMPLATE_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_KEY,
+)
+from scredge.deps import require
+from scredge.errors import ScredgeError
+
+# transformers' named special tokens: the template variables it passes to chat templates
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+                       "cls_token", "mask_token")
+REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
+
+
+class HFTokenizer:
+    def __init__(self, tokenizer, config: dict, chat_template: str | None,
+                 eos_ids: tuple[int, ...], special_tokens: dict[str, str]) -> None:
+        self._tok = tokenizer  # tokenizers.Tokenizer
+        self.config = config  # tokenizer_config.json
+        self.chat_template = chat_template
+        self.eos_ids = eos_ids
+        self.special_tokens = special_tokens  # e.g. {"eos_token": "<|im_end|>"}
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        # transformers skips the clean-up for BPE models unless told it corrupts nothing
+        self._clean_up = bool(config.get("clean_up_tokenization_spaces", False)) and (
+            type(tokenizer.model).__name__ != "BPE" or bool(config.get(
+                "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")))
+
+    @classmethod
+    def load(cls, folder: Path, settings: dict) -> HFTokenizer:
+        tokenizers = require("tokenizers")
+        folder = Path(folder)
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        except Exception as exc:  # tokenizers raises a bare Exception on a bad file
+            raise ScredgeError("the artifact's tokenizer.json cannot be read",
+                               received=f"{folder / TOKENIZER_FILE}: {exc}",
+                               fix="re-export the folder") from exc
+        config = _read(folder / TOKENIZER_CONFIG_FILE)
+        special = {**_read(folder / SPECIAL_TOKENS_MAP_FILE), **config}
+        special_tokens = {name: _token_text(special[name]) for name in SPECIAL_TOKEN_NAMES
+                          if special.get(name) is not None}
+        eos = tuple(settings.get(TOKENIZER_KEY, {}).get("eos_token_ids", ()))
+        return cls(tok, config, _chat_template(folder, config), eos, special_tokens)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """add_special_tokens: the tokenizer's post-processor (e.g. a leading bos), as
+        transformers' tokenizer(text); a rendered chat template brings its own (False)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        text = self._tok.decode(list(ids), skip_special_tokens=False)
+        return clean_up_tokenization(text) if self._clean_up else text
+
+    def stream_decoder(self) -> HFStreamDecoder:
+        return HFStreamDecoder(self)
+
+
+class HFStreamDecoder:
+    """Incremental detokenization: each id's text once it is final.
+
+    Decoding ids[prefix:] against ids[prefix:read] gives the new text with the context a
+    decoder needs (a SentencePiece-style decoder drops the leading space of a sequence's
+    first piece); text ending in U+FFFD is an incomplete character and waits. `flush` ends
+    the stream with whatever the full decode holds beyond the text already given, so the
+    pieces add up to `decode(ids)`."""
+
+    def __init__(self, tokenizer: HFTokenizer) -> None:
+        self._tok = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+        self._given: list[str] = []
+
+    def push(self, token: int) -> str:
+        self._ids.append(int(token))
+        decode = self._tok._tok.decode
+        before = decode(self._ids[self._prefix:self._read], skip_special_tokens=False)
+        after = decode(self._ids[self._prefix:], skip_special_tokens=False)
+        if len(after) <= len(before) or after.endswith(REPLACEMENT):
+            return ""
+        piece = after[len(before):]
+        self._prefix, self._read = self._read, len(self._ids)
+        self._given.append(piece)
+        return piece
+
+    def flush(self) -> str:
+        given = "".join(self._given)
+        full = self._tok.decode(self._ids)
+        rest = full[len(given):] if full.startswith(given) else ""
+        self._given.append(rest)
+        return rest
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' clean-up of tokenization spaces (for WordPiece-style decoders)."""
+    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                     (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+                     (" 're", "'re")):
+        text = text.replace(old, new)
+    return text
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScredgeError(f"the artifact's {path.name} cannot be read",
+                           received=f"{path}: {exc}", fix="re-export the folder") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _token_text(value) -> str:
+    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
+    return value.get("content", "") if isinstance(value, dict) else str(value)
+
+
+def _chat_template(folder: Path, config: dict) -> str | None:
+    """As transformers loads it: chat_template.jinja first, else tokenizer_config.json's
+    chat_template (a string, or named templates of which 'default' is used)."""
+    path = folder / CHAT_TEMPLATE_FILE
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
