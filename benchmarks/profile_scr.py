@@ -81,18 +81,14 @@ def summarise(events: list[dict], runs: list[dict]) -> RunProfile:
 def profile(folder: Path, *, steps: int, prompt: int, prefill: int, threads: int,
             prefills: int = 3):
     """(decode profile, prefill profile) of the artifact in `folder`, onnxruntime CPU."""
-    import onnxruntime as ort
-
-    from scredge.runtime.loaders import open_artifact, session_options
+    from scredge.contract import ONNX_FILE
+    from scredge.runtime.loaders import open_artifact, ort_session
     from scredge.runtime.runners.ort_runner import OrtRunner
 
     artifact = open_artifact(folder)
     with tempfile.TemporaryDirectory(prefix="scredge-prof-") as tmp:
-        opts = session_options(threads)
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(folder / "model.onnx"), opts,
-                                       providers=["CPUExecutionProvider"])
+        session = ort_session(folder / ONNX_FILE, "cpu", threads=threads,
+                              profile_prefix=Path(tmp) / "ort")
         runner = OrtRunner(session, artifact.config, artifact.kv_dtype)
         vocab = artifact.config.vocab_size
         ids = (np.arange(prefill, dtype=np.int64) % vocab).reshape(1, -1)

@@ -72,10 +72,12 @@ def ort_providers(device: str) -> list[str]:
 
 
 def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None = None,
-                optimize: bool = True, save_optimized: Path | None = None):
+                optimize: bool = True, save_optimized: Path | None = None,
+                profile_prefix: Path | None = None):
     """The one place an onnxruntime InferenceSession is made: `model` a path or serialized
     bytes, on `device` ('auto' | 'cpu' | 'cuda', see `ort_providers`); `optimize` False for
-    a graph optimised offline; `save_optimized` writes the optimised graph there."""
+    a graph optimised offline; `save_optimized` writes the optimised graph there;
+    `profile_prefix` turns on onnxruntime's profiler, writing under that prefix."""
     ort = require("onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -85,6 +87,9 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
         opts.intra_op_num_threads = threads
     if save_optimized is not None:
         opts.optimized_model_filepath = str(save_optimized)
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=ort_providers(device))
 
