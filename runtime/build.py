@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from scredge.artifact import ONNX_FILE, add_to_manifest
+from scredge.artifact import add_to_manifest
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.runtime.check import ParityReport, teacher_forced
@@ -30,11 +30,12 @@ def build_ort(artifact: Artifact, device: str = "cpu",
     name = ORT_OPTIMIZED_FILE.format(device=kind)
     target = artifact.folder / name
     tmp = artifact.folder / f".{name}.partial"
+    graph = artifact.folder / artifact.graph_file("ort")
     log(f"optimising the graph for onnxruntime {ort.__version__} ({providers[0]}) ...")
     try:
         opts = session_options()
         opts.optimized_model_filepath = str(tmp)
-        ort.InferenceSession(str(artifact.folder / ONNX_FILE), opts, providers=providers)
+        ort.InferenceSession(str(graph), opts, providers=providers)
         log("checking the optimised graph against the exported one ...")
 
         def runner(path: Path, optimize: bool) -> OrtRunner:
@@ -42,7 +43,7 @@ def build_ort(artifact: Artifact, device: str = "cpu",
                                            providers=providers)
             return OrtRunner(session, artifact.config, artifact.kv_dtype)
 
-        report = teacher_forced(runner(artifact.folder / ONNX_FILE, False).decoder(2).step,
+        report = teacher_forced(runner(graph, False).decoder(2).step,
                                 runner(tmp, False).decoder(2).step,
                                 artifact.config.vocab_size, artifact.dtype)
         for line in report.lines():

@@ -38,6 +38,25 @@ class Artifact:
     def engines(self) -> dict:
         return self.manifest.get("engines", {})
 
+    @property
+    def quantization(self) -> dict:
+        """config.json's `quantization` section ({} for a float artifact)."""
+        return self.settings.get("quantization") or {}
+
+    @property
+    def precision(self) -> str:
+        """What runs: 'float32', 'float16', or e.g. 'int4 weight-only (rtn, block 32)'."""
+        q = self.quantization
+        if not q:
+            return self.dtype
+        return f"int{q['bits']} weight-only ({q['method']}, block {q['block_size']})"
+
+    def graph_file(self, backend: str) -> str:
+        """The ONNX graph a backend ('ort' or 'trt') reads: a quantized artifact holds one
+        per backend (SCR_SPEC section 4), a float one `model.onnx` for both."""
+        graphs = self.quantization.get("graphs", {})
+        return graphs.get(backend, {}).get("file", ONNX_FILE)
+
 
 def open_artifact(folder: str | Path) -> Artifact:
     folder = Path(folder)
@@ -88,7 +107,7 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
 
     providers = ort_providers(device)
     kind = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-    path = artifact.folder / ONNX_FILE
+    path = artifact.folder / artifact.graph_file("ort")
     optimized = artifact.engines.get(f"ort-{kind}")
     if optimized and optimized.get("onnxruntime") == ort.__version__:
         path = artifact.folder / optimized["file"]
