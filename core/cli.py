@@ -48,10 +48,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         "modules": {m: module_version(m) for m in OPTIONAL_MODULES},
         "presets": {name: cfg.to_dict() for name, cfg in PRESETS.items()},
     }
+    if args.folder is not None:
+        from scredge.runtime.loaders import artifact_summary
+
+        report["artifact"] = artifact_summary(args.folder)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"scredge {report['scredge']} on Python {report['python']} ({report['machine']})")
+    if "artifact" in report:
+        a = report["artifact"]
+        print(f"artifact {a['folder']}: {a['precision']}; graphs {a['graphs']}")
     for mod, ver in report["modules"].items():
         print(f"  {mod:<13} {ver or 'not installed'}")
     print("presets: " + ", ".join(PRESETS))
@@ -221,6 +228,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
         raise ScredgeError("--dump replays a call in onnxruntime: it needs --backend ort",
                            received="--backend trt --dump", expected="--backend ort --dump DIR")
     artifact = open_artifact(args.folder)
+    if artifact.quantization:  # its own tier, from parity/heldout.npz (SCR_SPEC section 5)
+        from scredge.runtime.quantized_tier import parity_command
+
+        return parity_command(artifact, args)
     if args.record:
         from scredge.export.golden import record_into
 
@@ -294,7 +305,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = dict(gen_len=args.gen_len, batch=args.batch, warmup=args.warmup,
                     repeat=args.repeat)
     result = b.bench(runner, prompt_len=args.prompt_len, **settings)
+    result["precision"] = artifact.precision
+    result["graph"] = artifact.graph_file(args.backend)
     lines = b.summary_lines(result)
+    lines[0] += f", {artifact.precision} ({result['graph']})"
     if args.cuda_graph:  # the same engine uncaptured, in this run: the ratio is the gain
         plain = b.bench(runner.without_cuda_graph(), prompt_len=args.prompt_len, **settings)
         result["cuda_graph_compare"] = {
@@ -443,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("info", help="versions, installed backends and presets")
+    p.add_argument("folder", nargs="?", type=Path,
+                   help="an artifact folder: also say its precision and graphs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
 

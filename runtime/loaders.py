@@ -73,6 +73,14 @@ def open_artifact(folder: str | Path) -> Artifact:
     return Artifact(folder, config, settings, manifest)
 
 
+def artifact_summary(folder: str | Path) -> dict:
+    """What `scredge info FOLDER` says: precision and the graph each backend reads."""
+    a = open_artifact(folder)
+    return {"folder": str(folder), "precision": a.precision,
+            "graphs": {b: a.graph_file(b) for b in ("ort", "trt")},
+            "engines": sorted(a.engines)}
+
+
 def ort_providers(device: str) -> list[str]:
     """device 'auto' | 'cpu' | 'cuda' -> onnxruntime providers, CUDA only if it can run."""
     ort = require("onnxruntime")

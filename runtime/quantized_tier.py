@@ -179,3 +179,29 @@ def run_quantized_parity(artifact, runner, graph: str) -> QuantizedReport:
                            expected=f"this folder's, {actual[:16]}...",
                            fix="export the artifact again")
     return check_runner(heldout, runner, artifact.quantization["bits"], graph)
+
+
+def parity_command(artifact, args) -> int:
+    """`scredge parity FOLDER` for a quantized artifact: the backend's graph against the
+    held-out reference stored at export; prints the tier, returns the exit status."""
+    given = [f for f, v in (("--record", args.record), ("--live", args.live),
+                            ("--dump", args.dump), ("--dtype", args.dtype)) if v]
+    if given:
+        raise ScredgeError("these options are for float artifacts", received=given,
+                           expected="none: a quantized artifact's held-out reference was "
+                                    "recorded at export (parity/heldout.npz)")
+    if args.backend == "trt":
+        from scredge.runtime.trt_loader import load_trt_runner
+
+        runner = load_trt_runner(artifact, cuda_graph=args.cuda_graph)
+    else:
+        from scredge.runtime.loaders import load_ort
+
+        runner = load_ort(artifact, device=args.device)
+    report = run_quantized_parity(artifact, runner, artifact.graph_file(args.backend))
+    if args.json:
+        print(json.dumps({"precision": artifact.precision, "backend": args.backend,
+                          **report.to_json()}, indent=2))
+    else:
+        print(f"{artifact.precision}, backend {args.backend}\n" + report.table())
+    return 0 if report.passed else 1
