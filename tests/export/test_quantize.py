@@ -7,6 +7,8 @@ integers and scales), and the quantized tier's thresholds."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -152,3 +154,14 @@ def test_bad_quantize_options_are_refused(argv, message, tmp_path, capsys):
     assert main(["export", "--preset", "tiny", "--out", str(out), *argv]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_runs_without_torch(tiny_quantized):
+    """Oracle: a child interpreter where `import torch` fails runs `scredge parity` on the
+    int8 artifact from its stored held-out reference and passes (exit 0)."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from scredge.cli import main\nsys.exit(main(['parity', sys.argv[1]]))")
+    result = subprocess.run([sys.executable, "-c", code, str(tiny_quantized[8])],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "int8 model.onnx" in result.stdout and "PASS" in result.stdout
