@@ -21,6 +21,7 @@ config says so per graph).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -170,7 +171,9 @@ def quantize_ort(proto, spec: QuantSpec, nodes: list[str]):
         algo = mnq.DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=True,
                                                 bits=spec.bits)
     quantizer = mnq.MatMulNBitsQuantizer(proto, nodes_to_include=list(nodes), algo_config=algo)
-    quantizer.process()
+    with warnings.catch_warnings():  # HQQ hands torch a read-only NumPy view; harmless here
+        warnings.simplefilter("ignore", category=UserWarning)
+        quantizer.process()
     out = quantizer.model.model
     done = sum(n.op_type == "MatMulNBits" for n in out.graph.node)
     if done != len(nodes):

@@ -165,3 +165,19 @@ def test_parity_runs_without_torch(tiny_quantized):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "int8 model.onnx" in result.stdout and "PASS" in result.stdout
+
+
+def test_hqq_keeps_its_zero_points_for_onnxruntime_and_rtn_for_tensorrt(tiny_opset21):
+    """Oracle: SCR_SPEC section 4 (both forms, the config says which method each holds).
+    HQQ's float zero points reach MatMulNBits; the TensorRT form, which has no float zero
+    point, is the symmetric rtn quantization."""
+    from scredge.export.quantize import config_section
+
+    _, proto = tiny_opset21
+    g = quantize_graphs(proto, QuantSpec(4, method="hqq"))
+    nbits = [n for n in g.ort.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 33 and all(len(n.input) == 4 for n in nbits)  # + zero points
+    dq = [n for n in g.trt.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 33 and all(len(n.input) == 2 for n in dq)  # symmetric: no zero point
+    graphs = config_section(QuantSpec(4, method="hqq"), g, ONNX_FILE)["graphs"]
+    assert (graphs["ort"]["method"], graphs["trt"]["method"]) == ("hqq", "rtn")
