@@ -37,7 +37,10 @@ def run_bench(folder: str | Path, *, backend: str = "ort", device: str = "auto",
         runner = load_ort(artifact, device=device, threads=threads)
     settings = dict(gen_len=gen_len, batch=batch, warmup=warmup, repeat=repeat)
     result = latency.bench(runner, prompt_len=prompt_len, **settings)
+    result["precision"] = artifact.precision
+    result["graph"] = artifact.graph_file(backend)
     lines = latency.summary_lines(result)
+    lines[0] += f", {artifact.precision} ({result['graph']})"
     if cuda_graph:  # the same engine uncaptured, in this run: the ratio is the gain
         plain = latency.bench(runner.without_cuda_graph(), prompt_len=prompt_len, **settings)
         ratio = result["decode_tokens_per_s"] / plain["decode_tokens_per_s"]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scredge.artifact import add_to_manifest
-from scredge.contract import ONNX_FILE, ORT_OPTIMIZED_FILE
+from scredge.contract import ORT_OPTIMIZED_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.runtime.loaders import Artifact, ort_providers, ort_session
@@ -30,16 +30,17 @@ def build_ort(artifact: Artifact, device: str = "cpu",
     name = ORT_OPTIMIZED_FILE.format(device=kind)
     target = artifact.folder / name
     tmp = artifact.folder / f".{name}.partial"
+    graph = artifact.folder / artifact.graph_file("ort")
     log(f"optimising the graph for onnxruntime {ort.__version__} ({providers[0]}) ...")
     try:
-        ort_session(artifact.folder / ONNX_FILE, device, save_optimized=tmp)
+        ort_session(graph, device, save_optimized=tmp)
         log("checking the optimised graph against the exported one ...")
 
         def runner(path: Path) -> OrtRunner:  # as written: no further optimisation
             session = ort_session(path, device, optimize=False)
             return OrtRunner(session, artifact.config, artifact.kv_dtype)
 
-        report = teacher_forced(runner(artifact.folder / ONNX_FILE).decoder(2).step,
+        report = teacher_forced(runner(graph).decoder(2).step,
                                 runner(tmp).decoder(2).step,
                                 artifact.config.vocab_size, artifact.dtype)
         for line in report.lines():

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 
 from scredge.artifact import add_to_manifest
-from scredge.contract import ENGINE_FILE, INPUT_IDS, ONNX_FILE
+from scredge.contract import ENGINE_FILE, INPUT_IDS
 from scredge.deps import require
 from scredge.device import compute_capability, gpu_unavailable_reason
 from scredge.errors import ScredgeError
@@ -120,7 +120,7 @@ def build_trt(artifact: Artifact, backend: str = "tensorrt_rtx", *, no_plugin: b
     mode = "decomposed" if no_plugin else "plugin"
     target_text = f"GPU sm_{cc[0]}{cc[1]}" if cc else "no GPU: portable engine"
     log(f"building {name} with {backend} {trt.__version__} ({target_text}), {mode} mode, "
-        f"{artifact.dtype}")
+        f"{artifact.precision}, {artifact.graph_file('trt')}")
     engine_bytes, plugin_layers = _build_bytes(trt, artifact, backend, no_plugin, profs, cc,
                                                cache, opt_level, log)
     target = artifact.folder / name
@@ -135,6 +135,7 @@ def build_trt(artifact: Artifact, backend: str = "tensorrt_rtx", *, no_plugin: b
         "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
         "plugin_mode": mode, "plugin_layers": plugin_layers,
         "plugins": [] if no_plugin else [PLUGIN], "dtype": artifact.dtype,
+        "precision": artifact.precision, "graph": artifact.graph_file("trt"),
         "max_batch": max_batch, "max_prefill": profs[trt_profiles.PREFILL][INPUT_IDS][2][1],
         "max_context": max_context, "profiles": trt_profiles.to_json(profs),
     }
@@ -145,7 +146,7 @@ def build_trt(artifact: Artifact, backend: str = "tensorrt_rtx", *, no_plugin: b
 
 def _build_bytes(trt, artifact, backend, no_plugin, profs, cc, cache: Path, opt_level, log):
     onnx = require("onnx")
-    model = onnx.load(str(artifact.folder / ONNX_FILE))
+    model = onnx.load(str(artifact.folder / artifact.graph_file("trt")))  # quantized: DQ form
     expected = 0 if no_plugin else len(artifact.config.scr_layers)
     return build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache, opt_level, log,
                              expected)

@@ -25,7 +25,13 @@ def add(sub) -> None:
     p.add_argument("--weights", type=Path, help="a .safetensors checkpoint")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     p.add_argument("--dtype", default="float32", help="float32 (default) or float16")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    p.add_argument("--opset", type=int,
+                   help="ONNX opset, >= 17 (default 18; 21 with --quantize)")
+    p.add_argument("--quantize", metavar="int8|int4",
+                   help="weight-only quantized artifact (SCR_SPEC section 4)")
+    p.add_argument("--block-size", type=int, help="--quantize: rows per scale (default 32)")
+    p.add_argument("--quant-method", choices=["rtn", "hqq"],
+                   help="--quantize: round-to-nearest (default) or hqq (int4)")
     p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
                                         "preset's or config's; every layer for --from-llama)")
     p.add_argument("--out", required=True, help="the artifact folder to create")
@@ -34,16 +40,19 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scredge.export.pipeline import check_options, export_artifact
+    from scredge.export.pipeline import check_options, default_opset, export_artifact
+    from scredge.export.quantize import parse_quantize_args
     from scredge.export.sources import select_source
 
     out = Path(args.out)
     # refuse bad options before building or loading anything
-    check_options(out.absolute(), args.dtype, args.opset, args.force, window=None)
+    quant = parse_quantize_args(args.quantize, args.block_size, args.quant_method, args.dtype)
+    opset = default_opset(quant) if args.opset is None else args.opset
+    check_options(out.absolute(), args.dtype, opset, args.force, window=None)
     src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
                         config=args.config, weights=args.weights, scr_layers=args.scr_layers,
                         seed=args.seed)
-    path = export_artifact(src.model, out, dtype=args.dtype, opset=args.opset,
+    path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,
                            force=args.force, source=src.description, tokenizer=src.tokenizer,
                            log=lambda s: print(s, flush=True))
     print(f"wrote {path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from pathlib import Path
 
 import scredge
 from scredge.cli.common import add_model_source, config_from_args
@@ -14,6 +15,8 @@ from scredge.deps import installed_versions
 
 def add(sub) -> None:
     p = sub.add_parser("info", help="versions, installed backends and presets")
+    p.add_argument("folder", nargs="?", type=Path,
+                   help="an artifact folder: also say its precision and graphs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_info)
 
@@ -35,10 +38,17 @@ def run_info(args: argparse.Namespace) -> int:
         "modules": installed_versions(),
         "presets": {name: cfg.to_dict() for name, cfg in PRESETS.items()},
     }
+    if args.folder is not None:
+        from scredge.runtime.loaders import artifact_summary
+
+        report["artifact"] = artifact_summary(args.folder)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"scredge {report['scredge']} on Python {report['python']} ({report['machine']})")
+    if "artifact" in report:
+        a = report["artifact"]
+        print(f"artifact {a['folder']}: {a['precision']}; graphs {a['graphs']}")
     for mod, ver in report["modules"].items():
         print(f"  {mod:<13} {ver or 'not installed'}")
     print("presets: " + ", ".join(PRESETS))

@@ -178,4 +178,8 @@ TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE,
                    SPECIAL_TOKENS_MAP_FILE, GENERATION_CONFIG_FILE)
 # config.json section describing the tokenizer: {"files": [...], "eos_token_ids": [...]}
 TOKENIZER_KEY = "tokenizer"
+# weight-only quantized artifacts (SCR_SPEC sections 4 and 5)
+QUANT_CONFIG_KEY = "quantization"  # config.json section: bits, block size, method, graphs
+TRT_ONNX_FILE = "model.trt.onnx"  # the TensorRT form; model.onnx is the onnxruntime form
+HELDOUT_FILE = "parity/heldout.npz"  # the reference's held-out log-probs (quantized tier)
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one

@@ -122,3 +122,23 @@ def compare_logits(ref: np.ndarray, got: np.ndarray, t: LogitsThresholds) -> Log
     if top1 < t.top1:
         rep.failures.append(f"top-1 {top1:.2%} < {t.top1:.0%}")
     return rep
+
+
+@dataclass(frozen=True)
+class QuantizedThresholds:
+    """The quantized tier (SCR_SPEC section 5): weight-only artifacts against the float32
+    reference over held-out text, teacher-forced."""
+
+    ppl_ratio: float  # perplexity (artifact / reference), at most
+    top1: float  # top-1 agreement over decisive positions, at least
+    margin: float = 5e-2  # near-tie: reference's top-2 logit gap below this
+
+
+QUANTIZED_TIERS = {8: QuantizedThresholds(1.01, 0.98), 4: QuantizedThresholds(1.05, 0.90)}
+
+
+def quantized_thresholds(bits: int) -> QuantizedThresholds:
+    if bits not in QUANTIZED_TIERS:
+        raise ScredgeError("no quantized tier for this bit width", received=bits,
+                           expected=f"one of {sorted(QUANTIZED_TIERS)}")
+    return QUANTIZED_TIERS[bits]

@@ -34,6 +34,8 @@ from scredge.contract import (
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
+from scredge.export.quantize import QUANT_OPSET, QuantSpec
+from scredge.export.quantized_artifact import quantize_artifact
 from scredge.export.tokenizer_files import TokenizerFiles
 from scredge.export.verify import verify_onnx
 
@@ -96,18 +98,39 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def default_opset(quantize: QuantSpec | None) -> int:
+    """Quantized artifacts need opset 21 (blocked DequantizeLinear, INT4)."""
+    return DEFAULT_OPSET if quantize is None else QUANT_OPSET
+
+
+def check_quantize(quantize: QuantSpec | None, dtype: str, opset: int, config) -> None:
+    if quantize is None:
+        return
+    quantize.check(dtype, config)
+    if opset < QUANT_OPSET:
+        raise ScredgeError("quantized artifacts need ONNX opset 21 or later",
+                           received=f"--opset {opset}",
+                           expected=f">= {QUANT_OPSET} (blocked DequantizeLinear, INT4)",
+                           fix="drop --opset (a quantized export defaults to 21)")
+
+
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
-                    opset: int = DEFAULT_OPSET, force: bool = False,
+                    opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
+                    quantize: QuantSpec | None = None,
                     log: Callable[[str], None] = lambda s: None) -> Path:
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
-    Hugging Face `tokenizer` files when given (copied, listed in the manifest)."""
+    Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
+    `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
+    quantized tier (section 5) in both of its graphs."""
     from scredge.ref import save_checkpoint
 
     onnx = require("onnx")
     out = Path(out).absolute()
     c = model.config
+    opset = default_opset(quantize) if opset is None else opset
     check_options(out, dtype, opset, force, c.window)
+    check_quantize(quantize, dtype, opset, c)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as exc:
@@ -155,6 +178,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                 expected="SCR_SPEC section 5, logits tier",
                 fix="nothing was written; report this with the model and options used")
         config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
+        if quantize is not None:
+            config[contract.QUANT_CONFIG_KEY] = quantize_artifact(tmp, proto, model, quantize, log)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         write_manifest(tmp)
         for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private files

@@ -10,6 +10,7 @@ from scredge.contract import GOLDEN_FILE
 from scredge.errors import ScredgeError
 from scredge.parity.golden_file import Golden
 from scredge.parity.report import ParityReport
+from scredge.quantized_tier import QuantizedReport
 from scredge.runtime.loaders import load_ort, open_artifact
 from scredge.tiers import Thresholds, tier_thresholds, with_overrides
 
@@ -18,7 +19,7 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
           record: bool = False, live: bool = False, dtype: str | None = None,
           overrides: dict[str, float | None] | None = None, cuda_graph: bool = False,
           dump: Path | None = None,
-          log: Callable[[str], None] = lambda s: None) -> ParityReport:
+          log: Callable[[str], None] = lambda s: None) -> ParityReport | QuantizedReport:
     """Run the parity tiers on `folder` through `backend` ('ort' or 'trt').
 
     record: run scr_ref (torch) and store the golden file first; live: compare with scr_ref
@@ -32,6 +33,17 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
         raise ScredgeError("--dump replays a call in onnxruntime: it needs --backend ort",
                            received="--backend trt --dump", expected="--backend ort --dump DIR")
     artifact = open_artifact(folder)
+    if artifact.quantization:  # its own tier, from the held-out reference (SCR_SPEC section 5)
+        given = [f for f, v in (("--record", record), ("--live", live), ("--dump", dump),
+                                ("--dtype", dtype)) if v]
+        if given:
+            raise ScredgeError("these options are for float artifacts", received=given,
+                               expected="none: a quantized artifact's held-out reference was "
+                                        "recorded at export (parity/heldout.npz)")
+        from scredge.quantized_tier import run_quantized_parity
+
+        return run_quantized_parity(artifact, _runner(artifact, backend, device, cuda_graph),
+                                    artifact.graph_file(backend))
     if record:
         from scredge.parity.record import record_into
 
@@ -45,13 +57,19 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
         golden = Golden.load(artifact.folder / GOLDEN_FILE)
     th: Thresholds = with_overrides(tier_thresholds(dtype or artifact.dtype),
                                     **(overrides or {}))
+    runner = _runner(artifact, backend, device, cuda_graph)
     if backend == "trt":
         from scredge.parity.runner_tiers import runner_parity
-        from scredge.runtime.trt_loader import load_trt_runner
 
-        return runner_parity(artifact, golden, load_trt_runner(artifact, cuda_graph=cuda_graph),
-                             th)
+        return runner_parity(artifact, golden, runner, th)
     from scredge.parity.ort_tiers import run_parity
 
-    runner = load_ort(artifact, device=device)
     return run_parity(artifact, golden, runner, th, device=runner.device, dump=dump)
+
+
+def _runner(artifact, backend: str, device: str, cuda_graph: bool):
+    if backend == "trt":
+        from scredge.runtime.trt_loader import load_trt_runner
+
+        return load_trt_runner(artifact, cuda_graph=cuda_graph)
+    return load_ort(artifact, device=device)

@@ -14,7 +14,7 @@ import numpy as np
 
 from scredge.artifact import read_config, verify_manifest
 from scredge.config import SCRConfig
-from scredge.contract import MANIFEST_FILE, ONNX_FILE
+from scredge.contract import MANIFEST_FILE, ONNX_FILE, QUANT_CONFIG_KEY
 from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
 from scredge.errors import ScredgeError
@@ -39,6 +39,25 @@ class Artifact:
     def engines(self) -> dict:
         return self.manifest.get("engines", {})
 
+    @property
+    def quantization(self) -> dict:
+        """config.json's `quantization` section ({} for a float artifact)."""
+        return self.settings.get(QUANT_CONFIG_KEY) or {}
+
+    @property
+    def precision(self) -> str:
+        """What runs: 'float32', 'float16', or e.g. 'int4 weight-only (rtn, block 32)'."""
+        q = self.quantization
+        if not q:
+            return self.dtype
+        return f"int{q['bits']} weight-only ({q['method']}, block {q['block_size']})"
+
+    def graph_file(self, backend: str) -> str:
+        """The ONNX graph a backend ('ort' or 'trt') reads: a quantized artifact holds one
+        per backend (SCR_SPEC section 4), a float one `model.onnx` for both."""
+        graphs = self.quantization.get("graphs", {})
+        return graphs.get(backend, {}).get("file", ONNX_FILE)
+
 
 def open_artifact(folder: str | Path) -> Artifact:
     folder = Path(folder)
@@ -53,6 +72,14 @@ def open_artifact(folder: str | Path) -> Artifact:
     manifest = verify_manifest(folder)
     config, settings = read_config(folder)
     return Artifact(folder, config, settings, manifest)
+
+
+def artifact_summary(folder: str | Path) -> dict:
+    """What `scredge info FOLDER` says: precision and the graph each backend reads."""
+    a = open_artifact(folder)
+    return {"folder": str(folder), "precision": a.precision,
+            "graphs": {b: a.graph_file(b) for b in ("ort", "trt")},
+            "engines": sorted(a.engines)}
 
 
 def ort_providers(device: str) -> list[str]:
@@ -100,11 +127,12 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
     from scredge.runtime.runners.ort_runner import OrtRunner
 
     kind = "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
+    path = artifact.folder / artifact.graph_file("ort")
     optimized = artifact.engines.get(f"ort-{kind}")
     if optimized and optimized.get("onnxruntime") == ort.__version__:
         # already optimised offline, for this onnxruntime and device
         session = ort_session(artifact.folder / optimized["file"], device, threads=threads,
                               optimize=False)
     else:
-        session = ort_session(artifact.folder / ONNX_FILE, device, threads=threads)
+        session = ort_session(path, device, threads=threads)
     return OrtRunner(session, artifact.config, artifact.kv_dtype)

@@ -1,0 +1,178 @@
+"""The quantized tier of SCR_SPEC section 5, torch-free.
+
+A weight-only int8 / int4 artifact is compared with the float32 reference over held-out
+text, teacher-forced (>= 4,096 tokens): perplexity ratio, top-1 agreement (near-ties under
+5e-2 excluded), no non-finite logits. The reference side travels in the artifact as
+`parity/heldout.npz` (the token ids, and per position the reference's log-probability of
+the next token, its argmax and its top-2 margin), recorded at export where torch is; any
+device can then judge any backend with this module alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scredge.artifact import atomic_write
+from scredge.contract import HELDOUT_FILE, WEIGHTS_FILE
+from scredge.errors import ScredgeError
+from scredge.tiers import QuantizedThresholds, quantized_thresholds
+
+HELDOUT_TOKENS = 4096  # positions scored (SCR_SPEC section 5: at least 4,096)
+CHUNK = 256  # tokens per teacher-forced call (chunked prefill threading the state)
+
+
+@dataclass
+class PositionStats:
+    """Per scored position t: log p(ids[t+1] | ids[:t+1]), argmax and top-2 logit margin."""
+
+    logprob: np.ndarray  # [N] float64
+    top1: np.ndarray  # [N] int64
+    margin: np.ndarray  # [N] float32
+    nonfinite: int = 0  # positions whose logits hold NaN or Inf
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, targets: np.ndarray) -> PositionStats:
+        x = np.asarray(logits, np.float64).reshape(-1, logits.shape[-1])
+        finite = np.isfinite(x).all(axis=-1)
+        m = x.max(axis=-1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=-1))
+        lp = x[np.arange(len(x)), targets] - lse
+        top2 = np.partition(x, -2, axis=-1)[:, -2:]
+        return cls(lp, x.argmax(-1).astype(np.int64), (top2[:, 1] - top2[:, 0]).astype(
+            np.float32), int((~finite).sum()))
+
+    @classmethod
+    def concat(cls, parts: list[PositionStats]) -> PositionStats:
+        return cls(np.concatenate([p.logprob for p in parts]),
+                   np.concatenate([p.top1 for p in parts]),
+                   np.concatenate([p.margin for p in parts]), sum(p.nonfinite for p in parts))
+
+
+def teacher_forced_stats(step, ids: np.ndarray, chunk: int = CHUNK) -> PositionStats:
+    """Feed ids[:-1] (batch 1) through `step(ids [1,T], positions [1,T]) -> logits` in
+    chunks that thread the state; score every position against the next id."""
+    ids = np.asarray(ids, np.int64)
+    parts = []
+    for start in range(0, len(ids) - 1, chunk):
+        stop = min(start + chunk, len(ids) - 1)
+        logits = step(ids[None, start:stop], np.arange(start, stop, dtype=np.int64)[None])
+        parts.append(PositionStats.from_logits(logits[0], ids[start + 1:stop + 1]))
+    return PositionStats.concat(parts)
+
+
+@dataclass
+class Heldout:
+    """The reference side of the quantized tier, as stored in the artifact."""
+
+    weights_sha256: str  # of model.safetensors: which reference this is
+    source: dict  # where the text came from
+    ids: np.ndarray  # [N+1] int64
+    ref: PositionStats
+
+    def save(self, path: Path) -> None:
+        meta = {"weights_sha256": self.weights_sha256, "source": self.source}
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "ids": self.ids,
+                  "ref_logprob": self.ref.logprob, "ref_top1": self.ref.top1,
+                  "ref_margin": self.ref.margin}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+
+    @classmethod
+    def load(cls, path: Path) -> Heldout:
+        if not path.is_file():
+            raise ScredgeError("no held-out reference in the quantized artifact",
+                               received=f"{path} is missing",
+                               fix="export the artifact again with --quantize")
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes())
+            return cls(meta["weights_sha256"], meta["source"], z["ids"], PositionStats(
+                z["ref_logprob"], z["ref_top1"], z["ref_margin"]))
+
+
+@dataclass
+class QuantizedReport:
+    bits: int
+    graph: str  # which graph ran (file)
+    positions: int
+    ppl_ref: float
+    ppl: float
+    top1: float  # agreement over decisive positions
+    decisive: int
+    near_ties: int
+    nonfinite: int
+    thresholds: QuantizedThresholds
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.ppl / self.ppl_ref
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        status = "PASS" if self.passed else "FAIL: " + "; ".join(self.failures)
+        return (f"int{self.bits} {self.graph}: perplexity {self.ppl:.4f} vs reference "
+                f"{self.ppl_ref:.4f} (ratio {self.ratio:.4f} <= {self.thresholds.ppl_ratio}), "
+                f"top-1 {self.top1:.2%} >= {self.thresholds.top1:.0%} over {self.decisive} "
+                f"positions ({self.near_ties} near-ties excluded), {self.nonfinite} non-finite"
+                f" -> {status}")
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["thresholds"] = asdict(self.thresholds)
+        out["ratio"], out["passed"] = self.ratio, self.passed
+        return out
+
+    def table(self) -> str:
+        return "quantized tier (SCR_SPEC section 5)\n  " + self.summary()
+
+
+def compare(heldout: Heldout, got: PositionStats, bits: int, graph: str) -> QuantizedReport:
+    t = quantized_thresholds(bits)
+    ref = heldout.ref
+    if len(got.logprob) != len(ref.logprob):
+        raise ScredgeError("held-out positions differ", received=len(got.logprob),
+                           expected=len(ref.logprob))
+    decisive = ref.margin >= t.margin
+    n = int(decisive.sum())
+    agree = float((got.top1[decisive] == ref.top1[decisive]).mean()) if n else 1.0
+    ppl_ref = float(np.exp(-np.mean(ref.logprob)))
+    ppl = float(np.exp(-np.mean(got.logprob))) if not got.nonfinite else float("inf")
+    rep = QuantizedReport(bits, graph, len(ref.logprob), ppl_ref, ppl, agree, n,
+                          len(ref.logprob) - n, got.nonfinite, t)
+    if got.nonfinite:
+        rep.failures.append(f"{got.nonfinite} positions with NaN or Inf logits")
+    if not rep.ratio <= t.ppl_ratio:
+        rep.failures.append(f"perplexity ratio {rep.ratio:.4f} > {t.ppl_ratio}")
+    if agree < t.top1:
+        rep.failures.append(f"top-1 {agree:.2%} < {t.top1:.0%}")
+    return rep
+
+
+def check_runner(heldout: Heldout, runner, bits: int, graph: str) -> QuantizedReport:
+    """Run `runner` (any backend) teacher-forced over the held-out ids and judge it."""
+    decoder = runner.decoder(1)
+    try:
+        got = teacher_forced_stats(decoder.step, heldout.ids)
+    finally:
+        decoder.close()
+    return compare(heldout, got, bits, graph)
+
+
+def run_quantized_parity(artifact, runner, graph: str) -> QuantizedReport:
+    """`scredge parity` on a quantized artifact: the stored held-out reference, checked to be
+    this artifact's, against `runner`."""
+    heldout = Heldout.load(artifact.folder / HELDOUT_FILE)
+    actual = artifact.manifest["files"][WEIGHTS_FILE]["sha256"]
+    if heldout.weights_sha256 != actual:
+        raise ScredgeError("the held-out reference was recorded for another model",
+                           received=f"weights sha256 {heldout.weights_sha256[:16]}...",
+                           expected=f"this folder's, {actual[:16]}...",
+                           fix="export the artifact again")
+    return check_runner(heldout, runner, artifact.quantization["bits"], graph)

@@ -1,0 +1,87 @@
+"""The quantized half of `export_artifact`: both graphs written, the held-out reference
+recorded, and each graph run by onnxruntime against the quantized tier of SCR_SPEC
+section 5. An artifact that misses the tier is refused (nothing is written)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from scredge.artifact import ONNX_DATA_FILE, ONNX_FILE, WEIGHTS_FILE, sha256_file
+from scredge.contract import HELDOUT_FILE, TRT_ONNX_FILE
+from scredge.deps import require
+from scredge.errors import ScredgeError
+from scredge.export.heldout import record_heldout
+from scredge.export.quantize import QuantSpec, config_section, quantize_graphs
+from scredge.quantized_tier import QuantizedReport, check_runner
+
+EXTERNAL_DATA_BYTES = 1 << 30
+# onnxruntime fuses DequantizeLinear+MatMul into MatMulNBits with int8 *activations* unless
+# told otherwise; level 0 keeps the TensorRT form weight-only, as TensorRT runs it.
+QDQ_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
+
+
+def ort_session(path: Path, dequantize_form: bool = False):
+    """A CPU onnxruntime session for a quantized graph (weight-only numerics)."""
+    from scredge.runtime.loaders import session_options
+
+    ort = require("onnxruntime")
+    opts = session_options()
+    if dequantize_form:
+        opts.add_session_config_entry(QDQ_ACCURACY_KEY, "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _save(proto, path: Path) -> None:
+    onnx = require("onnx")
+    large = proto.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save_model(proto, str(path), save_as_external_data=large,
+                    all_tensors_to_one_file=True,
+                    location=ONNX_DATA_FILE if path.name == ONNX_FILE else path.name + ".data")
+
+
+def verify_quantized(tmp: Path, model, spec: QuantSpec, heldout,
+                     log: Callable[[str], None]) -> dict[str, QuantizedReport]:
+    """Both graphs in `tmp`, teacher-forced over the held-out text, judged by the tier."""
+    from scredge.runtime.runners.ort_runner import OrtRunner
+
+    reports = {}
+    for backend, name in (("ort", ONNX_FILE), ("trt", TRT_ONNX_FILE)):
+        runner = OrtRunner(ort_session(tmp / name, dequantize_form=backend == "trt"),
+                           model.config, np.float32)
+        rep = check_runner(heldout, runner, spec.bits, name)
+        log("  " + rep.summary())
+        if not rep.passed:
+            raise ScredgeError(
+                f"quantized export refused: {name} misses the int{spec.bits} tier",
+                received="; ".join(rep.failures),
+                expected="SCR_SPEC section 5, quantized tier",
+                fix="nothing was written; try --quantize int8, a smaller --block-size, or "
+                    "another --quant-method")
+        reports[backend] = rep
+    return reports
+
+
+def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
+                      log: Callable[[str], None]) -> dict:
+    """Replace tmp/model.onnx (the verified float graph) with the onnxruntime form, add the
+    TensorRT form and the held-out reference; returns config.json's `quantization`."""
+    log(f"quantizing weights to int{spec.bits} ({spec.method}, block {spec.block_size}) "
+        "with onnxruntime's MatMulNBitsQuantizer ...")
+    graphs = quantize_graphs(float_proto, spec)
+    for stale in (tmp / ONNX_DATA_FILE,):
+        stale.unlink(missing_ok=True)
+    _save(graphs.ort, tmp / ONNX_FILE)
+    _save(graphs.trt, tmp / TRT_ONNX_FILE)
+    log(f"  {len(graphs.matrices)} matrices quantized; recording the float32 reference over "
+        "the held-out text ...")
+    heldout = record_heldout(model, sha256_file(tmp / WEIGHTS_FILE))
+    log("checking both graphs against the quantized tier ...")
+    reports = verify_quantized(tmp, model, spec, heldout, log)
+    heldout.save(tmp / HELDOUT_FILE)
+    section = config_section(spec, graphs, ONNX_FILE)
+    section["heldout"] = {"file": HELDOUT_FILE, **heldout.source}
+    section["verification"] = {b: r.to_json() for b, r in reports.items()}
+    return section
