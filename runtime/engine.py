@@ -95,6 +95,8 @@ class Engine:
                                    received=f"vocab_size {self.config.vocab_size}",
                                    fix="pass token ids instead of text")
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            for t in texts:
+                _utf8(t, "prompt")
             rows = [self.tokenizer.encode(t) for t in texts]
         elif isinstance(prompt, np.ndarray) and prompt.ndim in (1, 2):
             rows = prompt.reshape(-1, prompt.shape[-1]).tolist()
@@ -115,15 +117,31 @@ class Engine:
         if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
                    for r in rows for t in r):
             raise ScredgeError("prompt ids must be integers", received=repr(rows[0][:8]))
-        return np.asarray(rows, dtype=np.int64)
+        try:
+            return np.asarray(rows, dtype=np.int64)
+        except OverflowError as exc:
+            raise ScredgeError("prompt token id outside the vocabulary",
+                               received="an id beyond int64",
+                               expected=f"ids in 0..{self.config.vocab_size - 1}") from exc
 
-    def _stops(self, stop: Sequence[str | int]) -> tuple[set[int], list[bytes]]:
-        ids = {s for s in stop if isinstance(s, (int, np.integer)) and not isinstance(s, bool)}
-        texts = [s.encode("utf-8") for s in stop if isinstance(s, str) and s]
-        if len(ids) + len(texts) != len(stop):
+    def _stops(self, stop) -> tuple[set[int], list[bytes]]:
+        """stop: None, one stop (a string or a token id) or a sequence of them. An empty
+        string is refused however it comes (`stop=""` and `stop=[""]` alike): it would
+        match before any token."""
+        if stop is None:
+            return set(), []
+        entries = [stop] if isinstance(stop, (str, int, np.integer)) else stop
+        if not isinstance(entries, (list, tuple, set, frozenset)):
+            raise ScredgeError("stop must be a string, a token id, or a list of them",
+                               received=repr(stop)[:80])
+        if not all(_is_id(s) or (isinstance(s, str) and s) for s in entries):
             raise ScredgeError("stop entries must be token ids or non-empty strings",
-                               received=list(stop))
-        return ids, texts
+                               received=repr(list(entries))[:200],
+                               expected='e.g. stop="\\n\\n" or stop=["User:", 10]',
+                               fix="drop empty strings (no stop at all is stop=())")
+        ids = {int(s) for s in entries if _is_id(s)}
+        texts = [s for s in entries if isinstance(s, str)]
+        return ids, [_utf8(s, "stop string") for s in texts]
 
     # ---- generation -----------------------------------------------------------------
     def generator(self, prompt=None, *, temperature: float = 1.0, top_k: int = 0,
@@ -233,6 +251,22 @@ class Engine:
             raise
         else:
             gen.close()
+
+
+def _is_id(s) -> bool:
+    return isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """`text` as UTF-8; a lone surrogate (which no UTF-8 text holds) is a ScredgeError."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ScredgeError(f"{what} is not valid Unicode text",
+                           received=f"{exc.object[exc.start:exc.end]!a} at index {exc.start}",
+                           expected="text without lone surrogates (U+D800..U+DFFF)",
+                           fix="decode your input with errors='replace', or pass token ids"
+                           ) from exc
 
 
 def _is_text(prompt) -> bool:

@@ -14,10 +14,13 @@ import numpy as np
 
 from scredge.artifact import read_config, verify_manifest
 from scredge.config import SCRConfig
-from scredge.contract import MANIFEST_FILE, ONNX_FILE
+from scredge.contract import CONFIG_FILE, MANIFEST_FILE, ONNX_DATA_FILE, ONNX_FILE
 from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
 from scredge.errors import ScredgeError
+
+
+EXPORT_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Artifact:
 
     @property
     def dtype(self) -> str:
-        return self.settings.get("export", {}).get("dtype", "float32")
+        return self.settings.get("export", {}).get("dtype", "float32")  # checked on open
 
     @property
     def kv_dtype(self) -> np.dtype:
@@ -50,8 +53,19 @@ def open_artifact(folder: str | Path) -> Artifact:
         raise ScredgeError("not an scredge artifact folder", received=str(folder),
                            expected=f"{ONNX_FILE}, {MANIFEST_FILE}, config.json inside",
                            fix="export one: scredge export --preset tiny --out " + str(folder))
-    manifest = verify_manifest(folder)
+    # every file read below (and by the loaders) is listed, inside the folder and hashed
+    manifest = verify_manifest(folder, required=(CONFIG_FILE, ONNX_FILE))
     config, settings = read_config(folder)
+    dtype = settings.get("export", {}).get("dtype", "float32")
+    if dtype not in EXPORT_DTYPES:
+        raise ScredgeError("config.json names an unknown export dtype", received=repr(dtype),
+                           expected=f"one of {list(EXPORT_DTYPES)}",
+                           fix=f"re-export the folder: scredge export ... --out {folder} --force")
+    if settings.get("export", {}).get("external_data") and ONNX_DATA_FILE not in manifest["files"]:
+        raise ScredgeError(f"manifest.json does not list '{ONNX_DATA_FILE}'",
+                           received="config.json says the graph has external data",
+                           expected=f"{ONNX_DATA_FILE} listed and hashed",
+                           fix=f"re-export the folder: scredge export ... --out {folder} --force")
     return Artifact(folder, config, settings, manifest)
 
 
@@ -92,6 +106,7 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
 def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = None):
     """An OrtRunner for `artifact`; uses its saved optimised graph when it fits."""
     ort = require("onnxruntime")
+    from scredge.runtime.graph_check import check_ort_session
     from scredge.runtime.runners.ort_runner import OrtRunner
 
     kind = "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
@@ -102,4 +117,5 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
                               optimize=False)
     else:
         session = ort_session(artifact.folder / ONNX_FILE, device, threads=threads)
+    check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder)
     return OrtRunner(session, artifact.config, artifact.kv_dtype)
