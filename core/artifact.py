@@ -80,6 +80,11 @@ def member_path(folder: str | Path, name: object, what: str = "manifest entry") 
                            received=repr(name)[:200],
                            expected="a relative path inside the folder (no '..', not absolute)",
                            fix=_reexport_fix(folder))
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError as exc:  # a lone surrogate no file name can hold
+        raise ScredgeError(f"artifact {what} is not a file name", received=ascii(name)[:200],
+                           fix=_reexport_fix(folder)) from exc
     root = folder.resolve()
     path = root.joinpath(*parts)
     try:

@@ -106,8 +106,9 @@ class Sampler:
             return x.argmax(axis=-1).astype(np.int64)
         with np.errstate(over="ignore"):
             scaled = x / p.temperature
-        if np.isinf(scaled).any():  # a temperature so small that x / T overflows: scale
-            scaled = (x - x.max(axis=-1, keepdims=True)) / p.temperature  # from the max
+            if np.isinf(scaled).any():  # a temperature so small that x / T overflows:
+                # scale from the max, so the argmax keeps all the mass instead of NaNs
+                scaled = (x - x.max(axis=-1, keepdims=True)) / p.temperature
         x = scaled
         if p.top_k and p.top_k < x.shape[-1]:
             kth = np.partition(x, -p.top_k, axis=-1)[:, -p.top_k][:, None]  # [B,1]

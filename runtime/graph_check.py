@@ -132,6 +132,7 @@ def check_trt_entry(entry: dict, config: SCRConfig, folder) -> None:
         raise _refuse(folder, f"engine {entry.get('file')!r} has no recorded profiles",
                       repr(profiles)[:200], "a list of profiles per input")
     n_state = 2 * config.n_layers + 2 * len(config.scr_layers)
+    longest = 0
     for prof in profiles:
         if len(prof) != 2 + n_state or set(prof) != set(GraphIO.for_config(config).inputs):
             raise _refuse(folder, f"inputs of engine {entry.get('file')!r}",
@@ -148,7 +149,10 @@ def check_trt_entry(entry: dict, config: SCRConfig, folder) -> None:
                 if isinstance(w, int) and any(s[axis] != w for s in shapes):
                     raise _refuse(folder, f"engine shape of {name}", repr(shapes),
                                   f"{want} from config.json")
-            if is_kv(name) and config.window is not None and shapes[2][2] > config.window - 1:
-                raise _refuse(folder, f"window of engine {entry.get('file')!r}",
-                              f"{name} holds up to {shapes[2][2]} past positions",
-                              f"at most {config.window - 1} (window {config.window})")
+            if is_kv(name):
+                longest = max(longest, shapes[2][2])
+    # the builder sizes a windowed model's cache profile to exactly W-1 past positions
+    if config.window is not None and longest != config.window - 1:
+        raise _refuse(folder, f"window of engine {entry.get('file')!r}",
+                      f"its profiles hold up to {longest} past positions",
+                      f"{config.window - 1} (window {config.window})")

@@ -19,7 +19,6 @@ from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
 from scredge.errors import ScredgeError
 
-
 EXPORT_DTYPES = ("float32", "float16")
 
 
@@ -111,11 +110,22 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
 
     kind = "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
     optimized = artifact.engines.get(f"ort-{kind}")
+    # paths checked by open_artifact: listed, hashed, inside the folder; onnxruntime itself
+    # refuses external data that resolves outside the graph's folder
     if optimized and optimized.get("onnxruntime") == ort.__version__:
         # already optimised offline, for this onnxruntime and device
-        session = ort_session(artifact.folder / optimized["file"], device, threads=threads,
-                              optimize=False)
+        path, optimize = artifact.folder / optimized["file"], False
     else:
-        session = ort_session(artifact.folder / ONNX_FILE, device, threads=threads)
+        path, optimize = artifact.folder / ONNX_FILE, True
+    try:
+        session = ort_session(path, device, threads=threads, optimize=optimize)
+    except ScredgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types (Fail, ...)
+        raise ScredgeError(f"onnxruntime cannot load {path.name}",
+                           received=f"{type(exc).__name__}: {exc}"[:400],
+                           expected="an ONNX graph written by scredge export / build",
+                           fix=f"re-export the folder: scredge export ... --out "
+                               f"{artifact.folder} --force") from exc
     check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder)
     return OrtRunner(session, artifact.config, artifact.kv_dtype)

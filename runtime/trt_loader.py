@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from scredge.artifact import member_path
 from scredge.device import compute_capability, gpu_unavailable_reason
 from scredge.errors import ScredgeError
-from scredge.artifact import member_path
 from scredge.plugins.trt import PLUGIN_MODULES, TRT_MODULES
 from scredge.runtime.graph_check import check_trt_entry
 from scredge.runtime.loaders import Artifact
