@@ -142,7 +142,9 @@ def check_trt_entry(entry: dict, config: SCRConfig, folder) -> None:
         for name, shapes in prof.items():
             want = _expected_shape(config, name)
             if not (isinstance(shapes, list) and len(shapes) == 3 and all(
-                    isinstance(s, list) and len(s) == len(want) for s in shapes)):
+                    isinstance(s, list) and len(s) == len(want)
+                    and all(isinstance(d, int) and not isinstance(d, bool) for d in s)
+                    for s in shapes)):
                 raise _refuse(folder, f"profile of {name}", repr(shapes)[:200],
                               f"[min, opt, max] shapes of rank {len(want)}")
             for axis, w in enumerate(want):
