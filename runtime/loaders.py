@@ -20,6 +20,7 @@ from scredge.device import cuda_device_count, gpu_unavailable_reason
 from scredge.errors import ScredgeError
 
 EXPORT_DTYPES = ("float32", "float16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ def open_artifact(folder: str | Path) -> Artifact:
 
 def ort_providers(device: str) -> list[str]:
     """device 'auto' | 'cpu' | 'cuda' -> onnxruntime providers, CUDA only if it can run."""
+    if device not in DEVICES:
+        raise ScredgeError("unknown device", received=repr(device)[:80],
+                           expected=f"one of {list(DEVICES)}")
     ort = require("onnxruntime")
     available = ort.get_available_providers()
     if device == "cpu":
@@ -89,6 +93,10 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
     """The one place an onnxruntime InferenceSession is made: `model` a path or serialized
     bytes, on `device` ('auto' | 'cpu' | 'cuda', see `ort_providers`); `optimize` False for
     a graph optimised offline; `save_optimized` writes the optimised graph there."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads < 0):
+        raise ScredgeError("invalid thread count", received=repr(threads)[:80],
+                           expected="an integer >= 1 (0 or None: onnxruntime's default)")
     ort = require("onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

@@ -277,3 +277,39 @@ def test_cli_non_utf8_arguments(small_window_artifact, capsys, tmp_path, monkeyp
     assert main(["generate", os.fsdecode(b"/nonexistent/\xff"), "--prompt", "Hi"]) == 2
     assert "artifact folder not found" in capsys.readouterr().err
     assert snapshot(small_window_artifact[1]) == before and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"device": "tpu"}, "unknown device"), ({"threads": -1}, "thread count"),
+    ({"threads": "2"}, "thread count"),
+])
+def test_bad_load_options(small_window_artifact, kwargs, needle):
+    """Before: device='tpu' ran on the CPU silently; threads=-1 / '2' reached onnxruntime."""
+    with pytest.raises(ScredgeError, match=needle):
+        Engine.load(small_window_artifact[1], backend="ort", **kwargs)
+
+
+def test_garbage_graph_with_recomputed_hashes(art):
+    """Before: onnxruntime's own exception (InvalidProtobuf) as a traceback."""
+    folder, _ = art
+    (folder / "model.onnx").write_bytes(b"not a graph")
+    rehash(folder)
+    with pytest.raises(ScredgeError, match="onnxruntime cannot load model.onnx"):
+        Engine.load(folder)
+
+
+def test_golden_file_read_only_when_listed(art, capsys):
+    """An unlisted parity/golden.npz (here a link to a file outside) is never read; a listed
+    one that is not a golden file is a clean error."""
+    folder, outside = art
+    (folder / "parity").mkdir()
+    (folder / "parity" / "golden.npz").symlink_to(outside)
+    assert main(["parity", str(folder)]) == 2
+    assert "does not list parity/golden.npz" in capsys.readouterr().err
+    (folder / "parity" / "golden.npz").unlink()
+    (folder / "parity" / "golden.npz").write_bytes(b"PK\x03\x04 not a zip")
+    _set_manifest(folder, lambda m: m["files"].__setitem__(
+        "parity/golden.npz", {"sha256": "0" * 64, "bytes": 0}))
+    rehash(folder)
+    assert main(["parity", str(folder)]) == 2
+    assert "golden reference file is unreadable" in capsys.readouterr().err
