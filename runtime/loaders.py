@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,9 @@ class Artifact:
 
 
 def open_artifact(folder: str | Path) -> Artifact:
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ScredgeError("an artifact folder is a path", received=repr(folder)[:80],
+                           expected="a str or pathlib.Path")
     folder = Path(folder)
     if not folder.is_dir():
         raise ScredgeError("artifact folder not found", received=str(folder),
