@@ -171,7 +171,7 @@ def verify_manifest(folder: str | Path, required: tuple[str, ...] = ()) -> dict:
         raise ScredgeError("artifact folder has no manifest.json", received=str(folder),
                            expected="a folder written by `scredge export`",
                            fix=_reexport_fix(folder))
-    manifest = read_member_json(folder, MANIFEST_FILE, "manifest.json")
+    manifest = read_member_json(folder, MANIFEST_FILE, MANIFEST_FILE)
     if isinstance(manifest, dict) and "format_version" in manifest and (
             manifest["format_version"] != FORMAT_VERSION):
         version = manifest["format_version"]
@@ -211,7 +211,7 @@ def read_config(folder: str | Path) -> tuple[SCRConfig, dict]:
     """The model config and the whole config.json of an artifact folder, read from inside
     it; every malformed field a ScredgeError."""
     folder = Path(folder)
-    settings = read_member_json(folder, CONFIG_FILE, "config.json")
+    settings = read_member_json(folder, CONFIG_FILE, CONFIG_FILE)
     if not isinstance(settings, dict) or not isinstance(settings.get("model"), dict):
         raise ScredgeError("config.json is malformed", received=repr(settings)[:200],
                            expected='{"model": {...}, "export": {...}, ...}',

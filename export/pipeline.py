@@ -98,7 +98,7 @@ def check_replaceable(out: Path) -> None:
 def verify_manifest_listing(folder: Path) -> set[str]:
     """The files an artifact folder's manifest lists (structure checked, not hashes)."""
     manifest = check_manifest(
-        read_member_json(folder, contract.MANIFEST_FILE, "manifest.json"), folder)
+        read_member_json(folder, contract.MANIFEST_FILE, contract.MANIFEST_FILE), folder)
     return set(manifest["files"])
 
 
