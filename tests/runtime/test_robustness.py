@@ -24,7 +24,7 @@ from scredge.runtime import Engine
 from scredge.runtime.generation import MAX_NEW_TOKENS
 from scredge.runtime.loaders import load_ort, open_artifact
 
-SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -95,7 +95,7 @@ def _manifest_edit():
         st.tuples(st.just("whole"), st.none(), JSON))
 
 
-@settings(SETTINGS, max_examples=40)
+@settings(SETTINGS, max_examples=30)
 @given(edits=st.lists(_manifest_edit(), min_size=1, max_size=3), fix_hashes=st.booleans())
 def test_any_manifest(world, edits, fix_hashes):
     folder = _fresh(world)
