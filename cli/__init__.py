@@ -12,6 +12,7 @@ import sys
 
 import scredge
 from scredge.cli import bench, build, export, generate, info, parity, train
+from scredge.cli.common import check_text_args, printable
 from scredge.errors import ScredgeError
 
 COMMANDS = (info, export, generate, build, parity, train, bench)
@@ -33,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `train`
     try:
+        check_text_args(args)
         return args.func(args)
     except ScredgeError as exc:
-        print(f"scredge {args.command}: error: {exc}", file=sys.stderr)
+        print(printable(f"scredge {args.command}: error: {exc}"), file=sys.stderr)
         return 2
 
 

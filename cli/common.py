@@ -43,3 +43,29 @@ def print_json_or_lines(data: dict, lines: list[str], as_json: bool) -> None:
     import json
 
     print(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+
+
+def check_text_args(args: argparse.Namespace) -> None:
+    """Refuse an argument that is not UTF-8 text. Python turns the bytes of such an argv
+    entry into lone surrogates, which every later encode (a prompt's tokens, the output)
+    would fail on; file paths (Path arguments) may hold any bytes and are left alone."""
+    for name, value in vars(args).items():
+        if name == "argv":  # the raw command line, recorded as given (paths included)
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                option = "--" + name.replace("_", "-")
+                raise ScredgeError(f"{option} is not valid UTF-8 text",
+                                   received=f"{text!a}"[:200],
+                                   expected="UTF-8 text (check the terminal's or script's "
+                                            "encoding)",
+                                   fix=f"pass {option} as UTF-8") from exc
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on any stream: lone surrogates shown as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

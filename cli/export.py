@@ -35,7 +35,8 @@ def add(sub) -> None:
     p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
                                         "preset's or config's; every layer for --from-llama)")
     p.add_argument("--out", required=True, help="the artifact folder to create")
-    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing artifact folder (or an empty one); never another")
     p.set_defaults(func=run)
 
 

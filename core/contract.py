@@ -127,6 +127,10 @@ class GraphIO:
         return tuple(n for n in self.outputs if is_state_output(n))
 
 
+# The window the export built into the graph, recorded in its metadata_props (no input
+# shape shows it); a config.json that says otherwise is refused on load.
+WINDOW_METADATA = "scredge.window"
+
 # Symbolic dimension names as exported; state shapes below use the same names.
 BATCH, SEQUENCE, PAST, PRESENT = "batch", "sequence", "past_sequence", "present_sequence"
 MASK_LENGTH = "past_sequence + sequence"

@@ -27,20 +27,37 @@ class SamplingParams:
                 f"invalid sampling parameter '{name}'", received=repr(value), expected=expected
             )
 
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
+        if not (_is_real(self.temperature) and math.isfinite(self.temperature)):
             bad("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
         if self.temperature < 0:
             bad("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             bad("top_k", self.top_k, "an integer >= 0 (0 = off)")
-        if not (0.0 < self.top_p <= 1.0):
+        if isinstance(self.top_k, bool):
+            bad("top_k", self.top_k, "an integer >= 0 (0 = off)")
+        if not (_is_real(self.top_p) and 0.0 < self.top_p <= 1.0):
             bad("top_p", self.top_p, "a number in (0, 1]")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+        if not (_is_real(self.repetition_penalty) and self.repetition_penalty > 0
+                and math.isfinite(self.repetition_penalty)):
             bad("repetition_penalty", self.repetition_penalty, "a finite number > 0 (1 = off)")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def _is_real(v: object) -> bool:
+    """A real number (NumPy's too), not a bool; NaN and infinities are the callers' to test."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def check_seed(seed: object) -> int | None:
+    """None (fresh entropy) or an integer >= 0, what NumPy's generator takes."""
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)
+                             or seed < 0):
+        raise ScredgeError("invalid seed", received=repr(seed)[:80],
+                           expected="an integer >= 0, or None for a fresh random seed")
+    return None if seed is None else int(seed)
 
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -65,7 +82,7 @@ class Sampler:
 
     def __init__(self, params: SamplingParams = GREEDY, seed: int | None = 0) -> None:
         self.params = params
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(check_seed(seed))
 
     def history(self, rows: np.ndarray, vocab_size: int) -> np.ndarray | None:
         """The seen-ids mask [B,V] of the prompt `rows` [B,S] when sampling reads one (only
@@ -87,7 +104,12 @@ class Sampler:
             x = np.where(seen, penalised, x)
         if p.greedy:
             return x.argmax(axis=-1).astype(np.int64)
-        x = x / p.temperature
+        with np.errstate(over="ignore"):
+            scaled = x / p.temperature
+            if np.isinf(scaled).any():  # a temperature so small that x / T overflows:
+                # scale from the max, so the argmax keeps all the mass instead of NaNs
+                scaled = (x - x.max(axis=-1, keepdims=True)) / p.temperature
+        x = scaled
         if p.top_k and p.top_k < x.shape[-1]:
             kth = np.partition(x, -p.top_k, axis=-1)[:, -p.top_k][:, None]  # [B,1]
             x = np.where(x < kth, -np.inf, x)

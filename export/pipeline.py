@@ -8,6 +8,7 @@ folder behind (and, with `force`, leaves the old one untouched).
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
 import platform
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import scredge
 from scredge import contract
-from scredge.artifact import write_manifest
+from scredge.artifact import check_manifest, read_member_json, write_manifest
 from scredge.contract import (
     CONFIG_FILE,
     GRAPH_VERSION,
@@ -41,6 +42,7 @@ from scredge.export.verify import verify_onnx
 
 DTYPES = ("float32", "float16")
 EXTERNAL_DATA_BYTES = 1 << 30
+PARTIAL_INFIX = ".partial-"  # `.NAME.partial-XXXX`: an export in progress beside NAME
 
 
 def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | None) -> None:
@@ -60,11 +62,14 @@ def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | 
             expected="window >= 3 or null",
             fix="the exported graph needs a past-length axis that can hold 0..W-1 with W-1 >= 2; "
                 "windows of 1 or 2 run only in the reference model")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ScredgeError("output path exists and is not a folder", received=str(out),
+                           fix="choose another --out; scredge replaces only its own folders")
     if out.exists() and not force:
         raise ScredgeError("output folder already exists", received=str(out),
                            fix="pass --force to replace it, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise ScredgeError("output path exists and is not a folder", received=str(out))
+    if out.exists():
+        check_replaceable(out)
     parent = out.parent
     if not parent.is_dir():
         raise ScredgeError("the output's parent folder does not exist", received=str(parent),
@@ -72,6 +77,88 @@ def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | 
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ScredgeError("the output's parent folder is not writable", received=str(parent),
                            fix="choose a writable --out or fix the folder's permissions")
+
+
+def check_replaceable(out: Path) -> None:
+    """--force replaces only an empty folder or a scredge artifact: one whose manifest.json
+    lists every file in it (so nothing of the user's inside it goes with it)."""
+    try:
+        found = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                       if not p.is_dir() or p.is_symlink())
+    except OSError as exc:
+        raise ScredgeError("cannot read the output folder", received=f"{out}: {exc}",
+                           fix="choose another --out") from exc
+    if not found:
+        return
+    try:
+        manifest = verify_manifest_listing(out)
+    except ScredgeError as exc:
+        raise ScredgeError(
+            "--force replaces only a scredge artifact folder (or an empty one); this is not one",
+            received=f"{out} holds {_listing(found)} ({exc.what})",
+            expected="a folder written by `scredge export`, or an empty folder",
+            fix="choose another --out, or move its contents away yourself") from exc
+    unlisted = [f for f in found if f != contract.MANIFEST_FILE and f not in manifest]
+    if unlisted:
+        raise ScredgeError(
+            "--force would delete files the artifact's manifest does not list",
+            received=f"{out} holds {_listing(unlisted)} besides the artifact",
+            expected="only the files its manifest.json lists",
+            fix="move those files out of the folder, or choose another --out")
+
+
+def verify_manifest_listing(folder: Path) -> set[str]:
+    """The files an artifact folder's manifest lists (structure checked, not hashes)."""
+    manifest = check_manifest(
+        read_member_json(folder, contract.MANIFEST_FILE, contract.MANIFEST_FILE), folder)
+    return set(manifest["files"])
+
+
+def _listing(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def clean_stale_partials(out: Path, log: Callable[[str], None] = lambda s: None) -> list[Path]:
+    """Remove `.NAME.partial-*` folders that an interrupted export (kill -9) left beside
+    `out`. A live export holds an exclusive lock on its folder, so only folders nobody
+    locks are stale; and only folders of plain files (what an export writes) are removed."""
+    removed = []
+    for tmp in sorted(out.parent.glob(f".{glob_escape(out.name)}{PARTIAL_INFIX}*")):
+        if tmp.is_symlink() or not tmp.is_dir() or _locked(tmp):
+            continue
+        entries = list(tmp.iterdir())
+        if any(e.is_symlink() or not e.is_file() for e in entries):
+            continue  # not what an export writes: not ours to delete
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"removed {tmp.name}, left by an interrupted export")
+        removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _lock(folder: Path) -> int:
+    """An exclusive lock on `folder`, held while the descriptor is open (freed by the
+    kernel when the process dies, however it dies)."""
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _locked(folder: Path) -> bool:
+    try:
+        fd = _lock(folder)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True  # cannot tell: leave it alone
+    os.close(fd)
+    return False
 
 
 def cast_for_export(model, dtype: str):
@@ -131,8 +218,10 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     opset = default_opset(quantize) if opset is None else opset
     check_options(out, dtype, opset, force, c.window)
     check_quantize(quantize, dtype, opset, c)
+    clean_stale_partials(out, log)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
+        lock = _lock(tmp)
     except OSError as exc:
         raise ScredgeError("cannot create the output folder", received=f"{out}: {exc.strerror}",
                            fix="choose a writable --out") from exc
@@ -142,6 +231,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         t0 = time.perf_counter()
         log(f"exporting {dtype} graph (opset {opset}) ...")
         proto = export_graph(cast_for_export(model, dtype), opset)
+        record = proto.metadata_props.add()  # the runtime checks config.json against it
+        record.key, record.value = contract.WINDOW_METADATA, str(c.window)
         large = proto.ByteSize() > EXTERNAL_DATA_BYTES
         onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
@@ -185,10 +276,14 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private files
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
         log(f"  verified in {time.perf_counter() - t1:.1f} s")
+        if out.exists() and force:
+            check_replaceable(out)  # again: it may have changed during the export
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     return out
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,7 +63,17 @@ class Golden:
                                received=f"{path} is missing",
                                fix="record one where torch is installed: scredge parity "
                                    f"{path.parent.parent} --record")
-        with np.load(path) as z:
+        try:
+            return cls._read(path)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
+            raise ScredgeError("the golden reference file is unreadable",
+                               received=f"{path}: {type(exc).__name__}: {exc}"[:300],
+                               fix="re-record it: scredge parity "
+                                   f"{path.parent.parent} --record") from exc
+
+    @classmethod
+    def _read(cls, path: Path) -> Golden:
+        with np.load(path) as z:  # allow_pickle stays False: arrays only
             meta = json.loads(z["meta"].tobytes())
             n, ops = meta["steps"], meta["op_cases"]
             return cls(
@@ -77,7 +88,8 @@ class Golden:
     def check_matches(self, artifact: Artifact) -> None:
         """Refuse a golden file recorded for other weights (the artifact's manifest holds the
         weights' sha256, checked against the file when the folder was opened)."""
-        folder, actual = artifact.folder, artifact.manifest["files"][WEIGHTS_FILE]["sha256"]
+        listed = artifact.manifest["files"].get(WEIGHTS_FILE, {})
+        folder, actual = artifact.folder, listed.get("sha256", "none listed")
         if actual != self.weights_sha256:
             raise ScredgeError(
                 "the golden file was recorded for another model",

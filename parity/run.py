@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from scredge.artifact import member_path
 from scredge.contract import GOLDEN_FILE
 from scredge.errors import ScredgeError
 from scredge.parity.golden_file import Golden
@@ -13,6 +14,17 @@ from scredge.parity.report import ParityReport
 from scredge.quantized_tier import QuantizedReport
 from scredge.runtime.loaders import load_ort, open_artifact
 from scredge.tiers import Thresholds, tier_thresholds, with_overrides
+
+
+def listed_golden(artifact) -> Path:
+    """The golden file's path, only when the manifest lists it (so it was hash-checked on
+    open and lies inside the folder); an unlisted one is never read."""
+    if GOLDEN_FILE not in artifact.manifest["files"]:
+        raise ScredgeError("no golden reference in the artifact folder",
+                           received=f"manifest.json does not list {GOLDEN_FILE}",
+                           fix=f"record one where torch is installed: scredge parity "
+                               f"{artifact.folder} --record")
+    return member_path(artifact.folder, GOLDEN_FILE)
 
 
 def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
@@ -54,7 +66,7 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
 
         golden = record_golden(artifact)
     else:
-        golden = Golden.load(artifact.folder / GOLDEN_FILE)
+        golden = Golden.load(listed_golden(artifact))
     th: Thresholds = with_overrides(tier_thresholds(dtype or artifact.dtype),
                                     **(overrides or {}))
     runner = _runner(artifact, backend, device, cuda_graph)

@@ -22,6 +22,9 @@ from scredge.errors import ScredgeError
 
 ENV_VAR = "SCREDGE_TRT"
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")  # search order when nothing is preferred
+# The only modules an engine's manifest entry may name for registering its plugins: an
+# artifact folder is data, and data never chooses what Python code is imported.
+PLUGIN_MODULES = ("scredge.plugins.realign.python_plugin",)
 MIN_TENSORRT = (10, 0)  # IPluginV3 and strongly typed networks; JetPack 6 has 10.3
 _INSTALL = {
     "tensorrt": "pip install 'scredge[trt]' (TensorRT 10.x from NVIDIA's index; "

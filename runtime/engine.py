@@ -110,6 +110,8 @@ class Engine:
         if _is_text(prompt):
             self._need_tokenizer("text prompts")
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            for t in texts:
+                _utf8(t, "prompt")
             rows = [self.tokenizer.encode(t) for t in texts]
         elif isinstance(prompt, np.ndarray) and prompt.ndim in (1, 2):
             rows = prompt.reshape(-1, prompt.shape[-1]).tolist()
@@ -125,6 +127,13 @@ class Engine:
         if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
                    for r in rows for t in r):
             raise ScredgeError("prompt ids must be integers", received=repr(rows[0][:8]))
+        for r in rows:
+            try:
+                np.asarray(r, dtype=np.int64)
+            except OverflowError as exc:
+                raise ScredgeError("prompt token id outside the vocabulary",
+                                   received="an id beyond int64",
+                                   expected=f"ids in 0..{self.config.vocab_size - 1}") from exc
         return rows
 
     def _need_tokenizer(self, what: str) -> Tokenizer:
@@ -137,15 +146,25 @@ class Engine:
                                    "folder holding tokenizer.json")
         return self.tokenizer
 
-    def _stops(self, stop: Sequence[str | int], ignore_eos: bool) -> tuple[set[int], list[str]]:
+    def _stops(self, stop, ignore_eos: bool) -> tuple[set[int], list[str]]:
         """Stop ids (the tokenizer's eos ids unless ignore_eos, and any ids given) and stop
-        strings."""
-        ids = {int(s) for s in stop if isinstance(s, (int, np.integer))
-               and not isinstance(s, bool)}
-        texts = [s for s in stop if isinstance(s, str) and s]
-        if len(ids) + len(texts) != len(stop):
+        strings. stop: None, one stop (a string or a token id) or a sequence of them. An
+        empty string is refused however it comes (`stop=""` and `stop=[""]` alike): it
+        would match before any token."""
+        entries = () if stop is None else (
+            [stop] if isinstance(stop, (str, int, np.integer)) else stop)
+        if not isinstance(entries, (list, tuple, set, frozenset)):
+            raise ScredgeError("stop must be a string, a token id, or a list of them",
+                               received=repr(stop)[:80])
+        if not all(_is_id(s) or (isinstance(s, str) and s) for s in entries):
             raise ScredgeError("stop entries must be token ids or non-empty strings",
-                               received=list(stop))
+                               received=repr(list(entries))[:200],
+                               expected='e.g. stop="\\n\\n" or stop=["User:", 10]',
+                               fix="drop empty strings (no stop at all is stop=())")
+        ids = {int(s) for s in entries if _is_id(s)}
+        texts = [s for s in entries if isinstance(s, str)]
+        for s in texts:
+            _utf8(s, "stop string")  # a lone surrogate is refused here
         if texts:
             self._need_tokenizer("stop strings")
         if not ignore_eos and self.tokenizer is not None:
@@ -289,6 +308,22 @@ class Engine:
     def chat_stream(self, messages, max_new_tokens: int = 128, **kwargs) -> Iterator[str]:
         """chat(), streamed as stream() streams."""
         return self.stream(self.chat_ids(messages), max_new_tokens, **kwargs)
+
+
+def _is_id(s) -> bool:
+    return isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """`text` as UTF-8; a lone surrogate (which no UTF-8 text holds) is a ScredgeError."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ScredgeError(f"{what} is not valid Unicode text",
+                           received=f"{exc.object[exc.start:exc.end]!a} at index {exc.start}",
+                           expected="text without lone surrogates (U+D800..U+DFFF)",
+                           fix="decode your input with errors='replace', or pass token ids"
+                           ) from exc
 
 
 def _is_text(prompt) -> bool:

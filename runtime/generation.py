@@ -127,12 +127,17 @@ class Generator:
         self.seed = seed
         self.sampler: RowSampler | None = None  # set by the first append, one stream per row
         self.max_new_tokens = check_max_new_tokens(max_new_tokens)
-        self.stop_ids = np.array(sorted(set(stop_ids)), dtype=np.int64)
-        # [V] lookup: one gather per token instead of np.isin; ids outside the vocabulary
-        # can never be sampled, so they are left out
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                   for i in stop_ids):
+            raise ScredgeError("stop_ids must be token ids", received=repr(stop_ids)[:80],
+                               expected="integers")
+        # ids outside the vocabulary can never be sampled, so they are left out (and an id
+        # beyond int64 cannot overflow the array)
+        self.stop_ids = np.array(sorted({int(i) for i in stop_ids
+                                         if 0 <= i < self.vocab_size}), dtype=np.int64)
+        # [V] lookup: one gather per token instead of np.isin
         self._is_stop = np.zeros(self.vocab_size, dtype=bool)
-        valid = (self.stop_ids >= 0) & (self.stop_ids < self.vocab_size)
-        self._is_stop[self.stop_ids[valid]] = True
+        self._is_stop[self.stop_ids] = True
         self.batch: int | None = None  # set by the first append
         self.decoder: Decoder | None = None
         self.position: np.ndarray | None = None  # [B] absolute position of each row's next

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,13 @@ import numpy as np
 
 from scredge.artifact import read_config, verify_manifest
 from scredge.config import SCRConfig
-from scredge.contract import MANIFEST_FILE, ONNX_FILE, QUANT_CONFIG_KEY
+from scredge.contract import CONFIG_FILE, MANIFEST_FILE, ONNX_DATA_FILE, ONNX_FILE, QUANT_CONFIG_KEY
 from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
 from scredge.errors import ScredgeError
+
+EXPORT_DTYPES = ("float32", "float16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class Artifact:
 
     @property
     def dtype(self) -> str:
-        return self.settings.get("export", {}).get("dtype", "float32")
+        return self.settings.get("export", {}).get("dtype", "float32")  # checked on open
 
     @property
     def kv_dtype(self) -> np.dtype:
@@ -60,6 +64,9 @@ class Artifact:
 
 
 def open_artifact(folder: str | Path) -> Artifact:
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ScredgeError("an artifact folder is a path", received=repr(folder)[:80],
+                           expected="a str or pathlib.Path")
     folder = Path(folder)
     if not folder.is_dir():
         raise ScredgeError("artifact folder not found", received=str(folder),
@@ -69,8 +76,19 @@ def open_artifact(folder: str | Path) -> Artifact:
         raise ScredgeError("not an scredge artifact folder", received=str(folder),
                            expected=f"{ONNX_FILE}, {MANIFEST_FILE}, config.json inside",
                            fix="export one: scredge export --preset tiny --out " + str(folder))
-    manifest = verify_manifest(folder)
+    # every file read below (and by the loaders) is listed, inside the folder and hashed
+    manifest = verify_manifest(folder, required=(CONFIG_FILE, ONNX_FILE))
     config, settings = read_config(folder)
+    dtype = settings.get("export", {}).get("dtype", "float32")
+    if dtype not in EXPORT_DTYPES:
+        raise ScredgeError("config.json names an unknown export dtype", received=repr(dtype),
+                           expected=f"one of {list(EXPORT_DTYPES)}",
+                           fix=f"re-export the folder: scredge export ... --out {folder} --force")
+    if settings.get("export", {}).get("external_data") and ONNX_DATA_FILE not in manifest["files"]:
+        raise ScredgeError(f"manifest.json does not list '{ONNX_DATA_FILE}'",
+                           received="config.json says the graph has external data",
+                           expected=f"{ONNX_DATA_FILE} listed and hashed",
+                           fix=f"re-export the folder: scredge export ... --out {folder} --force")
     return Artifact(folder, config, settings, manifest)
 
 
@@ -84,6 +102,9 @@ def artifact_summary(folder: str | Path) -> dict:
 
 def ort_providers(device: str) -> list[str]:
     """device 'auto' | 'cpu' | 'cuda' -> onnxruntime providers, CUDA only if it can run."""
+    if device not in DEVICES:
+        raise ScredgeError("unknown device", received=repr(device)[:80],
+                           expected=f"one of {list(DEVICES)}")
     ort = require("onnxruntime")
     available = ort.get_available_providers()
     if device == "cpu":
@@ -105,6 +126,10 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
     bytes, on `device` ('auto' | 'cpu' | 'cuda', see `ort_providers`); `optimize` False for
     a graph optimised offline; `save_optimized` writes the optimised graph there;
     `profile_prefix` turns on onnxruntime's profiler, writing under that prefix."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads < 0):
+        raise ScredgeError("invalid thread count", received=repr(threads)[:80],
+                           expected="an integer >= 1 (0 or None: onnxruntime's default)")
     ort = require("onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -124,15 +149,28 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
 def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = None):
     """An OrtRunner for `artifact`; uses its saved optimised graph when it fits."""
     ort = require("onnxruntime")
+    from scredge.runtime.graph_check import check_ort_session
     from scredge.runtime.runners.ort_runner import OrtRunner
 
     kind = "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
     path = artifact.folder / artifact.graph_file("ort")
     optimized = artifact.engines.get(f"ort-{kind}")
+    # paths checked by open_artifact: listed, hashed, inside the folder; onnxruntime itself
+    # refuses external data that resolves outside the graph's folder
     if optimized and optimized.get("onnxruntime") == ort.__version__:
         # already optimised offline, for this onnxruntime and device
-        session = ort_session(artifact.folder / optimized["file"], device, threads=threads,
-                              optimize=False)
+        path, optimize = artifact.folder / optimized["file"], False
     else:
-        session = ort_session(path, device, threads=threads)
+        optimize = True
+    try:
+        session = ort_session(path, device, threads=threads, optimize=optimize)
+    except ScredgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types (Fail, ...)
+        raise ScredgeError(f"onnxruntime cannot load {path.name}",
+                           received=f"{type(exc).__name__}: {exc}"[:400],
+                           expected="an ONNX graph written by scredge export / build",
+                           fix=f"re-export the folder: scredge export ... --out "
+                               f"{artifact.folder} --force") from exc
+    check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder)
     return OrtRunner(session, artifact.config, artifact.kv_dtype)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from scredge.artifact import member_path
 from scredge.device import compute_capability, gpu_unavailable_reason
 from scredge.errors import ScredgeError
-from scredge.plugins.trt import TRT_MODULES
+from scredge.plugins.trt import PLUGIN_MODULES, TRT_MODULES
+from scredge.runtime.graph_check import check_trt_entry
 from scredge.runtime.loaders import Artifact
 
 
@@ -94,6 +96,7 @@ def load_trt_runner(artifact: Artifact, cuda=None, cuda_graph: bool = False):
             expected=f"an engine for {here} on compute capability {cc_text}",
             fix=_rebuild_fix(artifact, first["backend"]))
     entry = usable[0]
+    check_trt_entry(entry, artifact.config, artifact.folder)
     return _open(artifact, entry, cuda, cuda_graph)
 
 
@@ -104,9 +107,15 @@ def _open(artifact: Artifact, entry: dict, cuda, cuda_graph: bool):
     from scredge.runtime.runners.trt_runner import TrtRunner
 
     trt = load_trt(entry["backend"])
-    for plugin in entry.get("plugins", []):
+    plugins = entry.get("plugins", [])
+    if not isinstance(plugins, list):
+        raise ScredgeError(f"engine {entry['file']} has a malformed plugin list",
+                           received=repr(plugins)[:200], expected="a list of plugin entries",
+                           fix=_rebuild_fix(artifact, entry["backend"]))
+    for plugin in plugins:
         register_plugin(trt, plugin)
-    data = (artifact.folder / entry["file"]).read_bytes()  # hash checked by open_artifact
+    # listed, inside the folder and hash-checked by open_artifact (manifest.check_manifest)
+    data = member_path(artifact.folder, entry["file"], "engine file").read_bytes()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     if runtime is None:
         raise ScredgeError("TensorRT could not create a runtime", received="Runtime() None",
@@ -152,8 +161,20 @@ def graph_setup(trt, backend: str, engine, wanted: bool):
 
 
 def register_plugin(trt, plugin: dict) -> None:
-    """Register a plugin the engine needs (from its manifest entry); refuse if it is missing."""
+    """Register a plugin the engine needs (from its manifest entry); refuse if it is missing,
+    and refuse any module but scredge's own plugin modules (`PLUGIN_MODULES`): the folder
+    names which of them, never what to import."""
+    if not isinstance(plugin, dict):
+        raise ScredgeError("an engine's plugin entry is malformed", received=repr(plugin)[:200],
+                           expected="{name, namespace, version, python}",
+                           fix="rebuild the engine: scredge build ... --backend tensorrt")
     name = f"{plugin.get('namespace')}::{plugin.get('name')} v{plugin.get('version')}"
+    if plugin.get("python") not in PLUGIN_MODULES:
+        raise ScredgeError(f"the engine needs the TensorRT plugin {name} from a module scredge "
+                           "does not ship; an artifact folder cannot choose code to import",
+                           received=repr(plugin.get("python"))[:200],
+                           expected=f"one of {list(PLUGIN_MODULES)}",
+                           fix="rebuild the engine: scredge build ... --backend tensorrt")
     try:
         module = importlib.import_module(plugin["python"])
         module.register(trt)

@@ -190,7 +190,11 @@ def train(
     _check_run(out_dir, resume, stop_at, device)
     est = (estimate_memory(model_config, cfg) if ignore_memory_check
            else check_memory(model_config, cfg, available_memory(device)))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, or not writable
+        raise ScredgeError("cannot create the --out folder", received=f"{out_dir}: {exc}",
+                           fix="choose a writable --out") from exc
     data_ids = {"train_sha256": sha256(data_train), "val_sha256": sha256(data_val),
                 "train_bytes": len(data_train), "val_bytes": len(data_val)}
 
@@ -282,6 +286,7 @@ def train(
 def _check_run(out_dir: Path, resume: bool, stop_at: int | None, device: str) -> None:
     """Refuse a run that cannot start, before anything is allocated or written."""
     state_path = out_dir / STATE_FILE
+    _check_run_folder(out_dir)
     if stop_at is not None and not (is_int(stop_at) and 1 <= stop_at):
         raise ScredgeError("invalid stop step", received=stop_at, expected="an integer >= 1")
     if resume and not state_path.is_file():
@@ -297,6 +302,34 @@ def _check_run(out_dir: Path, resume: bool, stop_at: int | None, device: str) ->
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ScredgeError("CUDA device requested but torch sees no GPU", received=device,
                            expected="cpu, or a machine with CUDA", fix="pass --device cpu")
+
+
+RUN_FILES = (STATE_FILE, MODEL_FILE, LOG_FILE)
+
+
+def _check_run_folder(out_dir: Path) -> None:
+    """A run folder is a run folder: --out is a new or empty folder, or one holding only a
+    run's own files (and atomic_write's leftovers), never a file, an artifact or a folder
+    of other things, whose `model.safetensors` a run would overwrite."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ScredgeError("--out exists and is not a folder", received=str(out_dir),
+                           expected="a new or empty folder, or a training run's folder",
+                           fix="choose another --out")
+    if not out_dir.exists():
+        return
+    try:
+        others = sorted(p.name for p in out_dir.iterdir()
+                        if p.name not in RUN_FILES and not p.name.startswith(".tmp-"))
+    except OSError as exc:
+        raise ScredgeError("cannot read the --out folder", received=f"{out_dir}: {exc}",
+                           fix="choose another --out") from exc
+    if others:
+        shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        raise ScredgeError("--out is not a training run's folder", received=f"{out_dir} holds "
+                           f"{shown}", expected=f"a new or empty folder, or one holding only "
+                           f"{', '.join(RUN_FILES)}",
+                           fix="choose a new --out (an artifact folder is written by "
+                               "`scredge export --weights RUN/model.safetensors`)")
 
 
 def optimizer_step(model, optimizer, cfg: TrainConfig, lr: float, x, y, positions,
