@@ -15,9 +15,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from scredge.artifact import MANIFEST_FILE, ONNX_FILE
 from scredge.cli import main
-from scredge.contract import HELDOUT_FILE, TRT_ONNX_FILE
+from scredge.contract import HELDOUT_FILE, MANIFEST_FILE, ONNX_FILE, TRT_ONNX_FILE
 from scredge.errors import ScredgeError
 from scredge.export import pipeline
 from scredge.export.quantize import QuantSpec, quantize_graphs
