@@ -24,6 +24,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "tensorrt": ("trt", "building and running TensorRT engines"),
     "polygraphy": ("trt", "building TensorRT engines (`scredge build --backend tensorrt`)"),
     "transformers": ("dev", "the Hugging Face oracle in tests and --from-llama"),
+    "starlette": ("serve", "`scredge serve`, the HTTP server"),
+    "uvicorn": ("serve", "`scredge serve`, the HTTP server"),
     "matplotlib": ("plot", "the latency plot of `scredge bench --sweep --plot`"),
     "cuda": ("gpu", "launching the Realign kernel from the Python plugin (cuda-python)"),
 }
