@@ -100,7 +100,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._cut_at: float | None = None  # set by drain(): in-flight work is cut then
         self._thread: threading.Thread | None = None
-        self.steps = 0
+        self.steps = 0  # decode steps run
+        self.peak_batch = 0  # most rows decoded together so far
 
     # ---- the server's side ----------------------------------------------------------
     @property
@@ -319,6 +320,7 @@ class Scheduler:
             self._free_batch(reuse=False)
             return
         self.steps += 1
+        self.peak_batch = max(self.peak_batch, len(rows))
         greedy = logits.argmax(axis=-1)  # what a greedy row's sampler would return
         for i, r in enumerate(rows):
             r.position += 1
