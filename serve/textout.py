@@ -42,9 +42,12 @@ class TextOutput:
             # a stop string completed by this token starts at most `longest-1` characters
             # before the text already shown ended
             start = max(0, self.sent - self._longest + 1)
-            hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-            if hits:
-                self.text = self.text[:min(hits)]
+            # the first stop string in the list that has appeared, as Engine.generate picks
+            # when several end on the same token
+            hit = next((i for i in (self.text.find(s, start) for s in self.stop) if i >= 0),
+                       None)
+            if hit is not None:
+                self.text = self.text[:hit]
                 self.stopped = True
         end = len(self.text) if final or self.stopped else len(self.text) - self._held()
         piece = self.text[self.sent:end]
