@@ -63,7 +63,8 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
           max_batch: int = 16, max_queue: int = 64, timeout_s: float = 600.0,
           max_context: int | None = None, shutdown_grace_s: float = 30.0,
           model_name: str | None = None, backend: str = "auto", device: str = "auto") -> int:
-    """Serve `folder` until SIGINT/SIGTERM; returns 0 after a graceful shutdown."""
+    """Serve `folder` until SIGINT/SIGTERM. After the graceful shutdown uvicorn re-raises
+    the signal, so the process ends as that signal says (the usual for a service)."""
     require("starlette")
     require("uvicorn")
     engine = load_engine(folder, backend, device)
