@@ -5,6 +5,8 @@ inter-token latency (gaps between a stream's events) p50/p99, medians over repea
 
 Goal (serve issue): at 16 clients, aggregate decode throughput >= 3x one-at-a-time on tiny.
 
+The clients run in a child process (one asyncio loop), the server in this one.
+
 Usage: python benchmarks/bench_serve.py [--presets tiny small] [--clients 1 4 16]
        [--tokens 128] [--repeat 3] [--artifacts DIR | --folder DIR] [--backend ort]
        (exports missing presets into DIR, default a temp folder)
@@ -15,17 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
-
-from scredge.runtime import Engine
-from scredge.serve import ServerConfig, ServerThread
 
 GOAL = {"tiny": 3.0}  # aggregate speedup at 16 clients
 MODEL = "bench"
@@ -48,12 +48,12 @@ def request_body(i: int, tokens: int) -> dict:
             "stream": True}
 
 
-def stream_one(http: httpx.Client, url: str, body: dict) -> Trace:
+async def stream_one(http, url: str, body: dict) -> Trace:
     trace = Trace(sent=time.perf_counter())
     last = None
-    with http.stream("POST", url, json=body) as resp:
+    async with http.stream("POST", url, json=body) as resp:
         resp.raise_for_status()
-        for line in resp.iter_lines():
+        async for line in resp.aiter_lines():
             if not line.startswith("data:") or line == "data: [DONE]":
                 continue
             now = time.perf_counter()
@@ -72,15 +72,18 @@ def stream_one(http: httpx.Client, url: str, body: dict) -> Trace:
     return trace
 
 
-def run_load(url: str, n: int, tokens: int, concurrent: bool) -> dict:
+async def load(url: str, n: int, tokens: int, concurrent: bool) -> dict:
+    """The clients' side, in its own process (`--load`): one asyncio loop, n streams."""
+    import asyncio
+
     bodies = [request_body(i, tokens) for i in range(n)]
-    with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=n + 4)) as http:
+    limits = httpx.Limits(max_connections=n + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         t0 = time.perf_counter()
         if concurrent:
-            with ThreadPoolExecutor(n) as pool:
-                traces = list(pool.map(lambda b: stream_one(http, url, b), bodies))
+            traces = await asyncio.gather(*(stream_one(http, url, b) for b in bodies))
         else:
-            traces = [stream_one(http, url, b) for b in bodies]
+            traces = [await stream_one(http, url, b) for b in bodies]
         wall = time.perf_counter() - t0
     ttft = [t.first - t.sent for t in traces if t.first is not None]
     gaps = [g for t in traces for g in t.gaps]
@@ -89,18 +92,30 @@ def run_load(url: str, n: int, tokens: int, concurrent: bool) -> dict:
             "itl_p50": _pct(gaps, 50), "itl_p99": _pct(gaps, 99)}
 
 
+def run_load(url: str, n: int, tokens: int, concurrent: bool) -> dict:
+    """The clients in a child process, so that their parsing does not share the server's
+    interpreter (its GIL) as no real client would."""
+    out = subprocess.run([sys.executable, __file__, "--load", url, str(n), str(tokens),
+                          "concurrent" if concurrent else "sequential"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
 def bench_folder(name: str, folder: Path, clients: list[int], tokens: int, repeat: int,
                  backend: str) -> list[dict]:
+    from scredge.runtime import Engine  # here: the clients' process needs neither
+    from scredge.serve import ServerConfig, ServerThread
+
     engine = Engine.load(folder, backend=backend)
     config = ServerConfig(MODEL, max_batch=max(clients), max_queue=max(clients) * 2)
     rows = []
     with ServerThread(engine, config) as server:
         url = f"{server.base_url}/completions"
-        run_load(url, 1, 4, concurrent=False)  # warm-up: sessions, first allocations
+        httpx.post(url, json={**request_body(0, 4), "stream": False}, timeout=600)  # warm-up
         for n in clients:
             conc, seq = [], []
             server.scheduler.peak_batch = 0
@@ -137,13 +152,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backend", default="ort", choices=["auto", "ort", "trt"])
     ap.add_argument("--artifacts", type=Path, default=None)
+    ap.add_argument("--load", nargs=4, metavar=("URL", "N", "TOKENS", "MODE"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.load:
+        import asyncio
+
+        url, n, tokens, mode = args.load
+        print(json.dumps(asyncio.run(load(url, int(n), int(tokens), mode == "concurrent"))))
+        return []
     print(f"medians of {args.repeat}; streaming clients over HTTP on this machine; the "
           f"baseline sends the same requests one at a time to the same server", flush=True)
     if args.folder is not None:
         return bench_folder(args.folder.name, args.folder, args.clients, args.tokens,
                             args.repeat, args.backend)
     root = args.artifacts or Path(tempfile.mkdtemp(prefix="scredge-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
     rows = []
     for preset in args.presets:
         folder = root / preset

@@ -62,6 +62,10 @@ def chat_prompt(engine, messages: list[dict]) -> str:
 
 
 def prompt_ids(engine, req: ParsedRequest) -> list[int]:
+    if engine.tokenizer is None:
+        raise ApiError(400, f"this model folder has no tokenizer (vocab_size "
+                            f"{engine.config.vocab_size}), so the server cannot write text",
+                       code="no_tokenizer")
     prompt = chat_prompt(engine, req.messages) if req.kind == "chat" else req.prompt
     try:
         ids = engine.encode_rows(prompt)[0] if isinstance(prompt, str) else list(prompt)

@@ -37,7 +37,8 @@ IDLE_POLL_S = 0.05  # how long an idle loop waits for a request before checking 
 @dataclass
 class Ticket:
     """One request as both sides see it: the scheduler thread puts events, the server's
-    asyncio side reads them from `events`."""
+    asyncio side reads them from `events`: ("delta", text), then ("done", finish, usage)
+    or ("error", ApiError)."""
 
     prompt_ids: list[int]
     params: SamplingParams
@@ -53,16 +54,6 @@ class Ticket:
     t_first: float | None = None
     t_done: float | None = None
     completion_tokens: int = 0
-
-    def put(self, event: tuple) -> None:
-        """From the scheduler thread: ("delta", text), ("done", finish, usage) or
-        ("error", ApiError); the last two end the request."""
-        if event[0] != "delta":
-            self.t_done = time.perf_counter()
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the server's loop is gone: nobody is listening
-            pass
 
     def cancel(self) -> None:
         """The client went away: the row leaves the batch at the next step."""
@@ -100,6 +91,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._cut_at: float | None = None  # set by drain(): in-flight work is cut then
         self._thread: threading.Thread | None = None
+        self._outbox: list[tuple[Ticket, tuple]] = []  # events of this iteration
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # most rows decoded together so far
 
@@ -157,19 +149,50 @@ class Scheduler:
     def _loop(self) -> None:
         try:
             while not self._stop.is_set():
-                self._admit()
-                self._retire()
-                if self._rows:
-                    self._step()
+                try:
+                    self._admit()
+                    self._retire()
+                    if self._rows:
+                        self._step()
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop the server:
+                    log.exception("scheduler step failed")  # fail this batch, go on
+                    for row in self._rows:
+                        self._send(row.ticket, ("error", _internal(exc)))
+                    self._rows = []
+                    self._free_batch(reuse=False)
+                finally:
+                    self._flush()
         finally:  # whatever ended the loop, no request is left waiting forever
             cut = ApiError(503, "the server stopped before this request finished",
                            "server_error", code="server_shutting_down")
             for row in self._rows:
-                row.ticket.put(("error", cut))
+                self._send(row.ticket, ("error", cut))
             self._rows = []
             self._free_batch(reuse=False)
             for ticket in self._take(block=False, limit=None):
-                ticket.put(("error", cut))
+                self._send(ticket, ("error", cut))
+            self._flush()
+
+    def _send(self, ticket: Ticket, event: tuple) -> None:
+        """Queue an event for its request; `_flush` hands them over after the step."""
+        if event[0] != "delta":
+            ticket.t_done = time.perf_counter()
+        self._outbox.append((ticket, event))
+
+    def _flush(self) -> None:
+        """One wake-up of each event loop per step, however many rows got a token (a
+        wake-up per token and row costs the loop a system call each)."""
+        if not self._outbox:
+            return
+        out, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Ticket, tuple]]] = {}
+        for ticket, event in out:
+            by_loop.setdefault(ticket.loop, []).append((ticket, event))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is gone: nobody is listening
+                pass
 
     def _take(self, block: bool, limit: int | None) -> list[Ticket]:
         out: list[Ticket] = []
@@ -204,7 +227,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - the server stays up; these requests fail
             log.exception("prefill failed")
             for t in tickets:
-                t.put(("error", _internal(exc)))
+                self._send(t, ("error", _internal(exc)))
             return
         self._add(decoder, [self._start(t, logits[i:i + 1]) for i, t in enumerate(tickets)])
 
@@ -214,12 +237,12 @@ class Scheduler:
             logits = prefill(decoder, np.asarray([ticket.prompt_ids], np.int64))
         except ScredgeError as exc:
             decoder.close()
-            ticket.put(("error", ApiError(400, str(exc).replace("\n", "; "))))
+            self._send(ticket, ("error", ApiError(400, str(exc).replace("\n", "; "))))
             return
         except Exception as exc:  # noqa: BLE001
             decoder.close()
             log.exception("prefill failed")
-            ticket.put(("error", _internal(exc)))
+            self._send(ticket, ("error", _internal(exc)))
             return
         self._add(decoder, [self._start(ticket, logits)])
 
@@ -260,7 +283,7 @@ class Scheduler:
             return self._finish(row, "stop")
         piece = row.text.push(token)
         if piece:
-            t.put(("delta", piece))
+            self._send(t, ("delta", piece))
         if row.text.stopped:
             return self._finish(row, "stop")
         if t.completion_tokens >= t.max_tokens:
@@ -270,10 +293,10 @@ class Scheduler:
     def _finish(self, row: _Row, reason: str) -> None:
         tail = row.text.finish()
         if tail:
-            row.ticket.put(("delta", tail))
+            self._send(row.ticket, ("delta", tail))
         row.finished = True
         t = row.ticket
-        t.put(("done", reason, usage(len(t.prompt_ids), t.completion_tokens)))
+        self._send(t, ("done", reason, usage(len(t.prompt_ids), t.completion_tokens)))
 
     def _alive(self, ticket: Ticket) -> bool:
         """False (and the request told why) when it must not take another step."""
@@ -281,14 +304,14 @@ class Scheduler:
             return False
         now = time.perf_counter()
         if now - ticket.t_arrival > ticket.timeout_s:
-            ticket.put(("error", ApiError(504, f"the request ran past the server's timeout "
-                                               f"({ticket.timeout_s:g} s)", "timeout",
-                                          code="request_timeout")))
+            self._send(ticket, ("error", ApiError(
+                504, f"the request ran past the server's timeout ({ticket.timeout_s:g} s)",
+                "timeout", code="request_timeout")))
             return False
         if self._cut_at is not None and now >= self._cut_at:
-            ticket.put(("error", ApiError(503, "the server is shutting down: this request "
-                                               "was cut before it finished", "server_error",
-                                          code="server_shutting_down")))
+            self._send(ticket, ("error", ApiError(
+                503, "the server is shutting down: this request was cut before it finished",
+                "server_error", code="server_shutting_down")))
             return False
         return True
 
@@ -315,7 +338,7 @@ class Scheduler:
             err = (ApiError(400, str(exc).replace("\n", "; "))
                    if isinstance(exc, ScredgeError) else _internal(exc))
             for r in rows:
-                r.ticket.put(("error", err))
+                self._send(r.ticket, ("error", err))
             self._rows = []
             self._free_batch(reuse=False)
             return
@@ -331,6 +354,12 @@ class Scheduler:
         if self._batch is not None:
             batch, self._batch = self._batch, None
             (batch.release if reuse else batch.close)()
+
+
+def _put_all(items: list[tuple[Ticket, tuple]]) -> None:
+    """On the event loop: each event into its request's queue."""
+    for ticket, event in items:
+        ticket.events.put_nowait(event)
 
 
 def _internal(exc: BaseException) -> ApiError:

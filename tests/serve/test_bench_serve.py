@@ -1,4 +1,4 @@
-"""benchmarks/bench_serve.py at toy size (2 clients, 6 tokens, one repeat) on the served
+"""benchmarks/bench_serve.py at toy size (1 and 2 clients, 6 tokens, one repeat) on the served
 micro model. Oracle: the measures' definitions (rates and latencies positive, the speedup
 the ratio of the two rates) and the scheduler's own count of rows decoded together."""
 
