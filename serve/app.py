@@ -176,13 +176,18 @@ def create_app(engine, config: ServerConfig):
     async def collect(req: ParsedRequest, ticket: Ticket, request):
         parts: list[str] = []
         outcome = "cancelled (client gone)"
+        next_check = time.perf_counter() + DISCONNECT_POLL_S
         try:
             while True:
                 try:
                     ev = await asyncio.wait_for(ticket.events.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
+                    ev = None
+                if time.perf_counter() >= next_check:  # deltas keep coming: check by time
+                    next_check = time.perf_counter() + DISCONNECT_POLL_S
                     if await request.is_disconnected():
                         return JSONResponse({}, status_code=499)  # nobody reads it
+                if ev is None:
                     continue
                 if ev[0] == "delta":
                     parts.append(ev[1])

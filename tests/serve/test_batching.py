@@ -97,3 +97,14 @@ def test_client_gone_mid_stream_leaves_the_batch(client, engine, server):
     _wait_for(lambda: server.scheduler.running == 0, timeout_s=5)
     out = client.completions.create(model=MODEL, prompt="after", max_tokens=10, temperature=0)
     assert out.choices[0].text == reference(engine, "after", 10, temperature=0).text
+
+
+def test_client_gone_while_waiting_for_a_whole_completion(server):
+    """A non-streaming client that gives up (its read timeout) is noticed within the poll
+    interval: its row leaves the batch."""
+    body = {"model": MODEL, "prompt": "endless", "max_tokens": 100_000}
+    try:
+        httpx.post(f"{server.base_url}/completions", json=body, timeout=0.5)
+    except httpx.TimeoutException:
+        pass
+    _wait_for(lambda: server.scheduler.running == 0, timeout_s=5)
