@@ -74,3 +74,26 @@ def test_chat_stream_equals_generate(client, engine):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == ref.text
     assert chunks[-1].choices[0].finish_reason == ref.finish_reason
     assert chunks[-1].usage.completion_tokens >= 1
+
+
+def _plain_template(messages: list[dict]) -> str:
+    """A stand-in for a folder's chat template (role: content lines, assistant turn open)."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def test_chat_path_with_a_stand_in_template(client, engine, monkeypatch):
+    """Until Engine.render_chat is merged: the server's chat path (rendering, streaming
+    and not, chat response format) with a stand-in `render_chat` on this engine. Oracle:
+    Engine.generate on the stand-in's rendering, alone, same seed."""
+    monkeypatch.setattr(engine, "render_chat", _plain_template, raising=False)
+    prompt = _plain_template(MESSAGES)
+    ref = reference(engine, prompt, 16, temperature=0.9, seed=3)
+    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16,
+                                         temperature=0.9, seed=3)
+    assert out.choices[0].message.content == ref.text
+    assert out.usage.prompt_tokens == len(prompt.encode())
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16,
+                                                 temperature=0.9, seed=3, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ref.text
+    assert chunks[-1].choices[0].finish_reason == ref.finish_reason
