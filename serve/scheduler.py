@@ -262,7 +262,12 @@ class Scheduler:
         if self._batch is None:
             self._batch, self._rows = decoder, rows
         else:
-            self._batch.join(decoder)
+            try:
+                self._batch.join(decoder)
+            except BaseException:  # the new rows fail with the batch (the loop's handler)
+                decoder.close()
+                self._rows += rows
+                raise
             self._rows += rows
 
     @staticmethod

@@ -133,3 +133,26 @@ def _wait(cond, timeout_s: float = 20.0) -> None:
     while not cond():
         assert time.monotonic() < end, "condition not reached in time"
         time.sleep(0.002)
+
+
+def test_a_failing_decode_step_fails_its_batch_and_the_server_stays_up(client, engine,
+                                                                       monkeypatch):
+    """A backend failure in one decode step (injected once): that batch's request gets a
+    500 server_error, the scheduler keeps running, and the next request equals alone."""
+    from scredge.serve import scheduler as sched
+
+    real, calls = sched.decode_step, []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected backend failure")
+        return real(*args)
+
+    monkeypatch.setattr(sched, "decode_step", failing_once)
+    err = _status_error(lambda: client.completions.create(model=MODEL, prompt="boom",
+                                                          max_tokens=20))
+    assert (err.status_code, err.body["type"]) == (500, "server_error")
+    assert "injected backend failure" in err.body["message"]
+    out = client.completions.create(model=MODEL, prompt="fine", max_tokens=12, temperature=0)
+    assert out.choices[0].text == reference(engine, "fine", 12, temperature=0).text
