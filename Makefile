@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= export,ort,dev
 # every Python source folder, linted by `make test` and `make lint`
-SRC_DIRS := core cli scr_ref export runtime parity builder bench plugins tests benchmarks tools
+SRC_DIRS := core cli scr_ref export runtime parity builder bench serve plugins tests benchmarks tools
 
 .PHONY: test venv lint engine pretrained clean
 

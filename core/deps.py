@@ -26,6 +26,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "tokenizers": ("ort", "Hugging Face tokenizers (an artifact's tokenizer.json)"),
     "jinja2": ("ort", "rendering a model's chat template"),
     "transformers": ("dev", "the Hugging Face oracle in tests and --from-llama"),
+    "starlette": ("serve", "`scredge serve`, the HTTP server"),
+    "uvicorn": ("serve", "`scredge serve`, the HTTP server"),
     "matplotlib": ("plot", "the latency plot of `scredge bench --sweep --plot`"),
     "cuda": ("gpu", "launching the Realign kernel from the Python plugin (cuda-python)"),
 }

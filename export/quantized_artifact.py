@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from scredge.artifact import sha256_file
-from scredge.contract import ONNX_DATA_FILE, ONNX_FILE, WEIGHTS_FILE
-from scredge.contract import HELDOUT_FILE, TRT_ONNX_FILE
+from scredge.contract import HELDOUT_FILE, ONNX_DATA_FILE, ONNX_FILE, TRT_ONNX_FILE, WEIGHTS_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.heldout import record_heldout

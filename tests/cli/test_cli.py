@@ -10,7 +10,7 @@ import pytest
 from scredge.cli import build_parser, main
 from scredge.config import SCRConfig
 
-WORKING = {"info", "init", "export", "generate", "build", "parity", "bench", "train"}
+WORKING = {"info", "init", "export", "generate", "build", "parity", "bench", "train", "serve"}
 
 
 def test_help_lists_only_working_subcommands(capsys):
@@ -21,6 +21,15 @@ def test_help_lists_only_working_subcommands(capsys):
     assert set(sub.choices) == WORKING
     out = capsys.readouterr().out
     assert all(name in out for name in WORKING)
+
+
+def test_serve_refuses_a_missing_folder(tmp_path, capsys):
+    """`scredge serve` on a folder that is not there: exit 2 with the project's message,
+    before anything listens."""
+    pytest.importorskip("starlette", reason="needs the serve extra")
+    pytest.importorskip("uvicorn", reason="needs the serve extra")
+    assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert "scredge serve: error:" in capsys.readouterr().err
 
 
 def test_info_json(capsys):

@@ -28,7 +28,7 @@ def test_wheel_installs_torch_free(tmp_path):
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", str(wheel)], check=True,
                    timeout=300, cwd=tmp_path)
     code = ("import importlib.util as u, scredge, scredge.ref, scredge.export, scredge.runtime, "
-            "scredge.plugins, sys; assert 'torch' not in sys.modules; "
+            "scredge.plugins, scredge.serve, sys; assert 'torch' not in sys.modules; "
             "assert u.find_spec('torch') is None; "
             "print(scredge.runtime.__file__)")
     out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, check=True,
@@ -42,3 +42,7 @@ def test_wheel_installs_torch_free(tmp_path):
                           str(tmp_path / "w.safetensors")], capture_output=True, text=True,
                          cwd=tmp_path, timeout=60)
     assert ref.returncode == 2 and "pip install 'scredge[ref]'" in ref.stderr
+    # so does the server without its extra (starlette, uvicorn)
+    srv = subprocess.run([str(env_dir / "bin" / "scredge"), "serve", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert srv.returncode == 2 and "pip install 'scredge[serve]'" in srv.stderr

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"core": "scredge", "scr_ref": "scredge.ref", "plugins": "scredge.plugins",
             "runtime": "scredge.runtime", "builder": "scredge.builder",
             "parity": "scredge.parity", "export": "scredge.export", "bench": "scredge.bench",
-            "cli": "scredge.cli"}
+            "serve": "scredge.serve", "cli": "scredge.cli"}
 # what each package may import besides itself and core (`scredge.<module>`)
 ALLOWED = {
     "scredge": set(),
@@ -26,6 +26,7 @@ ALLOWED = {
     "scredge.parity": {"scredge.plugins", "scredge.runtime", "scredge.builder", "scredge.ref"},
     "scredge.export": {"scredge.ref", "scredge.runtime"},
     "scredge.bench": {"scredge.runtime", "scredge.ref", "scredge.export"},
+    "scredge.serve": {"scredge.runtime"},
     "scredge.cli": set(PACKAGES.values()),
 }
 SUBPACKAGES = sorted((p for p in PACKAGES.values() if p != "scredge"), key=len, reverse=True)

@@ -1,0 +1,110 @@
+"""Continuous batching through the server: concurrent clients share decode steps, yet each
+gets exactly its output alone; a client that leaves mid-stream leaves the batch at once.
+Oracle: `Engine.generate` on each request alone (same seed and parameters), and the
+scheduler's own counters (rows decoded together, rows running)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from serving import MODEL, reference
+
+PROMPTS = ["a", "Once upon a time there was", "The quick brown fox jumps over the lazy dog",
+           "Hello, world", "x" * 40, "Why?", "Numbers: 1 2 3 4", "tea"]
+
+
+def _request(i: int) -> tuple[str, int, dict, bool]:
+    """The i-th of 16 requests: lengths, budgets and parameters all differ."""
+    kw: dict = {"seed": 100 + i}
+    if i % 4 == 0:
+        kw["temperature"] = 0
+    elif i % 4 == 1:
+        kw.update(temperature=0.8, top_p=0.9)
+    elif i % 4 == 2:
+        kw.update(temperature=1.1, extra_body={"top_k": 20, "repetition_penalty": 1.2})
+    else:
+        kw.update(temperature=0.6, stop=["e"])
+    return PROMPTS[i % len(PROMPTS)], 20 + 7 * i, kw, i % 2 == 0
+
+
+def _call(client, i: int) -> tuple[str, str, int]:
+    prompt, max_tokens, kw, stream = _request(i)
+    if not stream:
+        out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens, **kw)
+        return out.choices[0].text, out.choices[0].finish_reason, out.usage.prompt_tokens
+    events = list(client.completions.create(model=MODEL, prompt=prompt,
+                                            max_tokens=max_tokens, stream=True, **kw))
+    return ("".join(e.choices[0].text for e in events), events[-1].choices[0].finish_reason,
+            events[-1].usage.prompt_tokens)
+
+
+def test_sixteen_concurrent_clients_each_equal_alone(client, engine, server):
+    """16 clients at once (streaming and not, greedy and sampled, stop strings, penalties,
+    prompt lengths 1..43): each result equals its request generated alone, and the
+    scheduler did decode several of them in one step."""
+    before = server.scheduler.peak_batch
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda i: _call(client, i), range(16)))
+    for i, (text, finish, prompt_tokens) in enumerate(got):
+        prompt, max_tokens, kw, _ = _request(i)
+        ref = reference(engine, prompt, max_tokens, **kw)
+        assert (text, finish) == (ref.text, ref.finish_reason), f"request {i}"
+        assert prompt_tokens == len(prompt)
+    assert server.scheduler.peak_batch > max(before, 1)  # they really shared decode steps
+
+
+def test_late_request_joins_a_running_batch(client, engine, server):
+    """A request sent while a long one is decoding is admitted into its batch (two rows
+    decoded together) and both equal their outputs alone."""
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(_collect_stream, client, "Long one", 400, 11)
+        _wait_for(lambda: server.scheduler.running == 1)
+        short = client.completions.create(model=MODEL, prompt="Late", max_tokens=25,
+                                          temperature=0.9, seed=12)
+        assert not long.done()  # the late one came and went while the long one decoded
+        long_text = long.result()
+    assert short.choices[0].text == reference(engine, "Late", 25, temperature=0.9,
+                                              seed=12).text
+    assert long_text == reference(engine, "Long one", 400, temperature=1.0, seed=11).text
+
+
+def _collect_stream(client, prompt: str, max_tokens: int, seed: int) -> str:
+    events = client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens,
+                                       seed=seed, stream=True)
+    return "".join(e.choices[0].text for e in events)
+
+
+def _wait_for(cond, timeout_s: float = 20.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_client_gone_mid_stream_leaves_the_batch(client, engine, server):
+    """A streaming client that disconnects after a few events: its row leaves the batch
+    (nothing running) long before its 100,000 tokens, and the server serves the next
+    request as usual."""
+    url = f"{server.base_url}/completions"
+    body = {"model": MODEL, "prompt": "endless", "max_tokens": 100_000, "stream": True}
+    with httpx.Client(timeout=30) as http, http.stream("POST", url, json=body) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        assert sum(1 for _, line in zip(range(5), lines) if line.startswith("data:")) >= 2
+        assert server.scheduler.running == 1
+    _wait_for(lambda: server.scheduler.running == 0, timeout_s=5)
+    out = client.completions.create(model=MODEL, prompt="after", max_tokens=10, temperature=0)
+    assert out.choices[0].text == reference(engine, "after", 10, temperature=0).text
+
+
+def test_client_gone_while_waiting_for_a_whole_completion(server):
+    """A non-streaming client that gives up (its read timeout) is noticed within the poll
+    interval: its row leaves the batch."""
+    body = {"model": MODEL, "prompt": "endless", "max_tokens": 100_000}
+    try:
+        httpx.post(f"{server.base_url}/completions", json=body, timeout=0.5)
+    except httpx.TimeoutException:
+        pass
+    _wait_for(lambda: server.scheduler.running == 0, timeout_s=5)
