@@ -36,7 +36,7 @@ SHAPES = {
                   tie_word_embeddings=True),
 }
 # runs a scredge command in a child and reports that process's own peak RSS
-CHILD = ("import sys\nfrom scredge.cli import main\nfrom scredge.runtime.bench import "
+CHILD = ("import sys\nfrom scredge.cli import main\nfrom scredge.bench.latency import "
          "peak_rss_mib\nrc = main(sys.argv[1:])\nprint(f'PEAK_RSS_MIB {peak_rss_mib():.1f}', "
          "file=sys.stderr)\nsys.exit(rc)\n")
 

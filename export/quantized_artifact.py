@@ -25,13 +25,10 @@ QDQ_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
 
 def ort_session(path: Path, dequantize_form: bool = False):
     """A CPU onnxruntime session for a quantized graph (weight-only numerics)."""
-    from scredge.runtime.loaders import session_options
+    from scredge.runtime.loaders import ort_session as make_session
 
-    ort = require("onnxruntime")
-    opts = session_options()
-    if dequantize_form:
-        opts.add_session_config_entry(QDQ_ACCURACY_KEY, "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return make_session(path, "cpu",
+                        config_entries={QDQ_ACCURACY_KEY: "0"} if dequantize_form else None)
 
 
 def _save(proto, path: Path) -> None:

@@ -121,11 +121,13 @@ def ort_providers(device: str) -> list[str]:
 
 def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None = None,
                 optimize: bool = True, save_optimized: Path | None = None,
-                profile_prefix: Path | None = None):
+                profile_prefix: Path | None = None,
+                config_entries: dict[str, str] | None = None):
     """The one place an onnxruntime InferenceSession is made: `model` a path or serialized
     bytes, on `device` ('auto' | 'cpu' | 'cuda', see `ort_providers`); `optimize` False for
     a graph optimised offline; `save_optimized` writes the optimised graph there;
-    `profile_prefix` turns on onnxruntime's profiler, writing under that prefix."""
+    `profile_prefix` turns on onnxruntime's profiler, writing under that prefix;
+    `config_entries` are onnxruntime session config entries."""
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
                                 or threads < 0):
         raise ScredgeError("invalid thread count", received=repr(threads)[:80],
@@ -139,6 +141,8 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
         opts.intra_op_num_threads = threads
     if save_optimized is not None:
         opts.optimized_model_filepath = str(save_optimized)
+    for key, value in (config_entries or {}).items():
+        opts.add_session_config_entry(key, value)
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(profile_prefix)

@@ -27,14 +27,11 @@ def pair(tmp_path_factory):
 
 
 def _optimised_node_count(folder, tmp_path) -> int:
-    import onnxruntime as ort
+    from scredge.runtime.loaders import ort_session
 
-    from scredge.runtime.loaders import session_options
-
-    opts = session_options(1)
-    opts.optimized_model_filepath = str(tmp_path / f"{folder.name}.onnx")
-    ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    return len(onnx.load(opts.optimized_model_filepath).graph.node)
+    optimized = tmp_path / f"{folder.name}.onnx"
+    ort_session(folder / "model.onnx", "cpu", threads=1, save_optimized=optimized)
+    return len(onnx.load(str(optimized)).graph.node)
 
 
 def test_pair_differs_only_in_scr(pair):

@@ -1,4 +1,4 @@
-"""The quantized tier's arithmetic (runtime/quantized_tier.py), torch-free, on hand-made
+"""The quantized tier's arithmetic (core/quantized_tier.py), torch-free, on hand-made
 logits. Oracles: perplexity = exp(-mean log p) computed by hand, SCR_SPEC section 5's
 thresholds (int8 1.01 / 98 %, int4 1.05 / 90 %, near-ties under 5e-2 excluded)."""
 
