@@ -161,17 +161,16 @@ class RowSampler(Sampler):
 
 
 def row_seeds(seed, batch: int) -> list:
-    """Each row's seed: `seed` (int or None) for every row, or a sequence of one per row."""
-    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
-        return [seed] * batch
-    seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
-    if seeds is None or len(seeds) != batch or not all(
-            s is None or (isinstance(s, (int, np.integer)) and not isinstance(s, bool))
-            for s in seeds):
-        raise ScredgeError("seed must be an integer, None, or one per prompt",
-                           received=repr(seed)[:80],
+    """Each row's seed: `seed` (an integer >= 0, or None) for every row, or a sequence of
+    one per row; each checked by `check_seed`."""
+    if not isinstance(seed, (list, tuple, np.ndarray)):
+        return [check_seed(seed)] * batch
+    seeds = list(seed)
+    if len(seeds) != batch:
+        raise ScredgeError("invalid seed: a list of seeds needs one per prompt",
+                           received=f"{len(seeds)} seeds for {batch} prompts",
                            expected=f"an int, None, or {batch} of them (one per row)")
-    return seeds
+    return [check_seed(s) for s in seeds]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -211,9 +211,10 @@ def test_a_stop_string_is_one_string_not_its_characters(engine):
         "Hi", 6, **kwargs).ids
 
 
-@pytest.mark.parametrize("seed", [-1, "x", 1.5, True, [1], -(2**70)])
+@pytest.mark.parametrize("seed", [-1, "x", 1.5, True, [1, 2], [-1], -(2**70)])
 def test_bad_seeds_are_refused(engine, seed):
-    """Before: numpy ValueError / TypeError tracebacks."""
+    """Before: numpy ValueError / TypeError tracebacks. A list is one seed per prompt (a
+    batch's rows sample apart), so two seeds for one prompt, or a negative one, are bad."""
     with pytest.raises(ScredgeError, match="invalid seed"):
         engine.generate("Hi", 2, seed=seed)
 
