@@ -106,6 +106,8 @@ class QuantizedReport:
     nonfinite: int
     thresholds: QuantizedThresholds
     failures: list[str] = field(default_factory=list)
+    precision: str = ""  # what ran, e.g. "int4 weight-only (rtn, block 32)" (for the report)
+    backend: str = ""  # "ort" or "trt"
 
     @property
     def ratio(self) -> float:
@@ -130,7 +132,8 @@ class QuantizedReport:
         return out
 
     def table(self) -> str:
-        return "quantized tier (SCR_SPEC section 5)\n  " + self.summary()
+        head = f"{self.precision}, backend {self.backend}\n" if self.precision else ""
+        return head + "quantized tier (SCR_SPEC section 5)\n  " + self.summary()
 
 
 def compare(heldout: Heldout, got: PositionStats, bits: int, graph: str) -> QuantizedReport:

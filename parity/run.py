@@ -54,8 +54,10 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
                                         "recorded at export (parity/heldout.npz)")
         from scredge.quantized_tier import run_quantized_parity
 
-        return run_quantized_parity(artifact, _runner(artifact, backend, device, cuda_graph),
-                                    artifact.graph_file(backend))
+        report = run_quantized_parity(artifact, _runner(artifact, backend, device, cuda_graph),
+                                      artifact.graph_file(backend))
+        report.precision, report.backend = artifact.precision, backend
+        return report
     if record:
         from scredge.parity.record import record_into
 
