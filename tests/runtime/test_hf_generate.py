@@ -163,3 +163,38 @@ def test_tokenizer_runtime_needs_neither_torch_nor_transformers(families):
     assert run.returncode == 0, run.stderr
     r = Engine.load(art).generate(PROMPT, 12, temperature=0)
     assert json.loads(run.stdout) == [r.ids, r.text]
+
+
+BATCH = ["The function returns a generator object", "Hello",
+         "A list of values is sorted in place by the method of the class"]
+
+
+@pytest.mark.parametrize("variant", list(hf_models.VARIANTS))
+def test_batch_of_unequal_prompts_equals_transformers_left_padded(families, hf_tokenizer_dir,
+                                                                 variant):
+    """Three text prompts of different token lengths in one `Engine.generate` call (joined
+    through attention_mask) against transformers' left-padded batched greedy `generate` on
+    the same folder: every row's ids, up to (excluding) the eos transformers stopped on."""
+    import torch
+
+    from scredge.runtime import Engine
+
+    model, _, art = families[variant]
+    hf_tok = hf_tokenizer_dir[1]
+    rows = [hf_tok(p)["input_ids"] for p in BATCH]
+    assert len({len(r) for r in rows}) == 3, "the prompts must differ in length"
+    width = max(map(len, rows))
+    pad = 0  # masked out: its value must not matter
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW,
+                             min_new_tokens=0, do_sample=False, pad_token_id=pad)
+    eos = set(model.generation_config.eos_token_id)
+    want = []
+    for row in out[:, width:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        want.append(row[:cut])
+    assert sum(map(len, want)) >= NEW, "rows that stop at once would make this vacuous"
+    got = Engine.load(art, backend="ort").generate(BATCH, NEW, temperature=0)
+    assert [r.ids for r in got] == want
