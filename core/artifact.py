@@ -129,6 +129,39 @@ def read_member_json(folder: str | Path, name: str, what: str) -> object:
                            fix=_reexport_fix(folder)) from exc
 
 
+def listed_member(folder: str | Path, manifest: dict, name: str, what: str) -> Path | None:
+    """The path of an optional file of the folder, only when manifest.json lists it (so it
+    lies inside the folder and was size- and hash-checked when the folder was opened). None
+    when the folder does not carry it; a file that is there but unlisted is refused, never
+    read, and never silently skipped for a default."""
+    path = member_path(folder, name, what)
+    if name in manifest["files"]:
+        return path
+    if path.exists() or path.is_symlink():
+        raise ScredgeError(f"the folder holds {what} '{name}' that manifest.json does not list",
+                           received=str(path),
+                           expected="every file scredge reads listed with its sha256 in "
+                                    "manifest.json",
+                           fix=f"remove {path}, or {_reexport_fix(Path(folder))}")
+    return None
+
+
+def read_member_text(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> str:
+    """A small UTF-8 text file already resolved by `member_path`; ScredgeError otherwise."""
+    try:
+        if path.stat().st_size > limit:
+            raise ScredgeError(f"artifact {what} is too large", received=f"{path}: "
+                               f"{path.stat().st_size} bytes", expected=f"under {limit} bytes",
+                               fix=_reexport_fix(path.parent))
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScredgeError(f"cannot read artifact {what}", received=f"{path}: {exc.strerror}",
+                           fix=_reexport_fix(path.parent)) from exc
+    except UnicodeDecodeError as exc:
+        raise ScredgeError(f"artifact {what} is not UTF-8 text", received=f"{path}: {exc}"[:300],
+                           fix=_reexport_fix(path.parent)) from exc
+
+
 def _malformed(folder: Path, received: str, expected: str) -> ScredgeError:
     return ScredgeError("manifest.json is malformed", received=received[:300],
                         expected=expected, fix=_reexport_fix(folder))

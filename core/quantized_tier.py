@@ -10,13 +10,13 @@ device can then judge any backend with this module alone.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from scredge.artifact import atomic_write
+from scredge.arrays_file import open_arrays, save_arrays
+from scredge.artifact import listed_member
 from scredge.contract import HELDOUT_FILE, WEIGHTS_FILE
 from scredge.errors import ScredgeError
 from scredge.tiers import QuantizedThresholds, quantized_thresholds
@@ -74,21 +74,15 @@ class Heldout:
     ref: PositionStats
 
     def save(self, path: Path) -> None:
-        meta = {"weights_sha256": self.weights_sha256, "source": self.source}
-        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "ids": self.ids,
-                  "ref_logprob": self.ref.logprob, "ref_top1": self.ref.top1,
-                  "ref_margin": self.ref.margin}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+        save_arrays(path, {"weights_sha256": self.weights_sha256, "source": self.source},
+                    {"ids": self.ids, "ref_logprob": self.ref.logprob,
+                     "ref_top1": self.ref.top1, "ref_margin": self.ref.margin})
 
     @classmethod
     def load(cls, path: Path) -> Heldout:
-        if not path.is_file():
-            raise ScredgeError("no held-out reference in the quantized artifact",
-                               received=f"{path} is missing",
-                               fix="export the artifact again with --quantize")
-        with np.load(path) as z:
-            meta = json.loads(z["meta"].tobytes())
+        """`path` comes from `listed_member`: listed, hashed, inside the folder."""
+        with open_arrays(path, f"held-out reference ({HELDOUT_FILE})",
+                         "export the artifact again with --quantize") as (meta, z):
             return cls(meta["weights_sha256"], meta["source"], z["ids"], PositionStats(
                 z["ref_logprob"], z["ref_top1"], z["ref_margin"]))
 
@@ -171,7 +165,13 @@ def check_runner(heldout: Heldout, runner, bits: int, graph: str) -> QuantizedRe
 def run_quantized_parity(artifact, runner, graph: str) -> QuantizedReport:
     """`scredge parity` on a quantized artifact: the stored held-out reference, checked to be
     this artifact's, against `runner`."""
-    heldout = Heldout.load(artifact.folder / HELDOUT_FILE)
+    path = listed_member(artifact.folder, artifact.manifest, HELDOUT_FILE,
+                         "held-out reference")
+    if path is None:
+        raise ScredgeError("no held-out reference in the quantized artifact",
+                           received=f"manifest.json does not list {HELDOUT_FILE}",
+                           fix="export the artifact again with --quantize")
+    heldout = Heldout.load(path)
     actual = artifact.manifest["files"][WEIGHTS_FILE]["sha256"]
     if heldout.weights_sha256 != actual:
         raise ScredgeError("the held-out reference was recorded for another model",

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scredge.artifact import atomic_write
+from scredge.arrays_file import open_arrays, save_arrays
 from scredge.contract import WEIGHTS_FILE
 from scredge.errors import ScredgeError
 
@@ -35,13 +33,11 @@ class Golden:
     greedy_ids: np.ndarray  # [N] the reference's free-running greedy tokens
 
     def save(self, path: Path) -> None:
-        arrays: dict[str, np.ndarray] = {
-            "meta": np.frombuffer(json.dumps({
-                "weights_sha256": self.weights_sha256, "config": self.config,
+        meta = {"weights_sha256": self.weights_sha256, "config": self.config,
                 "steps": len(self.steps_ids), "op_cases": len(self.op_inputs),
-                "kappa": self.kappa, "state": sorted(self.final_state)}).encode(), np.uint8),
-            "greedy_prompt": self.greedy_prompt, "greedy_ids": self.greedy_ids,
-        }
+                "kappa": self.kappa, "state": sorted(self.final_state)}
+        arrays: dict[str, np.ndarray] = {"greedy_prompt": self.greedy_prompt,
+                                         "greedy_ids": self.greedy_ids}
         for k, (ids, lg, hid) in enumerate(zip(self.steps_ids, self.steps_logits,
                                                self.steps_hidden)):
             arrays[f"step{k}.ids"], arrays[f"step{k}.logits"] = ids, lg
@@ -53,28 +49,13 @@ class Golden:
                 arrays[f"op{k}.in{j}"] = a
             for j, a in enumerate(outs):
                 arrays[f"op{k}.out{j}"] = a
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+        save_arrays(path, meta, arrays)
 
     @classmethod
     def load(cls, path: Path) -> Golden:
-        if not path.is_file():
-            raise ScredgeError("no golden reference in the artifact folder",
-                               received=f"{path} is missing",
-                               fix="record one where torch is installed: scredge parity "
-                                   f"{path.parent.parent} --record")
-        try:
-            return cls._read(path)
-        except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
-            raise ScredgeError("the golden reference file is unreadable",
-                               received=f"{path}: {type(exc).__name__}: {exc}"[:300],
-                               fix="re-record it: scredge parity "
-                                   f"{path.parent.parent} --record") from exc
-
-    @classmethod
-    def _read(cls, path: Path) -> Golden:
-        with np.load(path) as z:  # allow_pickle stays False: arrays only
-            meta = json.loads(z["meta"].tobytes())
+        """`path` comes from `parity.run.listed_golden`: listed, hashed, inside the folder."""
+        fix = f"re-record it: scredge parity {path.parent.parent} --record"
+        with open_arrays(path, "golden reference file", fix) as (meta, z):
             n, ops = meta["steps"], meta["op_cases"]
             return cls(
                 meta["weights_sha256"], meta["config"],

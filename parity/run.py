@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from scredge.artifact import member_path
+from scredge.artifact import listed_member
 from scredge.contract import GOLDEN_FILE
 from scredge.errors import ScredgeError
 from scredge.parity.golden_file import Golden
@@ -19,12 +19,13 @@ from scredge.tiers import Thresholds, tier_thresholds, with_overrides
 def listed_golden(artifact) -> Path:
     """The golden file's path, only when the manifest lists it (so it was hash-checked on
     open and lies inside the folder); an unlisted one is never read."""
-    if GOLDEN_FILE not in artifact.manifest["files"]:
+    path = listed_member(artifact.folder, artifact.manifest, GOLDEN_FILE, "golden reference")
+    if path is None:
         raise ScredgeError("no golden reference in the artifact folder",
                            received=f"manifest.json does not list {GOLDEN_FILE}",
                            fix=f"record one where torch is installed: scredge parity "
                                f"{artifact.folder} --record")
-    return member_path(artifact.folder, GOLDEN_FILE)
+    return path
 
 
 def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",

@@ -9,10 +9,10 @@ tokenizer_config.json asks for it).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from scredge.artifact import listed_member, read_member_json, read_member_text
 from scredge.contract import (
     CHAT_TEMPLATE_FILE,
     SPECIAL_TOKENS_MAP_FILE,
@@ -26,6 +26,7 @@ from scredge.errors import ScredgeError
 # transformers' named special tokens: the template variables it passes to chat templates
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
                        "cls_token", "mask_token")
+MAX_TOKENIZER_BYTES = 256 << 20  # the largest hub tokenizer.json files are tens of MiB
 REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
 
 
@@ -44,21 +45,28 @@ class HFTokenizer:
                 "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")))
 
     @classmethod
-    def load(cls, folder: Path, settings: dict) -> HFTokenizer:
+    def load(cls, folder: Path, manifest: dict, settings: dict) -> HFTokenizer:
+        """From the artifact's tokenizer files, each read only when `manifest` lists it
+        (inside the folder, hash-checked on open); tokenizer.json must be listed."""
         tokenizers = require("tokenizers")
         folder = Path(folder)
+        path = listed_member(folder, manifest, TOKENIZER_FILE, "tokenizer")
+        if path is None:
+            raise ScredgeError("the artifact has no tokenizer", received=f"no {TOKENIZER_FILE}"
+                               f" in {folder}", fix="re-export the folder")
+        text = read_member_text(path, TOKENIZER_FILE, MAX_TOKENIZER_BYTES)
         try:
-            tok = tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+            tok = tokenizers.Tokenizer.from_str(text)
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
-            raise ScredgeError("the artifact's tokenizer.json cannot be read",
-                               received=f"{folder / TOKENIZER_FILE}: {exc}",
+            raise ScredgeError(f"the artifact's {TOKENIZER_FILE} cannot be read",
+                               received=f"{path}: {exc}"[:300],
                                fix="re-export the folder") from exc
-        config = _read(folder / TOKENIZER_CONFIG_FILE)
-        special = {**_read(folder / SPECIAL_TOKENS_MAP_FILE), **config}
+        config = _read(folder, manifest, TOKENIZER_CONFIG_FILE)
+        special = {**_read(folder, manifest, SPECIAL_TOKENS_MAP_FILE), **config}
         special_tokens = {name: _token_text(special[name]) for name in SPECIAL_TOKEN_NAMES
                           if special.get(name) is not None}
         eos = tuple(settings.get(TOKENIZER_KEY, {}).get("eos_token_ids", ()))
-        return cls(tok, config, _chat_template(folder, config), eos, special_tokens)
+        return cls(tok, config, _chat_template(folder, manifest, config), eos, special_tokens)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """add_special_tokens: the tokenizer's post-processor (e.g. a leading bos), as
@@ -118,14 +126,12 @@ def clean_up_tokenization(text: str) -> str:
     return text
 
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
+def _read(folder: Path, manifest: dict, name: str) -> dict:
+    """An optional JSON file of the tokenizer ({} when the folder does not carry it)."""
+    path = listed_member(folder, manifest, name, "tokenizer file")
+    if path is None:
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScredgeError(f"the artifact's {path.name} cannot be read",
-                           received=f"{path}: {exc}", fix="re-export the folder") from exc
+    data = read_member_json(folder, name, name)
     return data if isinstance(data, dict) else {}
 
 
@@ -134,12 +140,12 @@ def _token_text(value) -> str:
     return value.get("content", "") if isinstance(value, dict) else str(value)
 
 
-def _chat_template(folder: Path, config: dict) -> str | None:
+def _chat_template(folder: Path, manifest: dict, config: dict) -> str | None:
     """As transformers loads it: chat_template.jinja first, else tokenizer_config.json's
     chat_template (a string, or named templates of which 'default' is used)."""
-    path = folder / CHAT_TEMPLATE_FILE
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
+    path = listed_member(folder, manifest, CHAT_TEMPLATE_FILE, "chat template")
+    if path is not None:
+        return read_member_text(path, CHAT_TEMPLATE_FILE)
     template = config.get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}

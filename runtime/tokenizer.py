@@ -16,6 +16,7 @@ import codecs
 from collections.abc import Iterable
 from typing import Protocol
 
+from scredge.artifact import listed_member
 from scredge.contract import TOKENIZER_FILE
 
 
@@ -65,8 +66,8 @@ class StreamDecoder:
 def load_tokenizer(artifact) -> Tokenizer | None:
     """The artifact's tokenizer: its Hugging Face files when it carries them, else bytes when
     the vocabulary is 256, else None (the model then takes and gives ids only)."""
-    if (artifact.folder / TOKENIZER_FILE).is_file():
+    if listed_member(artifact.folder, artifact.manifest, TOKENIZER_FILE, "tokenizer"):
         from scredge.runtime.hf_tokenizer import HFTokenizer
 
-        return HFTokenizer.load(artifact.folder, artifact.settings)
+        return HFTokenizer.load(artifact.folder, artifact.manifest, artifact.settings)
     return ByteTokenizer() if artifact.config.vocab_size == 256 else None

@@ -21,7 +21,8 @@ MESSAGES = [{"role": "user", "content": "What is a generator?  "},
 @pytest.fixture(scope="module")
 def pair(hf_tokenizer_dir):
     folder, hf = hf_tokenizer_dir
-    return HFTokenizer.load(folder, {"tokenizer": {"eos_token_ids": [2]}}), hf
+    listed = {"files": dict.fromkeys(p.name for p in folder.iterdir())}
+    return HFTokenizer.load(folder, listed, {"tokenizer": {"eos_token_ids": [2]}}), hf
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -108,7 +109,8 @@ def test_byte_tokenizer_stays_the_default_without_tokenizer_json(tmp_path):
     from scredge.config import SCRConfig
     from scredge.runtime.tokenizer import ByteTokenizer, load_tokenizer
 
-    art = SimpleNamespace(folder=tmp_path, config=SCRConfig(), settings={})
+    art = SimpleNamespace(folder=tmp_path, config=SCRConfig(), settings={},
+                          manifest={"files": {}})
     assert isinstance(load_tokenizer(art), ByteTokenizer)
     art.config = SCRConfig(vocab_size=300)
     assert load_tokenizer(art) is None
