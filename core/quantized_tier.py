@@ -19,7 +19,7 @@ from scredge.arrays_file import open_arrays, save_arrays
 from scredge.artifact import listed_member
 from scredge.contract import HELDOUT_FILE, WEIGHTS_FILE
 from scredge.errors import ScredgeError
-from scredge.tiers import QuantizedThresholds, quantized_thresholds
+from scredge.tiers import QuantizedThresholds, decisive_top1, quantized_thresholds
 
 HELDOUT_TOKENS = 4096  # positions scored (SCR_SPEC section 5: at least 4,096)
 CHUNK = 256  # tokens per teacher-forced call (chunked prefill threading the state)
@@ -136,9 +136,7 @@ def compare(heldout: Heldout, got: PositionStats, bits: int, graph: str) -> Quan
     if len(got.logprob) != len(ref.logprob):
         raise ScredgeError("held-out positions differ", received=len(got.logprob),
                            expected=len(ref.logprob))
-    decisive = ref.margin >= t.margin
-    n = int(decisive.sum())
-    agree = float((got.top1[decisive] == ref.top1[decisive]).mean()) if n else 1.0
+    agree, n = decisive_top1(ref.margin, ref.top1, got.top1, t.margin)
     ppl_ref = float(np.exp(-np.mean(ref.logprob)))
     ppl = float(np.exp(-np.mean(got.logprob))) if not got.nonfinite else float("inf")
     rep = QuantizedReport(bits, graph, len(ref.logprob), ppl_ref, ppl, agree, n,

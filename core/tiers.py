@@ -96,6 +96,16 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def decisive_top1(ref_margin: np.ndarray, ref_top1: np.ndarray, got_top1: np.ndarray,
+                  margin: float) -> tuple[float, int]:
+    """(top-1 agreement, positions counted) over the positions the reference decides: its
+    top-2 logit gap at least `margin`. Near-ties may flip under any rounding, so they are
+    not counted against a backend; with none decisive, agreement is 1."""
+    decisive = ref_margin >= margin
+    n = int(decisive.sum())
+    return (float((got_top1[decisive] == ref_top1[decisive]).mean()) if n else 1.0), n
+
+
 def compare_logits(ref: np.ndarray, got: np.ndarray, t: LogitsThresholds) -> LogitsReport:
     """ref, got [..., V]: the logits tier, per position."""
     if ref.shape != got.shape:
@@ -110,10 +120,7 @@ def compare_logits(ref: np.ndarray, got: np.ndarray, t: LogitsThresholds) -> Log
     lr, lg = _log_softmax(r), _log_softmax(g)
     kl = float(np.max(np.sum(np.exp(lr) * (lr - lg), axis=-1)))
     top2 = np.sort(r, axis=-1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) >= t.margin
-    agree = r.argmax(-1) == g.argmax(-1)
-    n = int(decisive.sum())
-    top1 = float(agree[decisive].mean()) if n else 1.0
+    top1, n = decisive_top1(top2[:, 1] - top2[:, 0], r.argmax(-1), g.argmax(-1), t.margin)
     rep = LogitsReport(max_abs, max(kl, 0.0), top1, n, len(r) - n, len(r))
     if t.max_abs is not None and max_abs > t.max_abs:
         rep.failures.append(f"max|diff| {max_abs:.3g} > {t.max_abs:g}")

@@ -26,9 +26,9 @@ import numpy as np
 from scredge.errors import ScredgeError
 from scredge.runtime.generation import check_ids, decode_step, prefill, prefill_rows
 from scredge.runtime.runners.base import Decoder
+from scredge.runtime.stop_text import StopText
 from scredge.sampling import RowSampler, SamplingParams, mark_seen, seen_mask
 from scredge.serve.protocol import ApiError, usage
-from scredge.serve.textout import TextOutput
 
 log = logging.getLogger("scredge.serve")
 IDLE_POLL_S = 0.05  # how long an idle loop waits for a request before checking its flags
@@ -66,7 +66,7 @@ class _Row:
     sampler: RowSampler
     seen: np.ndarray | None  # [1,V] for the repetition penalty, else None
     position: int  # absolute position of the token fed next
-    text: TextOutput
+    text: StopText
     token: int = -1  # sampled, not yet fed
     finished: bool = False
 
@@ -253,7 +253,8 @@ class Scheduler:
         seen = (seen_mask(prompt, self.vocab_size)
                 if ticket.params.repetition_penalty != 1.0 else None)
         row = _Row(ticket, sampler, seen, len(ticket.prompt_ids),
-                   TextOutput(self.engine.tokenizer, ticket.stop))
+                   StopText(self.engine.tokenizer.stream_decoder(),  # the app refused none
+                            [s for s in ticket.stop if s]))
         self._deliver(row, self._sample(row, logits))
         return row
 
@@ -286,18 +287,18 @@ class Scheduler:
             t.t_first = time.perf_counter()
         if token in self.stop_ids:
             return self._finish(row, "stop")
-        piece = row.text.push(token)
-        if piece:
+        stopped = row.text.push(token)
+        if piece := row.text.release():
             self._send(t, ("delta", piece))
-        if row.text.stopped:
+        if stopped:
             return self._finish(row, "stop")
         if t.completion_tokens >= t.max_tokens:
             return self._finish(row, "length")
         return None
 
     def _finish(self, row: _Row, reason: str) -> None:
-        tail = row.text.finish()
-        if tail:
+        row.text.finish()
+        if tail := row.text.release_all():
             self._send(row.ticket, ("delta", tail))
         row.finished = True
         t = row.ticket

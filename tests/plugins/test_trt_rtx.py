@@ -15,13 +15,11 @@ from onnx import TensorProto, helper
 
 from scredge.artifact import read_config
 from scredge.contract import GraphIO
-from scredge.errors import ScredgeError
 from scredge.export.pipeline import export_artifact
 from scredge.export.sources import from_preset
 from scredge.plugins.onnx_modes import decomposed, for_plugin
 from scredge.plugins.realign import build_kernels, launch_plan, python_plugin
 from scredge.plugins.realign.python_plugin import plugin_classes, register
-from scredge.plugins.trt import ensure_rtx_parser_link
 
 trt = pytest.importorskip(
     "tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt-rtx-cu13)")
@@ -29,21 +27,6 @@ trt = pytest.importorskip(
 DTYPES = ("float32", "float16")
 MODES = {"plugin": for_plugin, "decomposed": decomposed}
 SWALLOWED = "[ERROR] Exception"  # how TensorRT reports an exception it caught in a plugin
-
-
-@pytest.fixture(scope="module")
-def rtx():
-    """TensorRT for RTX ready to parse plugin nodes, with the Python Realign registered."""
-    try:
-        # The TensorRT-for-RTX wheel lacks the unversioned libtensorrt_rtx.so that the
-        # parser dlopens when it imports a plugin node; without this link the first
-        # plugin-mode parse aborts the whole pytest process ("terminate called without an
-        # active exception") instead of failing a test.
-        ensure_rtx_parser_link()
-    except ScredgeError as exc:
-        pytest.skip(f"cannot repair the TensorRT for RTX wheel: {exc}")
-    register(trt)
-    return trt
 
 
 @pytest.fixture(scope="module")

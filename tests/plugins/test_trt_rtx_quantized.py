@@ -15,11 +15,8 @@ import onnx
 import pytest
 
 from scredge.artifact import verify_manifest
-from scredge.errors import ScredgeError
 from scredge.export.quantize import TRT_ONNX_FILE
 from scredge.plugins.onnx_modes import decomposed, for_plugin
-from scredge.plugins.realign.python_plugin import register
-from scredge.plugins.trt import ensure_rtx_parser_link
 
 trt = pytest.importorskip(
     "tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt-rtx-cu13)")
@@ -27,16 +24,6 @@ pytest.importorskip("polygraphy", reason="polygraphy is not installed")
 
 MODES = {"plugin": for_plugin, "decomposed": decomposed}
 WEIGHT_MATRICES = 4 * 8 + 1  # tiny: 4 layers x (q k v o gate up down proj) + the head
-
-
-@pytest.fixture(scope="module")
-def rtx():
-    try:
-        ensure_rtx_parser_link()
-    except ScredgeError as exc:
-        pytest.skip(f"cannot repair the TensorRT for RTX wheel: {exc}")
-    register(trt)
-    return trt
 
 
 @pytest.mark.parametrize("mode", MODES)
