@@ -7,8 +7,9 @@ The graph's own inputs and outputs are compared with `GraphIO.for_config(config)
 state shapes of the contract; the window, which no input shape shows, is checked from what
 the export recorded in the graph (`WINDOW_METADATA`) and by its behaviour: a decode call
 with P = W-1 past positions must return P' = W-1 (a larger window or none returns W, a
-smaller one less). The probe costs one decode step and is run when its zero cache is small
-(`PROBE_BYTES`); the recorded value is checked always.
+smaller one less). The recorded value, inside the hashed graph, is enough when present; the
+probe, one decode step, is for graphs without it and runs when its zero cache is small
+(`PROBE_BYTES`).
 """
 
 from __future__ import annotations
@@ -86,10 +87,11 @@ def check_ort_session(session, config: SCRConfig, kv_dtype, folder) -> None:
             raise _refuse(folder, f"dtype of {name}", arg.type,
                           f"{tensor_dtype(name, kv_dtype)} (export dtype in config.json)")
     recorded = session.get_modelmeta().custom_metadata_map.get(WINDOW_METADATA)
-    if recorded is not None and recorded != str(config.window):
+    if recorded is None:  # an export without the record: ask the graph itself
+        probe_window(session, config, kv_dtype, folder)
+    elif recorded != str(config.window):
         raise _refuse(folder, "window", f"the graph was exported with window {recorded}",
                       f"window {config.window} as config.json says")
-    probe_window(session, config, kv_dtype, folder)
 
 
 def _expected_shape(config: SCRConfig, name: str) -> tuple:
