@@ -48,6 +48,15 @@ def retrofit_run(hf_folder, tmp_path_factory):
     return out
 
 
+def train_main(argv):
+    """`scredge train ARGV` with its ScredgeError raised, not printed (main prints it)."""
+    from scredge.cli import build_parser
+
+    args = build_parser().parse_args(["train", *argv])
+    args.argv = ["train", *argv]
+    return args.func(args)
+
+
 def _tensors(path):
     return safetensors_torch.load_file(str(path))
 
@@ -97,17 +106,22 @@ def test_step_zero_is_the_source_model(hf_folder, retrofit_run):
     assert math.isclose(log["evals"][0]["val_loss"], expected, rel_tol=1e-5)
 
 
-def test_run_keeps_the_tokenizer_and_exports_with_it(hf_folder, retrofit_run, tmp_path):
-    """Oracle: the source folder's tokenizer files, byte for byte, in the run folder and in
-    the artifact `scredge export --from-run` writes (its config names the same eos ids)."""
+def test_run_keeps_the_tokenizer_for_export(hf_folder, retrofit_run):
+    """Oracle: the source folder's tokenizer files, byte for byte, in the run folder, and the
+    eos ids export --from-llama resolves from the source folder, in what `export --from-run`
+    and `export --weights RUN/model.safetensors` hand to the artifact writer."""
+    from scredge.export.sources import select_source
+    from scredge.ref.hf_import import hf_config_and_tokenizer
+
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         assert (retrofit_run / name).read_bytes() == (hf_folder / name).read_bytes()
-    art = tmp_path / "art"
-    assert main(["export", "--from-run", str(retrofit_run), "--out", str(art)]) == 0
-    assert (art / "tokenizer.json").read_bytes() == (hf_folder / "tokenizer.json").read_bytes()
-    config = json.loads((art / "config.json").read_text())
-    log = json.loads((retrofit_run / "train_log.json").read_text())
-    assert config["tokenizer"]["eos_token_ids"] == log["tokenizer"]["eos_token_ids"] != []
+    _, _, expected = hf_config_and_tokenizer(hf_folder, None)
+    for src in (select_source(run=retrofit_run),
+                select_source(weights=retrofit_run / "model.safetensors")):
+        assert src.tokenizer.folder == retrofit_run
+        assert src.tokenizer.files == expected.files
+        assert src.tokenizer.eos_token_ids == expected.eos_token_ids != ()
+        assert src.tokenizer.vocab_size == expected.vocab_size
 
 
 def test_resume_is_bit_exact(hf_folder, retrofit_run, tmp_path):
@@ -127,15 +141,15 @@ def test_resume_with_other_init_or_trainable_is_refused(hf_folder, retrofit_run,
     """Oracle: the refusal names the differing flag; the run folder is unchanged."""
     before = {p.name: p.read_bytes() for p in retrofit_run.iterdir()}
     with pytest.raises(ScredgeError, match="--trainable differs"):
-        main(["train", "--init", str(hf_folder), "--trainable", "all", *STEPS, *TEXT,
-              "--out", str(retrofit_run), "--resume"])
+        train_main(["--init", str(hf_folder), "--trainable", "all", *STEPS, *TEXT,
+                    "--out", str(retrofit_run), "--resume"])
     other = tmp_path / "copy"
     other.mkdir()
     for p in hf_folder.iterdir():
         (other / p.name).write_bytes(p.read_bytes())
     with pytest.raises(ScredgeError, match="--init differs"):
-        main(["train", "--init", str(other), "--trainable", "scr", *STEPS, *TEXT,
-              "--out", str(retrofit_run), "--resume"])
+        train_main(["--init", str(other), "--trainable", "scr", *STEPS, *TEXT,
+                    "--out", str(retrofit_run), "--resume"])
     assert {p.name: p.read_bytes() for p in retrofit_run.iterdir()} == before
 
 
@@ -161,7 +175,7 @@ def test_retrofit_a_plain_scredge_run(micro, tmp_path):
 
 def _refused(args, out, needle):
     with pytest.raises(ScredgeError, match=needle):
-        main(["train", *args, *STEPS, *TEXT, "--out", str(out)])
+        train_main([*args, *STEPS, *TEXT, "--out", str(out)])
     assert not out.exists()
 
 
