@@ -15,7 +15,7 @@
 
     python benchmarks/retrofit_experiment.py [--pretrain-steps 800] [--steps 400]
 
-Writes results.json and results.md into --out (default
+Writes results.json, results.md and each run's train log into --out (default
 benchmarks/results/retrofit_experiment); trained runs are kept there and reused unless
 --retrain.
 """
@@ -201,6 +201,8 @@ def main(argv=None) -> int:
                                else v) for k, v in vars(args).items()}
     results["experiment_wall_s"] = time.perf_counter() - t0
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    for name in RUNS:  # the run folders are not committed; their logs are
+        shutil.copyfile(args.out / name / "train_log.json", args.out / f"{name}_train_log.json")
     text = table(results)
     (args.out / "results.md").write_text(text + "\n")
     print(text)
