@@ -10,7 +10,7 @@ into, which parameters train (`--trainable`), and the tokenizer the data is enco
   optimizer (so only they get gradients and AdamW state) and the base tensors stay bit
   for bit the source's.
 - With a tokenizer (the source's `tokenizer.json`, via the `tokenizers` library) the data
-  is token ids; without one it stays bytes, which only a byte-level model (vocab >= 256,
+  is token ids; without one it stays bytes, which only a byte-level model (vocab 256,
   not a Hugging Face folder) can train on.
 """
 
@@ -207,10 +207,13 @@ def encode(text: bytes, tokenizer: TokenizerFiles | None, init: InitSource | Non
     """The training data in the model's units: the tokenizer's ids (no special tokens
     added), or the bytes themselves for a byte-level model."""
     if tokenizer is None:
-        if (init is not None and init.hf) or vocab_size < BYTE_VOCAB:
+        # a pretrained model without a tokenizer is byte-level only with exactly 256 ids
+        # (another vocabulary is a tokenizer's); a new model's config may pick any >= 256
+        if init is not None and (init.hf or vocab_size != BYTE_VOCAB):
             raise ScredgeError("the --init model has no tokenizer to encode text with",
-                               received=f"no {TOKENIZER_FILE} beside "
-                                        f"{init.description.get('folder') if init else '?'}",
+                               received=f"no {TOKENIZER_FILE} with " + str(
+                                   init.description.get("folder")
+                                   or init.description.get("weights")),
                                expected=f"a folder with {TOKENIZER_FILE} (the tokenizer the "
                                         "model was trained with)",
                                fix="save the tokenizer into the folder (save_pretrained)")
