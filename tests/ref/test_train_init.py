@@ -197,3 +197,18 @@ def test_bad_init_sources_are_refused(hf_folder, tmp_path):
     for name in ("config.json", "model.safetensors"):
         (bare / name).write_bytes((hf_folder / name).read_bytes())
     _refused(["--init", str(bare)], out, "no tokenizer")
+
+
+def test_memory_estimate_counts_grads_and_adam_of_trained_parameters_only(micro):
+    """Oracle: the estimate's own definition written out: 4 bytes per parameter for the
+    weights, 12 more (grad, exp_avg, exp_avg_sq) per trained one; activations unchanged."""
+    from scredge.ref.train import TrainConfig, estimate_memory
+
+    cfg = TrainConfig(batch_size=2, seq_len=16)
+    shapes = micro.parameter_shapes()
+    n = sum(math.prod(s) for s in shapes.values())
+    n_scr = sum(math.prod(s) for k, s in shapes.items() if ".scr." in k)
+    full, scr = estimate_memory(micro, cfg), estimate_memory(micro, cfg, "scr")
+    assert full["weights_grads_adam"] == 16 * n and full["trained_parameters"] == n
+    assert scr["weights_grads_adam"] == 4 * n + 12 * n_scr and scr["trained_parameters"] == n_scr
+    assert scr["activations"] == full["activations"]
