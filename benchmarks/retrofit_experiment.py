@@ -13,7 +13,7 @@
    deviation (mean Jensen-Shannon divergence between consecutive layers' head-averaged
    attention rows, scredge.ref.attention_stats).
 
-    python benchmarks/retrofit_experiment.py [--pretrain-steps 800] [--steps 400]
+    python benchmarks/retrofit_experiment.py [--pretrain-steps 800] [--steps 1200]
 
 Writes results.json, results.md and each run's train log into --out (default
 benchmarks/results/retrofit_experiment); trained runs are kept there and reused unless
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                    default=(48, 128), help="MIN,MAX bytes from a key mention to its recall")
     p.add_argument("--doc-bytes", type=int, default=1024)
     p.add_argument("--pretrain-steps", type=int, default=800)
-    p.add_argument("--steps", type=int, default=400, help="steps of each continuation")
+    p.add_argument("--steps", type=int, default=1200, help="steps of each continuation")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=192)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -22,7 +22,7 @@ def _flags(cmd: list[str]) -> dict[str, str]:
 def test_continuations_differ_only_in_scr(tmp_path):
     module = load_script("benchmarks/retrofit_experiment.py")
     parser_defaults = dict(window=32, gap=(48, 128), doc_bytes=1024, pretrain_steps=800,
-                           steps=400, batch_size=8, seq_len=192, lr=3e-3, docs=400, threads=1,
+                           steps=1200, batch_size=8, seq_len=192, lr=3e-3, docs=400, threads=1,
                            device="cpu", preset=None)
     args = argparse.Namespace(**parser_defaults)
     pre, scr, base = (_flags(module.command(n, tmp_path, args)) for n in module.RUNS)
@@ -32,6 +32,6 @@ def test_continuations_differ_only_in_scr(tmp_path):
     assert base["--trainable"] == "all" and "--scr-layers" not in base
     same = {k: v for k, v in scr.items() if k not in ("--scr-layers", "--trainable", "--out")}
     assert same == {k: v for k, v in base.items() if k not in ("--trainable", "--out")}
-    assert scr["--steps"] == "400" and scr["--seed"] == "1" != pre["--seed"]
+    assert scr["--steps"] == "1200" and scr["--seed"] == "1" != pre["--seed"]
     with pytest.raises(SystemExit):  # a gap inside the window would test nothing
         module.main(["--window", "32", "--gap", "16,40", "--out", str(tmp_path)])
