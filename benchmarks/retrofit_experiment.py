@@ -175,11 +175,14 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    t_eval = time.perf_counter()
     results = evaluate(args.out, args)
+    results["evaluation_wall_s"] = time.perf_counter() - t_eval
+    results["training_wall_s"] = {name: results[name]["train_s"] for name in RUNS}
     results["settings"] = {k: (str(v.relative_to(REPO)) if isinstance(v, Path)
                                and v.is_relative_to(REPO) else str(v) if isinstance(v, Path)
                                else v) for k, v in vars(args).items()}
-    results["experiment_wall_s"] = time.perf_counter() - t0
+    results["invocation_wall_s"] = time.perf_counter() - t0  # runs reused count as 0
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     for name in RUNS:  # the run folders are not committed; their logs are
         shutil.copyfile(args.out / name / "train_log.json", args.out / f"{name}_train_log.json")
