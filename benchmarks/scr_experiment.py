@@ -14,6 +14,9 @@ measures, on documents generated from another seed (never trained on):
   "The key is <word>" sentences the model writes, the fraction naming the document's key;
 - sequence-level entropy of those generations (mean predictive entropy per byte) and
   their diversity (distinct 4-grams);
+- attention head deviation: the mean Jensen-Shannon divergence between consecutive
+  layers' head-averaged attention rows over the held-out documents (how much attention
+  changes from a layer to the next);
 - time and memory: training s/step and peak RSS, decode ms/token, decode state bytes.
 
     python benchmarks/scr_experiment.py [--steps 1000] [--out benchmarks/results/scr_experiment]
@@ -171,6 +174,25 @@ def free_running(model, corpus, n_docs: int, new_bytes: int, temperature: float)
             "sample": texts[0][:300]}
 
 
+def attention_deviation(model, corpus, n_docs: int) -> dict:
+    """Attention head deviation (scredge.ref.attention_stats) over the first n_docs, each
+    document's value weighted by its positions."""
+    import torch
+
+    from scredge.ref.attention_stats import head_deviation
+
+    bounds = list(corpus.doc_offsets[:n_docs + 1]) + [len(corpus.data)]
+    pairs, positions = 0.0, 0
+    for d in range(min(n_docs, len(corpus.doc_offsets))):
+        doc = np.frombuffer(corpus.data[int(bounds[d]):int(bounds[d + 1])], np.uint8)
+        result = head_deviation(model, torch.from_numpy(doc.astype(np.int64)[None, :-1]))
+        pairs = pairs + np.array(result.per_layer_pair) * result.positions
+        positions += result.positions
+    per_pair = pairs / positions
+    return {"head_deviation": float(per_pair.mean()),
+            "head_deviation_per_layer_pair": [float(v) for v in per_pair]}
+
+
 def state_bytes(config) -> int:
     """Decode state per sequence: K and V of W-1 positions per layer, SCR num/den."""
     kv = 2 * config.n_layers * (config.window - 1) * config.n_kv_heads * config.head_dim * 4
@@ -197,6 +219,7 @@ def evaluate(out: Path, args) -> dict:
              "decode_state_bytes": state_bytes(model.config),
              "val_curve": log.get("evals", [])}
         r |= teacher_forced(model, held_out, args.eval_docs, args.window)
+        r |= attention_deviation(model, held_out, args.eval_docs)
         r |= free_running(model, held_out, args.gen_docs, args.gen_bytes, args.temperature)
         results[name] = r
         print(name, {k: v for k, v in r.items()
@@ -220,6 +243,8 @@ ROWS = [  # (label, key, format)
     ("free-running: recalls naming the document's key", "recall_consistency", "{:.1%}"),
     ("free-running: entropy per byte (nats)", "entropy_per_byte", "{:.3f}"),
     ("free-running: distinct 4-grams", "distinct_4grams", "{:.3f}"),
+    ("attention head deviation: JSD between consecutive layers (nats, <= ln 2)",
+     "head_deviation", "{:.3f}"),
     ("training time per step (s)", "train_s_per_step", "{:.3f}"),
     ("training peak RSS (MiB)", "train_peak_rss_mib", "{:.0f}"),
     ("decode time per step, batch of prompts (ms)", "decode_ms_per_token_batch", "{:.2f}"),

@@ -11,9 +11,11 @@ from scredge.errors import ScredgeError
 CUDA_GRAPH_HELP = "with --backend trt: replay the steady decode step from CUDA graphs"
 
 
-def add_model_source(p: argparse.ArgumentParser) -> None:
+def add_model_source(p: argparse.ArgumentParser, preset_default: str | None = "tiny") -> None:
+    """--preset / --config; `preset_default` None lets the command tell an explicit --preset
+    from the default (config_from_args still falls back to tiny)."""
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", default="tiny",
+    g.add_argument("--preset", default=preset_default,
                    help=f"named config: {', '.join(PRESETS)} (default tiny)")
     g.add_argument("--config", type=Path,
                    help="a config JSON file (bare fields or {\"model\": {...}})")
@@ -22,7 +24,7 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> SCRConfig:
     if args.config is not None:
         return SCRConfig.load(args.config)
-    return SCRConfig.preset(args.preset)
+    return SCRConfig.preset(args.preset or "tiny")
 
 
 def add_folder(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,10 @@ def add(sub) -> None:
                      help="a local Hugging Face Llama/Mistral/Qwen2 folder (config.json + "
                           "safetensors, tokenizer files when present); SCR layers are added "
                           "with gamma = 0")
+    src.add_argument("--from-run", type=Path, metavar="RUN",
+                     help="a `scredge train` run folder: its model.safetensors, and the "
+                          "tokenizer it kept when trained with --init from a Hugging Face "
+                          "folder")
     p.add_argument("--config", type=Path,
                    help="a config JSON file (seeded weights, or the config of --weights)")
     p.add_argument("--weights", type=Path, help="a .safetensors checkpoint")
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
     src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
+                        run=args.from_run,
                         config=args.config, weights=args.weights, scr_layers=args.scr_layers,
                         seed=args.seed)
     path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,

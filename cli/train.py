@@ -30,10 +30,20 @@ _TRAIN_FLAGS = (
 
 
 def add(sub) -> None:
-    p = sub.add_parser("train", help="train a byte-level model on text (needs the ref extra)")
-    add_model_source(p)
+    p = sub.add_parser("train", help="train a model on text, from scratch (byte-level) or from "
+                                     "a pretrained one (--init); needs the ref extra")
+    add_model_source(p, preset_default=None)
+    p.add_argument("--init", type=Path, metavar="DIR",
+                   help="start from a pretrained model: a Hugging Face Llama/Mistral/Qwen2 "
+                        "folder (as export --from-llama; its tokenizer.json encodes the data and "
+                        "is kept in --out), a scredge run folder or .safetensors checkpoint; SCR "
+                        "layers it lacks are added with gamma = 0")
+    p.add_argument("--trainable", choices=["all", "scr"], default="all",
+                   help="all (default) or scr: only the SCR parameters train, the --init "
+                        "model's weights stay frozen bit for bit")
     p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
-                                        "config's)")
+                                        "config's; with --init the source's, every layer for "
+                                        "a Hugging Face folder)")
     p.add_argument("--window", help="attention window in tokens, or 'none' (default: the "
                                     "config's)")
     data = p.add_mutually_exclusive_group()
@@ -72,15 +82,17 @@ def run(args: argparse.Namespace) -> int:
     """Progress lines on stdout, results in --out."""
     from scredge.ref.train_config import TrainConfig
 
-    config = config_from_args(args)
-    layers = parse_scr_layers(args.scr_layers, config.n_layers)
-    if layers is not None:
-        config = config.with_(scr_layers=layers)
-    if args.window is not None:
-        config = config.with_(window=parse_window(args.window))
     settings = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS
                 if getattr(args, name) is not None}
     cfg = TrainConfig(**settings)  # refuses bad settings before torch or data are loaded
+    init = None
+    if args.init is None:
+        config = config_from_args(args)
+        layers = parse_scr_layers(args.scr_layers, config.n_layers)
+        if layers is not None:
+            config = config.with_(scr_layers=layers)
+        if args.window is not None:
+            config = config.with_(window=parse_window(args.window))
     torch = require("torch")
     if args.threads is not None:
         if args.threads < 1:
@@ -88,23 +100,36 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from scredge.ref.corpus import training_data
     from scredge.ref.train import MODEL_FILE, train
+    from scredge.ref.train_init import check_trainable, encode, init_for_training
+
+    if args.init is not None:
+        explicit = config_from_args(args) if (args.preset or args.config) else None
+        init = init_for_training(args.init, args.scr_layers, args.window, explicit, cfg.seed)
+        config = init.config
+    check_trainable(args.trainable, config, init)
 
     train_bytes, val_bytes, source = training_data(
         data=args.data, corpus=args.corpus, val_fraction=args.val_fraction,
         corpus_seed=args.corpus_seed, docs=args.docs, doc_bytes=args.doc_bytes,
         recall_gap=args.recall_gap)
+    tokenizer = init.tokenizer if init is not None else None
+    train_data = encode(train_bytes, tokenizer, init, config.vocab_size)
+    val_data = encode(val_bytes, tokenizer, init, config.vocab_size)
     if source["kind"] == "longrange" and cfg.seq_len <= source["gap_max"]:
         print(f"note: --seq-len {cfg.seq_len} is not longer than the recall gap "
               f"({source['gap_min']}..{source['gap_max']} bytes): few or no training windows "
               f"hold both a key and its recall", flush=True)
     kind = (f"SCR layers {list(config.scr_layers)}" if config.scr_layers
             else "a plain transformer (no SCR layers)")
-    print(f"training {kind}, window {config.window}, on {source['kind']} data: "
-          f"{len(train_bytes):,} train / {len(val_bytes):,} val bytes", flush=True)
-    result = train(config, cfg, train_bytes, val_bytes, args.out, resume=args.resume,
+    unit = "bytes" if tokenizer is None else "tokens"
+    start = "" if init is None else f" from {args.init} ({args.trainable} trainable)"
+    print(f"training {kind}{start}, window {config.window}, on {source['kind']} data: "
+          f"{len(train_data):,} train / {len(val_data):,} val {unit}", flush=True)
+    result = train(config, cfg, train_data, val_data, args.out, resume=args.resume,
                    progress=lambda line: print(line, flush=True), device=args.device,
                    stop_at=args.stop_at, ignore_memory_check=args.ignore_memory_check,
-                   meta={"command": ["scredge", *getattr(args, "argv", [])], "data": source})
+                   meta={"command": ["scredge", *getattr(args, "argv", [])], "data": source},
+                   init=init, trainable=args.trainable)
     if result.finished:
         log = result.log
         print(f"wrote {Path(args.out) / MODEL_FILE} (final val loss "

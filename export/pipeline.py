@@ -37,8 +37,8 @@ from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.export.quantized_artifact import quantize_artifact
-from scredge.export.tokenizer_files import TokenizerFiles
 from scredge.export.verify import verify_onnx
+from scredge.tokenizer_files import TokenizerFiles
 
 DTYPES = ("float32", "float16")
 EXTERNAL_DATA_BYTES = 1 << 30

@@ -4,18 +4,16 @@ export first reproduces the original model)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scredge.config import SCRConfig, parse_scr_layers
-from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.export.hf_config import SUPPORTED_ARCHITECTURES, llama_config
-from scredge.export.tokenizer_files import TokenizerFiles, find_tokenizer
+from scredge.hf_config import SUPPORTED_ARCHITECTURES, llama_config
+from scredge.tokenizer_files import TokenizerFiles
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "ModelSource", "from_config", "from_files", "select_source",
-           "from_llama", "from_preset", "from_pretrained", "llama_config"]
+           "from_llama", "from_preset", "from_pretrained", "from_run", "llama_config"]
 
 
 @dataclass
@@ -45,13 +43,32 @@ def from_preset(name: str, seed: int = 0, scr_layers: tuple[int, ...] | None = N
 
 
 def from_files(config_path: Path | None, weights: Path) -> ModelSource:
-    """A checkpoint, with its config from `config_path` or from the checkpoint's metadata."""
+    """A checkpoint, with its config from `config_path` or from the checkpoint's metadata;
+    a run folder's checkpoint (`scredge train --init` from a Hugging Face folder) brings the
+    tokenizer the run kept beside it."""
     from scredge.ref import load_checkpoint
+    from scredge.ref.train_init import run_tokenizer
 
     config = SCRConfig.load(config_path) if config_path is not None else None
     model = load_checkpoint(weights, config)
     return ModelSource(model, {"kind": "checkpoint", "weights": str(weights),
-                               "config": str(config_path) if config_path else "metadata"})
+                               "config": str(config_path) if config_path else "metadata"},
+                       run_tokenizer(Path(weights).parent, model.config))
+
+
+def from_run(run: Path) -> ModelSource:
+    """A `scredge train` run folder: its model.safetensors and the tokenizer it kept."""
+    from scredge.contract import WEIGHTS_FILE
+
+    run = Path(run)
+    if not (run / WEIGHTS_FILE).is_file():
+        raise ScredgeError("--from-run is not a finished training run",
+                           received=f"no {WEIGHTS_FILE} in {run}",
+                           expected="a folder `scredge train --out` wrote to the end",
+                           fix="finish the run (scredge train --resume --out RUN) first")
+    src = from_files(None, run / WEIGHTS_FILE)
+    src.description = {"kind": "run", "run": str(run.absolute())}
+    return src
 
 
 def from_pretrained(name: str) -> ModelSource:
@@ -67,13 +84,20 @@ def from_pretrained(name: str) -> ModelSource:
 
 
 def select_source(*, preset: str = "tiny", pretrained: str | None = None,
-                  llama: Path | None = None, config: Path | None = None,
+                  llama: Path | None = None, run: Path | None = None,
+                  config: Path | None = None,
                   weights: Path | None = None, scr_layers: str | None = None,
                   seed: int = 0) -> ModelSource:
     """The model `scredge export` exports, from its source options: one of pretrained,
-    llama (a Hugging Face folder), weights (with an optional config), config, preset;
-    `scr_layers` is the --scr-layers text."""
+    llama (a Hugging Face folder), run (a training run folder), weights (with an optional
+    config), config, preset; `scr_layers` is the --scr-layers text."""
     parse_scr_layers(scr_layers, None)  # its syntax, before anything is loaded
+    if run is not None:
+        if scr_layers is not None or weights is not None or config is not None:
+            raise ScredgeError("--from-run takes no --config, --weights or --scr-layers",
+                               received="--from-run with one of them",
+                               fix="drop them: the run's checkpoint fixes its own config")
+        return from_run(run)
     if pretrained is not None:
         if scr_layers is not None or weights is not None or config is not None:
             raise ScredgeError("--pretrained takes no --config, --weights or --scr-layers",
@@ -100,62 +124,11 @@ def select_source(*, preset: str = "tiny", pretrained: str | None = None,
 
 
 # ---- Hugging Face Llama family -------------------------------------------------------
-def _hf_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ScredgeError("not a Hugging Face model folder: no config.json",
-                           received=str(folder),
-                           expected="a folder written by save_pretrained (config.json + "
-                                    "*.safetensors)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ScredgeError("config.json of the Hugging Face folder is not valid JSON",
-                           received=f"{path}: {exc.msg}") from exc
-
-
-def _read_safetensors(folder: Path) -> dict:
-    st = require("safetensors.torch")
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = [p.name for p in sorted(folder.glob("*.safetensors"))]
-    if not files:
-        raise ScredgeError("no safetensors weights in the Hugging Face folder",
-                           received=str(folder),
-                           fix="save the model with save_pretrained(safe_serialization=True)")
-    tensors = {}
-    for name in files:
-        tensors.update(st.load_file(str(folder / name)))
-    return tensors
-
-
 def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
                seed: int = 0) -> ModelSource:
     """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto the weights of a
-    local Llama, Mistral or Qwen2 folder."""
-    from scredge.ref import build_model
-    from scredge.ref.checkpoint import check_tensor_names_and_shapes
+    local Llama, Mistral or Qwen2 folder (scredge.ref.hf_import)."""
+    from scredge.ref.hf_import import load_llama
 
-    torch = require("torch")
-    folder = Path(folder)
-    hf = _hf_config(folder)
-    config = llama_config(hf, scr_layers)
-    tokenizer = find_tokenizer(folder, hf, config.vocab_size)  # refused before weights load
-    tensors = {k: v for k, v in _read_safetensors(folder).items()
-               if not k.endswith("rotary_emb.inv_freq")}
-    if config.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # HF may store the tied copy
-    model = build_model(config, seed, gamma=0.0)
-    expected = {k: s for k, s in config.parameter_shapes().items() if ".scr." not in k}
-    check_tensor_names_and_shapes({k: tuple(v.shape) for k, v in tensors.items()}, expected,
-                                  f"Hugging Face weights in {folder}")
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, value in tensors.items():
-            params[name].copy_(value.to(torch.float32))
-    return ModelSource(model, {"kind": "huggingface", "folder": str(folder),
-                               "architectures": hf.get("architectures"),
-                               "model_type": hf.get("model_type"),
-                               "scr_seed": seed, "gamma_init": 0.0}, tokenizer)
+    hf = load_llama(Path(folder), scr_layers, seed)
+    return ModelSource(hf.model, hf.description, hf.tokenizer)

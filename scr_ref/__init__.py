@@ -25,6 +25,8 @@ _EXPORTS = {
     "prefill": "generation",
     "decode_step": "generation",
     "generate": "generation",
+    "head_deviation": "attention_stats",
+    "capture_attention": "attention_stats",
 }
 
 __all__ = sorted(_EXPORTS)

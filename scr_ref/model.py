@@ -157,6 +157,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c.d_model, kv, bias=c.attention_bias)
         self.v_proj = nn.Linear(c.d_model, kv, bias=c.attention_bias)
         self.o_proj = nn.Linear(c.d_model, c.d_model, bias=False)
+        # Opt-in (scredge.ref.attention_stats.capture_attention): a list that receives each
+        # call's float32 attention probabilities [B,H,T,P+T]; None = the normal path.
+        self.capture: list[Tensor] | None = None
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor, past_v: Tensor,
@@ -184,7 +187,10 @@ class Attention(nn.Module):
         if key_mask is not None:  # pads left by a join: hidden from every query
             mask = mask & (key_mask != 0)[:, None, None, :]  # [B,1,G*T,P+T]
         scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores.to(torch.float32), dim=-1).to(q.dtype)
+        probs = torch.softmax(scores.to(torch.float32), dim=-1)  # [B,Hk,G*T,P+T]
+        if self.capture is not None:  # row g*T + t of KV head j is query head j*G + g
+            self.capture.append(probs.detach().reshape(B, c.n_heads, T, P + T))
+        probs = probs.to(q.dtype)
         out = (probs @ v_all).reshape(B, c.n_heads, T, c.head_dim)  # [B,H,T,Dh]
         out = out.transpose(1, 2).reshape(B, T, c.d_model)  # [B,T,D]
         return self.o_proj(out), present_k, present_v

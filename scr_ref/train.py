@@ -33,12 +33,17 @@ import torch.nn.functional as F
 
 from scredge.artifact import atomic_write
 from scredge.config import SCRConfig
-from scredge.contract import WEIGHTS_FILE
+from scredge.contract import TOKENIZER_FILES, TOKENIZER_KEY, WEIGHTS_FILE
 from scredge.errors import ScredgeError
 from scredge.ref.checkpoint import save_checkpoint
 from scredge.ref.corpus import sha256
 from scredge.ref.model import SCRForCausalLM, build_model
 from scredge.ref.train_config import TRAJECTORY_FIELDS, TrainConfig, is_int
+from scredge.ref.train_init import InitSource, check_trainable, freeze
+from scredge.ref.train_memory import available_memory, check_memory, estimate_memory
+
+__all__ = ["TrainConfig", "TrainResult", "available_memory", "check_memory", "estimate_memory",
+           "make_optimizer", "train", "val_windows"]
 
 STATE_FILE = "last.pt"
 MODEL_FILE = WEIGHTS_FILE  # the name `scredge export --weights` and an artifact use
@@ -47,74 +52,21 @@ STATE_FORMAT = "scredge-train-state/1"
 ADAM_BETAS = (0.9, 0.95)
 
 
-# ---- memory -----------------------------------------------------------------------------
-# float32 values kept for the backward pass, fitted to the peak RSS of two CPU training
-# steps with torch 2.13 (measured -> estimated MB, RSS varies ~10% run to run: tiny 16x256
-# 600-665 -> 758, tiny 8x1024 1712 -> 2014, tiny 32x128 516-627 -> 694, small 4x512
-# 1971-2155 -> 2570, small 16x256 3849-3927 -> 3954): an upper bound with some slack.
-_ACT_PER_D = 28  # [B,T,D] tensors per layer: norms, q/k/v/o, residuals, SCR realign
-_ACT_PER_F = 5  # [B,T,d_ff] tensors per layer: gate, up, silu, product
-_ACT_PER_SCORE = 2  # [B,H,T,T] tensors per layer: scores and probabilities
-_ACT_PER_V = 4  # [B,T,V] tensors: logits, log-softmax, gradients
-_FIXED = 256 << 20  # allocator caches, thread arenas, small buffers
-
-
-def estimate_memory(config: SCRConfig, cfg: TrainConfig) -> dict[str, int]:
-    """Bytes needed by one training step: weights + grads + AdamW states, activations."""
-    n = sum(math.prod(s) for s in config.parameter_shapes().values())
-    b, t = cfg.batch_size, cfg.seq_len
-    per_layer = (b * t * (_ACT_PER_D * config.d_model + _ACT_PER_F * config.d_ff)
-                 + _ACT_PER_SCORE * b * config.n_heads * t * t)
-    parts = {
-        "parameters": n,
-        "weights_grads_adam": 16 * n,  # float32 weights, grads, exp_avg, exp_avg_sq
-        "activations": 4 * config.n_layers * per_layer,
-        "logits": 4 * _ACT_PER_V * b * t * config.vocab_size,
-    }
-    parts["total"] = parts["weights_grads_adam"] + parts["activations"] + parts["logits"] + _FIXED
-    return parts
-
-
-def available_memory(device: str = "cpu") -> int | None:
-    """Free memory in bytes: /proc/meminfo MemAvailable (CPU) or the CUDA device's; None
-    when it cannot be read (then nothing is checked)."""
-    if device.startswith("cuda"):
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def check_memory(config: SCRConfig, cfg: TrainConfig, available: int | None) -> dict[str, int]:
-    """Refuse a run whose estimate exceeds `available` bytes before allocating anything."""
-    est = estimate_memory(config, cfg)
-    if available is not None and est["total"] > available:
-        gib = 1 << 30
-        raise ScredgeError(
-            "training would need more memory than is available",
-            received=f"estimate {est['total'] / gib:.2f} GiB ({est['parameters']:,} parameters: "
-                     f"{est['weights_grads_adam'] / gib:.2f} GiB weights+grads+AdamW, "
-                     f"activations {est['activations'] / gib:.2f} GiB, "
-                     f"logits {est['logits'] / gib:.2f} GiB) at batch {cfg.batch_size} x "
-                     f"seq_len {cfg.seq_len}",
-            expected=f"at most {available / gib:.2f} GiB (available now)",
-            fix="lower --batch-size or --seq-len (activations grow with batch*seq_len and "
-                "attention with seq_len^2), or pass --ignore-memory-check",
-        )
-    return est
-
-
 # ---- data -----------------------------------------------------------------------------
-def _as_array(data: bytes, name: str, seq_len: int) -> np.ndarray:
+def _as_array(data: bytes | np.ndarray, name: str, seq_len: int) -> np.ndarray:
+    """Bytes (a byte-level model) or token ids (a tokenizer's, from train_init.encode)."""
+    unit = "bytes" if isinstance(data, bytes) else "tokens"
     if len(data) < seq_len + 1:
         raise ScredgeError(f"{name} data is shorter than one training window",
-                           received=f"{len(data)} bytes", expected=f">= seq_len + 1 = "
-                           f"{seq_len + 1} bytes", fix="use more text or a smaller --seq-len")
-    return np.frombuffer(data, dtype=np.uint8)
+                           received=f"{len(data)} {unit}", expected=f">= seq_len + 1 = "
+                           f"{seq_len + 1} {unit}", fix="use more text or a smaller --seq-len")
+    if isinstance(data, bytes):
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.asarray(data, dtype=np.int64)
+
+
+def _data_sha(data: bytes | np.ndarray) -> str:
+    return sha256(data if isinstance(data, bytes) else np.asarray(data, "<i8").tobytes())
 
 
 def sample_batch(data: np.ndarray, rng: np.random.Generator, batch: int,
@@ -134,9 +86,11 @@ def val_windows(data: np.ndarray, n: int, seq_len: int) -> torch.Tensor:
 
 # ---- optimizer ----------------------------------------------------------------------------
 def make_optimizer(model: SCRForCausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (see the module docstring)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    """AdamW over the parameters that require grad (`--trainable`: a frozen one gets no
+    state and no decay); weight decay on matrices only (see the module docstring)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS)
@@ -175,12 +129,16 @@ def train(
     stop_at: int | None = None,
     ignore_memory_check: bool = False,
     meta: dict | None = None,
+    init: InitSource | None = None,
+    trainable: str = "all",
 ) -> TrainResult:
     """Train a seeded model on bytes; checkpoint to, resume from and write into `out_dir`.
 
     `stop_at`: write the checkpoint after this step and return unfinished (as if
     interrupted); resume later with `resume=True`. `meta` (JSON-able: the command,
-    where the data came from) is stored in the log.
+    where the data came from) is stored in the log. `init` (train_init.resolve_init): start
+    from its weights, not seeded ones, and keep its tokenizer in `out_dir` (the data is then
+    its token ids); `trainable` 'scr' trains only the SCR parameters.
     """
     say = progress or (lambda line: None)
     out_dir = Path(out_dir)
@@ -188,33 +146,52 @@ def train(
     train_arr = _as_array(data_train, "training", cfg.seq_len)
     val_arr = _as_array(data_val, "validation", cfg.seq_len)
     _check_run(out_dir, resume, stop_at, device)
-    est = (estimate_memory(model_config, cfg) if ignore_memory_check
-           else check_memory(model_config, cfg, available_memory(device)))
+    check_trainable(trainable, model_config, init)
+    if init is not None and init.config != model_config:
+        raise ScredgeError("the model config differs from the --init model's",
+                           received=model_config.to_dict(), expected=init.config.to_dict())
+    for arr in (train_arr, val_arr):
+        _check_ids(arr, model_config.vocab_size)
+    est = (estimate_memory(model_config, cfg, trainable) if ignore_memory_check
+           else check_memory(model_config, cfg, available_memory(device), trainable))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent is a file, or not writable
         raise ScredgeError("cannot create the --out folder", received=f"{out_dir}: {exc}",
                            fix="choose a writable --out") from exc
-    data_ids = {"train_sha256": sha256(data_train), "val_sha256": sha256(data_val),
-                "train_bytes": len(data_train), "val_bytes": len(data_val)}
+    data_ids = {"train_sha256": _data_sha(data_train), "val_sha256": _data_sha(data_val),
+                "train_bytes": len(data_train), "val_bytes": len(data_val),
+                "units": "bytes" if isinstance(data_train, bytes) else "tokens"}
+    tokenizer = init.tokenizer if init is not None else None
 
     with _deterministic():
         torch.manual_seed(cfg.seed)
-        model = build_model(model_config, cfg.seed).to(device)
+        if init is None:
+            model = build_model(model_config, cfg.seed)
+        else:
+            model = SCRForCausalLM(model_config)
+            model.load_state_dict(init.state, strict=True)
+        model = model.to(device)
+        freeze(model, trainable)
         optimizer = make_optimizer(model, cfg)
         rng = np.random.default_rng(cfg.seed)
         log = {"status": "running", "model_config": model_config.to_dict(),
                "train_config": asdict(cfg), "data": data_ids, "meta": meta or {},
                "parameters": est["parameters"], "memory_estimate_bytes": est["total"],
+               "trained_parameters": est["trained_parameters"], "trainable": trainable,
+               "init": init.description if init is not None else None,
+               TOKENIZER_KEY: tokenizer.describe() if tokenizer is not None else None,
                "device": device, "torch": str(torch.__version__), "evals": [], "losses": [],
                "wall_time_s": 0.0, "runs": []}
         step = 0
         if resume:
             step, log = _restore(state_path, model, optimizer, rng, model_config, cfg,
-                                 data_ids, device)
+                                 data_ids, device, log)
             log["meta"] = meta or log["meta"]
             log["train_config"] = asdict(cfg)  # cadence fields may change on resume
             say(f"resumed {state_path} at step {step}/{cfg.steps}")
+        if tokenizer is not None:  # the run keeps the tokenizer its data was encoded with
+            tokenizer.copy_into(out_dir)
         log["runs"].append({"start_step": step, "resumed": resume,
                             "threads": torch.get_num_threads(),
                             "command": (meta or {}).get("command")})
@@ -233,8 +210,10 @@ def train(
         if step == 0:
             v = evaluate()
             log["evals"].append({"step": 0, "val_loss": v, "wall_time_s": wall()})
-            say(f"step 0/{cfg.steps} | val loss {v:.4f} (uniform: ln 256 = {math.log(256):.4f})"
-                f" | {est['parameters']:,} parameters, {cfg.tokens_per_step:,} tokens/step")
+            vocab = model_config.vocab_size
+            say(f"step 0/{cfg.steps} | val loss {v:.4f} (uniform: ln {vocab} = "
+                f"{math.log(vocab):.4f}) | {est['parameters']:,} parameters "
+                f"({est['trained_parameters']:,} trained), {cfg.tokens_per_step:,} tokens/step")
         model.train()
         while step < cfg.steps:
             s0 = time.perf_counter()
@@ -304,7 +283,7 @@ def _check_run(out_dir: Path, resume: bool, stop_at: int | None, device: str) ->
                            expected="cpu, or a machine with CUDA", fix="pass --device cpu")
 
 
-RUN_FILES = (STATE_FILE, MODEL_FILE, LOG_FILE)
+RUN_FILES = (STATE_FILE, MODEL_FILE, LOG_FILE, *TOKENIZER_FILES)
 
 
 def _check_run_folder(out_dir: Path) -> None:
@@ -376,8 +355,16 @@ def _save_state(path: Path, model, optimizer, rng, step: int, cfg: TrainConfig,
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def _check_ids(data: np.ndarray, vocab_size: int) -> None:
+    top = int(data.max()) if len(data) else 0
+    if top >= vocab_size:
+        raise ScredgeError("the data holds ids outside the model's vocabulary",
+                           received=f"id {top}", expected=f"ids < vocab_size = {vocab_size}",
+                           fix="train with the model's own tokenizer (--init)")
+
+
 def _restore(path: Path, model, optimizer, rng, model_config: SCRConfig, cfg: TrainConfig,
-             data_ids: dict, device: str) -> tuple[int, dict]:
+             data_ids: dict, device: str, fresh: dict) -> tuple[int, dict]:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors alike: the file is unusable
@@ -407,6 +394,13 @@ def _restore(path: Path, model, optimizer, rng, model_config: SCRConfig, cfg: Tr
             expected="this command: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in diff),
             fix="resume with the checkpoint's settings (see its train_log.json), "
                 "or choose another --out")
+    for key, flag in (("init", "--init"), ("trainable", "--trainable")):
+        saved = state["log"].get(key, "all" if key == "trainable" else None)
+        if saved != fresh[key]:
+            raise ScredgeError(f"cannot resume: {flag} differs from the checkpoint's",
+                               received=f"this command: {json.dumps(fresh[key])}",
+                               expected=f"checkpoint: {json.dumps(saved)}",
+                               fix=f"resume with the run's own {flag}, or choose another --out")
     saved_data = state["log"]["data"]
     if any(saved_data[k] != data_ids[k] for k in ("train_sha256", "val_sha256")):
         raise ScredgeError("cannot resume: the training data differs from the checkpoint's",

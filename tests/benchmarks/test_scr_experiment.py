@@ -29,6 +29,8 @@ def test_experiment_runs_end_to_end(tmp_path):
         assert 0 < r["loss_recall_word"] < 10 and 0 < r["loss_positions_beyond_window"] < 10
         assert 0 <= r["recall_word_accuracy"] <= 1 and r["recalls"] > 0
         assert 0 < r["entropy_per_byte"] <= math.log(256) + 1e-9
+        assert 0 < r["head_deviation"] <= math.log(2)
+        assert len(r["head_deviation_per_layer_pair"]) == 3  # tiny: 4 layers
         assert r["train_peak_rss_mib"] > 0 and r["train_s_per_step"] > 0
     assert scr["decode_state_bytes"] > base["decode_state_bytes"]  # + num/den per SCR layer
     table = (out / "results.md").read_text()
