@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 from scripts import load_script
 
+pytestmark = pytest.mark.slow  # run by `make test-all`, not the default `make test`
+
 pytest.importorskip("transformers", reason="transformers (dev extra) not installed")
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from scripts import load_script
 
+pytestmark = pytest.mark.slow  # run by `make test-all`, not the default `make test`
+
 
 def _flags(cmd: list[str]) -> dict[str, str]:
     args = cmd[cmd.index("train") + 1:]

@@ -14,6 +14,8 @@ from scripts import load_script
 
 from scredge.config import SCRConfig
 
+pytestmark = pytest.mark.slow  # run by `make test-all`, not the default `make test`
+
 CFG = SCRConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                 window=16, scr_layers=(0, 1))
 

@@ -42,6 +42,7 @@ def test_export_weights_with_checkpoint_config(tmp_path, micro_config):
     assert source == {"kind": "checkpoint", "weights": str(weights), "config": "metadata"}
 
 
+@pytest.mark.slow
 def test_scr_layers_all_means_every_layer_for_every_source(tmp_path, capsys):
     """'all' is every layer, as in `scredge train`, not "keep the config's": a config with
     SCR in layer 1 only, exported with --scr-layers all, has SCR in both layers; a

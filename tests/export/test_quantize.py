@@ -167,6 +167,7 @@ def test_parity_runs_without_torch(tiny_quantized):
     assert "int8 model.onnx" in result.stdout and "PASS" in result.stdout
 
 
+@pytest.mark.slow
 def test_hqq_keeps_its_zero_points_for_onnxruntime_and_rtn_for_tensorrt(tiny_opset21):
     """Oracle: SCR_SPEC section 4 (both forms, the config says which method each holds).
     HQQ's float zero points reach MatMulNBits; the TensorRT form, which has no float zero

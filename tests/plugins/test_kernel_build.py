@@ -72,7 +72,6 @@ def fatbin(tmp_path_factory) -> Path:
     return build_kernels.build_fatbin(tmp_path_factory.mktemp("fatbin") / "realign_kernel.fatbin")
 
 
-@pytest.mark.slow
 def test_fatbin_holds_every_buildable_arch_and_ptx(fatbin):
     """Oracle: nvcc's own list of archs it can build (`--list-gpu-code`), and the fatbin's
     entry headers (or cuobjdump where installed)."""
@@ -89,7 +88,6 @@ def test_fatbin_holds_every_buildable_arch_and_ptx(fatbin):
         assert cuobjdump_archs(fatbin, "--list-ptx") == ptx
 
 
-@pytest.mark.slow
 def test_every_arch_exports_every_planned_kernel(fatbin):
     """Oracle: the symbol names inside each (uncompressed) ELF of the fatbin."""
     elves = [payload for kind, _, payload in fatbin_entries(fatbin.read_bytes())
@@ -113,7 +111,6 @@ def test_skipped_archs_are_reported_with_the_reason():
 
 
 @needs_nvcc
-@pytest.mark.slow
 def test_kernels_assemble_for_xavier_sm72(tmp_path):
     """Oracle: a CUDA 12 ptxas, which refuses any instruction sm_72 / PTX ISA 7.4 lacks.
     CUDA 13's nvcc dropped sm_72, so CI lowers its PTX and assembles it with the ptxas of

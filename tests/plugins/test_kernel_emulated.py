@@ -28,8 +28,6 @@ TOL = {"float32": 1e-5, "float16": 2e-3}  # SCR_SPEC section 5, op tier, x scale
 NP_DTYPE = {"float32": np.float32, "float16": np.float16}
 PAD = 64  # canary elements on each side of every output
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):

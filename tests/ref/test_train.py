@@ -26,6 +26,7 @@ def data() -> tuple[bytes, bytes]:
     return split(prose_corpus()[:60_000], 0.1)
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(micro, data, tmp_path):
     """Oracle: the untrained model is near a uniform guess, ln 256 = 5.55 nats per byte;
     40 steps on English prose take the validation loss down by more than 1 nat."""
