@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scredge.config import SCRConfig, parse_scr_layers
+from scredge.contract import HF_SCR_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.hf_config import SUPPORTED_ARCHITECTURES, llama_config
@@ -120,7 +121,7 @@ def _read_safetensors(folder: Path) -> dict:
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     else:
-        files = [p.name for p in sorted(folder.glob("*.safetensors"))]
+        files = [p.name for p in sorted(folder.glob("*.safetensors")) if p.name != HF_SCR_FILE]
     if not files:
         raise ScredgeError("no safetensors weights in the Hugging Face folder",
                            received=str(folder),
@@ -131,17 +132,41 @@ def _read_safetensors(folder: Path) -> dict:
     return tensors
 
 
+def _scr_file(folder: Path, config: SCRConfig,
+              scr_layers: tuple[int, ...] | None) -> tuple[SCRConfig, dict]:
+    """A `scredge export-hf` folder's SCR layers (HF_SCR_FILE): the config they belong to
+    (its base checked against config.json's) and their tensors; none without the file."""
+    from scredge.ref.checkpoint import read_config
+
+    path = folder / HF_SCR_FILE
+    if not path.is_file():
+        return config, {}
+    saved = read_config(path)
+    if saved is None or saved.with_(scr_layers=(), kappa=config.kappa) != config.with_(
+            scr_layers=()):
+        raise ScredgeError(f"{HF_SCR_FILE} does not belong to this config.json",
+                           received=str(path), expected="the file export-hf wrote with it",
+                           fix=f"remove {HF_SCR_FILE} to retrofit fresh SCR layers")
+    if scr_layers is not None and scr_layers != saved.scr_layers:
+        raise ScredgeError(f"--scr-layers differs from the SCR layers in {HF_SCR_FILE}",
+                           received=list(scr_layers), expected=list(saved.scr_layers),
+                           fix="drop --scr-layers; the file fixes them")
+    st = require("safetensors.torch")
+    return saved, st.load_file(str(path))
+
+
 def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
                seed: int = 0) -> ModelSource:
     """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto the weights of a
-    local Llama, Mistral or Qwen2 folder."""
+    local Llama, Mistral or Qwen2 folder; a folder written by `scredge export-hf` gets its
+    own SCR layers back (HF_SCR_FILE)."""
     from scredge.ref import build_model
     from scredge.ref.checkpoint import check_tensor_names_and_shapes
 
     torch = require("torch")
     folder = Path(folder)
     hf = _hf_config(folder)
-    config = llama_config(hf, scr_layers)
+    config, scr_tensors = _scr_file(folder, llama_config(hf, scr_layers), scr_layers)
     tokenizer = find_tokenizer(folder, hf, config.vocab_size)  # refused before weights load
     tensors = {k: v for k, v in _read_safetensors(folder).items()
                if not k.endswith("rotary_emb.inv_freq")}
@@ -151,11 +176,16 @@ def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
     expected = {k: s for k, s in config.parameter_shapes().items() if ".scr." not in k}
     check_tensor_names_and_shapes({k: tuple(v.shape) for k, v in tensors.items()}, expected,
                                   f"Hugging Face weights in {folder}")
+    if scr_tensors:
+        check_tensor_names_and_shapes(
+            {k: tuple(v.shape) for k, v in scr_tensors.items()},
+            {k: s for k, s in config.parameter_shapes().items() if ".scr." in k},
+            f"{folder / HF_SCR_FILE}")
     with torch.no_grad():
         params = dict(model.named_parameters())
-        for name, value in tensors.items():
+        for name, value in (tensors | scr_tensors).items():
             params[name].copy_(value.to(torch.float32))
+    scr = ({"scr_file": HF_SCR_FILE} if scr_tensors else {"scr_seed": seed, "gamma_init": 0.0})
     return ModelSource(model, {"kind": "huggingface", "folder": str(folder),
                                "architectures": hf.get("architectures"),
-                               "model_type": hf.get("model_type"),
-                               "scr_seed": seed, "gamma_init": 0.0}, tokenizer)
+                               "model_type": hf.get("model_type"), **scr}, tokenizer)
