@@ -23,11 +23,12 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scredge.contract import HF_SCR_FILE
+    from scredge.contract import HF_README_FILE, HF_SCR_FILE
     from scredge.export.hf_export import export_hf
 
     result = export_hf(args.run, args.out, dtype=args.dtype, force=args.force)
     print(f"wrote {result.folder} ({result.architecture}): {', '.join(result.files)}")
+    print(f"{HF_README_FILE} there says what transformers runs and what {HF_SCR_FILE} holds")
     if not result.scr_layers:
         print("no SCR layers: transformers runs the whole model")
     elif result.scr_active:
