@@ -220,7 +220,7 @@ def check_out(out: Path, force: bool) -> None:
         return
     found = sorted(p.name for p in out.iterdir())
     try:
-        listed = set(json.loads((out / contract.HF_EXPORT_RECORD).read_text())["files"])
+        listed = dict(json.loads((out / contract.HF_EXPORT_RECORD).read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError):
         raise ScredgeError("OUT is a non-empty folder that export-hf did not write",
                            received=f"{out} holds {', '.join(found[:8])}",
@@ -233,6 +233,12 @@ def check_out(out: Path, force: bool) -> None:
                            received=", ".join(unlisted[:8]) or "a folder or link",
                            expected=f"only the files {contract.HF_EXPORT_RECORD} lists",
                            fix="move them out of the folder, or choose another OUT")
+    changed = [n for n in found if n in listed and sha256_file(out / n) != listed[n]]
+    if changed:  # edited since we wrote it: the user's work now, not ours to delete
+        raise ScredgeError("OUT holds files changed since export-hf wrote them",
+                           received=", ".join(changed[:8]),
+                           expected=f"the files as {contract.HF_EXPORT_RECORD} records them",
+                           fix="copy your changes elsewhere, or choose another OUT")
     if not force:
         raise ScredgeError("OUT is an earlier export-hf output", received=str(out),
                            fix="pass --force to replace it, or choose another OUT")

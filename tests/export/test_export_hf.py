@@ -145,7 +145,8 @@ def test_tokenizer_files_and_bfloat16(tmp_path, bpe_tokenizer):
 def test_out_folder_rules(tmp_path, capsys):
     """Oracle: the folder rules. A foreign non-empty folder is refused and left as it was;
     an earlier export needs --force and is replaced; one holding a file of the user's is
-    refused; an empty folder is taken; a Hugging Face folder as RUN is refused."""
+    refused, and so is one whose file was edited; an empty folder is taken; a Hugging Face
+    folder as RUN is refused."""
     _, _, run = make_run(tmp_path, "mistral", sliding_window=6)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -162,6 +163,10 @@ def test_out_folder_rules(tmp_path, capsys):
     export_hf(run, tmp_path / "empty", force=True)
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == sorted(first.files)
     assert not list(tmp_path.glob(".empty*"))  # no partial or old folder left behind
+    (tmp_path / "empty" / HF_README_FILE).write_text("my notes")
+    with pytest.raises(ScredgeError, match="changed since export-hf wrote them"):
+        export_hf(run, tmp_path / "empty", force=True)
+    assert (tmp_path / "empty" / HF_README_FILE).read_text() == "my notes"
     (tmp_path / "empty" / "mine.txt").write_text("keep")
     with pytest.raises(ScredgeError, match="did not write"):
         export_hf(run, tmp_path / "empty", force=True)
