@@ -187,3 +187,10 @@ QUANT_CONFIG_KEY = "quantization"  # config.json section: bits, block size, meth
 TRT_ONNX_FILE = "model.trt.onnx"  # the TensorRT form; model.onnx is the onnxruntime form
 HELDOUT_FILE = "parity/heldout.npz"  # the reference's held-out log-probs (quantized tier)
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one
+# `scredge export-hf`: a transformers folder (config.json, model.safetensors = WEIGHTS_FILE,
+# generation_config.json, tokenizer files) plus these: the SCR tensors transformers has no
+# layer for (scredge names, the scredge config in the metadata), a README, and the record
+# of the files written (what a later --force may replace)
+HF_SCR_FILE = "scredge_scr_layers.safetensors"
+HF_README_FILE = "README.md"
+HF_EXPORT_RECORD = "scredge_export_hf.json"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scredge.config import SCRConfig
-from scredge.contract import CONFIG_FILE
+from scredge.contract import CONFIG_FILE, HF_SCR_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.hf_config import llama_config
@@ -56,7 +56,7 @@ def read_safetensors(folder: Path) -> dict:
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     else:
-        files = [p.name for p in sorted(folder.glob("*.safetensors"))]
+        files = [p.name for p in sorted(folder.glob("*.safetensors")) if p.name != HF_SCR_FILE]
     if not files:
         raise ScredgeError("no safetensors weights in the Hugging Face folder",
                            received=str(folder),
@@ -72,14 +72,37 @@ def hf_config_and_tokenizer(folder: Path, scr_layers: tuple[int, ...] | None
     """The folder's config.json, its SCRConfig and tokenizer files, all checked, before any
     weight is read."""
     hf = read_hf_config(folder)
-    config = llama_config(hf, scr_layers)
+    config = scr_file_config(folder, llama_config(hf, scr_layers), scr_layers)
     return hf, config, find_tokenizer(folder, hf, config.vocab_size)
+
+
+def scr_file_config(folder: Path, config: SCRConfig,
+                    scr_layers: tuple[int, ...] | None) -> SCRConfig:
+    """The config of a `scredge export-hf` folder's SCR layers (HF_SCR_FILE), its base
+    checked against config.json's; `config` itself without the file."""
+    from scredge.ref.checkpoint import read_config
+
+    path = Path(folder) / HF_SCR_FILE
+    if not path.is_file():
+        return config
+    saved = read_config(path)
+    if saved is None or saved.with_(scr_layers=(), kappa=config.kappa) != config.with_(
+            scr_layers=()):
+        raise ScredgeError(f"{HF_SCR_FILE} does not belong to this config.json",
+                           received=str(path), expected="the file export-hf wrote with it",
+                           fix=f"remove {HF_SCR_FILE} to retrofit fresh SCR layers")
+    if scr_layers is not None and scr_layers != saved.scr_layers:
+        raise ScredgeError(f"--scr-layers differs from the SCR layers in {HF_SCR_FILE}",
+                           received=list(scr_layers), expected=list(saved.scr_layers),
+                           fix="drop --scr-layers; the file fixes them")
+    return saved
 
 
 def load_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
                seed: int = 0) -> HFModel:
     """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto the weights of a
-    local Llama, Mistral or Qwen2 folder; `scr_layers` None = every layer."""
+    local Llama, Mistral or Qwen2 folder; `scr_layers` None = every layer. A folder written
+    by `scredge export-hf` gets its own trained SCR layers back (HF_SCR_FILE)."""
     from scredge.ref.checkpoint import check_tensor_names_and_shapes
     from scredge.ref.model import build_model
 
@@ -94,11 +117,18 @@ def load_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
     expected = {k: s for k, s in config.parameter_shapes().items() if ".scr." not in k}
     check_tensor_names_and_shapes({k: tuple(v.shape) for k, v in tensors.items()}, expected,
                                   f"Hugging Face weights in {folder}")
+    scr_tensors = {}
+    if (folder / HF_SCR_FILE).is_file():
+        scr_tensors = require("safetensors.torch").load_file(str(folder / HF_SCR_FILE))
+        check_tensor_names_and_shapes(
+            {k: tuple(v.shape) for k, v in scr_tensors.items()},
+            {k: s for k, s in config.parameter_shapes().items() if ".scr." in k},
+            f"{folder / HF_SCR_FILE}")
     with torch.no_grad():
         params = dict(model.named_parameters())
-        for name, value in tensors.items():
+        for name, value in (tensors | scr_tensors).items():
             params[name].copy_(value.to(torch.float32))
+    scr = {"scr_file": HF_SCR_FILE} if scr_tensors else {"scr_seed": seed, "gamma_init": 0.0}
     return HFModel(model, {"kind": "huggingface", "folder": str(folder),
                            "architectures": hf.get("architectures"),
-                           "model_type": hf.get("model_type"),
-                           "scr_seed": seed, "gamma_init": 0.0}, tokenizer)
+                           "model_type": hf.get("model_type"), **scr}, tokenizer)

@@ -10,7 +10,8 @@ import pytest
 from scredge.cli import build_parser, main
 from scredge.config import SCRConfig
 
-WORKING = {"info", "init", "export", "generate", "build", "parity", "bench", "train", "serve"}
+WORKING = {"info", "init", "export", "export-hf", "generate", "build", "parity", "bench", "train",
+           "serve"}
 
 
 def test_help_lists_only_working_subcommands(capsys):
