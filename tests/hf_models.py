@@ -93,6 +93,31 @@ def build_model(variant: str, vocab_size: int, seed: int = 0, std: float = 0.1,
     return model
 
 
+def save_family(folder, family: str, seed: int = 0, **overrides):
+    """A tiny random model of one family (`llama`, `mistral`, `qwen2`; vocabulary 300, biases
+    random too), saved with save_pretrained; returns the model in eval mode."""
+    import torch
+    import transformers
+
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }[family]
+    cfg = config_cls(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                     max_position_embeddings=256, rope_theta=500.0,
+                     **copy.deepcopy(overrides))  # transformers edits rope dicts in place
+    torch.manual_seed(seed)
+    model = model_cls(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.5)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
 def hf_greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
     """transformers' own greedy generate: the new ids (eos included when it stopped)."""
     import torch

@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+from hf_models import save_family
 
 from scredge.cli import main
 from scredge.contract import HF_EXPORT_RECORD, HF_README_FILE, HF_SCR_FILE, WEIGHTS_FILE
@@ -26,25 +27,6 @@ POS = torch.arange(40).expand(2, 40)
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}
-
-
-def save_family(folder, family, **overrides):
-    """A tiny random model of one family (biases random too), saved with save_pretrained."""
-    kinds = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-             "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}
-    config_cls, model_cls = kinds[family]
-    cfg = config_cls(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
-                     max_position_embeddings=256, rope_theta=500.0, **overrides)
-    torch.manual_seed(0)
-    model = model_cls(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.5)
-    model.save_pretrained(folder)
-    return model
 
 
 def hf_logits(folder_or_model):

@@ -5,12 +5,12 @@ tests/runtime/test_hf_generate.py, which exports them once.)"""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 
 import pytest
 import torch
+from hf_models import save_family
 
 from scredge.errors import ScredgeError
 from scredge.export.sources import from_llama
@@ -72,26 +72,6 @@ def test_missing_weights_and_folder(tmp_path):
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 64}
-
-
-def save_family(folder, family, seed=0, **overrides):
-    """A tiny random model of one family, saved with save_pretrained; biases random."""
-    kinds = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-             "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}
-    config_cls, model_cls = kinds[family]
-    cfg = config_cls(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
-                     max_position_embeddings=256, rope_theta=500.0,
-                     **copy.deepcopy(overrides))  # transformers edits rope dicts in place
-    torch.manual_seed(seed)
-    model = model_cls(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.5)
-    model.save_pretrained(folder, safe_serialization=True)
-    return model
 
 
 def reference_logits_match(folder, hf):
