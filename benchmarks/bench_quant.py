@@ -77,14 +77,50 @@ def make_llama(folder: Path) -> Path:
 
 def export(model: str, variant: str, root: Path) -> Path:
     out = root / f"{model}-{variant}"
+    refused = root / f"{model}-{variant}.refused"  # the export's verdict, kept for reruns
     if (out / "manifest.json").is_file():
         return out
+    if refused.is_file():
+        raise subprocess.CalledProcessError(2, "scredge export", refused.read_text())
     source = (["--from-llama", str(make_llama(root / "llama-hf"))] if model == "llama"
               else ["--preset", model])
     cmd = [sys.executable, "-m", "scredge", "export", *source, *VARIANTS[variant],
            "--out", str(out), "--force"]
     print(" ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print(proc.stdout[-2000:], proc.stderr[-2000:], sep="", flush=True)
+    if proc.returncode == 2:  # refused by the quantized tier: nothing written
+        refused.write_text(proc.stderr)
+    proc.check_returncode()
+    return out
+
+
+def speed_only(model: str, variant: str, root: Path) -> Path:
+    """For a variant the quantized tier refused (seeded, untrained weights give near-ties
+    that int4 noise flips): the same onnxruntime-form graph, made by the same library
+    function from the float32 artifact's graph, NOT an artifact (no tier, no manifest), so
+    its speed can still be measured. The table marks it."""
+    import onnx
+
+    from scredge.export.quantize import (
+        QuantSpec,
+        materialize_tied_head,
+        quantize_ort,
+        weight_matmuls,
+    )
+
+    out = root / f"{model}-{variant}-speed-only"
+    graph = out / "model.onnx"
+    if not graph.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        proto = onnx.load(str(root / f"{model}-float32" / "model.onnx"))
+        materialize_tied_head(proto)
+        flags = dict(zip(VARIANTS[variant][::2], VARIANTS[variant][1::2]))
+        spec = QuantSpec.parse(flags["--quantize"], None, flags.get("--quant-method"))
+        onnx.save(quantize_ort(proto, spec, weight_matmuls(proto)), str(graph))
+        (out / "speed_only.json").write_text(json.dumps(
+            {"float_artifact": str(root / f"{model}-float32"), "graph": graph.name,
+             "spec": f"int{spec.bits} {spec.method} block {spec.block_size}"}))
     return out
 
 
@@ -107,7 +143,9 @@ def build_genai(precision: str, root: Path, threads: int) -> Path:
 
 def graph_bytes(folder: Path) -> int:
     """Bytes of the onnxruntime graph (and its external data) a runtime loads."""
-    if (folder / "genai_config.json").is_file():
+    if (folder / "speed_only.json").is_file():
+        name = "model.onnx"
+    elif (folder / "genai_config.json").is_file():
         name = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"][
             "filename"]
     else:
@@ -127,13 +165,25 @@ def _result(steps: list[float], tokens: int) -> dict:
 def worker(folder: Path, prompt: int, tokens: int, threads: int) -> dict:
     """scredge's runtime: its own generation loop (greedy sampler included), as `scredge
     bench` times it."""
-    from scredge.bench.latency import bench
-    from scredge.runtime.loaders import load_ort, open_artifact
+    import numpy as np
 
-    artifact = open_artifact(folder)
-    runner = load_ort(artifact, device="cpu", threads=threads)
+    from scredge.bench.latency import bench
+    from scredge.runtime.loaders import load_ort, open_artifact, ort_session
+    from scredge.runtime.runners.ort_runner import OrtRunner
+
+    marker = folder / "speed_only.json"
+    if marker.is_file():  # a refused variant's graph: the float artifact's config
+        meta = json.loads(marker.read_text())
+        artifact = open_artifact(Path(meta["float_artifact"]))
+        runner = OrtRunner(ort_session(folder / meta["graph"], "cpu", threads=threads),
+                           artifact.config, np.float32)
+        precision = meta["spec"] + " (speed only: refused by the tier)"
+    else:
+        artifact = open_artifact(folder)
+        runner = load_ort(artifact, device="cpu", threads=threads)
+        precision = artifact.precision
     r = bench(runner, prompt_len=prompt, gen_len=tokens, batch=1, warmup=1, repeat=1)
-    return {**_result(r["samples"]["itl_s"], tokens), "precision": artifact.precision}
+    return {**_result(r["samples"]["itl_s"], tokens), "precision": precision}
 
 
 def genai_worker(folder: Path, prompt: int, tokens: int, threads: int) -> dict:
@@ -177,7 +227,7 @@ def table(model: str, rows: dict, args) -> list[str]:
              f"tokens, {args.threads} intra-op thread(s), median of {args.repeat} alternating "
              f"processes"]
     for v, row in rows.items():
-        goal = GOALS.get(v)
+        goal = GOALS.get(v.split()[0])
         verdict = "" if goal is None else (
             f"  goal >= {goal}x: {'met' if row['ratio'] >= goal else 'MISSED'}")
         if "vs_genai_int4" in row:
@@ -199,8 +249,13 @@ def run(args) -> dict:
             try:
                 folders[v] = export(model, v, root)
             except subprocess.CalledProcessError:  # refused at export (missed its tier)
-                print(f"  {model} {v}: refused at export, not measured", flush=True)
                 report.setdefault("refused", []).append(f"{model} {v}")
+                if args.speed_only and v != "float32":
+                    print(f"  {model} {v}: refused at export; its graph is measured for "
+                          "speed only", flush=True)
+                    folders[v + " (speed only)"] = speed_only(model, v, root)
+                else:
+                    print(f"  {model} {v}: refused at export, not measured", flush=True)
         if model == "llama":
             for p in args.genai:
                 folders[f"genai-{p}"] = build_genai(p, root, args.threads)
@@ -245,6 +300,8 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--artifacts", type=Path, help="export into (and reuse) this folder")
+    p.add_argument("--speed-only", action="store_true",
+                   help="measure a refused variant's graph anyway (marked; not an artifact)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
