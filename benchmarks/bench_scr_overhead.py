@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scredge.errors import ScredgeError
+
 GOALS = {"tiny": 1.15, "small": 1.10}
 PREFILL_GOAL = 1.15
 REPO = Path(__file__).resolve().parents[1]
@@ -191,7 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name in (["config"] if args.config else args.presets):
         for q in args.quantize or [None]:
             key = name if q is None else f"{name}-{q}"
-            pair = ensure_pair(name, root, args.config, q)
+            try:
+                pair = ensure_pair(name, root, args.config, q)
+            except ScredgeError as exc:  # e.g. a quantized export the tier refused
+                print(f"{key}: not measured: {exc}".splitlines()[0], flush=True)
+                results[key] = {"refused": str(exc)}
+                continue
             results[key] = compare(pair, args)
             print("\n".join(report_lines(key, results[key], args.rounds)), flush=True)
     if args.json:
