@@ -34,7 +34,25 @@ def twin_without_scr(folder: Path, out: Path) -> Path:
     plain = SCRForCausalLM(artifact.config.with_(scr_layers=()))
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".scr." not in k})
     return export_artifact(plain.eval(), out, dtype=artifact.dtype,
+                           quantize=twin_quantization(artifact.quantization, folder),
                            source={"kind": "scr-overhead twin", "of": str(folder)})
+
+
+def twin_quantization(section: dict, folder: Path):
+    """The QuantSpec that quantized `folder` (config.json's `quantization`), so the twin's
+    matrices are quantized the same way (round-to-nearest and hqq are deterministic: the
+    shared matrices come out identical); None for a float artifact."""
+    from scredge.export.quantize import QuantSpec
+
+    if not section:
+        return None
+    if section.get("method") not in ("rtn", "hqq"):
+        raise ScredgeError("the SCR-free twin cannot repeat this quantization",
+                           received=f"{folder}: method {section.get('method')}",
+                           expected="an artifact quantized with rtn or hqq",
+                           fix="measure the SCR overhead on an rtn export of the same model "
+                               "(the calibration text of gptq is not stored in the artifact)")
+    return QuantSpec(int(section["bits"]), int(section["block_size"]), section["method"])
 
 
 def _bench_folder(folder: str, settings: dict) -> dict:

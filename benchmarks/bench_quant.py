@@ -1,27 +1,41 @@
-"""Decode speed of weight-only int8 / int4 artifacts against float32, same run, same machine.
+"""Decode speed of weight-only int8 / int4 artifacts against float32, and against
+onnxruntime-genai's own int4 build of the same Llama, in one run on one machine.
 
-For each model (the `small` preset, and a Llama of D 512, L 8 built locally with
-`transformers`), export float32, int8 and int4 artifacts (`scredge export [--quantize]`, each
-verified at export), then measure onnxruntime decode tokens/s in alternating child
-processes (f32, int8, int4, f32, int8, int4, ...: drift and neighbours hit all alike),
-medians over repeats, batch 1, and the ratios to float32. Each child reports its peak RSS;
-each artifact its onnxruntime graph size on disk.
+Models: the `small` preset, and a Llama of D 512, L 8 (~25M parameters: 8 / 4 heads,
+d_ff 1376, a 2,048-token byte-level BPE trained here with `tokenizers` on our prose corpus)
+built locally with `transformers` (seeded, untrained). scredge variants are exported with
+`scredge export [--quantize ...]` (each verified at export; a variant refused by the
+quantized tier is reported, not measured); the Llama's are `--from-llama`. onnxruntime-genai
+(`pip install 'scredge[bench]'`) builds its own int4 / float32 graphs from the same Hugging
+Face folder (`python -m onnxruntime_genai.models.builder -i HF -p int4 -e cpu`, its defaults:
+block 32, accuracy_level 4, RTN) and decodes through its own loop (og.Generator).
 
-Goals (issue 16): int8 >= 1.8x and int4 >= 3x float32 decode tokens/s.
+Measurement: every sample is a child process (one model in memory), the variants
+alternate round after round (drift and neighbours hit all alike), batch 1, greedy, the same
+random prompt of `--prompt` ids, `--tokens` generated ids, the same onnxruntime intra-op
+thread count for every variant (`--threads`, default 1; genai's via its genai_config.json
+session options). Decode tokens/s = 1 / median time of one generate step (the first token,
+which follows the prompt, is excluded), per process; the table gives medians over rounds,
+ratios to scredge float32 of the same model, each process's peak RSS (VmHWM) and the
+onnxruntime graph's bytes on disk (external data included).
+
+Goals (issue 16): int8 >= 1.8x and int4 >= 3x float32; scredge int4 >= genai int4.
 
 Usage: python benchmarks/bench_quant.py [--models small llama] [--repeat 5] [--tokens 128]
-       [--prompt 16] [--threads N] [--artifacts DIR] [--json PATH]
-       python benchmarks/bench_quant.py --worker FOLDER ...   (one measurement; internal)
+       [--prompt 16] [--threads 1] [--variants ...] [--genai int4 fp32] [--artifacts DIR]
+       [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 GOALS = {"int8": 1.8, "int4": 3.0, "int4-hqq": 3.0}
@@ -29,74 +43,222 @@ VARIANTS = {"float32": [], "int8": ["--quantize", "int8"], "int4": ["--quantize"
             "int4-hqq": ["--quantize", "int4", "--quant-method", "hqq"]}
 LLAMA = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
              num_key_value_heads=4, intermediate_size=1376, vocab_size=2048,
-             max_position_embeddings=4096)
+             max_position_embeddings=4096, tie_word_embeddings=False)
+BOS, EOS = "<|endoftext|>", "<|im_end|>"
 
 
 def make_llama(folder: Path) -> Path:
-    """A randomly initialised Llama of the issue's shape (D 512, L 8), saved locally."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if (folder / "config.json").is_file():
+    """A seeded Llama of the issue's shape (D 512, L 8) and its BPE tokenizer, saved by
+    transformers (genai's builder reads tokenizer.json, scredge --from-llama too)."""
+    if (folder / "tokenizer.json").is_file():
         return folder
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from scredge.ref.corpus import prose_corpus
+
+    text = prose_corpus()[:200_000].decode("utf-8", errors="ignore")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text.split("\n\n"), trainers.BpeTrainer(
+        vocab_size=LLAMA["vocab_size"], special_tokens=[BOS, EOS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS,
+                                                eos_token=EOS, pad_token=BOS)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**LLAMA, tie_word_embeddings=False))
-    model.save_pretrained(folder, safe_serialization=True)
+    cfg = transformers.LlamaConfig(**LLAMA, bos_token_id=fast.bos_token_id,
+                                   eos_token_id=fast.eos_token_id)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
     return folder
 
 
 def export(model: str, variant: str, root: Path) -> Path:
     out = root / f"{model}-{variant}"
+    refused = root / f"{model}-{variant}.refused"  # the export's verdict, kept for reruns
     if (out / "manifest.json").is_file():
         return out
+    if refused.is_file():
+        raise subprocess.CalledProcessError(2, "scredge export", refused.read_text())
     source = (["--from-llama", str(make_llama(root / "llama-hf"))] if model == "llama"
               else ["--preset", model])
     cmd = [sys.executable, "-m", "scredge", "export", *source, *VARIANTS[variant],
            "--out", str(out), "--force"]
     print(" ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print(proc.stdout[-2000:], proc.stderr[-2000:], sep="", flush=True)
+    if proc.returncode == 2:  # refused by the quantized tier: nothing written
+        refused.write_text(proc.stderr)
+    proc.check_returncode()
+    return out
+
+
+def speed_only(model: str, variant: str, root: Path) -> Path:
+    """For a variant the quantized tier refused (seeded, untrained weights give near-ties
+    that int4 noise flips): the same onnxruntime-form graph, made by the same library
+    function from the float32 artifact's graph, NOT an artifact (no tier, no manifest), so
+    its speed can still be measured. The table marks it."""
+    import onnx
+
+    from scredge.export.quantize import (
+        QuantSpec,
+        materialize_tied_head,
+        quantize_ort,
+        weight_matmuls,
+    )
+
+    out = root / f"{model}-{variant}-speed-only"
+    graph = out / "model.onnx"
+    if not graph.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        proto = onnx.load(str(root / f"{model}-float32" / "model.onnx"))
+        materialize_tied_head(proto)
+        flags = dict(zip(VARIANTS[variant][::2], VARIANTS[variant][1::2]))
+        spec = QuantSpec.parse(flags["--quantize"], None, flags.get("--quant-method"))
+        onnx.save(quantize_ort(proto, spec, weight_matmuls(proto)), str(graph))
+        (out / "speed_only.json").write_text(json.dumps(
+            {"float_artifact": str(root / f"{model}-float32"), "graph": graph.name,
+             "spec": f"int{spec.bits} {spec.method} block {spec.block_size}"}))
+    return out
+
+
+def build_genai(precision: str, root: Path, threads: int) -> Path:
+    """onnxruntime-genai's builder on the same Hugging Face folder, its CPU defaults; then
+    its session options get the run's thread count."""
+    out = root / f"genai-{precision}"
+    if not (out / "genai_config.json").is_file():
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder",
+               "-i", str(make_llama(root / "llama-hf")), "-o", str(out), "-p", precision,
+               "-e", "cpu", "-c", str(root / "genai-cache")]
+        print(" ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True)
+    cfg_path = out / "genai_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+    cfg_path.write_text(json.dumps(cfg, indent=4))
     return out
 
 
 def graph_bytes(folder: Path) -> int:
     """Bytes of the onnxruntime graph (and its external data) a runtime loads."""
-    from scredge.runtime.loaders import open_artifact
+    if (folder / "speed_only.json").is_file():
+        name = "model.onnx"
+    elif (folder / "genai_config.json").is_file():
+        name = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"][
+            "filename"]
+    else:
+        from scredge.runtime.loaders import open_artifact
 
-    name = open_artifact(folder).graph_file("ort")
+        name = open_artifact(folder).graph_file("ort")
     return sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith(name))
 
 
-def worker(folder: Path, prompt: int, tokens: int, threads: int | None) -> dict:
-    from scredge.runtime import bench as b
-    from scredge.runtime.loaders import load_ort, open_artifact
+def _result(steps: list[float], tokens: int) -> dict:
+    from scredge.bench.latency import peak_rss_mib
 
-    artifact = open_artifact(folder)
-    runner = load_ort(artifact, device="cpu", threads=threads)
-    r = b.bench(runner, prompt_len=prompt, gen_len=tokens, batch=1, warmup=1, repeat=1)
-    return {"precision": artifact.precision, "decode_tokens_per_s": r["decode_tokens_per_s"],
-            "peak_rss_mib": r["peak_rss_mib"]}
+    return {"decode_tokens_per_s": 1.0 / statistics.median(steps), "steps": len(steps),
+            "expected_steps": tokens - 1, "peak_rss_mib": peak_rss_mib()}
+
+
+def worker(folder: Path, prompt: int, tokens: int, threads: int) -> dict:
+    """scredge's runtime: its own generation loop (greedy sampler included), as `scredge
+    bench` times it."""
+    import numpy as np
+
+    from scredge.bench.latency import bench
+    from scredge.runtime.loaders import load_ort, open_artifact, ort_session
+    from scredge.runtime.runners.ort_runner import OrtRunner
+
+    marker = folder / "speed_only.json"
+    if marker.is_file():  # a refused variant's graph: the float artifact's config
+        meta = json.loads(marker.read_text())
+        artifact = open_artifact(Path(meta["float_artifact"]))
+        runner = OrtRunner(ort_session(folder / meta["graph"], "cpu", threads=threads),
+                           artifact.config, np.float32)
+        precision = meta["spec"] + " (speed only: refused by the tier)"
+    else:
+        artifact = open_artifact(folder)
+        runner = load_ort(artifact, device="cpu", threads=threads)
+        precision = artifact.precision
+    r = bench(runner, prompt_len=prompt, gen_len=tokens, batch=1, warmup=1, repeat=1)
+    return {**_result(r["samples"]["itl_s"], tokens), "precision": precision}
+
+
+def genai_worker(folder: Path, prompt: int, tokens: int, threads: int) -> dict:
+    """onnxruntime-genai's loop: append the prompt, then generate_next_token per token
+    (each call runs the model on the previous token and picks greedily)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    vocab = json.loads((folder / "genai_config.json").read_text())["model"]["vocab_size"]
+    rng = np.random.default_rng(0)
+    steps: list[float] = []
+    for r in range(2):  # a warm-up generation, then the measured one
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=prompt + tokens, min_length=prompt + tokens,
+                                  do_sample=False, batch_size=1)
+        gen = og.Generator(model, params)
+        gen.append_tokens(rng.integers(0, vocab, size=(1, prompt), dtype=np.int32))
+        gen.generate_next_token()  # picks from the prompt's logits: TTFT, not decode
+        times = []
+        while not gen.is_done():
+            t = time.perf_counter()
+            gen.generate_next_token()
+            times.append(time.perf_counter() - t)
+        steps = times if r else steps
+        del gen
+    return {**_result(steps, tokens), "precision": "genai"}
 
 
 def measure(folder: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(folder), "--prompt", str(args.prompt),
-           "--tokens", str(args.tokens)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+           "--tokens", str(args.tokens), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"worker failed on {folder}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(model: str, rows: dict, args) -> list[str]:
+    lines = [f"\n{model}: decode tokens/s, batch 1, prompt {args.prompt}, {args.tokens} new "
+             f"tokens, {args.threads} intra-op thread(s), median of {args.repeat} alternating "
+             f"processes"]
+    for v, row in rows.items():
+        goal = GOALS.get(v.split()[0])
+        verdict = "" if goal is None else (
+            f"  goal >= {goal}x: {'met' if row['ratio'] >= goal else 'MISSED'}")
+        if "vs_genai_int4" in row:
+            verdict += f"  vs genai int4 {row['vs_genai_int4']:.2f}x"
+        lines.append(f"  {v:14s} {row['decode_tokens_per_s']:9.1f} tok/s  {row['ratio']:5.2f}x"
+                     f"  (samples {', '.join(f'{s:.0f}' for s in row['samples'])})"
+                     f"  peak RSS {row['peak_rss_mib']:6.0f} MiB  graph "
+                     f"{row['graph_mib']:7.1f} MiB{verdict}")
+    return lines
 
 
 def run(args) -> dict:
     root = Path(args.artifacts or tempfile.mkdtemp(prefix="bench_quant-"))
     root.mkdir(parents=True, exist_ok=True)
-    report = {}
+    report = {"load_before": os.getloadavg()}
     for model in args.models:
         folders = {}
         for v in args.variants:
             try:
                 folders[v] = export(model, v, root)
             except subprocess.CalledProcessError:  # refused at export (missed its tier)
-                print(f"  {model} {v}: refused at export, not measured", flush=True)
+                report.setdefault("refused", []).append(f"{model} {v}")
+                if args.speed_only and v != "float32":
+                    print(f"  {model} {v}: refused at export; its graph is measured for "
+                          "speed only", flush=True)
+                    folders[v + " (speed only)"] = speed_only(model, v, root)
+                else:
+                    print(f"  {model} {v}: refused at export, not measured", flush=True)
+        if model == "llama":
+            for p in args.genai:
+                folders[f"genai-{p}"] = build_genai(p, root, args.threads)
         if "float32" not in folders:
             continue
         samples: dict[str, list[dict]] = {v: [] for v in folders}
@@ -105,21 +267,23 @@ def run(args) -> dict:
                 samples[v].append(measure(folder, args))
         rows = {}
         for v, runs in samples.items():
-            tps = statistics.median(r["decode_tokens_per_s"] for r in runs)
-            rows[v] = {"decode_tokens_per_s": tps, "precision": runs[0]["precision"],
+            tps = [r["decode_tokens_per_s"] for r in runs]
+            rows[v] = {"decode_tokens_per_s": statistics.median(tps), "samples": tps,
+                       "precision": runs[0]["precision"],
+                       "steps": [r["steps"] for r in runs],
                        "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
                        "graph_mib": graph_bytes(folders[v]) / 2**20}
         base = rows["float32"]["decode_tokens_per_s"]
-        print(f"\n{model}: decode tokens/s, batch 1, median of {args.repeat} alternating runs")
+        genai4 = rows.get("genai-int4", {}).get("decode_tokens_per_s")
         for v, row in rows.items():
             row["ratio"] = row["decode_tokens_per_s"] / base
-            goal = GOALS.get(v)
-            verdict = "" if goal is None else (
-                f"  goal >= {goal}x: {'met' if row['ratio'] >= goal else 'MISSED'}")
-            print(f"  {v:8s} {row['decode_tokens_per_s']:9.1f} tok/s  {row['ratio']:5.2f}x  "
-                  f"peak RSS {row['peak_rss_mib']:6.0f} MiB  graph {row['graph_mib']:7.1f} MiB"
-                  f"{verdict}")
+            if genai4 and v.startswith("int4"):
+                row["vs_genai_int4"] = row["decode_tokens_per_s"] / genai4
+        print("\n".join(table(model, rows, args)), flush=True)
         report[model] = rows
+    report["load_after"] = os.getloadavg()
+    print(f"\nload average (1, 5, 15 min) before {report['load_before']}, after "
+          f"{report['load_after']}: a shared 2-core machine", flush=True)
     return report
 
 
@@ -129,16 +293,21 @@ def main() -> None:
                    choices=["tiny", "small", "llama"])
     p.add_argument("--variants", nargs="+", default=["float32", "int8", "int4"],
                    choices=list(VARIANTS), help="float32 first: the baseline")
+    p.add_argument("--genai", nargs="*", default=["int4", "fp32"], choices=["int4", "fp32"],
+                   help="onnxruntime-genai builds of the Llama to measure (none: skip)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--tokens", type=int, default=128, help="decode tokens per run")
     p.add_argument("--prompt", type=int, default=16)
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--artifacts", type=Path, help="export into (and reuse) this folder")
+    p.add_argument("--speed-only", action="store_true",
+                   help="measure a refused variant's graph anyway (marked; not an artifact)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.prompt, args.tokens, args.threads)))
+        fn = genai_worker if (args.worker / "genai_config.json").is_file() else worker
+        print(json.dumps(fn(args.worker, args.prompt, args.tokens, args.threads)))
         return
     report = run(args)
     if args.json:

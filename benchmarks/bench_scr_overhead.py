@@ -10,9 +10,14 @@ tenants of a shared machine disturb least. Ratios are medians over rounds.
 Goals (issue 17): decode with SCR <= 1.10x without on `small`, <= 1.15x on `tiny`;
 prefill (256 tokens) <= 1.15x.
 
+With `--quantize int8|int4` both models are weight-only quantized artifacts (SCR_SPEC
+section 4, round-to-nearest, block 32; SCR's `proj` is quantized too), each verified by the
+quantized tier at export.
+
 Usage: python benchmarks/bench_scr_overhead.py [--presets tiny small] [--rounds 7]
        [--steps 64] [--prompt 64] [--prefill 256] [--threads 1] [--artifacts DIR]
        [--config FILE]   (a config JSON instead of the presets, seeded weights)
+       [--quantize int8 int4]  (one pair per precision; float32 when not given)
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from scredge.errors import ScredgeError
 
 GOALS = {"tiny": 1.15, "small": 1.10}
 PREFILL_GOAL = 1.15
@@ -46,27 +53,48 @@ def _stale(folder: Path) -> bool:
     return any(f.stat().st_mtime > (folder / "model.onnx").stat().st_mtime for f in sources)
 
 
-def ensure_pair(name: str, root: Path, config: Path | None = None) -> Pair:
+def shipped_with_scr_everywhere(name: str):
+    """The shipped checkpoint `name` when there is one with SCR on every layer, else None."""
+    from scredge.errors import ScredgeError
+    from scredge.export.sources import from_pretrained
+
+    try:
+        src = from_pretrained(name)
+    except ScredgeError:  # no shipped checkpoint of that name
+        return None
+    c = src.model.config
+    return src if tuple(c.scr_layers) == tuple(range(c.n_layers)) else None
+
+
+def ensure_pair(name: str, root: Path, config: Path | None = None,
+                quantize: str | None = None) -> Pair:
     """Export preset `name` (or `config`) with SCR on every layer, seed 0, and its twin
-    without SCR under `root`, unless they are already there (a stale pair is reused with a
-    warning: delete it to re-export)."""
+    without SCR under `root` (both `quantize`d when given), unless they are already there
+    (a stale pair is reused with a warning: delete it to re-export)."""
     import shutil
 
     from scredge.bench.scr_overhead import twin_without_scr
     from scredge.config import SCRConfig
     from scredge.export.pipeline import export_artifact
+    from scredge.export.quantize import QuantSpec
     from scredge.export.sources import from_config
 
-    pair = Pair(root / name, root / f"{name}-noscr")
+    stem = name if quantize is None else f"{name}-{quantize}"
+    pair = Pair(root / stem, root / f"{stem}-noscr")
     if pair.scr.exists() and pair.plain.exists():
         if _stale(pair.scr):
             print(f"warning: {pair.scr} was exported before the last change to the exporter "
                   f"or the reference model; delete it to re-export", flush=True)
         return pair
     c = SCRConfig.load(config) if config else SCRConfig.preset(name)
-    src = from_config(c, 0, tuple(range(c.n_layers)), {"kind": "bench", "name": name})
+    # quantized: seeded weights give near-ties that int4 noise flips (refused by the tier);
+    # a shipped checkpoint of the preset's shape with SCR on every layer passes
+    src = (shipped_with_scr_everywhere(name) if quantize is not None and not config
+           else None) or from_config(c, 0, tuple(range(c.n_layers)),
+                                     {"kind": "bench", "name": name})
     root.mkdir(parents=True, exist_ok=True)
-    export_artifact(src.model, pair.scr, source=src.description, force=True)
+    spec = None if quantize is None else QuantSpec.parse(quantize, None, None)
+    export_artifact(src.model, pair.scr, source=src.description, force=True, quantize=spec)
     shutil.rmtree(pair.plain, ignore_errors=True)
     twin_without_scr(pair.scr, pair.plain)
     return pair
@@ -130,7 +158,7 @@ def compare(pair: Pair, args) -> dict:
 
 
 def report_lines(name: str, result: dict, rounds: int) -> list[str]:
-    goal = GOALS.get(name)
+    goal = GOALS.get(name.split("-")[0])
     lines = [f"{name}: median of {rounds} alternating rounds, each a separate process"]
     for m in METRICS:
         r = result[m]
@@ -151,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prefill", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--artifacts", type=Path, default=None)
+    ap.add_argument("--quantize", nargs="+", default=None, choices=["int8", "int4"],
+                    help="weight-only quantized pairs (rtn, block 32)")
     ap.add_argument("--json", type=Path, default=None, help="also write every sample here")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -161,9 +191,16 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.artifacts or Path(tempfile.mkdtemp(prefix="scredge-scr-overhead-"))
     results = {}
     for name in (["config"] if args.config else args.presets):
-        pair = ensure_pair(name, root, args.config)
-        results[name] = compare(pair, args)
-        print("\n".join(report_lines(name, results[name], args.rounds)), flush=True)
+        for q in args.quantize or [None]:
+            key = name if q is None else f"{name}-{q}"
+            try:
+                pair = ensure_pair(name, root, args.config, q)
+            except ScredgeError as exc:  # e.g. a quantized export the tier refused
+                print(f"{key}: not measured: {exc}".splitlines()[0], flush=True)
+                results[key] = {"refused": str(exc)}
+                continue
+            results[key] = compare(pair, args)
+            print("\n".join(report_lines(key, results[key], args.rounds)), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results
