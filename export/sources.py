@@ -83,6 +83,15 @@ def from_pretrained(name: str) -> ModelSource:
                                "command": info["command"]})
 
 
+def _refuse_config_options(flag: str, source: str, **given) -> None:
+    """A source that fixes its own config takes no --config, --weights or --scr-layers."""
+    extra = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if extra:
+        raise ScredgeError(f"{flag} takes no --config, --weights or --scr-layers",
+                           received=f"{flag} with {', '.join(extra)}",
+                           fix=f"drop {', '.join(extra)}: {source} fixes its own config")
+
+
 def select_source(*, preset: str = "tiny", pretrained: str | None = None,
                   llama: Path | None = None, run: Path | None = None,
                   config: Path | None = None,
@@ -93,16 +102,12 @@ def select_source(*, preset: str = "tiny", pretrained: str | None = None,
     config), config, preset; `scr_layers` is the --scr-layers text."""
     parse_scr_layers(scr_layers, None)  # its syntax, before anything is loaded
     if run is not None:
-        if scr_layers is not None or weights is not None or config is not None:
-            raise ScredgeError("--from-run takes no --config, --weights or --scr-layers",
-                               received="--from-run with one of them",
-                               fix="drop them: the run's checkpoint fixes its own config")
+        _refuse_config_options("--from-run", "the run's checkpoint", config=config,
+                               weights=weights, scr_layers=scr_layers)
         return from_run(run)
     if pretrained is not None:
-        if scr_layers is not None or weights is not None or config is not None:
-            raise ScredgeError("--pretrained takes no --config, --weights or --scr-layers",
-                               received="--pretrained with one of them",
-                               fix="drop them: the shipped checkpoint fixes its own config")
+        _refuse_config_options("--pretrained", "the shipped checkpoint", config=config,
+                               weights=weights, scr_layers=scr_layers)
         return from_pretrained(pretrained)
     if llama is not None:
         return from_llama(llama, parse_scr_layers(scr_layers, None), seed=seed)

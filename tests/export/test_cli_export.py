@@ -4,6 +4,7 @@ and loads back; every refusal exits 2 with the project's message and writes noth
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,15 @@ def test_bad_checkpoint_writes_nothing(tmp_path, micro_config, capsys):
     assert main(["export", "--config", str(micro_config), "--out",
                  str(tmp_path / "existing")]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", [{"pretrained": "tiny"}, {"run": Path("runs/x")}])
+def test_sources_with_their_own_config_name_the_options_they_refuse(source):
+    """Oracle: the options given. A shipped checkpoint or a run fixes its own config, so
+    each extra option is named in the refusal, before anything is loaded."""
+    from scredge.errors import ScredgeError
+    from scredge.export.sources import select_source
+
+    with pytest.raises(ScredgeError) as err:
+        select_source(**source, scr_layers="all", weights=Path("w.safetensors"))
+    assert err.value.received.endswith("with --weights, --scr-layers")
