@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scredge.artifact import sha256_file
 from scredge.config import SCRConfig
 from scredge.contract import TOKENIZER_FILE, TOKENIZER_KEY, WEIGHTS_FILE
 from scredge.deps import require
@@ -127,8 +128,8 @@ def _from_hf(folder: Path, scr_layers, seed: int) -> InitSource:
 
     hf = load_llama(folder, scr_layers, seed)
     state = {k: v.detach().clone() for k, v in hf.model.state_dict().items()}
-    desc = dict(hf.description, folder=str(folder.absolute()), weights_sha256=_weights_sha(
-        sorted(folder.glob("*.safetensors"))))
+    desc = dict(hf.description, folder=str(folder.absolute()), weights_sha256=sha256_file(
+        *sorted(folder.glob("*.safetensors"))))
     return InitSource(hf.model.config, state, desc, hf.tokenizer, hf=True)
 
 
@@ -150,13 +151,15 @@ def _from_checkpoint(weights: Path, scr_layers, seed: int) -> InitSource:
     model.load_state_dict(source.state_dict(), strict=False)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     desc = {"kind": "checkpoint", "weights": str(weights.absolute()),
-            "weights_sha256": _weights_sha([weights]), "scr_seed": seed, "gamma_init": 0.0,
+            "weights_sha256": sha256_file(weights), "scr_seed": seed, "gamma_init": 0.0,
             "source_scr_layers": list(source.config.scr_layers)}
-    return InitSource(config, state, desc, _run_tokenizer(weights.parent, config))
+    return InitSource(config, state, desc, run_tokenizer(weights.parent, config))
 
 
-def _run_tokenizer(folder: Path, config: SCRConfig) -> TokenizerFiles | None:
-    """The tokenizer a retrofit run kept (its log names it), or None (byte-level)."""
+def run_tokenizer(folder: Path, config: SCRConfig) -> TokenizerFiles | None:
+    """The tokenizer a retrofit run kept (its log names it), or None (byte-level); also for
+    `scredge export --from-run` / `--weights RUN/model.safetensors`."""
+    folder = Path(folder)
     log_path = folder / RUN_LOG_FILE
     if not (folder / TOKENIZER_FILE).is_file() or not log_path.is_file():
         return None
@@ -169,22 +172,6 @@ def _run_tokenizer(folder: Path, config: SCRConfig) -> TokenizerFiles | None:
         return None
     return find_tokenizer(folder, {"eos_token_id": saved.get("eos_token_ids") or None},
                           config.vocab_size)
-
-
-def run_tokenizer(folder: Path, config: SCRConfig) -> TokenizerFiles | None:
-    """For `scredge export --from-run` / `--weights RUN/model.safetensors`."""
-    return _run_tokenizer(Path(folder), config)
-
-
-def _weights_sha(files: list[Path]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def check_against(init: InitSource, config: SCRConfig, what: str) -> None:
