@@ -3,7 +3,9 @@ onnxruntime-genai's own int4 build of the same Llama, in one run on one machine.
 
 Models: the `small` preset, and a Llama of D 512, L 8 (~25M parameters: 8 / 4 heads,
 d_ff 1376, a 2,048-token byte-level BPE trained here with `tokenizers` on our prose corpus)
-built locally with `transformers` (seeded, untrained). scredge variants are exported with
+built locally with `transformers` (seeded, untrained), exported with SCR in every layer
+(`llama`) and without (`llama-plain`, `--scr-layers none`: exactly the model
+onnxruntime-genai runs, the like-for-like comparison). scredge variants are exported with
 `scredge export [--quantize ...]` (each verified at export; a variant refused by the
 quantized tier is reported, not measured); the Llama's are `--from-llama`. onnxruntime-genai
 (`pip install 'scredge[bench]'`) builds its own int4 / float32 graphs from the same Hugging
@@ -82,8 +84,9 @@ def export(model: str, variant: str, root: Path) -> Path:
         return out
     if refused.is_file():
         raise subprocess.CalledProcessError(2, "scredge export", refused.read_text())
-    source = (["--from-llama", str(make_llama(root / "llama-hf"))] if model == "llama"
-              else ["--preset", model])
+    source = (["--from-llama", str(make_llama(root / "llama-hf"))] if model.startswith("llama")
+              else ["--preset", model]) + (["--scr-layers", "none"] if model == "llama-plain"
+                                           else [])
     cmd = [sys.executable, "-m", "scredge", "export", *source, *VARIANTS[variant],
            "--out", str(out), "--force"]
     print(" ".join(cmd[2:]), flush=True)
@@ -102,12 +105,14 @@ def speed_only(model: str, variant: str, root: Path) -> Path:
     its speed can still be measured. The table marks it."""
     import onnx
 
+    from scredge.export.ort_fusions import fuse_for_onnxruntime
     from scredge.export.quantize import (
         QuantSpec,
         materialize_tied_head,
         quantize_ort,
         weight_matmuls,
     )
+    from scredge.runtime.loaders import open_artifact
 
     out = root / f"{model}-{variant}-speed-only"
     graph = out / "model.onnx"
@@ -117,7 +122,9 @@ def speed_only(model: str, variant: str, root: Path) -> Path:
         materialize_tied_head(proto)
         flags = dict(zip(VARIANTS[variant][::2], VARIANTS[variant][1::2]))
         spec = QuantSpec.parse(flags["--quantize"], None, flags.get("--quant-method"))
-        onnx.save(quantize_ort(proto, spec, weight_matmuls(proto)), str(graph))
+        quantized = quantize_ort(proto, spec, weight_matmuls(proto))
+        fuse_for_onnxruntime(quantized, open_artifact(root / f"{model}-float32").config)
+        onnx.save(quantized, str(graph))
         (out / "speed_only.json").write_text(json.dumps(
             {"float_artifact": str(root / f"{model}-float32"), "graph": graph.name,
              "spec": f"int{spec.bits} {spec.method} block {spec.block_size}"}))
@@ -256,7 +263,7 @@ def run(args) -> dict:
                     folders[v + " (speed only)"] = speed_only(model, v, root)
                 else:
                     print(f"  {model} {v}: refused at export, not measured", flush=True)
-        if model == "llama":
+        if model.startswith("llama"):
             for p in args.genai:
                 folders[f"genai-{p}"] = build_genai(p, root, args.threads)
         if "float32" not in folders:
@@ -290,7 +297,9 @@ def run(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["small", "llama"],
-                   choices=["tiny", "small", "llama"])
+                   choices=["tiny", "small", "llama", "llama-plain"],
+                   help="llama-plain: the same Llama exported with --scr-layers none, the "
+                        "model onnxruntime-genai runs")
     p.add_argument("--variants", nargs="+", default=["float32", "int8", "int4"],
                    choices=list(VARIANTS), help="float32 first: the baseline")
     p.add_argument("--genai", nargs="*", default=["int4", "fp32"], choices=["int4", "fp32"],

@@ -27,6 +27,8 @@ OP_VERSION = 1
 # namespace scr)
 PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = OP_TYPE, "1", DOMAIN
 PLUGIN_ATTRS = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
+# onnxruntime's contrib-op domain (MatMulNBits, the onnxruntime form's fused kernels)
+ORT_DOMAIN = "com.microsoft"
 REALIGN_INPUTS = ("h", "m_prev", "num_in", "den_in", "w_r", "b_r", "w_g", "b_g")
 REALIGN_OUTPUTS = ("m", "num_out", "den_out")
 

@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from scredge.config import SCRConfig
-from scredge.contract import TRT_ONNX_FILE
+from scredge.contract import ORT_DOMAIN, TRT_ONNX_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.export.ort_fusions import FusionCounts, fuse_for_onnxruntime
 
 QUANT_BITS = (8, 4)
 QUANT_METHODS = ("rtn", "hqq")
@@ -267,8 +268,8 @@ def to_dequantize_form(ort_proto):
     proto.graph.initializer.extend(keep)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
-    if not any(n.domain == "com.microsoft" for n in nodes):
-        kept = [o for o in proto.opset_import if o.domain != "com.microsoft"]
+    if not any(n.domain == ORT_DOMAIN for n in nodes):
+        kept = [o for o in proto.opset_import if o.domain != ORT_DOMAIN]
         del proto.opset_import[:]
         proto.opset_import.extend(kept)
     return proto
@@ -276,14 +277,16 @@ def to_dequantize_form(ort_proto):
 
 @dataclass(frozen=True)
 class QuantizedGraphs:
-    ort: object  # onnx.ModelProto, MatMulNBits
+    ort: object  # onnx.ModelProto, MatMulNBits + onnxruntime's fused kernels
     trt: object  # onnx.ModelProto, DequantizeLinear + MatMul
     matrices: list[str]
     trt_method: str
+    fusions: FusionCounts
 
 
-def quantize_graphs(float_proto, spec: QuantSpec) -> QuantizedGraphs:
-    """Both quantized forms of `float_proto` (an opset >= 21 float32 decoder graph)."""
+def quantize_graphs(float_proto, spec: QuantSpec, config: SCRConfig) -> QuantizedGraphs:
+    """Both quantized forms of `float_proto` (an opset >= 21 float32 decoder graph of
+    `config`); the onnxruntime form with onnxruntime's fused kernels (ort_fusions.py)."""
     onnx = require("onnx")
     base = onnx.ModelProto()
     base.CopyFrom(float_proto)
@@ -298,10 +301,13 @@ def quantize_graphs(float_proto, spec: QuantSpec) -> QuantizedGraphs:
     ort = quantize_ort(copy(), spec, nodes)
     rtn = ort if spec.method == "rtn" else quantize_ort(copy(), QuantSpec(
         spec.bits, spec.block_size, "rtn"), nodes)
-    trt = to_dequantize_form(rtn)
+    trt = to_dequantize_form(rtn)  # a copy: `ort` may be `rtn`, and is rewritten next
     for p in (ort, trt):
         onnx.checker.check_model(p)
-    return QuantizedGraphs(ort, trt, matrix_names(nodes), "rtn")
+    # after the checker: SimplifiedLayerNormalization is onnxruntime's, in the ONNX domain,
+    # which the checker does not know; onnxruntime loads and the tier runs the result
+    fusions = fuse_for_onnxruntime(ort, config)
+    return QuantizedGraphs(ort, trt, matrix_names(nodes), "rtn", fusions)
 
 
 def config_section(spec: QuantSpec, graphs: QuantizedGraphs, ort_file: str) -> dict:
@@ -313,7 +319,8 @@ def config_section(spec: QuantSpec, graphs: QuantizedGraphs, ort_file: str) -> d
         "float": ["embeddings", "norms", "Realign inputs (float32)"],
         "quantizer": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
         "graphs": {
-            "ort": {"file": ort_file, "format": ORT_FORMAT, "method": spec.method},
+            "ort": {"file": ort_file, "format": ORT_FORMAT, "method": spec.method,
+                    "fused": asdict(graphs.fusions)},
             "trt": {"file": TRT_ONNX_FILE, "format": TRT_FORMAT, "method": graphs.trt_method},
         },
     }

@@ -67,13 +67,14 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     TensorRT form and the held-out reference; returns config.json's `quantization`."""
     log(f"quantizing weights to int{spec.bits} ({spec.method}, block {spec.block_size}) "
         "with onnxruntime's MatMulNBitsQuantizer ...")
-    graphs = quantize_graphs(float_proto, spec)
+    graphs = quantize_graphs(float_proto, spec, model.config)
     for stale in (tmp / ONNX_DATA_FILE,):
         stale.unlink(missing_ok=True)
     _save(graphs.ort, tmp / ONNX_FILE)
     _save(graphs.trt, tmp / TRT_ONNX_FILE)
-    log(f"  {len(graphs.matrices)} matrices quantized; recording the float32 reference over "
-        "the held-out text ...")
+    log(f"  {len(graphs.matrices)} matrices quantized; onnxruntime form: "
+        f"{graphs.fusions.summary()}")
+    log("recording the float32 reference over the held-out text ...")
     heldout = record_heldout(model, sha256_file(tmp / WEIGHTS_FILE))
     log("checking both graphs against the quantized tier ...")
     reports = verify_quantized(tmp, model, spec, heldout, log)

@@ -51,7 +51,12 @@ def test_artifact_form(tiny_quantized, bits):
 
     ort_form = onnx.load(str(folder / ONNX_FILE))
     nbits = [n for n in ort_form.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 33
+    # 33 matrices; q/k/v and gate/up packed per layer (export/ort_fusions.py): 21 nodes
+    # whose rows are every matrix's: 4 x (128 + 64 + 64 + 128 + 384 + 384 + 128 + 128) + 256
+    assert len(nbits) == 33 - 4 * 3
+    assert sum(a.i for n in nbits for a in n.attribute if a.name == "N") == 4 * 1408 + 256
+    assert q["graphs"]["ort"]["fused"] == {"rms_norm": 9, "skip_norm": 8, "rotary": 8,
+                                           "packed_matmuls": 20, "attention": 4}
     assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {bits}
     inits = {i.name: i for i in ort_form.graph.initializer}
     gathers = [n for n in ort_form.graph.node if n.op_type == "Gather" and n.input[0] in inits]
@@ -78,8 +83,8 @@ def test_trt_form_holds_the_quantizers_numbers(tiny_opset21):
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
-    _, proto = tiny_opset21
-    g = quantize_graphs(proto, QuantSpec(4))
+    model, proto = tiny_opset21
+    g = quantize_graphs(proto, QuantSpec(4), model.config)
     name = next(n.input[1] for n in proto.graph.node if n.name.endswith("q_proj/MatMul"))
     algo = mnq.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=4,
                                             quant_format=QuantFormat.QDQ)
@@ -174,10 +179,11 @@ def test_hqq_keeps_its_zero_points_for_onnxruntime_and_rtn_for_tensorrt(tiny_ops
     point, is the symmetric rtn quantization."""
     from scredge.export.quantize import config_section
 
-    _, proto = tiny_opset21
-    g = quantize_graphs(proto, QuantSpec(4, method="hqq"))
+    model, proto = tiny_opset21
+    g = quantize_graphs(proto, QuantSpec(4, method="hqq"), model.config)
     nbits = [n for n in g.ort.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 33 and all(len(n.input) == 4 for n in nbits)  # + zero points
+    # 33 matrices, q/k/v and gate/up packed per layer, every one with its zero points
+    assert len(nbits) == 33 - 4 * 3 and all(len(n.input) == 4 for n in nbits)
     dq = [n for n in g.trt.graph.node if n.op_type == "DequantizeLinear"]
     assert len(dq) == 33 and all(len(n.input) == 2 for n in dq)  # symmetric: no zero point
     graphs = config_section(QuantSpec(4, method="hqq"), g, ONNX_FILE)["graphs"]
