@@ -49,6 +49,9 @@ def run_info(args: argparse.Namespace) -> int:
     if "artifact" in report:
         a = report["artifact"]
         print(f"artifact {a['folder']}: {a['precision']}; graphs {a['graphs']}")
+        if a["ort_fused"]:
+            print("  onnxruntime form, fused kernels: " + ", ".join(
+                f"{k} {v}" for k, v in a["ort_fused"].items()))
     for mod, ver in report["modules"].items():
         print(f"  {mod:<13} {ver or 'not installed'}")
     print("presets: " + ", ".join(PRESETS))

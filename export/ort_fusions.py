@@ -38,6 +38,10 @@ from scredge.contract import INPUT_IDS, ORT_DOMAIN
 from scredge.deps import require
 from scredge.export.graph_match import Graph, attr, other, rewrite
 
+# the oldest onnxruntime that runs every kernel this pass writes: the CPU Attention-23
+# kernel came in 1.23.0 and its grouped-query path was fixed after that release
+MIN_ONNXRUNTIME = "1.24"
+
 
 @dataclass(frozen=True)
 class FusionCounts:
@@ -154,30 +158,40 @@ def _match_rotary(g: Graph, add):
     return None
 
 
-def _rotary_inputs(g: Graph, cos: str, sin: str, head_dim: int, ids: str):
-    """Nodes making the caches RotaryEmbedding reads: cos/sin [B, T, Dh] -> their first
-    halves as [B*T, Dh/2] rows, and the row of each token [B, T] (0 .. B*T-1)."""
+def _half_angles(g: Graph, cos: str, sin: str) -> str | None:
+    """The angles `a` [B, T, Dh/2] when cos = Cos(cat(a, a)) and sin = Sin(cat(a, a)): the
+    rotate-half layout, whose two halves RotaryEmbedding's half-width caches stand for."""
+    found = set()
+    for name, op in ((cos, "Cos"), (sin, "Sin")):
+        node = g.producer.get(name)
+        cat = node is not None and node.op_type == op and g.producer.get(node.input[0])
+        if (not cat or cat.op_type != "Concat" or len(cat.input) != 2
+                or cat.input[0] != cat.input[1] or attr(cat, "axis") != -1):
+            return None
+        found.add(cat.input[0])
+    return found.pop() if len(found) == 1 else None
+
+
+def _rotary_inputs(angles: str, head_dim: int, ids: str):
+    """Nodes making what RotaryEmbedding reads: caches cos(a), sin(a) as [B*T, Dh/2] rows,
+    and each token's row [B, T] (0 .. B*T-1)."""
     helper, numpy_helper = require("onnx").helper, require("onnx").numpy_helper
     p = "/ort_rotary/"
-    consts = {p + "half": np.array([head_dim // 2], np.int64),
-              p + "zero": np.array([0], np.int64), p + "last": np.array([-1], np.int64),
-              p + "rows": np.array([-1, head_dim], np.int64),
+    consts = {p + "rows": np.array([-1, head_dim // 2], np.int64),
               p + "s0": np.array(0, np.int64), p + "s1": np.array(1, np.int64)}
     inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
     nodes = []
-    for src in (cos, sin):  # rows first, then the half: the cache is Slice's own buffer
-        nodes += [helper.make_node("Reshape", [src, p + "rows"], [p + src + "_rows"],
-                                   name=p + src + "/Reshape"),
-                  helper.make_node("Slice", [p + src + "_rows", p + "zero", p + "half",
-                                             p + "last"], [p + src + "_cache"],
-                                   name=p + src + "/Slice")]
+    for op in ("Cos", "Sin"):
+        nodes += [helper.make_node(op, [angles], [p + op], name=p + op),
+                  helper.make_node("Reshape", [p + op, p + "rows"], [p + op + "_cache"],
+                                   name=p + op + "/Reshape")]
     nodes += [helper.make_node("Size", [ids], [p + "count"], name=p + "Size"),
               helper.make_node("Range", [p + "s0", p + "count", p + "s1"], [p + "flat"],
                                name=p + "Range"),
               helper.make_node("Shape", [ids], [p + "ids_shape"], name=p + "Shape"),
               helper.make_node("Reshape", [p + "flat", p + "ids_shape"], [p + "rows_ids"],
                                name=p + "RowIds")]
-    return nodes, inits, p + cos + "_cache", p + sin + "_cache", p + "rows_ids"
+    return nodes, inits, p + "Cos_cache", p + "Sin_cache", p + "rows_ids"
 
 
 @dataclass
@@ -196,7 +210,10 @@ def _fuse_rotaries(g: Graph, head_dim: int, ids: str) -> _RotaryRewrite:
     if len(pairs) != 1:  # one cos/sin pair for the whole graph, or leave it
         return _RotaryRewrite([], set(), [], [], 0)
     (cos, sin), = pairs
-    nodes, inits, cos_cache, sin_cache, row_ids = _rotary_inputs(g, cos, sin, head_dim, ids)
+    angles = _half_angles(g, cos, sin)
+    if angles is None:
+        return _RotaryRewrite([], set(), [], [], 0)
+    nodes, inits, cos_cache, sin_cache, row_ids = _rotary_inputs(angles, head_dim, ids)
     new, dead = [], set()
     for t, _, _, sub in matches:
         dead.update(id(n) for n in sub)

@@ -30,7 +30,7 @@ from scredge.config import SCRConfig
 from scredge.contract import ORT_DOMAIN, TRT_ONNX_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.export.ort_fusions import FusionCounts, fuse_for_onnxruntime
+from scredge.export.ort_fusions import MIN_ONNXRUNTIME, FusionCounts, fuse_for_onnxruntime
 
 QUANT_BITS = (8, 4)
 QUANT_METHODS = ("rtn", "hqq")
@@ -320,7 +320,7 @@ def config_section(spec: QuantSpec, graphs: QuantizedGraphs, ort_file: str) -> d
         "quantizer": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
         "graphs": {
             "ort": {"file": ort_file, "format": ORT_FORMAT, "method": spec.method,
-                    "fused": asdict(graphs.fusions)},
+                    "fused": asdict(graphs.fusions), "min_onnxruntime": MIN_ONNXRUNTIME},
             "trt": {"file": TRT_ONNX_FILE, "format": TRT_FORMAT, "method": graphs.trt_method},
         },
     }

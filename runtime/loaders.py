@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +94,12 @@ def open_artifact(folder: str | Path) -> Artifact:
 
 
 def artifact_summary(folder: str | Path) -> dict:
-    """What `scredge info FOLDER` says: precision and the graph each backend reads."""
+    """What `scredge info FOLDER` says: precision, the graph each backend reads and, for
+    a quantized onnxruntime form, which blocks it runs as onnxruntime's fused kernels."""
     a = open_artifact(folder)
     return {"folder": str(folder), "precision": a.precision,
             "graphs": {b: a.graph_file(b) for b in ("ort", "trt")},
+            "ort_fused": a.quantization.get("graphs", {}).get("ort", {}).get("fused", {}),
             "engines": sorted(a.engines)}
 
 
@@ -150,6 +153,28 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
     return ort.InferenceSession(source, opts, providers=ort_providers(device))
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """'1.32.0' / '1.24.0.dev20260101' -> (1, 32, 0) / (1, 24, 0): the numeric release."""
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _check_onnxruntime_version(artifact: Artifact, installed: str) -> None:
+    """A quantized onnxruntime form names the oldest onnxruntime with all its kernels."""
+    need = artifact.quantization.get("graphs", {}).get("ort", {}).get("min_onnxruntime")
+    if need and _release(installed) < _release(need):
+        raise ScredgeError("this artifact's onnxruntime graph needs a newer onnxruntime",
+                           received=f"onnxruntime {installed}",
+                           expected=f"onnxruntime >= {need} (its fused Attention / "
+                                    "RotaryEmbedding / SkipSimplifiedLayerNormalization kernels)",
+                           fix=f"pip install 'onnxruntime>={need}'")
+
+
 def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = None):
     """An OrtRunner for `artifact`; uses its saved optimised graph when it fits."""
     ort = require("onnxruntime")
@@ -157,6 +182,7 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
     from scredge.runtime.runners.ort_runner import OrtRunner
 
     kind = "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
+    _check_onnxruntime_version(artifact, ort.__version__)
     path = artifact.folder / artifact.graph_file("ort")
     optimized = artifact.engines.get(f"ort-{kind}")
     # paths checked by open_artifact: listed, hashed, inside the folder; onnxruntime itself

@@ -122,7 +122,8 @@ def test_runtime_reads_the_onnxruntime_form_and_parity_passes(tiny_quantized, ca
     out = json.loads(capsys.readouterr().out)
     assert out["passed"] and out["precision"].startswith("int4")
     assert main(["info", str(folder), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["artifact"]["precision"].startswith("int4")
+    info = json.loads(capsys.readouterr().out)["artifact"]
+    assert info["precision"].startswith("int4") and info["ort_fused"]["attention"] == 4
     assert main(["parity", str(folder), "--record"]) == 2
 
 
@@ -188,3 +189,19 @@ def test_hqq_keeps_its_zero_points_for_onnxruntime_and_rtn_for_tensorrt(tiny_ops
     assert len(dq) == 33 and all(len(n.input) == 2 for n in dq)  # symmetric: no zero point
     graphs = config_section(QuantSpec(4, method="hqq"), g, ONNX_FILE)["graphs"]
     assert (graphs["ort"]["method"], graphs["trt"]["method"]) == ("hqq", "rtn")
+
+
+def test_an_older_onnxruntime_is_refused_with_the_version_it_needs(tiny_quantized):
+    """Oracle: the config's `min_onnxruntime` (the oldest release with every fused kernel
+    of the onnxruntime form): an older one gets a clear error, never a kernel-lookup
+    failure deep in onnxruntime; the installed one passes."""
+    import onnxruntime
+
+    from scredge.runtime.loaders import _check_onnxruntime_version
+
+    artifact = open_artifact(tiny_quantized[8])
+    need = artifact.quantization["graphs"]["ort"]["min_onnxruntime"]
+    with pytest.raises(ScredgeError, match=f"onnxruntime>={need}"):
+        _check_onnxruntime_version(artifact, "1.22.1")
+    _check_onnxruntime_version(artifact, onnxruntime.__version__)
+    _check_onnxruntime_version(artifact, "1.24.0.dev20260101")
