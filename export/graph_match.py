@@ -63,10 +63,12 @@ def other(node, name: str) -> str:
     return b if a == name else a
 
 
-def rewrite(proto, g: Graph, replace: dict[int, list], dead: set[int], inits=()) -> None:
+def rewrite(proto, g: Graph, replace: dict[int, list], dead: set[int], inits=(),
+            extra=()) -> None:
     """Rebuild `proto`'s nodes: a node whose id is in `replace` becomes those nodes, one in
-    `dead` goes; then topological order, new initializers, and nothing left unread."""
-    nodes = []
+    `dead` goes, `extra` nodes are added; then topological order, new initializers, and
+    nothing left unread."""
+    nodes = list(extra)
     for node in g.nodes:
         if id(node) in replace:
             nodes.extend(replace[id(node)])

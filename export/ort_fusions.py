@@ -291,9 +291,8 @@ def fuse_for_onnxruntime(proto, config: SCRConfig) -> FusionCounts:
     pack_new, pack_dead, pack_inits, n_packed = _pack_matmuls(g)
     replace = {id(old): [new] for old, new in norm_new + rot.new}
     replace.update({id(old): new for old, new in pack_new})
-    if rot.cache_nodes:
-        replace[id(g.nodes[0])] = [*rot.cache_nodes, *replace.get(id(g.nodes[0]), [g.nodes[0]])]
-    rewrite(proto, g, replace, norm_dead | rot.dead | pack_dead, rot.inits + pack_inits)
+    rewrite(proto, g, replace, norm_dead | rot.dead | pack_dead, rot.inits + pack_inits,
+            extra=rot.cache_nodes)
     if (rot.count or n_skip) and not any(o.domain == ORT_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(ORT_DOMAIN, 1))
     n_attention = fuse_attention(proto, config.n_heads, config.n_kv_heads) if rot.count else 0
