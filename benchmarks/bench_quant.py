@@ -47,6 +47,7 @@ LLAMA = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
              num_key_value_heads=4, intermediate_size=1376, vocab_size=2048,
              max_position_embeddings=4096, tie_word_embeddings=False)
 BOS, EOS = "<|endoftext|>", "<|im_end|>"
+SPEED_ONLY_MARKER = "speed_only.json"  # in a refused variant's speed-only graph folder
 
 
 def make_llama(folder: Path) -> Path:
@@ -125,7 +126,7 @@ def speed_only(model: str, variant: str, root: Path) -> Path:
         quantized = quantize_ort(proto, spec, weight_matmuls(proto))
         fuse_for_onnxruntime(quantized, open_artifact(root / f"{model}-float32").config)
         onnx.save(quantized, str(graph))
-        (out / "speed_only.json").write_text(json.dumps(
+        (out / SPEED_ONLY_MARKER).write_text(json.dumps(
             {"float_artifact": str(root / f"{model}-float32"), "graph": graph.name,
              "spec": f"int{spec.bits} {spec.method} block {spec.block_size}"}))
     return out
@@ -148,17 +149,26 @@ def build_genai(precision: str, root: Path, threads: int) -> Path:
     return out
 
 
+def scredge_graph(folder: Path):
+    """(the artifact whose config applies, the onnxruntime graph, the speed-only spec or
+    None) of a scredge bench folder: an artifact, or a refused variant's speed-only graph."""
+    from scredge.runtime.loaders import open_artifact
+
+    marker = folder / SPEED_ONLY_MARKER
+    if marker.is_file():  # a refused variant's graph: the float artifact's config
+        meta = json.loads(marker.read_text())
+        return open_artifact(Path(meta["float_artifact"])), folder / meta["graph"], meta["spec"]
+    artifact = open_artifact(folder)
+    return artifact, folder / artifact.graph_file("ort"), None
+
+
 def graph_bytes(folder: Path) -> int:
     """Bytes of the onnxruntime graph (and its external data) a runtime loads."""
-    if (folder / "speed_only.json").is_file():
-        name = "model.onnx"
-    elif (folder / "genai_config.json").is_file():
+    if (folder / "genai_config.json").is_file():
         name = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"][
             "filename"]
     else:
-        from scredge.runtime.loaders import open_artifact
-
-        name = open_artifact(folder).graph_file("ort")
+        name = scredge_graph(folder)[1].name
     return sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith(name))
 
 
@@ -175,18 +185,15 @@ def worker(folder: Path, prompt: int, tokens: int, threads: int) -> dict:
     import numpy as np
 
     from scredge.bench.latency import bench
-    from scredge.runtime.loaders import load_ort, open_artifact, ort_session
+    from scredge.runtime.loaders import load_ort, ort_session
     from scredge.runtime.runners.ort_runner import OrtRunner
 
-    marker = folder / "speed_only.json"
-    if marker.is_file():  # a refused variant's graph: the float artifact's config
-        meta = json.loads(marker.read_text())
-        artifact = open_artifact(Path(meta["float_artifact"]))
-        runner = OrtRunner(ort_session(folder / meta["graph"], "cpu", threads=threads),
-                           artifact.config, np.float32)
-        precision = meta["spec"] + " (speed only: refused by the tier)"
+    artifact, graph, speed_only_spec = scredge_graph(folder)
+    if speed_only_spec:
+        runner = OrtRunner(ort_session(graph, "cpu", threads=threads), artifact.config,
+                           np.float32)
+        precision = speed_only_spec + " (speed only: refused by the tier)"
     else:
-        artifact = open_artifact(folder)
         runner = load_ort(artifact, device="cpu", threads=threads)
         precision = artifact.precision
     r = bench(runner, prompt_len=prompt, gen_len=tokens, batch=1, warmup=1, repeat=1)

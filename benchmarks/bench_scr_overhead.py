@@ -55,7 +55,6 @@ def _stale(folder: Path) -> bool:
 
 def shipped_with_scr_everywhere(name: str):
     """The shipped checkpoint `name` when there is one with SCR on every layer, else None."""
-    from scredge.errors import ScredgeError
     from scredge.export.sources import from_pretrained
 
     try:

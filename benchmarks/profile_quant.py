@@ -44,16 +44,12 @@ def per_op(profile: Path, steps: int) -> dict:
 
 
 def ours(folder: Path, prompt: int, steps: int, out: Path) -> dict:
-    from scredge.runtime.loaders import open_artifact, ort_session
+    from bench_quant import scredge_graph  # an artifact or a speed-only graph of that run
+
+    from scredge.runtime.loaders import ort_session
     from scredge.runtime.runners.ort_runner import OrtRunner
 
-    marker = folder / "speed_only.json"  # bench_quant.py's graph of a refused variant
-    if marker.is_file():
-        meta = json.loads(marker.read_text())
-        artifact, graph = open_artifact(Path(meta["float_artifact"])), folder / meta["graph"]
-    else:
-        artifact = open_artifact(folder)
-        graph = folder / artifact.graph_file("ort")
+    artifact, graph, _ = scredge_graph(folder)
     session = ort_session(graph, "cpu", threads=1, profile_prefix=out / "ours")
     runner = OrtRunner(session, artifact.config, np.float32)
     dec = runner.decoder(1)

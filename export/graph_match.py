@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
 from scredge.deps import require
 
 
@@ -15,7 +17,6 @@ class Graph:
     """Producers, consumers and constant values of one graph, for pattern matching."""
 
     def __init__(self, graph) -> None:
-        numpy_helper = require("onnx").numpy_helper
         self.graph = graph
         self.nodes = list(graph.node)  # one Python object per node: identities below hold
         self.producer = {o: n for n in self.nodes for o in n.output}
@@ -26,10 +27,13 @@ class Graph:
         for o in graph.output:
             self.consumers[o.name].append(None)  # a graph output is a consumer
         self.inputs = {i.name for i in graph.input}
-        self.consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        # constant tensors as stored; turned into arrays only when a pattern reads one (the
+        # weights, most of the bytes, mostly never are)
+        self._tensors = {i.name: i for i in graph.initializer}
         for n in self.nodes:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+                self._tensors[n.output[0]] = n.attribute[0].t
+        self._arrays: dict[str, np.ndarray] = {}
 
     def only(self, name: str, op: str):
         """The node producing `name` when it is an `op` whose output only one node reads."""
@@ -38,14 +42,27 @@ class Graph:
             return None
         return node
 
+    def input_from(self, node, op: str):
+        """The first node feeding `node` that is an `op` only `node` reads, or None."""
+        return next((m for m in (self.only(i, op) for i in node.input) if m is not None), None)
+
     def next(self, name: str, op: str):
         """The one node reading `name` when it is an `op`."""
         users = self.consumers[name]
         return users[0] if len(users) == 1 and users[0] is not None and (
             users[0].op_type == op) else None
 
+    def is_const(self, name: str) -> bool:
+        return name in self._tensors
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of constant `name` (an initializer or a Constant node), else None."""
+        if name not in self._arrays and name in self._tensors:
+            self._arrays[name] = require("onnx").numpy_helper.to_array(self._tensors[name])
+        return self._arrays.get(name)
+
     def scalar(self, name: str) -> float | None:
-        value = self.consts.get(name)
+        value = self.const(name)
         return float(value.reshape(())) if value is not None and value.size == 1 else None
 
 

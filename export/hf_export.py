@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scredge import contract
-from scredge.artifact import sha256_file
+from scredge.artifact import replace_folder, sha256_file
 from scredge.config import SCRConfig
 from scredge.deps import require
 from scredge.errors import ScredgeError
@@ -175,7 +175,7 @@ def export_hf(run: Path, out: Path, dtype: str = "float32", force: bool = False)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
-        swap_into_place(tmp, out)
+        replace_folder(tmp, out)  # an earlier output only once check_out passed it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -242,18 +242,3 @@ def check_out(out: Path, force: bool) -> None:
     if not force:
         raise ScredgeError("OUT is an earlier export-hf output", received=str(out),
                            fix="pass --force to replace it, or choose another OUT")
-
-
-def swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to `out`; an earlier output (checked by check_out) is moved
-    aside first and its files deleted after, so `out` is never half-written."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}old-", dir=out.parent))
-    os.rmdir(old)
-    os.rename(out, old)
-    os.rename(tmp, out)
-    for p in old.iterdir():  # only the files check_out found listed by our record
-        p.unlink()
-    os.rmdir(old)

@@ -82,8 +82,7 @@ def _match_attention(g: Graph, sm, graph_inputs: set[str]) -> _AttentionMatch | 
     else:
         return None
     mul = g.only(scores, "Mul")
-    mm = g.only(scores, "MatMul") if mul is None else next(
-        (g.only(i, "MatMul") for i in mul.input if g.only(i, "MatMul")), None)
+    mm = g.only(scores, "MatMul") if mul is None else g.input_from(mul, "MatMul")
     if mm is None:
         return None
     scale = 1.0 if mul is None else g.scalar(other(mul, mm.output[0]))
@@ -141,9 +140,11 @@ def fuse_attention(proto, n_heads: int, n_kv_heads: int) -> int:
     groups = n_heads // n_kv_heads
     replace, dead, masks = {}, set(), {}
     cache = next((n for n in g.nodes if n.op_type == "RotaryEmbedding"), None)
+    if cache is None:  # the first pass made no rotary: nothing here to feed Attention
+        return 0
     for sm in g.nodes:
         m = _match_attention(g, sm, g.inputs)
-        if m is None or cache is None:
+        if m is None:
             continue
         if m.keep not in masks:
             masks[m.keep] = _ungrouped_mask(g, m.keep, groups)

@@ -65,7 +65,7 @@ def _match_rms_norm(g: Graph, mul_w):
     for inner_name in mul_w.input:
         w = other(mul_w, inner_name)
         mul_x = g.only(inner_name, "Mul")
-        if mul_x is None or w not in g.consts or g.consts[w].ndim != 1:
+        if mul_x is None or not g.is_const(w) or g.const(w).ndim != 1:
             continue
         for r_name in mul_x.input:
             recip = g.only(r_name, "Reciprocal")
@@ -73,14 +73,13 @@ def _match_rms_norm(g: Graph, mul_w):
             add = sqrt and g.only(sqrt.input[0], "Add")
             if add is None:
                 continue
-            mean = next((g.only(i, "ReduceMean") for i in add.input
-                         if g.only(i, "ReduceMean")), None)
+            mean = g.input_from(add, "ReduceMean")
             eps = g.scalar(other(add, mean.output[0])) if mean else None
             pow_ = mean and g.only(mean.input[0], "Pow")
             x = other(mul_x, r_name)
             if pow_ is None or eps is None or pow_.input[0] != x or g.scalar(pow_.input[1]) != 2:
                 continue
-            axes = g.consts.get(mean.input[1]) if len(mean.input) > 1 else attr(mean, "axes")
+            axes = g.const(mean.input[1]) if len(mean.input) > 1 else attr(mean, "axes")
             if axes is None or list(np.ravel(axes)) != [-1] or not attr(mean, "keepdims", 1):
                 continue
             return x, w, eps, [pow_, mean, add, sqrt, recip, mul_x, mul_w]
@@ -91,7 +90,7 @@ def _residual_add(g: Graph, x: str):
     """The Add making `x` from two activations (a residual sum), or None."""
     add = g.producer.get(x)
     if (add is None or add.op_type != "Add" or len(add.input) != 2
-            or any(i in g.consts for i in add.input)):
+            or any(g.is_const(i) for i in add.input)):
         return None
     return add
 
@@ -149,7 +148,7 @@ def _match_rotary(g: Graph, add):
             unsq_s = g.producer.get(other(mul_s, cat_name))
             if not all(u is not None and u.op_type == "Unsqueeze" for u in (unsq_c, unsq_s)):
                 continue
-            if any(list(np.ravel(g.consts.get(u.input[1], [None]))) != [1]
+            if any(g.const(u.input[1]) is None or list(np.ravel(g.const(u.input[1]))) != [1]
                    for u in (unsq_c, unsq_s)):
                 continue
             if len(g.consumers[t]) != 2:  # the cos Mul and the Split only
@@ -232,7 +231,7 @@ def _pack_key(g: Graph, node):
     """What MatMulNBits nodes must share to be packed into one: input, K, bits, block,
     accuracy, zero-point presence; no g_idx or bias (not written by our quantizer)."""
     if node.op_type != "MatMulNBits" or len(node.input) > 4 or not all(
-            i in g.consts for i in node.input[1:] if i):
+            g.is_const(i) for i in node.input[1:] if i):
         return None
     return (node.input[0], len(node.input), *(attr(node, a) for a in _PACK_ATTRS))
 
@@ -262,7 +261,7 @@ def _pack_matmuls(g: Graph) -> tuple[list, set, list, int]:
         stem = first.name + "/packed"
         names = []
         for k in range(1, len(first.input)):
-            value = _stack([g.consts[m.input[k]] for m in members], ns)
+            value = _stack([g.const(m.input[k]) for m in members], ns)
             names.append(f"{stem}_in{k}")
             inits.append(numpy_helper.from_array(value, names[-1]))
         attrs = {a.name: helper.get_attribute_value(a) for a in first.attribute}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import scredge
 from scredge import contract
-from scredge.artifact import check_manifest, read_member_json, write_manifest
+from scredge.artifact import check_manifest, read_member_json, replace_folder, write_manifest
 from scredge.contract import (
     CONFIG_FILE,
     GRAPH_VERSION,
@@ -278,26 +278,10 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         log(f"  verified in {time.perf_counter() - t1:.1f} s")
         if out.exists() and force:
             check_replaceable(out)  # again: it may have changed during the export
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         os.close(lock)
     return out
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an existing `out` is moved aside first and removed last."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +59,11 @@ class Artifact:
     def graph_file(self, backend: str) -> str:
         """The ONNX graph a backend ('ort' or 'trt') reads: a quantized artifact holds one
         per backend (SCR_SPEC section 4), a float one `model.onnx` for both."""
-        graphs = self.quantization.get("graphs", {})
-        return graphs.get(backend, {}).get("file", ONNX_FILE)
+        return self.graph_entry(backend).get("file", ONNX_FILE)
+
+    def graph_entry(self, backend: str) -> dict:
+        """config.json's record of the graph `backend` reads ({} for a float artifact)."""
+        return self.quantization.get("graphs", {}).get(backend, {})
 
 
 def open_artifact(folder: str | Path) -> Artifact:
@@ -99,7 +101,7 @@ def artifact_summary(folder: str | Path) -> dict:
     a = open_artifact(folder)
     return {"folder": str(folder), "precision": a.precision,
             "graphs": {b: a.graph_file(b) for b in ("ort", "trt")},
-            "ort_fused": a.quantization.get("graphs", {}).get("ort", {}).get("fused", {}),
+            "ort_fused": a.graph_entry("ort").get("fused", {}),
             "engines": sorted(a.engines)}
 
 
@@ -153,21 +155,12 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
     return ort.InferenceSession(source, opts, providers=ort_providers(device))
 
 
-def _release(version: str) -> tuple[int, ...]:
-    """'1.32.0' / '1.24.0.dev20260101' -> (1, 32, 0) / (1, 24, 0): the numeric release."""
-    parts = []
-    for piece in version.split(".")[:3]:
-        digits = "".join(itertools.takewhile(str.isdigit, piece))
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
 def _check_onnxruntime_version(artifact: Artifact, installed: str) -> None:
     """A quantized onnxruntime form names the oldest onnxruntime with all its kernels."""
-    need = artifact.quantization.get("graphs", {}).get("ort", {}).get("min_onnxruntime")
-    if need and _release(installed) < _release(need):
+    from packaging.version import Version  # onnxruntime's own dependency
+
+    need = artifact.graph_entry("ort").get("min_onnxruntime")
+    if need and Version(installed).release < Version(need).release:
         raise ScredgeError("this artifact's onnxruntime graph needs a newer onnxruntime",
                            received=f"onnxruntime {installed}",
                            expected=f"onnxruntime >= {need} (its fused Attention / "
