@@ -34,8 +34,12 @@ def add(sub) -> None:
     p.add_argument("--quantize", metavar="int8|int4",
                    help="weight-only quantized artifact (SCR_SPEC section 4)")
     p.add_argument("--block-size", type=int, help="--quantize: rows per scale (default 32)")
-    p.add_argument("--quant-method", choices=["rtn", "hqq"],
-                   help="--quantize: round-to-nearest (default) or hqq (int4)")
+    p.add_argument("--quant-method", choices=["rtn", "hqq", "gptq"],
+                   help="--quantize: round-to-nearest (default), hqq (int4), or gptq "
+                        "(activation-aware; needs --calibration)")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="--quant-method gptq: a UTF-8 text like the model will see (>= 2,048 "
+                        "tokens; the first 32,768 are used)")
     p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
                                         "preset's or config's; every layer for --from-llama)")
     p.add_argument("--out", required=True, help="the artifact folder to create")
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     # refuse bad options before building or loading anything
-    quant = parse_quantize_args(args.quantize, args.block_size, args.quant_method, args.dtype)
+    quant = parse_quantize_args(args.quantize, args.block_size, args.quant_method, args.dtype,
+                                args.calibration)
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
     src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,

@@ -124,6 +124,13 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
+def scope_name(module_path: str) -> str:
+    """`model.layers.3.self_attn.q_proj` -> `/model/layers.3/attn/q_proj`: how the graph
+    names a module's nodes (the prefix of each node name)."""
+    parts = re.sub(r"\.(\d+)", r"#\1", module_path).split(".")
+    return "/" + "/".join(p.replace("#", ".").replace("self_attn", "attn") for p in parts)
+
+
 def _rename_nodes(proto) -> None:
     """`/model/layers.3/attn/q_proj/MatMul` from the module scope the exporter records."""
     seen: dict[str, int] = {}
@@ -131,10 +138,7 @@ def _rename_nodes(proto) -> None:
         meta = {p.key: p.value for p in node.metadata_props}
         scopes = re.findall(r"'([^']*)'", meta.get("pkg.torch.onnx.name_scopes", ""))
         modules = [s for s in scopes[:-1] if s.startswith("m.")]
-        path = modules[-1][2:] if modules else "model"
-        parts = re.sub(r"\.(\d+)", r"#\1", path).split(".")
-        parts = [p.replace("#", ".").replace("self_attn", "attn") for p in parts]
-        base = "/" + "/".join(parts) + "/" + node.op_type
+        base = scope_name(modules[-1][2:] if modules else "model") + "/" + node.op_type
         count = seen.get(base, 0)
         seen[base] = count + 1
         node.name = base if count == 0 else f"{base}_{count}"

@@ -17,14 +17,21 @@ from scredge.quantized_tier import HELDOUT_TOKENS, Heldout, teacher_forced_stats
 VAL_FRACTION = 0.05  # the shipped checkpoints' validation split
 
 
+def validation_text() -> bytes:
+    """The prose corpus's validation tail, whose head is the held-out text."""
+    from scredge.ref.corpus import prose_corpus, split
+
+    return split(prose_corpus(), VAL_FRACTION)[1]
+
+
 def heldout_ids(vocab_size: int, tokens: int = HELDOUT_TOKENS) -> tuple[np.ndarray, dict]:
     """`tokens` + 1 ids of the prose corpus's validation tail, and where they came from."""
-    from scredge.ref.corpus import prose_corpus, sha256, split
+    from scredge.ref.corpus import sha256
 
     if vocab_size < 256:
         raise ScredgeError("the held-out text needs byte ids", received=f"vocab {vocab_size}",
                            expected="vocab_size >= 256 (SCR_SPEC section 1's byte tokenizer)")
-    _, val = split(prose_corpus(), VAL_FRACTION)
+    val = validation_text()
     if len(val) < tokens + 1:
         raise ScredgeError("the held-out text is too short", received=f"{len(val)} bytes",
                            expected=f">= {tokens + 1}")

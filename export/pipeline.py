@@ -270,7 +270,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                 fix="nothing was written; report this with the model and options used")
         config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
         if quantize is not None:
-            config[contract.QUANT_CONFIG_KEY] = quantize_artifact(tmp, proto, model, quantize, log)
+            config[contract.QUANT_CONFIG_KEY] = quantize_artifact(tmp, proto, model, quantize,
+                                                                  log, tokenizer)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         write_manifest(tmp)
         for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private files

@@ -12,10 +12,11 @@ Two graphs come out:
   `MatMul`. It is rewritten *from* the MatMulNBits nodes: the same integers and scales,
   except that TensorRT takes only positive scales (see `positive_scales`).
 
-Methods: `rtn` (round-to-nearest, symmetric: both graphs) and `hqq` (onnxruntime's
+Methods: `rtn` (round-to-nearest, symmetric: both graphs), `hqq` (onnxruntime's
 half-quadratic quantizer, int4, no calibration data; it stores float zero points, which
 `DequantizeLinear` cannot express, so its TensorRT form is the `rtn` quantization and the
-config says so per graph).
+config says so per graph) and `gptq` (activation-aware, with a calibration text: GPTQ's
+integers and scales on onnxruntime's symmetric grid, export/gptq.py; both graphs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +35,8 @@ from scredge.errors import ScredgeError
 from scredge.export.ort_fusions import MIN_ONNXRUNTIME, FusionCounts, fuse_for_onnxruntime
 
 QUANT_BITS = (8, 4)
-QUANT_METHODS = ("rtn", "hqq")
+QUANT_METHODS = ("rtn", "hqq", "gptq")
+CALIBRATED_METHODS = ("gptq",)
 DEFAULT_BLOCK_SIZE = 32
 QUANT_OPSET = 21  # blocked DequantizeLinear and INT4 tensors
 # MatMulNBits' accuracy_level 4: onnxruntime's CPU kernels quantize activations to int8 per
@@ -51,19 +54,23 @@ class QuantSpec:
     bits: int
     block_size: int = DEFAULT_BLOCK_SIZE
     method: str = "rtn"
+    calibration: Path | None = None  # the text file of a calibrated method (gptq)
 
     @classmethod
-    def parse(cls, text: str | int, block_size: int | None, method: str | None) -> QuantSpec:
-        """`int8` / `int4` (or 8 / 4) from the command line, checked."""
+    def parse(cls, text: str | int, block_size: int | None, method: str | None,
+              calibration: str | Path | None = None) -> QuantSpec:
+        """`int8` / `int4` (or 8 / 4) from the command line, checked; a calibration file is
+        read and checked here too (the model is not needed for that)."""
         t = str(text).lower().removeprefix("int")
         if not t.isdigit() or int(t) not in QUANT_BITS:
             raise ScredgeError("unknown quantization", received=repr(text),
                                expected="int8 or int4")
         spec = cls(int(t), DEFAULT_BLOCK_SIZE if block_size is None else block_size,
-                   method or "rtn")
+                   method or "rtn", None if calibration is None else Path(calibration))
         if spec.method not in QUANT_METHODS:
             raise ScredgeError("unknown quantization method", received=repr(spec.method),
                                expected=f"one of {list(QUANT_METHODS)}")
+        spec.check_calibration()
         if spec.method == "hqq" and spec.bits not in _HQQ_BITS:
             raise ScredgeError("hqq is offered for int4 only", received=f"int{spec.bits} hqq",
                                expected="--quantize int4 --quant-method hqq, or method rtn",
@@ -74,6 +81,27 @@ class QuantSpec:
             raise ScredgeError("invalid quantization block size", received=b,
                                expected="a power of two >= 16 (default 32)")
         return spec
+
+    def check_calibration(self) -> None:
+        """A calibrated method needs its text, which must be readable and not the held-out
+        text; another method takes none."""
+        if self.method in CALIBRATED_METHODS and self.calibration is None:
+            raise ScredgeError(f"--quant-method {self.method} needs a calibration text",
+                               received="no --calibration",
+                               expected="--calibration FILE, UTF-8 text like the model will "
+                                        "see (at least a few thousand tokens)",
+                               fix="pass --calibration, or use --quant-method rtn or hqq")
+        if self.method not in CALIBRATED_METHODS and self.calibration is not None:
+            raise ScredgeError("--calibration is for an activation-aware method",
+                               received=f"--quant-method {self.method} with --calibration",
+                               expected=f"--quant-method {' or '.join(CALIBRATED_METHODS)}",
+                               fix="add --quant-method gptq, or drop --calibration")
+        if self.calibration is not None:
+            from scredge.export.gptq import check_disjoint, read_calibration_text
+            from scredge.export.heldout import validation_text
+
+            check_disjoint(read_calibration_text(self.calibration), validation_text(),
+                           self.calibration)
 
     def check(self, dtype: str, config: SCRConfig) -> None:
         """Refuse options that cannot make this artifact, before any work is done."""
@@ -92,17 +120,17 @@ class QuantSpec:
 
 
 def parse_quantize_args(text: str | None, block_size: int | None, method: str | None,
-                        dtype: str) -> QuantSpec | None:
-    """The command line's --quantize / --block-size / --quant-method, checked before any
-    model is loaded or anything written."""
+                        dtype: str, calibration: str | Path | None = None) -> QuantSpec | None:
+    """The command line's --quantize / --block-size / --quant-method / --calibration, checked
+    before any model is loaded or anything written."""
     if text is None:
-        given = [f for f, v in (("--block-size", block_size), ("--quant-method", method))
-                 if v is not None]
+        given = [f for f, v in (("--block-size", block_size), ("--quant-method", method),
+                                ("--calibration", calibration)) if v is not None]
         if given:
             raise ScredgeError("these options need --quantize", received=given,
                                expected="--quantize int8 or --quantize int4 with them")
         return None
-    spec = QuantSpec.parse(text, block_size, method)
+    spec = QuantSpec.parse(text, block_size, method, calibration)
     if dtype != "float32":
         raise ScredgeError("--quantize needs a float32 export", received=f"--dtype {dtype}",
                            expected="--dtype float32 (the default)",
@@ -284,9 +312,11 @@ class QuantizedGraphs:
     fusions: FusionCounts
 
 
-def quantize_graphs(float_proto, spec: QuantSpec, config: SCRConfig) -> QuantizedGraphs:
+def quantize_graphs(float_proto, spec: QuantSpec, config: SCRConfig,
+                    hessians: dict[str, np.ndarray] | None = None) -> QuantizedGraphs:
     """Both quantized forms of `float_proto` (an opset >= 21 float32 decoder graph of
-    `config`); the onnxruntime form with onnxruntime's fused kernels (ort_fusions.py)."""
+    `config`); the onnxruntime form with onnxruntime's fused kernels (ort_fusions.py).
+    `gptq` needs `hessians` (export/gptq.py's input_hessians of the reference model)."""
     onnx = require("onnx")
     base = onnx.ModelProto()
     base.CopyFrom(float_proto)
@@ -298,26 +328,47 @@ def quantize_graphs(float_proto, spec: QuantSpec, config: SCRConfig) -> Quantize
         p.CopyFrom(base)
         return p
 
-    ort = quantize_ort(copy(), spec, nodes)
-    rtn = ort if spec.method == "rtn" else quantize_ort(copy(), QuantSpec(
-        spec.bits, spec.block_size, "rtn"), nodes)
+    rtn_spec = QuantSpec(spec.bits, spec.block_size, "rtn")
+    if spec.method == "gptq":
+        if hessians is None:
+            raise ScredgeError("gptq needs the calibration activations", received="none",
+                               fix="pass hessians=input_hessians(model, calibration ids)")
+        from scredge.export.gptq import apply_gptq
+
+        ort = quantize_ort(copy(), rtn_spec, nodes)  # onnxruntime writes the nodes ...
+        weights = {i.name: i for i in base.graph.initializer}
+        numpy_helper = onnx.numpy_helper
+        apply_gptq(ort, lambda name: numpy_helper.to_array(weights[name]), hessians,
+                   spec.bits, spec.block_size)  # ... GPTQ chooses their numbers
+        rtn, trt_method = ort, "gptq"  # symmetric: the TensorRT form holds GPTQ's numbers
+    else:
+        ort = quantize_ort(copy(), spec, nodes)
+        rtn = ort if spec.method == "rtn" else quantize_ort(copy(), rtn_spec, nodes)
+        trt_method = "rtn"
     trt = to_dequantize_form(rtn)  # a copy: `ort` may be `rtn`, and is rewritten next
     for p in (ort, trt):
         onnx.checker.check_model(p)
     # after the checker: SimplifiedLayerNormalization is onnxruntime's, in the ONNX domain,
     # which the checker does not know; onnxruntime loads and the tier runs the result
     fusions = fuse_for_onnxruntime(ort, config)
-    return QuantizedGraphs(ort, trt, matrix_names(nodes), "rtn", fusions)
+    return QuantizedGraphs(ort, trt, matrix_names(nodes), trt_method, fusions)
 
 
-def config_section(spec: QuantSpec, graphs: QuantizedGraphs, ort_file: str) -> dict:
+QUANTIZER = "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
+
+
+def config_section(spec: QuantSpec, graphs: QuantizedGraphs, ort_file: str,
+                   calibration: dict | None = None) -> dict:
     """config.json's `quantization` (SCR_SPEC section 4): what, how, and which graph each
-    backend reads."""
+    backend reads; `calibration` is the calibration text's record (gptq)."""
     return {
-        **asdict(spec), "symmetric": spec.method == "rtn", "weights": "weight-only",
+        "bits": spec.bits, "block_size": spec.block_size, "method": spec.method,
+        "symmetric": spec.method != "hqq", "weights": "weight-only",
         "matrices": graphs.matrices,
         "float": ["embeddings", "norms", "Realign inputs (float32)"],
-        "quantizer": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
+        "quantizer": QUANTIZER if spec.method != "gptq"
+        else f"{QUANTIZER} (nodes), scredge.export.gptq (integers and scales)",
+        **({"calibration": calibration} if calibration is not None else {}),
         "graphs": {
             "ort": {"file": ort_file, "format": ORT_FORMAT, "method": spec.method,
                     "fused": asdict(graphs.fusions), "min_onnxruntime": MIN_ONNXRUNTIME},

@@ -13,9 +13,10 @@ from scredge.artifact import sha256_file
 from scredge.contract import HELDOUT_FILE, ONNX_DATA_FILE, ONNX_FILE, TRT_ONNX_FILE, WEIGHTS_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.export.heldout import record_heldout
+from scredge.export.heldout import record_heldout, validation_text
 from scredge.export.quantize import QuantSpec, config_section, quantize_graphs
 from scredge.quantized_tier import QuantizedReport, check_runner
+from scredge.tokenizer_files import TokenizerFiles
 
 EXTERNAL_DATA_BYTES = 1 << 30
 # onnxruntime fuses DequantizeLinear+MatMul into MatMulNBits with int8 *activations* unless
@@ -61,13 +62,31 @@ def verify_quantized(tmp: Path, model, spec: QuantSpec, heldout,
     return reports
 
 
+def calibrate(model, spec: QuantSpec, tokenizer: TokenizerFiles | None,
+              log: Callable[[str], None]) -> tuple[dict | None, dict | None]:
+    """For a calibrated method: (the per-scope input Hessians, the calibration record)."""
+    if spec.calibration is None:
+        return None, None
+    from scredge.export.gptq import Calibration, input_hessians
+
+    cal = Calibration.load(spec.calibration, tokenizer, model.config.vocab_size,
+                           validation_text())
+    log(f"running the reference over {cal.source['tokens']} calibration tokens "
+        f"({cal.source['file']}) ...")
+    return input_hessians(model, cal.ids), cal.source
+
+
 def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
-                      log: Callable[[str], None]) -> dict:
+                      log: Callable[[str], None],
+                      tokenizer: TokenizerFiles | None = None) -> dict:
     """Replace tmp/model.onnx (the verified float graph) with the onnxruntime form, add the
-    TensorRT form and the held-out reference; returns config.json's `quantization`."""
+    TensorRT form and the held-out reference; returns config.json's `quantization`.
+    `tokenizer` encodes a calibration text (bytes without one)."""
+    hessians, calibration = calibrate(model, spec, tokenizer, log)
+    how = "onnxruntime's MatMulNBitsQuantizer" + (", GPTQ" if spec.method == "gptq" else "")
     log(f"quantizing weights to int{spec.bits} ({spec.method}, block {spec.block_size}) "
-        "with onnxruntime's MatMulNBitsQuantizer ...")
-    graphs = quantize_graphs(float_proto, spec, model.config)
+        f"with {how} ...")
+    graphs = quantize_graphs(float_proto, spec, model.config, hessians)
     for stale in (tmp / ONNX_DATA_FILE,):
         stale.unlink(missing_ok=True)
     _save(graphs.ort, tmp / ONNX_FILE)
@@ -79,7 +98,7 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     log("checking both graphs against the quantized tier ...")
     reports = verify_quantized(tmp, model, spec, heldout, log)
     heldout.save(tmp / HELDOUT_FILE)
-    section = config_section(spec, graphs, ONNX_FILE)
+    section = config_section(spec, graphs, ONNX_FILE, calibration)
     section["heldout"] = {"file": HELDOUT_FILE, **heldout.source}
     section["verification"] = {b: r.to_json() for b, r in reports.items()}
     return section
