@@ -7,7 +7,8 @@ built locally with `transformers` (seeded, untrained), exported with SCR in ever
 (`llama`) and without (`llama-plain`, `--scr-layers none`: exactly the model
 onnxruntime-genai runs, the like-for-like comparison). scredge variants are exported with
 `scredge export [--quantize ...]` (each verified at export; a variant refused by the
-quantized tier is reported, not measured); the Llama's are `--from-llama`. onnxruntime-genai
+quantized tier is reported, not measured); the Llama's are `--from-llama`; `int4-gptq`
+calibrates on the last 60,000 bytes of the prose corpus's training part. onnxruntime-genai
 (`pip install 'scredge[bench]'`) builds its own int4 / float32 graphs from the same Hugging
 Face folder (`python -m onnxruntime_genai.models.builder -i HF -p int4 -e cpu`, its defaults:
 block 32, accuracy_level 4, RTN) and decodes through its own loop (og.Generator).
@@ -40,9 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
-GOALS = {"int8": 1.8, "int4": 3.0, "int4-hqq": 3.0}
+GOALS = {"int8": 1.8, "int4": 3.0, "int4-hqq": 3.0, "int4-gptq": 3.0}
 VARIANTS = {"float32": [], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"],
-            "int4-hqq": ["--quantize", "int4", "--quant-method", "hqq"]}
+            "int4-hqq": ["--quantize", "int4", "--quant-method", "hqq"],
+            "int4-gptq": ["--quantize", "int4", "--quant-method", "gptq"]}
+CALIBRATION_BYTES = 60_000  # the prose corpus's training part's tail: GPTQ's text
 LLAMA = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
              num_key_value_heads=4, intermediate_size=1376, vocab_size=2048,
              max_position_embeddings=4096, tie_word_embeddings=False)
@@ -78,6 +81,17 @@ def make_llama(folder: Path) -> Path:
     return folder
 
 
+def calibration_text(root: Path) -> Path:
+    """GPTQ's calibration text: the end of the prose corpus's training part (the quantized
+    tier scores its validation tail)."""
+    path = root / "calibration.txt"
+    if not path.is_file():
+        from scredge.ref.corpus import prose_corpus, split
+
+        path.write_bytes(split(prose_corpus(), 0.05)[0][-CALIBRATION_BYTES:])
+    return path
+
+
 def export(model: str, variant: str, root: Path) -> Path:
     out = root / f"{model}-{variant}"
     refused = root / f"{model}-{variant}.refused"  # the export's verdict, kept for reruns
@@ -88,7 +102,8 @@ def export(model: str, variant: str, root: Path) -> Path:
     source = (["--from-llama", str(make_llama(root / "llama-hf"))] if model.startswith("llama")
               else ["--preset", model]) + (["--scr-layers", "none"] if model == "llama-plain"
                                            else [])
-    cmd = [sys.executable, "-m", "scredge", "export", *source, *VARIANTS[variant],
+    calibrated = ["--calibration", str(calibration_text(root))] if "gptq" in variant else []
+    cmd = [sys.executable, "-m", "scredge", "export", *source, *VARIANTS[variant], *calibrated,
            "--out", str(out), "--force"]
     print(" ".join(cmd[2:]), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -103,7 +118,8 @@ def speed_only(model: str, variant: str, root: Path) -> Path:
     """For a variant the quantized tier refused (seeded, untrained weights give near-ties
     that int4 noise flips): the same onnxruntime-form graph, made by the same library
     function from the float32 artifact's graph, NOT an artifact (no tier, no manifest), so
-    its speed can still be measured. The table marks it."""
+    its speed can still be measured. The table marks it. (Not for gptq: its graph has the
+    int4 rtn graph's form, so that one's speed stands for it.)"""
     import onnx
 
     from scredge.export.ort_fusions import fuse_for_onnxruntime
@@ -264,7 +280,7 @@ def run(args) -> dict:
                 folders[v] = export(model, v, root)
             except subprocess.CalledProcessError:  # refused at export (missed its tier)
                 report.setdefault("refused", []).append(f"{model} {v}")
-                if args.speed_only and v != "float32":
+                if args.speed_only and v != "float32" and "gptq" not in v:
                     print(f"  {model} {v}: refused at export; its graph is measured for "
                           "speed only", flush=True)
                     folders[v + " (speed only)"] = speed_only(model, v, root)
