@@ -52,6 +52,10 @@ def run_info(args: argparse.Namespace) -> int:
         if a["ort_fused"]:
             print("  onnxruntime form, fused kernels: " + ", ".join(
                 f"{k} {v}" for k, v in a["ort_fused"].items()))
+        if a["calibration"]:
+            c = a["calibration"]
+            print(f"  calibrated on {c['file']}: {c['tokens']} tokens ({c['tokenizer']}), "
+                  f"sha256 {c['sha256'][:12]}...")
     for mod, ver in report["modules"].items():
         print(f"  {mod:<13} {ver or 'not installed'}")
     print("presets: " + ", ".join(PRESETS))

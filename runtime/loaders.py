@@ -97,11 +97,13 @@ def open_artifact(folder: str | Path) -> Artifact:
 
 def artifact_summary(folder: str | Path) -> dict:
     """What `scredge info FOLDER` says: precision, the graph each backend reads and, for
-    a quantized onnxruntime form, which blocks it runs as onnxruntime's fused kernels."""
+    a quantized onnxruntime form, which blocks it runs as onnxruntime's fused kernels and
+    the calibration text of a calibrated method."""
     a = open_artifact(folder)
     return {"folder": str(folder), "precision": a.precision,
             "graphs": {b: a.graph_file(b) for b in ("ort", "trt")},
             "ort_fused": a.graph_entry("ort").get("fused", {}),
+            "calibration": a.quantization.get("calibration", {}),
             "engines": sorted(a.engines)}
 
 

@@ -128,9 +128,10 @@ def calibration_file(tmp_path_factory):
 
 
 def test_gptq_artifact_passes_the_tier_and_beats_round_to_nearest(
-        tiny_opset21, tiny_quantized, calibration_file, tmp_path, monkeypatch):
+        tiny_opset21, tiny_quantized, calibration_file, tmp_path, monkeypatch, capsys):
     """Both graphs carry GPTQ's numbers and pass the tier; the held-out perplexity ratio is
-    below the rtn artifact's (1.0077 vs 1.0105 measured); config records the text."""
+    below the rtn artifact's (1.0077 vs 1.0105 measured); config records the text and
+    `scredge info` names it."""
     model, proto = tiny_opset21
     monkeypatch.setattr(pipeline, "export_graph", lambda m, opset: _copy(proto))
     folder = pipeline.export_artifact(model, tmp_path / "g", quantize=QuantSpec(
@@ -140,6 +141,8 @@ def test_gptq_artifact_passes_the_tier_and_beats_round_to_nearest(
     assert q["calibration"]["file"] == "calibration.txt"
     assert q["calibration"]["tokens"] == 32768 and q["calibration"]["tokenizer"] == "bytes"
     assert all(r["passed"] for r in q["verification"].values())
+    assert main(["info", str(folder)]) == 0
+    assert "calibrated on calibration.txt: 32768 tokens (bytes)" in capsys.readouterr().out
     rtn = json.loads((tiny_quantized[4] / "config.json").read_text())["quantization"]
     for backend in ("ort", "trt"):
         assert q["verification"][backend]["ratio"] < rtn["verification"][backend]["ratio"]
