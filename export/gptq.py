@@ -16,7 +16,8 @@ with a diagonal Hessian GPTQ reproduces onnxruntime's integers and scales byte f
 
 Activations come from the float32 reference over the calibration text, every matrix seeing
 the float model's inputs (not the quantized earlier layers'), as torchao's GPTQ does by
-default. Per distinct matrix input a K x K float64 Hessian is held until the end.
+default. Per distinct matrix input a K x K float32 Hessian (4 K^2 bytes) is held until
+the end; each matrix's GPTQ runs in float64.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def check_disjoint(data: bytes, heldout_text: bytes, path: Path) -> None:
 
 # ---- activations ------------------------------------------------------------------------
 def input_hessians(model, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Per graph scope of a weight MatMul: H = X^T X / n (float64 [K,K]) of the inputs the
+    """Per graph scope of a weight MatMul: H = X^T X / n (float32 [K,K]) of the inputs the
     float32 reference gives it over `ids`, cut into sequences from an empty state. Matrices
     fed the same tensor (q/k/v, gate/up) share one array."""
     torch = require("torch")
@@ -148,8 +149,10 @@ def input_hessians(model, ids: np.ndarray) -> dict[str, np.ndarray]:
             return
         seen[id(x)] = (scope, weakref.ref(x))
         x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-        add = (x2.T @ x2).to(torch.float64)
-        sums[scope] = add if scope not in sums else sums[scope] + add
+        if scope in sums:
+            sums[scope].addmm_(x2.T, x2)
+        else:
+            sums[scope] = x2.T @ x2
         counts[scope] = counts.get(scope, 0) + x2.shape[0]
 
     handles = []
