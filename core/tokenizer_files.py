@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from scredge.contract import (
     GENERATION_CONFIG_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -36,6 +38,14 @@ class TokenizerFiles:
         """The config.json section (artifact.TOKENIZER_KEY)."""
         return {"files": list(self.files), "eos_token_ids": list(self.eos_token_ids),
                 "vocab_size": self.vocab_size, "source": str(self.folder)}
+
+    def encode_text(self, text: bytes) -> np.ndarray:
+        """UTF-8 text -> the tokenizer's ids [n] int64, no special tokens added (training
+        data, a calibration text, the held-out text)."""
+        tokenizers = require("tokenizers")
+        tok = tokenizers.Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
+        ids = tok.encode(text.decode("utf-8", errors="replace"), add_special_tokens=False).ids
+        return np.asarray(ids, dtype=np.int64)
 
     def copy_into(self, dest: Path) -> None:
         for name in self.files:

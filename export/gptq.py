@@ -67,10 +67,7 @@ class Calibration:
                                    expected=f"vocab_size >= 256 or a {TOKENIZER_FILE}")
             ids = np.frombuffer(data, np.uint8).astype(np.int64)
         else:
-            tokenizers = require("tokenizers")
-            tok = tokenizers.Tokenizer.from_file(str(tokenizer.folder / TOKENIZER_FILE))
-            ids = np.asarray(tok.encode(data.decode("utf-8"), add_special_tokens=False).ids,
-                             np.int64)
+            ids = tokenizer.encode_text(data)
         if len(ids) < MIN_CALIBRATION_TOKENS:
             _too_short(path, f"{len(ids)} tokens")
         ids = ids[:MAX_CALIBRATION_TOKENS]

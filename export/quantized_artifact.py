@@ -81,7 +81,7 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
                       tokenizer: TokenizerFiles | None = None) -> dict:
     """Replace tmp/model.onnx (the verified float graph) with the onnxruntime form, add the
     TensorRT form and the held-out reference; returns config.json's `quantization`.
-    `tokenizer` encodes a calibration text (bytes without one)."""
+    `tokenizer` encodes the calibration and held-out texts (bytes without one)."""
     hessians, calibration = calibrate(model, spec, tokenizer, log)
     how = "onnxruntime's MatMulNBitsQuantizer" + (", GPTQ" if spec.method == "gptq" else "")
     log(f"quantizing weights to int{spec.bits} ({spec.method}, block {spec.block_size}) "
@@ -94,7 +94,7 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     log(f"  {len(graphs.matrices)} matrices quantized; onnxruntime form: "
         f"{graphs.fusions.summary()}")
     log("recording the float32 reference over the held-out text ...")
-    heldout = record_heldout(model, sha256_file(tmp / WEIGHTS_FILE))
+    heldout = record_heldout(model, sha256_file(tmp / WEIGHTS_FILE), tokenizer=tokenizer)
     log("checking both graphs against the quantized tier ...")
     reports = verify_quantized(tmp, model, spec, heldout, log)
     heldout.save(tmp / HELDOUT_FILE)

@@ -26,7 +26,6 @@ import torch
 from scredge.artifact import sha256_file
 from scredge.config import SCRConfig
 from scredge.contract import TOKENIZER_FILE, TOKENIZER_KEY, WEIGHTS_FILE
-from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.tokenizer_files import TokenizerFiles, find_tokenizer
 
@@ -205,7 +204,4 @@ def encode(text: bytes, tokenizer: TokenizerFiles | None, init: InitSource | Non
                                         "model was trained with)",
                                fix="save the tokenizer into the folder (save_pretrained)")
         return text
-    tokenizers = require("tokenizers")
-    tok = tokenizers.Tokenizer.from_file(str(tokenizer.folder / TOKENIZER_FILE))
-    ids = tok.encode(text.decode("utf-8", errors="replace"), add_special_tokens=False).ids
-    return np.asarray(ids, dtype=np.int64)
+    return tokenizer.encode_text(text)

@@ -208,3 +208,40 @@ def test_a_tokenized_calibration_text_counts_tokens(tmp_path):
     text.write_text("word " * (MIN_CALIBRATION_TOKENS + 5))
     cal = Calibration.load(text, files, 256, validation_text())
     assert len(cal.ids) == MIN_CALIBRATION_TOKENS + 5 and set(cal.ids) == {1}
+
+
+def test_a_hugging_face_model_is_calibrated_and_scored_in_its_own_tokens(
+        tmp_path, bpe_tokenizer, calibration_file):
+    """A Llama folder with a BPE tokenizer.json (vocab 2048): the calibration text and the
+    held-out text are both encoded by it (oracle: `tokenizers` itself on the same text),
+    and the int4 gptq artifact passes the tier in both graphs."""
+    import torch
+    import transformers
+
+    from scredge.contract import HELDOUT_FILE
+    from scredge.export.sources import from_llama
+    from scredge.quantized_tier import Heldout
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path / "hf",
+                                                              safe_serialization=True)
+    bpe_tokenizer.save(str(tmp_path / "hf" / "tokenizer.json"))
+    src = from_llama(tmp_path / "hf")
+    folder = pipeline.export_artifact(src.model, tmp_path / "a", tokenizer=src.tokenizer,
+                                      quantize=QuantSpec(4, method="gptq",
+                                                         calibration=calibration_file))
+    q = json.loads((folder / "config.json").read_text())["quantization"]
+    text = calibration_file.read_bytes().decode("utf-8")
+    expected = bpe_tokenizer.encode(text, add_special_tokens=False).ids
+    assert q["calibration"]["tokenizer"] == "tokenizer.json"
+    assert q["calibration"]["tokens"] == min(len(expected), 32768) < len(text)
+    assert q["heldout"]["tokenizer"] == "tokenizer.json"
+    assert all(r["passed"] for r in q["verification"].values())
+    ids = Heldout.load(folder / HELDOUT_FILE).ids
+    held = bpe_tokenizer.encode(validation_text().decode("utf-8"),
+                                add_special_tokens=False).ids
+    assert ids.tolist() == held[:len(ids)] and len(ids) == 4097

@@ -139,7 +139,7 @@ def test_an_artifact_that_misses_the_tier_is_refused(tiny_opset21, tmp_path, mon
                         lambda bits: QuantizedThresholds(0.99, 0.9))
     record = quantized_artifact.record_heldout  # a shorter text: the verdict is the oracle
     monkeypatch.setattr(quantized_artifact, "record_heldout",
-                        lambda m, sha: record(m, sha, tokens=512))
+                        lambda m, sha, tokenizer: record(m, sha, 512, tokenizer))
     with pytest.raises(ScredgeError, match="misses the int4 tier"):
         pipeline.export_artifact(model, tmp_path / "a", quantize=QuantSpec(4))
     assert list(tmp_path.iterdir()) == []
