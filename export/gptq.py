@@ -79,6 +79,10 @@ class Calibration:
 def read_calibration_text(path: Path) -> bytes:
     """The bytes of a UTF-8 text file, refused with a reason otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise ScredgeError("the calibration text is a folder", received=str(path),
+                           expected="one UTF-8 text file",
+                           fix="join the texts into one file and pass that to --calibration")
     if not path.is_file():
         raise ScredgeError("calibration text not found", received=str(path),
                            expected="a UTF-8 text file", fix="check the path given to "

@@ -172,6 +172,7 @@ def _write(tmp_path, name, data: bytes):
      "--calibration is for an activation-aware method"),
     (lambda d: str(d / "missing.txt"), ["--quant-method", "gptq"],
      "calibration text not found"),
+    (lambda d: str(d), ["--quant-method", "gptq"], "the calibration text is a folder"),
     (lambda d: _write(d, "c.bin", b"\xff\xfe" * 4000), ["--quant-method", "gptq"],
      "not UTF-8 text"),
     (lambda d: _write(d, "c.txt", b"short text " * 10), ["--quant-method", "gptq"],
