@@ -1,0 +1,33 @@
+"""benchmarks/bench_quant.py's gptq variant. Oracles: the export's own calibration checks
+(the text it writes must pass them) and the command line it would run."""
+
+from __future__ import annotations
+
+import subprocess
+
+from scripts import load_script
+
+from scredge.export.gptq import check_disjoint, read_calibration_text
+from scredge.export.heldout import validation_text
+
+
+def test_gptq_variant_exports_with_a_calibration_text_the_exporter_accepts(tmp_path,
+                                                                           monkeypatch):
+    bench = load_script("benchmarks/bench_quant.py")
+    ran = []
+
+    def fake_run(cmd, **kwargs):
+        ran.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    bench.export("small", "int4-gptq", tmp_path)
+    bench.export("small", "int4", tmp_path)
+    gptq, rtn = ran
+    text = tmp_path / "calibration.txt"
+    assert gptq[gptq.index("--calibration") + 1] == str(text)
+    assert gptq[gptq.index("--quant-method") + 1] == "gptq"
+    assert "--calibration" not in rtn
+    data = read_calibration_text(text)  # UTF-8, long enough
+    assert len(data) == bench.CALIBRATION_BYTES
+    check_disjoint(data, validation_text(), text)  # not the held-out text
