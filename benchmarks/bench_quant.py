@@ -86,9 +86,9 @@ def calibration_text(root: Path) -> Path:
     tier scores its validation tail)."""
     path = root / "calibration.txt"
     if not path.is_file():
-        from scredge.ref.corpus import prose_corpus, split
+        from scredge.export.heldout import training_text
 
-        path.write_bytes(split(prose_corpus(), 0.05)[0][-CALIBRATION_BYTES:])
+        path.write_bytes(training_text()[-CALIBRATION_BYTES:])
     return path
 
 

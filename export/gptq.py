@@ -54,12 +54,10 @@ class Calibration:
     source: dict  # config.json's record: file name, sha256, bytes, tokens
 
     @classmethod
-    def load(cls, path: Path, tokenizer: TokenizerFiles | None, vocab_size: int,
-             heldout_text: bytes) -> Calibration:
-        """Read and check `path` (UTF-8 text that is not the held-out text), encoded with the
-        artifact's tokenizer, or as bytes for a byte-level model."""
-        data = read_calibration_text(path)
-        check_disjoint(data, heldout_text, path)
+    def load(cls, path: Path, tokenizer: TokenizerFiles | None, vocab_size: int) -> Calibration:
+        """Read and check `path` (see `calibration_text`), encoded with the artifact's
+        tokenizer, or as bytes for a byte-level model."""
+        data = calibration_text(path)
         if tokenizer is None:
             if vocab_size < 256:
                 raise ScredgeError("a calibration text needs a tokenizer or byte ids",
@@ -74,6 +72,16 @@ class Calibration:
         return cls(ids, {"file": Path(path).name, "sha256": hashlib.sha256(data).hexdigest(),
                          "bytes": len(data), "tokens": int(len(ids)),
                          "tokenizer": "bytes" if tokenizer is None else TOKENIZER_FILE})
+
+
+def calibration_text(path: Path) -> bytes:
+    """The calibration file's bytes, refused unless it is UTF-8 text, long enough, and not
+    the held-out text the quantized tier scores."""
+    from scredge.export.heldout import validation_text
+
+    data = read_calibration_text(path)
+    check_disjoint(data, validation_text(), path)
+    return data
 
 
 def read_calibration_text(path: Path) -> bytes:
@@ -249,15 +257,14 @@ def pack_nbits(q: np.ndarray, bits: int, block: int) -> np.ndarray:
 
 
 def apply_gptq(ort_proto, float_weight, hessians: dict[str, np.ndarray], bits: int,
-               block: int) -> int:
+               block: int) -> None:
     """Replace the integers and scales of every MatMulNBits node in `ort_proto` (onnxruntime's
     symmetric round-to-nearest output, in place) by GPTQ's. `float_weight(name)` gives the
-    original weight initializer `name` as a [K,N] float array. Returns the number of
-    matrices done; a node whose scope has no Hessian is refused."""
+    original weight initializer `name` as a [K,N] float array. A node whose scope has no
+    Hessian is refused."""
     onnx = require("onnx")
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
     inits = {i.name: i for i in ort_proto.graph.initializer}
-    done = 0
     for node in ort_proto.graph.node:
         if node.op_type != "MatMulNBits":
             continue
@@ -277,5 +284,3 @@ def apply_gptq(ort_proto, float_weight, hessians: dict[str, np.ndarray], bits: i
         b_init.CopyFrom(numpy_helper.from_array(packed, b_init.name))
         s_init.CopyFrom(numpy_helper.from_array(
             s.astype(np.float32).reshape(tuple(s_init.dims)), s_init.name))
-        done += 1
-    return done

@@ -94,7 +94,7 @@ def rewrite(proto, g: Graph, replace: dict[int, list], dead: set[int], inits=(),
     del proto.graph.node[:]
     proto.graph.node.extend(_toposort(nodes, proto.graph, inits))
     proto.graph.initializer.extend(inits)
-    _drop_unused(proto)
+    drop_unused(proto)
 
 
 def _toposort(nodes: list, graph, inits) -> list:
@@ -118,7 +118,7 @@ def _toposort(nodes: list, graph, inits) -> list:
     return out
 
 
-def _drop_unused(proto) -> None:
+def drop_unused(proto) -> None:
     """Nodes and initializers nothing reads any more."""
     graph = proto.graph
     while True:

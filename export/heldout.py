@@ -27,6 +27,13 @@ def validation_text() -> bytes:
     return split(prose_corpus(), VAL_FRACTION)[1]
 
 
+def training_text() -> bytes:
+    """The rest of the prose corpus: text a calibration may use (the tier never scores it)."""
+    from scredge.ref.corpus import prose_corpus, split
+
+    return split(prose_corpus(), VAL_FRACTION)[0]
+
+
 def heldout_ids(vocab_size: int, tokens: int = HELDOUT_TOKENS,
                 tokenizer: TokenizerFiles | None = None) -> tuple[np.ndarray, dict]:
     """`tokens` + 1 ids of the prose corpus's validation tail (encoded by `tokenizer`, or as

@@ -55,15 +55,15 @@ def _unheads(g: Graph, t4: str):
     return (rs.input[0], [tr, rs]) if rs else None
 
 
-def _cache_concat(g: Graph, name: str, graph_inputs: set[str]):
+def _cache_concat(g: Graph, name: str):
     cat = g.producer.get(name)
     if (cat is None or cat.op_type != "Concat" or attr(cat, "axis") != 2
-            or len(cat.input) != 2 or cat.input[0] not in graph_inputs):
+            or len(cat.input) != 2 or cat.input[0] not in g.inputs):
         return None
     return cat
 
 
-def _match_attention(g: Graph, sm, graph_inputs: set[str]) -> _AttentionMatch | None:
+def _match_attention(g: Graph, sm) -> _AttentionMatch | None:
     """Softmax-anchored scaled-dot-product attention of the reference model (grouped query
     rows, past/present concat, masked_fill) -> its pieces, or None."""
     if sm.op_type != "Softmax" or attr(sm, "axis", -1) != -1:
@@ -91,12 +91,12 @@ def _match_attention(g: Graph, sm, graph_inputs: set[str]) -> _AttentionMatch | 
         return None
     qg = g.only(mm.input[0], "Reshape")
     q_head = _head_input(g, qg.input[0] if qg else mm.input[0])
-    k_cat = _cache_concat(g, kt.input[0], graph_inputs)
+    k_cat = _cache_concat(g, kt.input[0])
     k_head = k_cat and _head_input(g, k_cat.input[1])
     pv = g.next(sm.output[0], "MatMul")
     if q_head is None or k_head is None or pv is None or pv.input[0] != sm.output[0]:
         return None
-    v_cat = _cache_concat(g, pv.input[1], graph_inputs)
+    v_cat = _cache_concat(g, pv.input[1])
     v_head = v_cat and _unheads(g, v_cat.input[1])
     back = g.next(pv.output[0], "Reshape")  # grouped rows back to heads (absent at G = 1)
     tr = g.next((back or pv).output[0], "Transpose")
@@ -143,7 +143,7 @@ def fuse_attention(proto, n_heads: int, n_kv_heads: int) -> int:
     if cache is None:  # the first pass made no rotary: nothing here to feed Attention
         return 0
     for sm in g.nodes:
-        m = _match_attention(g, sm, g.inputs)
+        m = _match_attention(g, sm)
         if m is None:
             continue
         if m.keep not in masks:

@@ -32,6 +32,7 @@ from scredge.config import SCRConfig
 from scredge.contract import ORT_DOMAIN, TRT_ONNX_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.export.graph_match import drop_unused
 from scredge.export.ort_fusions import MIN_ONNXRUNTIME, FusionCounts, fuse_for_onnxruntime
 
 QUANT_BITS = (8, 4)
@@ -97,14 +98,14 @@ class QuantSpec:
                                expected=f"--quant-method {' or '.join(CALIBRATED_METHODS)}",
                                fix="add --quant-method gptq, or drop --calibration")
         if self.calibration is not None:
-            from scredge.export.gptq import check_disjoint, read_calibration_text
-            from scredge.export.heldout import validation_text
+            from scredge.export.gptq import calibration_text
 
-            check_disjoint(read_calibration_text(self.calibration), validation_text(),
-                           self.calibration)
+            calibration_text(self.calibration)
 
     def check(self, dtype: str, config: SCRConfig) -> None:
-        """Refuse options that cannot make this artifact, before any work is done."""
+        """Refuse options that cannot make this artifact, before any work is done (again for
+        the command line, which checked while parsing; first for a QuantSpec built in code)."""
+        self.check_calibration()
         if dtype != "float32":
             raise ScredgeError("--quantize needs a float32 export", received=f"--dtype {dtype}",
                                expected="--dtype float32 (the default)",
@@ -165,14 +166,7 @@ def materialize_tied_head(proto) -> None:
         proto.graph.initializer.append(numpy_helper.from_array(
             np.ascontiguousarray(weight.T), name))
         node.input[1] = name
-    _drop_dead_nodes(proto)
-
-
-def _drop_dead_nodes(proto) -> None:
-    used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
-    keep = [n for n in proto.graph.node if any(o in used for o in n.output)]
-    del proto.graph.node[:]
-    proto.graph.node.extend(keep)
+    drop_unused(proto)
 
 
 def weight_matmuls(proto) -> list[str]:

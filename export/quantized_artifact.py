@@ -13,7 +13,7 @@ from scredge.artifact import sha256_file
 from scredge.contract import HELDOUT_FILE, ONNX_DATA_FILE, ONNX_FILE, TRT_ONNX_FILE, WEIGHTS_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.export.heldout import record_heldout, validation_text
+from scredge.export.heldout import record_heldout
 from scredge.export.quantize import QuantSpec, config_section, quantize_graphs
 from scredge.quantized_tier import QuantizedReport, check_runner
 from scredge.tokenizer_files import TokenizerFiles
@@ -69,8 +69,7 @@ def calibrate(model, spec: QuantSpec, tokenizer: TokenizerFiles | None,
         return None, None
     from scredge.export.gptq import Calibration, input_hessians
 
-    cal = Calibration.load(spec.calibration, tokenizer, model.config.vocab_size,
-                           validation_text())
+    cal = Calibration.load(spec.calibration, tokenizer, model.config.vocab_size)
     log(f"running the reference over {cal.source['tokens']} calibration tokens "
         f"({cal.source['file']}) ...")
     return input_hessians(model, cal.ids), cal.source

@@ -7,8 +7,7 @@ import subprocess
 
 from scripts import load_script
 
-from scredge.export.gptq import check_disjoint, read_calibration_text
-from scredge.export.heldout import validation_text
+from scredge.export.gptq import calibration_text
 
 
 def test_gptq_variant_exports_with_a_calibration_text_the_exporter_accepts(tmp_path,
@@ -28,6 +27,5 @@ def test_gptq_variant_exports_with_a_calibration_text_the_exporter_accepts(tmp_p
     assert gptq[gptq.index("--calibration") + 1] == str(text)
     assert gptq[gptq.index("--quant-method") + 1] == "gptq"
     assert "--calibration" not in rtn
-    data = read_calibration_text(text)  # UTF-8, long enough
+    data = calibration_text(text)  # UTF-8, long enough, not the held-out text
     assert len(data) == bench.CALIBRATION_BYTES
-    check_disjoint(data, validation_text(), text)  # not the held-out text

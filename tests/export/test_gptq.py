@@ -24,7 +24,7 @@ from scredge.export.gptq import (
     input_hessians,
     pack_nbits,
 )
-from scredge.export.heldout import validation_text
+from scredge.export.heldout import training_text, validation_text
 from scredge.export.quantize import (
     QuantSpec,
     _unpack,
@@ -120,10 +120,8 @@ def test_hessians_are_the_reference_inputs_of_every_weight_matrix(tiny_opset21):
 @pytest.fixture(scope="module")
 def calibration_file(tmp_path_factory):
     """The prose corpus's training part (the held-out text is its validation tail)."""
-    from scredge.ref.corpus import prose_corpus, split
-
     path = tmp_path_factory.mktemp("calibration") / "calibration.txt"
-    path.write_bytes(split(prose_corpus(), 0.05)[0][-40000:])
+    path.write_bytes(training_text()[-40000:])
     return path
 
 
@@ -205,9 +203,9 @@ def test_a_tokenized_calibration_text_counts_tokens(tmp_path):
     text = tmp_path / "c.txt"
     text.write_text("wordy " * 1000)  # 6,000 bytes, 1,000 tokens
     with pytest.raises(ScredgeError, match="1000 tokens"):
-        Calibration.load(text, files, 256, validation_text())
+        Calibration.load(text, files, 256)
     text.write_text("word " * (MIN_CALIBRATION_TOKENS + 5))
-    cal = Calibration.load(text, files, 256, validation_text())
+    cal = Calibration.load(text, files, 256)
     assert len(cal.ids) == MIN_CALIBRATION_TOKENS + 5 and set(cal.ids) == {1}
 
 
@@ -246,3 +244,12 @@ def test_a_hugging_face_model_is_calibrated_and_scored_in_its_own_tokens(
     held = bpe_tokenizer.encode(validation_text().decode("utf-8"),
                                 add_special_tokens=False).ids
     assert ids.tolist() == held[:len(ids)] and len(ids) == 4097
+
+
+def test_a_quant_spec_built_in_code_is_checked_before_any_work(tiny_opset21, tmp_path):
+    """export_artifact's own check (not only the command line's): gptq without a calibration
+    text is refused before the graph is exported, and nothing is written."""
+    model, _ = tiny_opset21
+    with pytest.raises(ScredgeError, match="needs a calibration text"):
+        pipeline.export_artifact(model, tmp_path / "a", quantize=QuantSpec(4, method="gptq"))
+    assert list(tmp_path.iterdir()) == []
