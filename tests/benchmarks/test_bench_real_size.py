@@ -1,4 +1,4 @@
-"""benchmarks/bench_real_size.py at a toy size (the real size runs by hand, see README).
+"""benchmarks/bench_real_size.py at a toy size (the real size runs by hand: docs/performance.md).
 Oracle: the script's own chain of real commands (save_pretrained, scredge export
 --from-llama, scredge bench --compare torch) finishing and reporting sane figures."""
 
