@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -145,44 +145,20 @@ def train(
     state_path = out_dir / STATE_FILE
     train_arr = _as_array(data_train, "training", cfg.seq_len)
     val_arr = _as_array(data_val, "validation", cfg.seq_len)
-    _check_run(out_dir, resume, stop_at, device)
-    check_trainable(trainable, model_config, init)
-    if init is not None and init.config != model_config:
-        raise ScredgeError("the model config differs from the --init model's",
-                           received=model_config.to_dict(), expected=init.config.to_dict())
-    for arr in (train_arr, val_arr):
-        _check_ids(arr, model_config.vocab_size)
-    est = (estimate_memory(model_config, cfg, trainable) if ignore_memory_check
-           else check_memory(model_config, cfg, available_memory(device), trainable))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a parent is a file, or not writable
-        raise ScredgeError("cannot create the --out folder", received=f"{out_dir}: {exc}",
-                           fix="choose a writable --out") from exc
+    est = _check_inputs(model_config, cfg, (train_arr, val_arr), out_dir, resume=resume,
+                        stop_at=stop_at, device=device, ignore_memory_check=ignore_memory_check,
+                        init=init, trainable=trainable)
+    _make_out_dir(out_dir)
     data_ids = {"train_sha256": _data_sha(data_train), "val_sha256": _data_sha(data_val),
                 "train_bytes": len(data_train), "val_bytes": len(data_val),
                 "units": "bytes" if isinstance(data_train, bytes) else "tokens"}
     tokenizer = init.tokenizer if init is not None else None
 
     with _deterministic():
-        torch.manual_seed(cfg.seed)
-        if init is None:
-            model = build_model(model_config, cfg.seed)
-        else:
-            model = SCRForCausalLM(model_config)
-            model.load_state_dict(init.state, strict=True)
-        model = model.to(device)
-        freeze(model, trainable)
+        model = _initial_model(model_config, cfg.seed, init, device, trainable)
         optimizer = make_optimizer(model, cfg)
         rng = np.random.default_rng(cfg.seed)
-        log = {"status": "running", "model_config": model_config.to_dict(),
-               "train_config": asdict(cfg), "data": data_ids, "meta": meta or {},
-               "parameters": est["parameters"], "memory_estimate_bytes": est["total"],
-               "trained_parameters": est["trained_parameters"], "trainable": trainable,
-               "init": init.description if init is not None else None,
-               TOKENIZER_KEY: tokenizer.describe() if tokenizer is not None else None,
-               "device": device, "torch": str(torch.__version__), "evals": [], "losses": [],
-               "wall_time_s": 0.0, "runs": []}
+        log = _new_log(model_config, cfg, data_ids, meta, est, trainable, init, device)
         step = 0
         if resume:
             step, log = _restore(state_path, model, optimizer, rng, model_config, cfg,
@@ -196,70 +172,166 @@ def train(
                             "threads": torch.get_num_threads(),
                             "command": (meta or {}).get("command")})
         val = val_windows(val_arr, cfg.eval_batches * cfg.batch_size, cfg.seq_len).to(device)
-        positions = torch.arange(cfg.seq_len, device=device).expand(cfg.batch_size, -1)
-        wall_before = log["wall_time_s"]
-        t0 = time.perf_counter()
-        compute_s, steps_here, window_losses = 0.0, 0, []
-
-        def evaluate() -> float:
-            return validation_loss(model, val, positions, cfg.batch_size, cfg.seq_len)
-
-        def wall() -> float:
-            return wall_before + time.perf_counter() - t0
-
+        run = _Run(model, optimizer, rng, cfg, log, out_dir, say, device, val,
+                   positions=torch.arange(cfg.seq_len, device=device).expand(cfg.batch_size, -1),
+                   wall_before=log["wall_time_s"], t0=time.perf_counter())
         if step == 0:
-            v = evaluate()
-            log["evals"].append({"step": 0, "val_loss": v, "wall_time_s": wall()})
-            vocab = model_config.vocab_size
-            say(f"step 0/{cfg.steps} | val loss {v:.4f} (uniform: ln {vocab} = "
-                f"{math.log(vocab):.4f}) | {est['parameters']:,} parameters "
-                f"({est['trained_parameters']:,} trained), {cfg.tokens_per_step:,} tokens/step")
+            _first_evaluation(run, model_config.vocab_size, est)
         model.train()
         while step < cfg.steps:
-            s0 = time.perf_counter()
-            lr = cfg.lr_at(step)
-            x, y = sample_batch(train_arr, rng, cfg.batch_size, cfg.seq_len)
-            loss_value = optimizer_step(model, optimizer, cfg, lr, x.to(device), y.to(device),
-                                        positions, step + 1)
-            step += 1
-            steps_here += 1
-            compute_s += time.perf_counter() - s0
-            window_losses.append(loss_value)
-            line = None
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                mean = sum(window_losses) / len(window_losses)
-                log["losses"].append({"step": step, "loss": mean, "lr": lr})
-                window_losses = []
-                eta = (wall() - wall_before) / steps_here * (cfg.steps - step)
-                line = (f"step {step}/{cfg.steps} | loss {mean:.4f} | lr {lr:.2e} | "
-                        f"{steps_here * cfg.tokens_per_step / compute_s:,.0f} tok/s | "
-                        f"elapsed {_clock(wall())} | eta {_clock(eta)}")
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                v = evaluate()
-                log["evals"].append({"step": step, "val_loss": v, "train_loss": loss_value,
-                                     "lr": lr, "wall_time_s": wall()})
-                line = (line or f"step {step}/{cfg.steps}") + f" | val loss {v:.4f}"
-            if line:
-                say(line)
+            step, loss_value, lr = _train_step(run, train_arr, step)
+            _report(run, step, loss_value, lr)
             stopping = stop_at is not None and step >= stop_at and step < cfg.steps
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-                log["wall_time_s"] = wall()
-                log["tokens_per_s"] = steps_here * cfg.tokens_per_step / compute_s
+                log["wall_time_s"] = run.wall()
+                log["tokens_per_s"] = run.tokens_per_s()
                 _save_state(state_path, model, optimizer, rng, step, cfg, log)
             if stopping:
                 log["status"] = "stopped"
                 _write_json(out_dir / LOG_FILE, log)
                 say(f"stopped after step {step}: resume with --resume")
                 return TrainResult(model.eval(), log, finished=False)
+        return _finish(run)
 
-        log["wall_time_s"] = wall()
-        if steps_here:
-            log["tokens_per_s"] = steps_here * cfg.tokens_per_step / compute_s
-        log["final_val_loss"] = log["evals"][-1]["val_loss"]
-        log["status"] = "finished"
-        save_checkpoint(model, out_dir / MODEL_FILE)
-        _write_json(out_dir / LOG_FILE, log)
-        return TrainResult(model.eval(), log, finished=True)
+
+def _check_inputs(model_config: SCRConfig, cfg: TrainConfig, arrays: tuple[np.ndarray, ...],
+                  out_dir: Path, *, resume: bool, stop_at: int | None, device: str,
+                  ignore_memory_check: bool, init: InitSource | None, trainable: str) -> dict:
+    """Refuse a run that cannot start, before anything is allocated or written; the
+    memory estimate (train_memory.estimate_memory's dict)."""
+    _check_run(out_dir, resume, stop_at, device)
+    check_trainable(trainable, model_config, init)
+    if init is not None and init.config != model_config:
+        raise ScredgeError("the model config differs from the --init model's",
+                           received=model_config.to_dict(), expected=init.config.to_dict())
+    for arr in arrays:
+        _check_ids(arr, model_config.vocab_size)
+    return (estimate_memory(model_config, cfg, trainable) if ignore_memory_check
+            else check_memory(model_config, cfg, available_memory(device), trainable))
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, or not writable
+        raise ScredgeError("cannot create the --out folder", received=f"{out_dir}: {exc}",
+                           fix="choose a writable --out") from exc
+
+
+def _initial_model(model_config: SCRConfig, seed: int, init: InitSource | None, device: str,
+                   trainable: str) -> SCRForCausalLM:
+    """The seeded model (or `init`'s weights) on `device`, frozen as `trainable` says."""
+    torch.manual_seed(seed)
+    if init is None:
+        model = build_model(model_config, seed)
+    else:
+        model = SCRForCausalLM(model_config)
+        model.load_state_dict(init.state, strict=True)
+    model = model.to(device)
+    freeze(model, trainable)
+    return model
+
+
+def _new_log(model_config: SCRConfig, cfg: TrainConfig, data_ids: dict, meta: dict | None,
+             est: dict, trainable: str, init: InitSource | None, device: str) -> dict:
+    """A new run's log (what train_log.json holds), before any step."""
+    tokenizer = init.tokenizer if init is not None else None
+    return {"status": "running", "model_config": model_config.to_dict(),
+            "train_config": asdict(cfg), "data": data_ids, "meta": meta or {},
+            "parameters": est["parameters"], "memory_estimate_bytes": est["total"],
+            "trained_parameters": est["trained_parameters"], "trainable": trainable,
+            "init": init.description if init is not None else None,
+            TOKENIZER_KEY: tokenizer.describe() if tokenizer is not None else None,
+            "device": device, "torch": str(torch.__version__), "evals": [], "losses": [],
+            "wall_time_s": 0.0, "runs": []}
+
+
+@dataclass
+class _Run:
+    """One training run's loop state: what the steps read and update."""
+    model: SCRForCausalLM
+    optimizer: torch.optim.AdamW
+    rng: np.random.Generator
+    cfg: TrainConfig
+    log: dict
+    out_dir: Path
+    say: Callable[[str], None]
+    device: str
+    val: torch.Tensor  # the fixed validation windows
+    positions: torch.Tensor
+    wall_before: float  # wall time of the runs before this one (resume)
+    t0: float
+    compute_s: float = 0.0
+    steps_here: int = 0
+    window_losses: list[float] = field(default_factory=list)
+
+    def evaluate(self) -> float:
+        return validation_loss(self.model, self.val, self.positions, self.cfg.batch_size,
+                               self.cfg.seq_len)
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
+
+    def tokens_per_s(self) -> float:
+        return self.steps_here * self.cfg.tokens_per_step / self.compute_s
+
+
+def _first_evaluation(run: _Run, vocab: int, est: dict) -> None:
+    cfg = run.cfg
+    v = run.evaluate()
+    run.log["evals"].append({"step": 0, "val_loss": v, "wall_time_s": run.wall()})
+    run.say(f"step 0/{cfg.steps} | val loss {v:.4f} (uniform: ln {vocab} = "
+            f"{math.log(vocab):.4f}) | {est['parameters']:,} parameters "
+            f"({est['trained_parameters']:,} trained), {cfg.tokens_per_step:,} tokens/step")
+
+
+def _train_step(run: _Run, train_arr: np.ndarray, step: int) -> tuple[int, float, float]:
+    """One optimizer step on a fresh batch: (the new step, its loss, its learning rate)."""
+    cfg, device = run.cfg, run.device
+    s0 = time.perf_counter()
+    lr = cfg.lr_at(step)
+    x, y = sample_batch(train_arr, run.rng, cfg.batch_size, cfg.seq_len)
+    loss_value = optimizer_step(run.model, run.optimizer, cfg, lr, x.to(device), y.to(device),
+                                run.positions, step + 1)
+    step += 1
+    run.steps_here += 1
+    run.compute_s += time.perf_counter() - s0
+    run.window_losses.append(loss_value)
+    return step, loss_value, lr
+
+
+def _report(run: _Run, step: int, loss_value: float, lr: float) -> None:
+    """Log the mean loss every `log_every` steps and evaluate every `eval_every`."""
+    cfg, log = run.cfg, run.log
+    line = None
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        mean = sum(run.window_losses) / len(run.window_losses)
+        log["losses"].append({"step": step, "loss": mean, "lr": lr})
+        run.window_losses = []
+        eta = (run.wall() - run.wall_before) / run.steps_here * (cfg.steps - step)
+        line = (f"step {step}/{cfg.steps} | loss {mean:.4f} | lr {lr:.2e} | "
+                f"{run.tokens_per_s():,.0f} tok/s | "
+                f"elapsed {_clock(run.wall())} | eta {_clock(eta)}")
+    if step % cfg.eval_every == 0 or step == cfg.steps:
+        v = run.evaluate()
+        log["evals"].append({"step": step, "val_loss": v, "train_loss": loss_value,
+                             "lr": lr, "wall_time_s": run.wall()})
+        line = (line or f"step {step}/{cfg.steps}") + f" | val loss {v:.4f}"
+    if line:
+        run.say(line)
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Write the finished run's weights and log."""
+    log = run.log
+    log["wall_time_s"] = run.wall()
+    if run.steps_here:
+        log["tokens_per_s"] = run.tokens_per_s()
+    log["final_val_loss"] = log["evals"][-1]["val_loss"]
+    log["status"] = "finished"
+    save_checkpoint(run.model, run.out_dir / MODEL_FILE)
+    _write_json(run.out_dir / LOG_FILE, log)
+    return TrainResult(run.model.eval(), log, finished=True)
 
 
 def _check_run(out_dir: Path, resume: bool, stop_at: int | None, device: str) -> None:
