@@ -10,9 +10,9 @@ Small and deterministic on purpose, so a result can be rerun and a run resumed:
   and not to vectors: norm gains (decay pulls them to 0, not to their neutral 1),
   biases, the SCR score heads and the SCR scale gamma (decay would push SCR towards
   the identity and bias an SCR-vs-baseline comparison).
-- `out_dir/last.pt` holds the whole training state (weights, optimizer, step, both
-  RNG states, both configs, the log) and is replaced atomically; on CPU a run resumed
-  from it ends with bit-identical weights to one that was never interrupted.
+- `out_dir/last.pt` (train_state.py) holds the whole training state (weights, optimizer,
+  step, both RNG states, both configs, the log) and is replaced atomically; on CPU a run
+  resumed from it ends with bit-identical weights to one that was never interrupted.
 - The result is `out_dir/model.safetensors` (SCR_SPEC names, via `save_checkpoint`) and
   `out_dir/train_log.json` (evaluations, final validation loss, wall time, command).
 """
@@ -38,9 +38,10 @@ from scredge.errors import ScredgeError
 from scredge.ref.checkpoint import save_checkpoint
 from scredge.ref.corpus import sha256
 from scredge.ref.model import SCRForCausalLM, build_model
-from scredge.ref.train_config import TRAJECTORY_FIELDS, TrainConfig, is_int
+from scredge.ref.train_config import TrainConfig, is_int
 from scredge.ref.train_init import InitSource, check_trainable, freeze
 from scredge.ref.train_memory import available_memory, check_memory, estimate_memory
+from scredge.ref.train_state import restore_state, save_state
 
 __all__ = ["TrainConfig", "TrainResult", "available_memory", "check_memory", "estimate_memory",
            "make_optimizer", "train", "val_windows"]
@@ -48,7 +49,6 @@ __all__ = ["TrainConfig", "TrainResult", "available_memory", "check_memory", "es
 STATE_FILE = "last.pt"
 MODEL_FILE = WEIGHTS_FILE  # the name `scredge export --weights` and an artifact use
 LOG_FILE = "train_log.json"
-STATE_FORMAT = "scredge-train-state/1"
 ADAM_BETAS = (0.9, 0.95)
 
 
@@ -161,7 +161,7 @@ def train(
         log = _new_log(model_config, cfg, data_ids, meta, est, trainable, init, device)
         step = 0
         if resume:
-            step, log = _restore(state_path, model, optimizer, rng, model_config, cfg,
+            step, log = restore_state(state_path, model, optimizer, rng, model_config, cfg,
                                  data_ids, device, log)
             log["meta"] = meta or log["meta"]
             log["train_config"] = asdict(cfg)  # cadence fields may change on resume
@@ -185,7 +185,7 @@ def train(
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 log["wall_time_s"] = run.wall()
                 log["tokens_per_s"] = run.tokens_per_s()
-                _save_state(state_path, model, optimizer, rng, step, cfg, log)
+                save_state(state_path, model, optimizer, rng, step, cfg, log)
             if stopping:
                 log["status"] = "stopped"
                 _write_json(out_dir / LOG_FILE, log)
@@ -417,75 +417,13 @@ def validation_loss(model, val, positions, batch_size: int, seq_len: int) -> flo
     return total / (val.shape[0] * seq_len)
 
 
-# ---- checkpoints ---------------------------------------------------------------------
-def _save_state(path: Path, model, optimizer, rng, step: int, cfg: TrainConfig,
-                log: dict) -> None:
-    state = {"format": STATE_FORMAT, "step": step, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "numpy_rng": rng.bit_generator.state,
-             "torch_rng": torch.get_rng_state(), "train_config": asdict(cfg),
-             "model_config": model.config.to_dict(), "log": log}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
+# ---- small helpers -------------------------------------------------------------------
 def _check_ids(data: np.ndarray, vocab_size: int) -> None:
     top = int(data.max()) if len(data) else 0
     if top >= vocab_size:
         raise ScredgeError("the data holds ids outside the model's vocabulary",
                            received=f"id {top}", expected=f"ids < vocab_size = {vocab_size}",
                            fix="train with the model's own tokenizer (--init)")
-
-
-def _restore(path: Path, model, optimizer, rng, model_config: SCRConfig, cfg: TrainConfig,
-             data_ids: dict, device: str, fresh: dict) -> tuple[int, dict]:
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors alike: the file is unusable
-        raise ScredgeError("cannot read the training checkpoint", received=f"{path}: {exc}",
-                           fix="delete it and start again without --resume") from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ScredgeError("not a scredge training checkpoint", received=str(path),
-                           expected=f"format {STATE_FORMAT}")
-    saved_model = SCRConfig.from_dict(state["model_config"], source=f"{path} model config")
-    if saved_model != model_config:
-        a, b = saved_model.to_dict(), model_config.to_dict()
-        diff = [k for k in a if a[k] != b[k]]
-        raise ScredgeError(
-            "cannot resume: the checkpoint was trained with another model config",
-            received=f"checkpoint {path}: " + ", ".join(f"{k}={a[k]}" for k in diff)
-                     + f" (full: {json.dumps(a)})",
-            expected="this command's config: " + ", ".join(f"{k}={b[k]}" for k in diff)
-                     + f" (full: {json.dumps(b)})",
-            fix="resume with the same --preset/--config, --scr-layers and --window, "
-                "or choose another --out")
-    saved_cfg = state["train_config"]
-    diff = [k for k in TRAJECTORY_FIELDS if saved_cfg.get(k) != getattr(cfg, k)]
-    if diff:
-        raise ScredgeError(
-            "cannot resume: training settings differ from the checkpoint's",
-            received="checkpoint: " + ", ".join(f"{k}={saved_cfg.get(k)}" for k in diff),
-            expected="this command: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in diff),
-            fix="resume with the checkpoint's settings (see its train_log.json), "
-                "or choose another --out")
-    for key, flag in (("init", "--init"), ("trainable", "--trainable")):
-        saved = state["log"].get(key, "all" if key == "trainable" else None)
-        if saved != fresh[key]:
-            raise ScredgeError(f"cannot resume: {flag} differs from the checkpoint's",
-                               received=f"this command: {json.dumps(fresh[key])}",
-                               expected=f"checkpoint: {json.dumps(saved)}",
-                               fix=f"resume with the run's own {flag}, or choose another --out")
-    saved_data = state["log"]["data"]
-    if any(saved_data[k] != data_ids[k] for k in ("train_sha256", "val_sha256")):
-        raise ScredgeError("cannot resume: the training data differs from the checkpoint's",
-                           received=f"train sha256 {data_ids['train_sha256'][:12]}..., "
-                                    f"{data_ids['train_bytes']} bytes",
-                           expected=f"train sha256 {saved_data['train_sha256'][:12]}..., "
-                                    f"{saved_data['train_bytes']} bytes",
-                           fix="resume with the same --data/--corpus and --val-fraction")
-    model.load_state_dict(state["model"], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
-    rng.bit_generator.state = state["numpy_rng"]
-    torch.set_rng_state(state["torch_rng"].cpu())
-    return int(state["step"]), state["log"]
 
 
 def _write_json(path: Path, data: dict) -> None:
