@@ -104,3 +104,19 @@ def tiny_quantized(tiny_opset21, tmp_path_factory):
         mp.setattr(pipeline, "export_graph", graph)
         return {bits: pipeline.export_artifact(model, root / f"int{bits}",
                                                quantize=QuantSpec(bits)) for bits in (8, 4)}
+
+
+@pytest.fixture(scope="session")
+def realign_ort_library():
+    """The Realign onnxruntime custom-op library (CPU), built here when missing or stale
+    (`make kernels` does the same); skipped with the reason where it cannot be built."""
+    from scredge.errors import ScredgeError
+    from scredge.plugins.realign.ort_kernel import build_library, find_library
+
+    library, _ = find_library()
+    if library is None:
+        try:
+            library = build_library()
+        except ScredgeError as exc:
+            pytest.skip(f"Realign onnxruntime kernel not built: {exc.what} ({exc.received})")
+    return library
