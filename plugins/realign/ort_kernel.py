@@ -199,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--if-possible", action="store_true",
                     help="exit 0 with the reason when no compiler or headers are available")
+    ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
     args = ap.parse_args(argv)
+    current, _ = find_library(args.cuda)
+    if current is not None and args.out is None and not args.force:
+        print(f"{current} is up to date (onnxruntime API {read_stamp(current).get('ort_api')})")
+        return 0
     try:
         out = build_library(args.out, cuda=args.cuda)
     except ScredgeError as err:

@@ -64,6 +64,35 @@ inline void kahan_add(float& sum, float& c, float& v)
     v = 0.f;
 }
 
+// w_r.x and w_g.x in kLanes interleaved partial sums (lane j: d = j, j + kLanes, ...),
+// combined at the end, as the GPU's lanes are: the partial sums are independent, so the
+// compiler keeps them in one vector register (a single running sum is one long chain).
+inline void dots_host(const float* x, const float* w_r, const float* w_g, long long D,
+    float& zr, float& zg)
+{
+    constexpr int kLanes = 8;
+    float ar[kLanes] = {}, ag[kLanes] = {};
+    long long d = 0;
+    for (; d + kLanes <= D; d += kLanes)
+        for (int j = 0; j < kLanes; ++j)
+        {
+            ar[j] = fmaf(w_r[d + j], x[d + j], ar[j]);
+            ag[j] = fmaf(w_g[d + j], x[d + j], ag[j]);
+        }
+    for (int j = 0; d < D; ++d, ++j)
+    {
+        ar[j] = fmaf(w_r[d], x[d], ar[j]);
+        ag[j] = fmaf(w_g[d], x[d], ag[j]);
+    }
+    zr = 0.f;
+    zg = 0.f;
+    for (int j = 0; j < kLanes; ++j)
+    {
+        zr += ar[j];
+        zg += ag[j];
+    }
+}
+
 // The whole op on the host for rows [b0, b1) of a [B,T,D] batch; all arithmetic float32.
 // `Load(const X*, i)` -> float and `Store(X*, i, float)` convert X (float32 or float16).
 // T == 0 copies the carries through. `scratch` holds 3*D floats.
@@ -88,13 +117,10 @@ void scr_realign_rows_host(const X* h, const X* m_prev, const float* num_in, con
         for (long long t = 0; t < T; ++t)
         {
             const long long row = (b * T + t) * D;
-            float zr = 0.f, zg = 0.f;
             for (long long d = 0; d < D; ++d)
-            {
                 x[d] = load(h, row + d);
-                zr = fmaf(w_r[d], x[d], zr);
-                zg = fmaf(w_g[d], x[d], zg);
-            }
+            float zr, zg;
+            dots_host(x, w_r, w_g, D, zr, zg);
             const float e = relevance_weight(zr, b_r, kappa);
             const float beta = gate(zg, b_g);
             den_part += e;
