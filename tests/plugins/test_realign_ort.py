@@ -258,3 +258,43 @@ def test_not_a_library_falls_back(tmp_path):
     bad.write_bytes(b"not an ELF file")
     picked = realign_kernel.probe(bad)
     assert picked.kind == realign_kernel.FUNCTION and "refused" in picked.reason
+
+
+def test_build_is_skipped_with_the_reason_without_a_compiler(tmp_path, monkeypatch, capsys):
+    """No C++ compiler on PATH: the build raises a ScredgeError saying so, and `make
+    kernels` (--if-possible) prints the reason and succeeds, writing nothing."""
+    from scredge.plugins.realign import ort_kernel
+
+    monkeypatch.setattr(ort_kernel, "fetch_headers", lambda: tmp_path)  # headers not needed
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    out = tmp_path / "lib.so"
+    with pytest.raises(ScredgeError, match="no C\\+\\+ compiler"):
+        ort_kernel.build_library(out)
+    assert ort_kernel.main(["--if-possible", "--out", str(out)]) == 0
+    assert "skipped: no C++ compiler" in capsys.readouterr().out
+    assert not out.exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_headers_folder_without_the_api_header_is_refused(tmp_path, monkeypatch):
+    """$SCREDGE_ORT_INCLUDE_DIR pointing at a folder without onnxruntime_c_api.h."""
+    from scredge.plugins.realign import ort_kernel
+
+    monkeypatch.setenv(ort_kernel.ENV_INCLUDE, str(tmp_path))
+    with pytest.raises(ScredgeError, match="no onnxruntime_c_api.h"):
+        ort_kernel.fetch_headers()
+
+
+def test_stale_library_is_not_used(realign_ort_library, tmp_path, monkeypatch):
+    """A library whose stamp names other sources is passed over, with the rebuild command."""
+    import shutil
+
+    from scredge.plugins.realign import ort_kernel
+
+    lib = tmp_path / realign_ort_library.name
+    shutil.copy(realign_ort_library, lib)
+    ort_kernel.stamp_path(lib).write_text('{"sources_sha256": "0"}')
+    monkeypatch.delenv(ort_kernel.ENV_LIB, raising=False)
+    monkeypatch.setattr(ort_kernel, "library_path", lambda cuda=False: lib)
+    found, why = ort_kernel.find_library()
+    assert found is None and "other sources" in why and "make kernels" in why
