@@ -120,3 +120,12 @@ def realign_ort_library():
         except ScredgeError as exc:
             pytest.skip(f"Realign onnxruntime kernel not built: {exc.what} ({exc.received})")
     return library
+
+
+@pytest.fixture(scope="session")
+def future_api_library(realign_ort_library, tmp_path_factory):
+    """The same source built to ask onnxruntime for API version 99: what a library built
+    against newer headers than the installed onnxruntime does."""
+    from scredge.plugins.realign.ort_kernel import build_library
+
+    return build_library(tmp_path_factory.mktemp("api99") / "libscr_realign_ort.so", api=99)

@@ -224,15 +224,6 @@ def test_probe_picks_the_kernel(realign_ort_library):
     assert kernel.kind == CUSTOM_OP and kernel.library == realign_ort_library
 
 
-@pytest.fixture(scope="module")
-def future_api_library(realign_ort_library, tmp_path_factory):
-    """The same source built to ask onnxruntime for API version 99: what a library built
-    against newer headers than the installed onnxruntime does."""
-    from scredge.plugins.realign.ort_kernel import build_library
-
-    return build_library(tmp_path_factory.mktemp("api99") / "libscr_realign_ort.so", api=99)
-
-
 def test_library_for_a_newer_onnxruntime_is_refused(future_api_library, monkeypatch):
     """Oracle: onnxruntime's own refusal, passed on. Registering the API-99 build fails with
     the library's message naming both versions; the runtime falls back to the function body

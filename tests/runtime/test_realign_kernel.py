@@ -66,15 +66,14 @@ def test_generation_is_identical_both_ways(tiny_artifact, realign_ort_library, m
     assert runs["custom-op"] == runs["function"] and len(runs["function"]) == 160
 
 
-def test_incompatible_library_falls_back_to_the_function(tiny_artifact, realign_ort_library,
-                                                         tmp_path, monkeypatch):
+def test_incompatible_library_falls_back_to_the_function(tiny_artifact, future_api_library,
+                                                         monkeypatch):
     """A library built for an onnxruntime API this onnxruntime lacks (asks for API 99):
     the runner runs the function body, says why, and generates; required, it is refused."""
-    from scredge.plugins.realign.ort_kernel import build_library
     from scredge.runtime.loaders import load_ort, open_artifact
 
     _, folder = tiny_artifact
-    lib = build_library(tmp_path / "libscr_realign_ort.so", api=99)
+    lib = future_api_library
     monkeypatch.delenv(ENV_CHOICE, raising=False)
     runner = load_ort(open_artifact(folder), device="cpu", threads=1, realign_library=lib)
     assert runner.realign.kind == FUNCTION and "API version 99" in runner.realign.reason
