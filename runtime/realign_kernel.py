@@ -108,7 +108,11 @@ def _probe(library: Path, _mtime: int, _size: int, device: str) -> RealignKernel
                  else ["CPUExecutionProvider"])
     feed, expected = _probe_case()
     try:
-        session = ort.InferenceSession(_probe_model(), opts, providers=providers)
+        model = _probe_model()
+    except ScredgeError as exc:  # onnx (the ort extra) missing: the probe cannot be built
+        return RealignKernel(FUNCTION, reason=f"cannot probe {library.name}: {exc.what}")
+    try:
+        session = ort.InferenceSession(model, opts, providers=providers)
         got = session.run(None, feed)
     except Exception as exc:  # noqa: BLE001
         return RealignKernel(FUNCTION, reason=f"{library.name} failed the probe: "

@@ -95,26 +95,39 @@ def fetch_headers() -> Path:
                            fix=f"install npm, or set {ENV_INCLUDE} to an onnxruntime include/ "
                                "folder (Debian's libonnxruntime-dev: /usr/include/onnxruntime)")
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent"],
-                              cwd=tmp, capture_output=True, text=True, timeout=600)
-        tgz = next(Path(tmp).glob("*.tgz"), None)
-        if done.returncode != 0 or tgz is None:
-            raise ScredgeError("npm could not fetch onnxruntime's headers",
-                               received=(done.stderr or done.stdout)[-600:],
-                               expected=f"{NPM_PACKAGE}@{NPM_VERSION} from the npm registry",
-                               fix=f"check network access to npm, or set {ENV_INCLUDE}")
+        tgz = _npm_pack(npm, Path(tmp))
         staging = Path(tempfile.mkdtemp(prefix=".ort-headers-", dir=_mkdir(dest.parent)))
-        with tarfile.open(tgz) as tar:
-            for member in tar:  # the headers only, by their base names
-                name = member.name.removeprefix(NPM_HEADERS)
-                if member.isfile() and member.name.startswith(NPM_HEADERS) and "/" not in name:
-                    (staging / name).write_bytes(tar.extractfile(member).read())
-        (staging / "SOURCE.txt").write_text(
-            f"npm {NPM_PACKAGE}@{NPM_VERSION} (MIT), {NPM_HEADERS}; fetched by scredge's "
-            f"ort_kernel.py for building realign_ort.cpp. onnxruntime's own headers.\n")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(staging, dest)  # whole or not at all
+        try:
+            with tarfile.open(tgz) as tar:
+                for member in tar:  # the headers only, by their base names
+                    name = member.name.removeprefix(NPM_HEADERS)
+                    if member.isfile() and member.name.startswith(NPM_HEADERS) and "/" not in name:
+                        (staging / name).write_bytes(tar.extractfile(member).read())
+            (staging / "SOURCE.txt").write_text(
+                f"npm {NPM_PACKAGE}@{NPM_VERSION} (MIT), {NPM_HEADERS}; fetched by scredge's "
+                f"ort_kernel.py for building realign_ort.cpp. onnxruntime's own headers.\n")
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(staging, dest)  # whole or not at all
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _npm_pack(npm: str, folder: Path) -> Path:
+    """`npm pack` the headers' package into `folder`; its .tgz, or a ScredgeError."""
+    fix = f"check network access to the npm registry, or set {ENV_INCLUDE}"
+    try:
+        done = subprocess.run([npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent"],
+                              cwd=folder, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ScredgeError("npm could not fetch onnxruntime's headers", received=str(exc)[:300],
+                           fix=fix) from exc
+    tgz = next(folder.glob("*.tgz"), None)
+    if done.returncode != 0 or tgz is None:
+        raise ScredgeError("npm could not fetch onnxruntime's headers",
+                           received=(done.stderr or done.stdout)[-600:],
+                           expected=f"{NPM_PACKAGE}@{NPM_VERSION} from the npm registry", fix=fix)
+    return tgz
 
 
 def _mkdir(path: Path) -> Path:
