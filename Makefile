@@ -9,7 +9,7 @@ EXTRAS ?= export,ort,dev
 # every Python source folder, linted by `make test` and `make lint`
 SRC_DIRS := core cli scr_ref export runtime parity builder bench serve plugins tests benchmarks tools
 
-.PHONY: test test-all venv lint engine pretrained clean
+.PHONY: test test-all venv lint engine pretrained clean kernels kernels-cuda
 
 venv: $(VENV)/.installed
 
@@ -23,13 +23,25 @@ $(VENV)/.installed: pyproject.toml Makefile
 # The default run leaves out tests marked `slow` (benchmark-script smoke runs, the full
 # experiment, the shipped checkpoint's export, a few long training and quantizer runs), so
 # CI stays within its time budget; `make test-all` runs every test.
-test: venv
+test: venv kernels
 	$(VENV)/bin/ruff check $(SRC_DIRS)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: venv
+test-all: venv kernels
 	$(VENV)/bin/ruff check $(SRC_DIRS)
 	$(PY) -m pytest -q
+
+# The scr.Realign onnxruntime custom-op kernel (docs/realign-kernel.md): the CPU library,
+# built when a C++ compiler and onnxruntime's headers (fetched once from npm into
+# ~/.cache/scredge) are there, skipped with the reason otherwise; a no-op when up to date.
+# The runtime uses it where built, else the graph's function body.
+kernels: venv
+	$(PY) -m scredge.plugins.realign.ort_kernel --if-possible
+
+# The same library with the CUDA op for onnxruntime's CUDA provider (nvcc; the TensorRT
+# plugin's kernel source), for onnxruntime-gpu.
+kernels-cuda: venv
+	$(PY) -m scredge.plugins.realign.ort_kernel --cuda
 
 lint: venv
 	$(VENV)/bin/ruff check $(SRC_DIRS)

@@ -9,8 +9,13 @@ or `/<Fusion>/...` once fused; every other node of our graphs has a `/model/...`
 The profiler adds its own cost per node, so absolute figures are above the unprofiled
 ones; `bench_scr_overhead.py` gives the unprofiled ratios.
 
+`--realign custom-op` runs the SCR model's Realign nodes with the custom-op kernel library
+(runtime/realign_kernel.py; one `Realign` node per SCR layer in the profile) instead of the
+function body (the default here, so the decomposed nodes can be seen).
+
 Usage: python benchmarks/profile_scr.py [--presets tiny small] [--steps 32] [--threads 1]
        [--prompt 64] [--prefill 256] [--artifacts DIR] [--markdown]
+       [--realign function|custom-op]
 """
 
 from __future__ import annotations
@@ -79,8 +84,9 @@ def summarise(events: list[dict], runs: list[dict]) -> RunProfile:
 
 
 def profile(folder: Path, *, steps: int, prompt: int, prefill: int, threads: int,
-            prefills: int = 3):
-    """(decode profile, prefill profile) of the artifact in `folder`, onnxruntime CPU."""
+            prefills: int = 3, realign=None):
+    """(decode profile, prefill profile) of the artifact in `folder`, onnxruntime CPU;
+    `realign` a runtime.realign_kernel.RealignKernel to register (None: function body)."""
     from scredge.contract import ONNX_FILE
     from scredge.runtime.loaders import open_artifact, ort_session
     from scredge.runtime.runners.ort_runner import OrtRunner
@@ -88,7 +94,7 @@ def profile(folder: Path, *, steps: int, prompt: int, prefill: int, threads: int
     artifact = open_artifact(folder)
     with tempfile.TemporaryDirectory(prefix="scredge-prof-") as tmp:
         session = ort_session(folder / ONNX_FILE, "cpu", threads=threads,
-                              profile_prefix=Path(tmp) / "ort")
+                              profile_prefix=Path(tmp) / "ort", realign=realign)
         runner = OrtRunner(session, artifact.config, artifact.kv_dtype)
         vocab = artifact.config.vocab_size
         ids = (np.arange(prefill, dtype=np.int64) % vocab).reshape(1, -1)
@@ -163,7 +169,16 @@ def main(argv: list[str] | None = None) -> list[str]:
     ap.add_argument("--repeat", type=int, default=3, help="profiles per model, alternating")
     ap.add_argument("--artifacts", type=Path, default=None)
     ap.add_argument("--config", type=Path, default=None, help="a config JSON instead of presets")
+    ap.add_argument("--realign", choices=["function", "custom-op"], default="function",
+                    help="what runs the SCR model's Realign nodes")
     args = ap.parse_args(argv)
+    realign = None
+    if args.realign == "custom-op":
+        from scredge.runtime.realign_kernel import CUSTOM_OP, pick
+
+        realign = pick("cpu")
+        if realign.kind != CUSTOM_OP:
+            raise SystemExit(f"no Realign kernel: {realign.reason}")
     root = args.artifacts or Path(tempfile.mkdtemp(prefix="scredge-prof-"))
     lines: list[str] = []
     for name in (["config"] if args.config else args.presets):
@@ -172,11 +187,13 @@ def main(argv: list[str] | None = None) -> list[str]:
         for _ in range(args.repeat):
             for kind, folder in (("scr", pair.scr), ("plain", pair.plain)):
                 runs[kind].append(profile(folder, steps=args.steps, prompt=args.prompt,
-                                          prefill=args.prefill, threads=args.threads))
+                                          prefill=args.prefill, threads=args.threads,
+                                          realign=realign if kind == "scr" else None))
         dec = [median_profile([r[0] for r in runs[k]]) for k in ("scr", "plain")]
         pre = [median_profile([r[1] for r in runs[k]]) for k in ("scr", "plain")]
         lines += table(dec[0], dec[1], f"{name}: decode step (prompt {args.prompt}, "
-                       f"{args.steps} steps, {args.threads} thread(s))")
+                       f"{args.steps} steps, {args.threads} thread(s), Realign: "
+                       f"{args.realign})")
         lines += table(pre[0], pre[1], f"{name}: prefill of {args.prefill} tokens")
     print("\n".join(lines), flush=True)
     return lines

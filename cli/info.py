@@ -38,6 +38,7 @@ def run_info(args: argparse.Namespace) -> int:
         "modules": installed_versions(),
         "presets": {name: cfg.to_dict() for name, cfg in PRESETS.items()},
     }
+    report["realign_kernel"] = _realign_kernel(report["modules"])
     if args.folder is not None:
         from scredge.runtime.loaders import artifact_summary
 
@@ -58,8 +59,25 @@ def run_info(args: argparse.Namespace) -> int:
                   f"sha256 {c['sha256'][:12]}...")
     for mod, ver in report["modules"].items():
         print(f"  {mod:<13} {ver or 'not installed'}")
+    print(f"scr.Realign on onnxruntime (CPU): {report['realign_kernel']['describe']}")
     print("presets: " + ", ".join(PRESETS))
     return 0
+
+
+def _realign_kernel(modules: dict) -> dict:
+    """What onnxruntime would run for scr.Realign on the CPU: the custom-op kernel library
+    (where built and probed) or the function body, and why."""
+    if not modules.get("onnxruntime"):
+        return {"kind": "none", "describe": "onnxruntime not installed"}
+    from scredge.errors import ScredgeError
+    from scredge.runtime.realign_kernel import pick
+
+    try:
+        kernel = pick("cpu")
+    except ScredgeError as exc:  # e.g. SCREDGE_REALIGN_KERNEL=custom-op without a library
+        return {"kind": "error", "describe": str(exc).splitlines()[0]}
+    return {"kind": kernel.kind, "library": str(kernel.library or ""), "reason": kernel.reason,
+            "describe": kernel.describe()}
 
 
 def run_init(args: argparse.Namespace) -> int:

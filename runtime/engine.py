@@ -71,6 +71,13 @@ class Engine:
     def backend(self) -> str:
         return self.runner.backend
 
+    @property
+    def realign_kernel(self) -> str | None:
+        """What runs the `scr.Realign` nodes on onnxruntime: 'custom-op' (the kernel library)
+        or 'function' (the graph's function body); None for a TensorRT engine."""
+        realign = getattr(self.runner, "realign", None)
+        return realign.kind if realign is not None else None
+
     def close(self) -> None:
         """Free what the backend keeps between generations (the TensorRT runner's idle
         decoders: execution contexts and device caches) before the Engine is collected."""

@@ -129,12 +129,13 @@ def ort_providers(device: str) -> list[str]:
 def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None = None,
                 optimize: bool = True, save_optimized: Path | None = None,
                 profile_prefix: Path | None = None,
-                config_entries: dict[str, str] | None = None):
+                config_entries: dict[str, str] | None = None, realign=None):
     """The one place an onnxruntime InferenceSession is made: `model` a path or serialized
     bytes, on `device` ('auto' | 'cpu' | 'cuda', see `ort_providers`); `optimize` False for
     a graph optimised offline; `save_optimized` writes the optimised graph there;
     `profile_prefix` turns on onnxruntime's profiler, writing under that prefix;
-    `config_entries` are onnxruntime session config entries."""
+    `config_entries` are onnxruntime session config entries; `realign` a
+    `realign_kernel.RealignKernel` whose custom-op library is registered (None: none)."""
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
                                 or threads < 0):
         raise ScredgeError("invalid thread count", received=repr(threads)[:80],
@@ -153,6 +154,10 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(profile_prefix)
+    if realign is not None:
+        from scredge.runtime.realign_kernel import register
+
+        register(opts, realign)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=ort_providers(device))
 
@@ -170,25 +175,32 @@ def _check_onnxruntime_version(artifact: Artifact, installed: str) -> None:
                            fix=f"pip install 'onnxruntime>={need}'")
 
 
-def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = None):
-    """An OrtRunner for `artifact`; uses its saved optimised graph when it fits."""
+def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = None,
+             realign_library: Path | None = None):
+    """An OrtRunner for `artifact`; uses its saved optimised graph when it fits and the
+    Realign custom-op kernel where it is built and passes its probe (`realign_kernel.pick`;
+    `realign_library` names another library to try)."""
     ort = require("onnxruntime")
     from scredge.runtime.graph_check import check_ort_session
+    from scredge.runtime.realign_kernel import FUNCTION, RealignKernel, pick
     from scredge.runtime.runners.ort_runner import OrtRunner
 
     kind = "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
     _check_onnxruntime_version(artifact, ort.__version__)
+    realign = (pick(kind, realign_library) if artifact.config.scr_layers
+               else RealignKernel(FUNCTION, reason="no SCR layer in this model"))
     path = artifact.folder / artifact.graph_file("ort")
     optimized = artifact.engines.get(f"ort-{kind}")
     # paths checked by open_artifact: listed, hashed, inside the folder; onnxruntime itself
-    # refuses external data that resolves outside the graph's folder
-    if optimized and optimized.get("onnxruntime") == ort.__version__:
+    # refuses external data that resolves outside the graph's folder. The offline-optimised
+    # graph has the function inlined (no Realign node left), so the kernel needs model.onnx.
+    if realign.kind == FUNCTION and optimized and optimized.get("onnxruntime") == ort.__version__:
         # already optimised offline, for this onnxruntime and device
         path, optimize = artifact.folder / optimized["file"], False
     else:
         optimize = True
     try:
-        session = ort_session(path, device, threads=threads, optimize=optimize)
+        session = ort_session(path, device, threads=threads, optimize=optimize, realign=realign)
     except ScredgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types (Fail, ...)
@@ -198,4 +210,4 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
                            fix=f"re-export the folder: scredge export ... --out "
                                f"{artifact.folder} --force") from exc
     check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder)
-    return OrtRunner(session, artifact.config, artifact.kv_dtype)
+    return OrtRunner(session, artifact.config, artifact.kv_dtype, realign)

@@ -104,3 +104,28 @@ def tiny_quantized(tiny_opset21, tmp_path_factory):
         mp.setattr(pipeline, "export_graph", graph)
         return {bits: pipeline.export_artifact(model, root / f"int{bits}",
                                                quantize=QuantSpec(bits)) for bits in (8, 4)}
+
+
+@pytest.fixture(scope="session")
+def realign_ort_library():
+    """The Realign onnxruntime custom-op library (CPU), built here when missing or stale
+    (`make kernels` does the same); skipped with the reason where it cannot be built."""
+    from scredge.errors import ScredgeError
+    from scredge.plugins.realign.ort_kernel import build_library, find_library
+
+    library, _ = find_library()
+    if library is None:
+        try:
+            library = build_library()
+        except ScredgeError as exc:
+            pytest.skip(f"Realign onnxruntime kernel not built: {exc.what} ({exc.received})")
+    return library
+
+
+@pytest.fixture(scope="session")
+def future_api_library(realign_ort_library, tmp_path_factory):
+    """The same source built to ask onnxruntime for API version 99: what a library built
+    against newer headers than the installed onnxruntime does."""
+    from scredge.plugins.realign.ort_kernel import build_library
+
+    return build_library(tmp_path_factory.mktemp("api99") / "libscr_realign_ort.so", api=99)

@@ -49,6 +49,17 @@ if [[ $# -gt 0 ]]; then
     timeout 150 "$PY" tools/gpu_check_runner.py "$@" --json "$OUT_DIR/gpu_check_runner.json"
     runner_rc=$?
 fi
+# With onnxruntime-gpu: the Realign custom-op kernel (realign_ort.cpp + the same
+# realign_kernel.cu) on onnxruntime's CUDA provider, op tier and timing against the
+# function body, and the runtime both ways on the artifacts.
+ort_rc=skipped
+if "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" 2>/dev/null; then
+    echo "== onnxruntime CUDA provider: the Realign custom-op kernel"
+    timeout 300 "$PY" tools/gpu_check_ort_kernel.py "$@" --json "$OUT_DIR/gpu_check_ort_kernel.json"
+    ort_rc=$?
+else
+    echo "== onnxruntime-gpu not installed (no CUDAExecutionProvider): Realign custom op on CUDA skipped"
+fi
 # With TensorRT installed: the whole path on the first artifact, through the scredge CLI
 # (build with the plugin, parity at every tier the TensorRT runner serves, latency).
 trt_rc=skipped
@@ -72,6 +83,7 @@ fi
 echo "== summary"
 [[ $# -gt 0 ]] && echo "runner check: $([[ $runner_rc == 0 ]] && echo PASSED || echo "FAILED ($runner_rc)")"
 [[ $# -gt 0 ]] && echo "TensorRT build + parity + bench: $([[ $trt_rc == 0 ]] && echo PASSED || echo "$trt_rc")"
+echo "onnxruntime CUDA Realign kernel: $([[ $ort_rc == 0 ]] && echo PASSED || echo "$ort_rc")"
 case $rc in
     0) echo "GPU checks PASSED in $((SECONDS - start)) s; numbers in $OUT_DIR/gpu_check_kernel.json" ;;
     124) echo "GPU checks TIMED OUT after 400 s (rerun with QUICK=1)" ;;
@@ -79,4 +91,5 @@ case $rc in
 esac
 [[ $rc == 0 ]] && rc=$runner_rc
 [[ $rc == 0 && $trt_rc != skipped ]] && rc=$trt_rc
+[[ $rc == 0 && $ort_rc != skipped ]] && rc=$ort_rc
 exit $rc

@@ -13,6 +13,7 @@
 // Python plugin launches them by name from a fatbin (launch_plan.py mirrors
 // scr_realign_enqueue below; tests/plugins/test_kernel_build.py checks the signatures).
 #include "realign_kernel.h"
+#include "realign_math.h"  // the per-token formulas, shared with the onnxruntime CPU op
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -68,15 +69,12 @@ __device__ __forceinline__ void warp_dots(const X* __restrict__ row, const float
     }
 }
 
-// e_t = exp(r_t - kappa) with r_t = kappa*tanh((w_r.h_t + b_r)/kappa): in (exp(-2kappa), 1],
-// bounded for any |h| (6e4 included).
-__device__ __forceinline__ float relevance_weight(float z, float b_r, float kappa)
-{
-    return expf(kappa * tanhf((z + b_r) / kappa) - kappa);
-}
-
-// beta_t = sigmoid(w_g.h_t + b_g); exp overflow -> inf -> beta 0.
-__device__ __forceinline__ float gate(float z, float b_g) { return 1.f / (1.f + expf(-(z + b_g))); }
+// e_t, beta_t, the running sum and the blend: realign_math.h (one definition for the CUDA
+// kernels here and the onnxruntime CPU op in realign_ort.cpp).
+using scr_realign::accumulate;
+using scr_realign::blend;
+using scr_realign::gate;
+using scr_realign::relevance_weight;
 
 // (1) e_t and beta_t. One warp per token; lanes stride over D (coalesced).
 template <typename X>
@@ -189,13 +187,10 @@ __device__ __forceinline__ void chunk_apply(const X* __restrict__ h, const X* m_
         const int t = t0 + k;
         if (t < T)
         {
-            num = fmaf(ev[k], hv[k], num);
+            num = accumulate(num, ev[k], hv[k]);
             den += ev[k];
             if (active)
-            {
-                const float bt = beta[row0 + t];
-                store(m + (row0 + t) * D + d, (1.f - bt) * mv[k] + bt * (num / den));
-            }
+                store(m + (row0 + t) * D + d, blend(mv[k], beta[row0 + t], num, den));
         }
     }
 }
@@ -243,9 +238,9 @@ __device__ __forceinline__ void single_token(const X* __restrict__ h, const X* _
     const float e = scalars[0], beta = scalars[1], den = scalars[2];
     for (int d = threadIdx.x; d < D; d += kStepThreads)
     {
-        const float num = fmaf(e, to_f32(h[row + d]), num_in[row + d]);  // N_0 = num_in + e*h
+        const float num = accumulate(num_in[row + d], e, to_f32(h[row + d]));  // N_0 = num_in + e*h
         num_out[row + d] = num;
-        store(m + row + d, (1.f - beta) * to_f32(m_prev[row + d]) + beta * (num / den));
+        store(m + row + d, blend(to_f32(m_prev[row + d]), beta, num, den));
     }
 }
 

@@ -25,9 +25,11 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
 class OrtRunner(Runner):
     backend = "ort"
 
-    def __init__(self, session, config: SCRConfig, kv_dtype) -> None:
+    def __init__(self, session, config: SCRConfig, kv_dtype, realign=None) -> None:
         super().__init__(config, kv_dtype)
         self.session = session
+        # what runs the Realign nodes (runtime.realign_kernel.RealignKernel; None: not said)
+        self.realign = realign
         self.providers = list(session.get_providers())
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._inputs = {i.name: TensorMeta(np.dtype(_ORT_TYPES[i.type]), tuple(i.shape))

@@ -61,14 +61,21 @@ def test_profile_counts_every_node_once_per_run(pair, tmp_path):
     assert sum(line.startswith("| **model_run** |") for line in lines) == 1
 
 
-def test_overhead_ratios_are_medians_over_rounds(pair):
+def test_overhead_ratios_are_medians_over_rounds(pair, realign_ort_library):
     bench, root, _ = pair
     results = bench.main(["--config", str(root / "cfg.json"), "--artifacts", str(root),
-                          "--rounds", "1", "--steps", "3", "--prompt", "4", "--prefill", "8"])
+                          "--rounds", "1", "--steps", "3", "--prompt", "4", "--prefill", "8",
+                          "--realign", "both"])
     r = results["config"]
-    assert len(r["samples"]["scr"]) == len(r["samples"]["plain"]) == 1
-    for m in bench.METRICS:
-        scr = float(np.median([s[m] for s in r["samples"]["scr"]]))
-        plain = float(np.median([s[m] for s in r["samples"]["plain"]]))
-        assert r[m]["scr"] == pytest.approx(scr) and r[m]["plain"] == pytest.approx(plain)
-        assert r[m]["ratio"] == pytest.approx(scr / plain) and plain > 0
+    assert set(r["samples"]) == {"scr:custom-op", "scr:function", "plain"}
+    assert all(len(v) == 1 for v in r["samples"].values())
+    assert r["variants"]["scr:function"]["realign"] == "function"
+    # the kernel where it is built (and passes its probe), else the child fails loudly
+    assert r["variants"]["scr:custom-op"]["realign"] == "custom-op"
+    for key, variant in r["variants"].items():
+        for m in bench.METRICS:
+            scr = float(np.median([s[m] for s in r["samples"][key]]))
+            plain = float(np.median([s[m] for s in r["samples"]["plain"]]))
+            assert variant[m]["scr"] == pytest.approx(scr)
+            assert variant[m]["plain"] == pytest.approx(plain)
+            assert variant[m]["ratio"] == pytest.approx(scr / plain) and plain > 0
