@@ -59,11 +59,12 @@ def parse_json(data: bytes | str, source: str, what: str, fix: str | None = None
     try:
         value = json.loads(data)
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; absurd nesting
-        raise ScredgeError(f"{what} is not valid JSON", received=f"{source}: {exc}"[:300],
-                           expected=expected, fix=fix) from exc
+        raise ScredgeError(f"{what} is malformed (not valid JSON)",
+                           received=f"{source}: {exc}"[:300], expected=expected,
+                           fix=fix) from exc
     problem = _check_json_value(value)
     if problem:
-        raise ScredgeError(f"{what} holds data scredge does not accept",
+        raise ScredgeError(f"{what} is malformed (data scredge does not accept)",
                            received=f"{source}: {problem}"[:300], expected=expected, fix=fix)
     return value
 
