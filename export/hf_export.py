@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scredge import contract
-from scredge.artifact import replace_folder, sha256_file
+from scredge.artifact import destination_lock, recover_hidden, replace_folder, sha256_file
 from scredge.config import SCRConfig
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.files import read_json_limited
 from scredge.hf_config import FAMILIES, llama_config
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -145,6 +146,9 @@ def export_hf(run: Path, out: Path, dtype: str = "float32", force: bool = False)
         raise ScredgeError("unknown export-hf dtype", received=repr(dtype),
                            expected=f"one of {list(DTYPES)}")
     out = Path(out).absolute()
+    if out.parent.is_dir():
+        with destination_lock(out):
+            recover_hidden(out)
     check_out(out, force)
     weights, config, folder = read_run(Path(run))
     tok_files, eos, bos = _tokenizer_extras(folder, config.vocab_size)
@@ -175,7 +179,7 @@ def export_hf(run: Path, out: Path, dtype: str = "float32", force: bool = False)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
-        replace_folder(tmp, out)  # an earlier output only once check_out passed it
+        replace_folder(tmp, out, lambda o: check_out(o, force))  # checked again there
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -220,8 +224,9 @@ def check_out(out: Path, force: bool) -> None:
         return
     found = sorted(p.name for p in out.iterdir())
     try:
-        listed = dict(json.loads((out / contract.HF_EXPORT_RECORD).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = dict(read_json_limited(out / contract.HF_EXPORT_RECORD,
+                                        contract.HF_EXPORT_RECORD)["files"])
+    except (ScredgeError, ValueError, KeyError, TypeError):
         raise ScredgeError("OUT is a non-empty folder that export-hf did not write",
                            received=f"{out} holds {', '.join(found[:8])}",
                            expected="a new or empty folder, or an earlier export-hf output",
