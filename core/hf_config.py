@@ -98,8 +98,8 @@ def attention_window(hf: dict, family: str, n_layers: int) -> tuple[int | None, 
     return per_layer.pop(), []
 
 
-# every field the mapping reads, by the JSON type it must have (None is always allowed for
-# the optional ones, as transformers treats a null like an absent key)
+# every field the mapping reads, by the JSON type it must have (null allowed where it means
+# "none" (no window, no head_dim, ...), not for the numbers the model computes with)
 _REQUIRED_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size")
 _FIELD_TYPES = {
@@ -133,7 +133,7 @@ def check_hf_fields(hf: object) -> dict:
                                received=sorted(hf)[:30], expected=f"'{key}': an integer")
     for key, kind in _FIELD_TYPES.items():
         value = hf.get(key)
-        if value is not None and not _CHECKS[kind](value):
+        if key in hf and (value is not None or kind == "number") and not _CHECKS[kind](value):
             raise ScredgeError(f"config.json field '{key}' has the wrong type",
                                received=repr(value)[:80], expected=kind)
     for key in ("rope_scaling", "rope_parameters"):
