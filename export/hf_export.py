@@ -16,11 +16,21 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from scredge import contract
-from scredge.artifact import destination_lock, recover_hidden, replace_folder, sha256_file
+from scredge.artifact import (
+    destination_lock,
+    listed_member,
+    read_listed_bytes,
+    recover_hidden,
+    replace_folder,
+    sha256_file,
+    verify_manifest,
+)
 from scredge.config import SCRConfig
 from scredge.deps import require
 from scredge.errors import ScredgeError
@@ -137,11 +147,6 @@ def _tokenizer_extras(folder: Path | None, vocab: int) -> tuple[list[str], tuple
 
 def export_hf(run: Path, out: Path, dtype: str = "float32", force: bool = False) -> HFExport:
     """Write the transformers folder `out` from the scredge checkpoint at `run`."""
-    torch = require("torch")
-    st = require("safetensors.torch")
-    transformers = require("transformers")
-    from scredge.ref.checkpoint import CONFIG_METADATA_KEY, load_state_dict
-
     if dtype not in DTYPES:
         raise ScredgeError("unknown export-hf dtype", received=repr(dtype),
                            expected=f"one of {list(DTYPES)}")
@@ -150,7 +155,38 @@ def export_hf(run: Path, out: Path, dtype: str = "float32", force: bool = False)
         with destination_lock(out):
             recover_hidden(out)
     check_out(out, force)
-    weights, config, folder = read_run(Path(run))
+    with verified_run(Path(run)) as source:
+        return _export_hf(source, Path(run), out, dtype, force)
+
+
+@contextmanager
+def verified_run(run: Path) -> Iterator[Path]:
+    """RUN itself, or, for an artifact folder (a manifest.json), a private copy of the
+    files export-hf reads, made from the bytes the manifest verifies (read_listed_bytes):
+    an artifact is read through the same trust boundary as by every other command, so a
+    file swapped or linked in from outside the folder is refused, never copied."""
+    if not (run.is_dir() and (run / contract.MANIFEST_FILE).is_file()):
+        yield run
+        return
+    manifest = verify_manifest(run, required=(contract.WEIGHTS_FILE,))
+    names = [contract.WEIGHTS_FILE, contract.CONFIG_FILE, *(n for n in contract.TOKENIZER_FILES
+                                      if listed_member(run, manifest, n, "tokenizer file"))]
+    staging = Path(tempfile.mkdtemp(prefix=".scredge-export-hf-"))
+    try:
+        for name in names:
+            (staging / name).write_bytes(read_listed_bytes(run, manifest, name, name))
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_hf(source: Path, run: Path, out: Path, dtype: str, force: bool) -> HFExport:
+    torch = require("torch")
+    st = require("safetensors.torch")
+    transformers = require("transformers")
+    from scredge.ref.checkpoint import CONFIG_METADATA_KEY, load_state_dict
+
+    weights, config, folder = read_run(source)
     tok_files, eos, bos = _tokenizer_extras(folder, config.vocab_size)
     hf, hf_object = hf_config(config, dtype, eos, bos)
     tensors = load_state_dict(weights, config)  # names and shapes checked, float32
