@@ -11,6 +11,7 @@ MAX_JSON_BYTES = 16 << 20  # config.json, manifest.json, tokenizer_config.json, 
 MAX_TEXT_BYTES = 16 << 20  # chat_template.jinja and other small text files
 MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.json (the largest hub files are tens of MiB)
 MAX_CALIBRATION_BYTES = 64 << 20  # a --calibration text (GPTQ reads a few MiB of it)
+MAX_TRAIN_DATA_BYTES = 8 << 30  # one --data file of `scredge train`
 MAX_JSON_DEPTH = 64  # nesting of objects/arrays in any JSON file we read
 
 # ---- chat templates (code from the model folder, run in jinja2's sandbox) --------------
