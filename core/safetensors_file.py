@@ -32,7 +32,7 @@ def check_safetensors(path: str | Path) -> dict:
     path = Path(path)
 
     def bad(what: str, received: object, expected: str | None = None) -> ScredgeError:
-        return ScredgeError(f"{path.name} is not a valid safetensors file: {what}",
+        return ScredgeError(f"{path.name} is not a readable safetensors file: {what}",
                             received=f"{path}: {received}"[:300], expected=expected, fix=_FIX)
 
     try:
