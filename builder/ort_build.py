@@ -16,7 +16,7 @@ from scredge.artifact import add_to_manifest
 from scredge.contract import ORT_OPTIMIZED_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.runtime.loaders import Artifact, ort_providers, ort_session
+from scredge.runtime.loaders import Artifact, ort_providers, ort_session, verified_graph
 from scredge.runtime.runners.ort_runner import OrtRunner
 from scredge.teacher_forced import TeacherForcedReport, teacher_forced
 
@@ -30,14 +30,19 @@ def build_ort(artifact: Artifact, device: str = "cpu",
     name = ORT_OPTIMIZED_FILE.format(device=kind)
     target = artifact.folder / name
     tmp = artifact.folder / f".{name}.partial"
-    graph = artifact.folder / artifact.graph_file("ort")
+    # the bytes the manifest verifies, not the file by path (swapped after open: refused)
+    graph, external = verified_graph(artifact, artifact.graph_file("ort"))
     log(f"optimising the graph for onnxruntime {ort.__version__} ({providers[0]}) ...")
     try:
-        ort_session(graph, device, save_optimized=tmp)
+        ort_session(graph, device, save_optimized=tmp, external_data=external,
+                    external_folder=artifact.folder)
         log("checking the optimised graph against the exported one ...")
 
-        def runner(path: Path) -> OrtRunner:  # as written: no further optimisation
-            session = ort_session(path, device, optimize=False)
+        def runner(model: Path | bytes) -> OrtRunner:  # as written: no further optimisation
+            in_memory = isinstance(model, bytes)
+            session = ort_session(model, device, optimize=False,
+                                  external_data=external if in_memory else None,
+                                  external_folder=artifact.folder if in_memory else None)
             return OrtRunner(session, artifact.config, artifact.kv_dtype)
 
         report = teacher_forced(runner(graph).decoder(2).step,

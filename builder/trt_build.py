@@ -145,11 +145,37 @@ def build_trt(artifact: Artifact, backend: str = "tensorrt_rtx", *, no_plugin: b
 
 
 def _build_bytes(trt, artifact, backend, no_plugin, profs, cc, cache: Path, opt_level, log):
-    onnx = require("onnx")
-    model = onnx.load(str(artifact.folder / artifact.graph_file("trt")))  # quantized: DQ form
+    model = verified_onnx(artifact, artifact.graph_file("trt"))  # quantized: DQ form
     expected = 0 if no_plugin else len(artifact.config.scr_layers)
     return build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache, opt_level, log,
                              expected)
+
+
+def verified_onnx(artifact, name: str):
+    """The ONNX model `name` of the artifact from the bytes the manifest verifies, its
+    external data (NAME.data) filled in from those verified bytes too, never re-read from
+    the folder by path."""
+    onnx = require("onnx")
+    from scredge.runtime.loaders import verified_graph
+
+    graph, external = verified_graph(artifact, name)
+    model = onnx.load_from_string(graph)
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        data = external.get(info.get("location", ""))
+        offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+        if data is None or length < 0 or offset + length > len(data):
+            raise ScredgeError(f"graph {name} names external data the artifact does not hold",
+                               received=f"{tensor.name}: {info}"[:200],
+                               expected=f"{name}.data listed in manifest.json",
+                               fix=f"re-export the folder: scredge export ... --out "
+                                   f"{artifact.folder} --force")
+        tensor.raw_data = data[offset:offset + length]
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return model
 
 
 def build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache: Path | None,

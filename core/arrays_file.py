@@ -14,6 +14,7 @@ import numpy as np
 
 from scredge.artifact import atomic_write
 from scredge.errors import ScredgeError
+from scredge.limits import MAX_ARRAY_BYTES, MAX_JSON_BYTES
 
 META = "meta"  # the array holding the JSON metadata as UTF-8 bytes
 
@@ -27,21 +28,73 @@ def save_arrays(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda tmp: np.savez_compressed(tmp, **payload))
 
 
+class CheckedArrays:
+    """An open .npz whose arrays are read only after their header is checked against the
+    bytes the file holds for them: no object arrays, at most MAX_ARRAY_BYTES, and a shape
+    whose size is the stored data's (a lying header never gets numpy to allocate what it
+    claims)."""
+
+    def __init__(self, npz: np.lib.npyio.NpzFile) -> None:
+        self._npz = npz
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._npz.files
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._npz.files:
+            raise KeyError(f"no array named {name!r}")
+        info = self._npz.zip.getinfo(f"{name}.npy")
+        with self._npz.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"array {name!r} has npy format {version}")
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+            header = f.tell()
+        if dtype.hasobject:
+            raise ValueError(f"array {name!r} holds Python objects")
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > MAX_ARRAY_BYTES or nbytes != info.file_size - header:
+            raise ValueError(f"array {name!r}: header says {list(shape)} {dtype} ({nbytes} "
+                             f"bytes), the file holds {info.file_size - header} bytes "
+                             f"(at most {MAX_ARRAY_BYTES})")
+        return self._npz[name]
+
+
+def check_array(z: CheckedArrays, name: str, ndim: int, kind: str,
+                bounds: tuple[int, int] | None = None) -> np.ndarray:
+    """Array `name` of `ndim` dimensions and dtype kind `kind` ('i' integer, 'f' float), its
+    values in [lo, hi) when `bounds` is given; ValueError otherwise (open_arrays names the
+    file)."""
+    a = z[name]
+    if a.ndim != ndim or a.dtype.kind not in (kind if kind != "i" else "iu"):
+        raise ValueError(f"array {name!r} is {a.ndim}-d {a.dtype}, expected {ndim}-d "
+                         f"{'integer' if kind == 'i' else 'float'}")
+    if bounds is not None and a.size and not (bounds[0] <= a.min() and a.max() < bounds[1]):
+        raise ValueError(f"array {name!r} holds values outside {bounds[0]}..{bounds[1] - 1}")
+    return a
+
+
 @contextmanager
-def open_arrays(path: Path, what: str, fix: str) -> Iterator[tuple[dict, np.lib.npyio.NpzFile]]:
+def open_arrays(path: Path, what: str, fix: str) -> Iterator[tuple[dict, CheckedArrays]]:
     """(meta, arrays) of a file written by `save_arrays`. Anything unreadable, a missing
-    array or metadata key included, is a ScredgeError naming `what` and `fix`; pickled
-    arrays are never loaded."""
+    array or metadata key, a malformed or oversized array included, is a ScredgeError
+    naming `what` and `fix`; pickled arrays are never loaded."""
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            meta = json.loads(arrays[META].tobytes())
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = CheckedArrays(npz)
+            raw = arrays[META]
+            if raw.nbytes > MAX_JSON_BYTES:
+                raise ValueError(f"metadata of {raw.nbytes} bytes")
+            meta = json.loads(raw.tobytes())
             if not isinstance(meta, dict):
                 raise TypeError(f"metadata is a {type(meta).__name__}, not an object")
             yield meta, arrays
     except ScredgeError:
         raise
     except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError,
-            zipfile.BadZipFile) as exc:
+            OverflowError, EOFError, zipfile.BadZipFile) as exc:
         raise ScredgeError(f"the {what} is unreadable",
                            received=f"{path}: {type(exc).__name__}: {exc}"[:300],
                            fix=fix) from exc

@@ -5,12 +5,15 @@ Torch-free: written by the exporter, read and checked by the runtime.
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import scredge
@@ -21,9 +24,13 @@ from scredge.contract import (
     GRAPH_VERSION,
     GRAPH_VERSION_KEY,
     MANIFEST_FILE,
+    QUANT_CONFIG_KEY,
+    TOKENIZER_KEY,
     WEIGHTS_FILE,
 )
 from scredge.errors import ScredgeError
+from scredge.files import decode_text, parse_json, read_bytes_limited, read_json_limited
+from scredge.limits import MAX_JSON_BYTES, MAX_TEXT_BYTES
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -43,22 +50,88 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Rename the finished folder `tmp` to `out`: an existing `out` (its replaceability
-    already checked by the caller) is moved aside first and removed last, and put back if
-    the rename fails, so `out` is never half-written."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
+    """Rename the finished folder `tmp` to `out`, re-checking `out` at that moment.
+
+    Under an exclusive lock on `out`'s parent folder (every scredge replace takes it, so
+    two runs never interleave their renames): a previous interrupted replacement is
+    restored or reported (`recover_hidden`); `check(out)` (the caller's own test of a
+    replaceable destination, run at the start too) must pass again now, so a folder that
+    appeared or changed during the run is refused, never replaced; an existing `out` is
+    moved aside to `.NAME.old-PID`, `tmp` renamed in (the old one put back if that fails),
+    and the old one checked once more before it is deleted: if it changed between the
+    check and the rename it is kept as `.NAME.kept-PID` and reported, never deleted."""
+    with destination_lock(out):
+        recover_hidden(out)
+        check(out)
+        if not os.path.lexists(out):
+            try:
+                os.rename(tmp, out)
+            except OSError as exc:  # a non-empty folder made there since the check
+                raise ScredgeError("the output folder appeared while this command ran",
+                                   received=f"{out}: {exc.strerror}",
+                                   fix="nothing was replaced; choose another output or "
+                                       "run again") from exc
+            return
+        old = out.parent / f".{out.name}{OLD_INFIX}{os.getpid()}"
         os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
+        try:
+            os.rename(tmp, out)
+        except BaseException:
             os.rename(old, out)
-        raise
-    if old is not None:
+            raise
+        try:
+            check(old)
+        except ScredgeError as exc:
+            kept = out.parent / f".{out.name}{KEPT_INFIX}{os.getpid()}"
+            os.rename(old, kept)
+            raise ScredgeError("the output was replaced, but its previous contents changed "
+                               "while it was being replaced; they were kept, not deleted",
+                               received=f"{exc.what}", expected=f"the new output at {out}",
+                               fix=f"look through {kept}, then remove it") from exc
         shutil.rmtree(old, ignore_errors=True)
+
+
+OLD_INFIX = ".old-"  # `.NAME.old-PID`: the previous folder during a replacement
+KEPT_INFIX = ".kept-"  # `.NAME.kept-PID`: a previous folder that changed, kept for the user
+
+
+@contextmanager
+def destination_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on `out`'s parent folder for the few renames of a replacement
+    (released by the kernel however the process ends)."""
+    try:
+        fd = os.open(out.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise ScredgeError("cannot open the output's parent folder",
+                           received=f"{out.parent}: {exc.strerror}",
+                           fix="create it first, or choose another output") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def recover_hidden(out: Path) -> None:
+    """A replacement killed between its two renames leaves the previous folder hidden as
+    `.NAME.old-PID` (no live run has one outside the destination lock, which the caller
+    holds). With `out` missing the newest such folder is put back at `out` and the run
+    stops, saying so; with `out` present, the hidden one is reported, never deleted."""
+    pattern = f".{glob.escape(out.name)}{OLD_INFIX}*"
+    hidden = sorted(out.parent.glob(pattern), key=lambda p: p.lstat().st_mtime)
+    if not hidden:
+        return
+    if not os.path.lexists(out):
+        os.rename(hidden[-1], out)
+        raise ScredgeError("an interrupted replacement had left the previous output hidden; "
+                           "it is restored", received=f"{hidden[-1].name} -> {out}",
+                           expected="nothing hidden beside the output",
+                           fix="run the command again (with --force to replace it)")
+    raise ScredgeError("an interrupted replacement left a previous output beside this one",
+                       received=", ".join(str(p) for p in hidden),
+                       expected="nothing hidden beside the output",
+                       fix="look through it and remove it (or move it back over the output)")
 
 
 def sha256_file(*paths: Path) -> str:
@@ -92,7 +165,6 @@ def _reexport_fix(folder: Path) -> str:
     return f"re-export the folder: scredge export ... --out {folder} --force"
 
 
-MAX_JSON_BYTES = 16 << 20  # manifest.json and config.json are small; a huge one is not ours
 _SHA256_LEN = 64
 
 
@@ -128,26 +200,19 @@ def member_path(folder: str | Path, name: object, what: str = "manifest entry") 
     return path
 
 
-def read_member_json(folder: str | Path, name: str, what: str) -> object:
-    """A small JSON file of the folder, read only from inside it; ScredgeError for
-    anything that is not one."""
+def read_member_json(folder: str | Path, name: str, what: str,
+                     manifest: dict | None = None) -> object:
+    """A small JSON file of the folder, read only from inside it (and, given the verified
+    `manifest`, checked against it: the bytes parsed are the bytes hashed); ScredgeError
+    for anything that is not one."""
     folder = Path(folder)
-    path = member_path(folder, name, what)
-    try:
-        size = path.stat().st_size
-        if not path.is_file() or size > MAX_JSON_BYTES:
-            raise ScredgeError(f"artifact {what} is not a small JSON file", received=f"{path}: "
-                               f"{'not a file' if not path.is_file() else f'{size} bytes'}",
-                               expected=f"a file under {MAX_JSON_BYTES} bytes",
-                               fix=_reexport_fix(folder))
-        return json.loads(path.read_bytes())
-    except OSError as exc:
-        raise ScredgeError(f"cannot read artifact {what}", received=f"{path}: {exc.strerror}",
-                           fix=_reexport_fix(folder)) from exc
-    except (ValueError, RecursionError) as exc:  # JSON or UTF-8 errors; absurd nesting
-        raise ScredgeError(f"artifact {what} is malformed", received=f"{path}: {exc}"[:300],
-                           expected="JSON as written by scredge",
-                           fix=_reexport_fix(folder)) from exc
+    if manifest is not None:
+        data = read_listed_bytes(folder, manifest, name, what, MAX_JSON_BYTES)
+    else:
+        data = read_bytes_limited(member_path(folder, name, what), f"artifact {what}",
+                                  MAX_JSON_BYTES, fix=_reexport_fix(folder))
+    return parse_json(data, str(folder / name), f"artifact {what}", _reexport_fix(folder),
+                      expected="JSON as written by scredge")
 
 
 def listed_member(folder: str | Path, manifest: dict, name: str, what: str) -> Path | None:
@@ -167,20 +232,43 @@ def listed_member(folder: str | Path, manifest: dict, name: str, what: str) -> P
     return None
 
 
-def read_member_text(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> str:
-    """A small UTF-8 text file already resolved by `member_path`; ScredgeError otherwise."""
+def read_member_text(folder: str | Path, manifest: dict, name: str, what: str,
+                     limit: int = MAX_TEXT_BYTES) -> str:
+    """A listed UTF-8 text file of the folder: the bytes decoded are the bytes hashed."""
+    data = read_listed_bytes(folder, manifest, name, what, limit)
+    return decode_text(data, Path(folder) / name, f"artifact {what}",
+                       _reexport_fix(Path(folder)))
+
+
+def read_listed_bytes(folder: str | Path, manifest: dict, name: str, what: str,
+                      limit: int | None = None) -> bytes:
+    """The bytes of a file `manifest` lists, read once and checked against its size and
+    sha256 there: the trust boundary every reader of an artifact goes through, so what a
+    caller parses or loads is what was verified (a file swapped or edited after the
+    folder was opened is refused, never used). `limit`: the most bytes this kind of
+    file may have."""
+    folder = Path(folder)
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise ScredgeError(f"manifest.json does not list '{name}'", received=str(folder),
+                           expected=f"{name} listed and hashed", fix=_reexport_fix(folder))
+    if limit is not None and entry["bytes"] > limit:
+        raise ScredgeError(f"artifact {what} is too large", received=f"{entry['bytes']} bytes",
+                           expected=f"at most {limit} bytes", fix=_reexport_fix(folder))
+    path = member_path(folder, name, what)
     try:
-        if path.stat().st_size > limit:
-            raise ScredgeError(f"artifact {what} is too large", received=f"{path}: "
-                               f"{path.stat().st_size} bytes", expected=f"under {limit} bytes",
-                               fix=_reexport_fix(path.parent))
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScredgeError(f"cannot read artifact {what}", received=f"{path}: {exc.strerror}",
-                           fix=_reexport_fix(path.parent)) from exc
-    except UnicodeDecodeError as exc:
-        raise ScredgeError(f"artifact {what} is not UTF-8 text", received=f"{path}: {exc}"[:300],
-                           fix=_reexport_fix(path.parent)) from exc
+        data = read_bytes_limited(path, f"artifact {what}", entry["bytes"],
+                                  fix=_reexport_fix(folder))
+        digest = hashlib.sha256(data).hexdigest()
+    except ScredgeError as exc:  # grown past its listed size
+        data, digest = b"", exc.received
+    if len(data) != entry["bytes"] or digest != entry["sha256"]:
+        raise ScredgeError(f"artifact file '{name}' changed after the folder was opened",
+                           received=f"{len(data)} bytes, sha256 {digest}" if data else digest,
+                           expected=f"{entry['bytes']} bytes, sha256 {entry['sha256']} as "
+                                    "manifest.json lists",
+                           fix=_reexport_fix(folder))
+    return data
 
 
 def _malformed(folder: Path, received: str, expected: str) -> ScredgeError:
@@ -268,11 +356,12 @@ def verify_manifest(folder: str | Path, required: tuple[str, ...] = ()) -> dict:
     return manifest
 
 
-def read_config(folder: str | Path) -> tuple[SCRConfig, dict]:
+def read_config(folder: str | Path, manifest: dict | None = None) -> tuple[SCRConfig, dict]:
     """The model config and the whole config.json of an artifact folder, read from inside
-    it; every malformed field a ScredgeError."""
+    it (given the verified `manifest`, the bytes it lists); every malformed field a
+    ScredgeError."""
     folder = Path(folder)
-    settings = read_member_json(folder, CONFIG_FILE, CONFIG_FILE)
+    settings = read_member_json(folder, CONFIG_FILE, CONFIG_FILE, manifest)
     if not isinstance(settings, dict) or not isinstance(settings.get("model"), dict):
         raise ScredgeError("config.json is malformed", received=repr(settings)[:200],
                            expected='{"model": {...}, "export": {...}, ...}',
@@ -288,7 +377,38 @@ def read_config(folder: str | Path) -> tuple[SCRConfig, dict]:
         raise ScredgeError("config.json has an invalid model field", received=str(exc)[:200],
                            fix=_reexport_fix(folder)) from exc
     check_graph_version(folder, settings)
+    check_sections(folder, settings, config.vocab_size)
     return config, settings
+
+
+def check_sections(folder: Path, settings: dict, vocab_size: int) -> None:
+    """config.json's tokenizer and quantization sections, each field of the type the
+    runtime reads (checked here, where config.json is read, not where a field is used)."""
+    def bad(field: str, value: object, expected: str) -> None:
+        raise ScredgeError(f"config.json field '{field}' is malformed",
+                           received=repr(value)[:120], expected=expected,
+                           fix=_reexport_fix(folder))
+
+    tok = settings.get(TOKENIZER_KEY, {})
+    if not isinstance(tok, dict):
+        bad(TOKENIZER_KEY, tok, "an object")
+    eos = tok.get("eos_token_ids", [])
+    if not isinstance(eos, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size
+            for i in eos):
+        bad(f"{TOKENIZER_KEY}.eos_token_ids", eos, f"a list of ids in 0..{vocab_size - 1}")
+    q = settings.get(QUANT_CONFIG_KEY) or {}
+    if not isinstance(q, dict):
+        bad(QUANT_CONFIG_KEY, q, "an object or null")
+    if q:
+        for key, kind in (("bits", int), ("block_size", int), ("method", str)):
+            if not isinstance(q.get(key), kind) or isinstance(q.get(key), bool):
+                bad(f"{QUANT_CONFIG_KEY}.{key}", q.get(key), kind.__name__)
+        graphs = q.get("graphs", {})
+        if not isinstance(graphs, dict) or not all(
+                isinstance(g, dict) and isinstance(g.get("file", ""), str)
+                for g in graphs.values()):
+            bad(f"{QUANT_CONFIG_KEY}.graphs", graphs, 'an object of {"file": str, ...}')
 
 
 def check_graph_version(folder: Path, settings: dict) -> None:
@@ -313,7 +433,7 @@ def add_to_manifest(folder: str | Path, files: list[str], **sections: dict) -> d
     (e.g. engines=...) into it; the manifest is rewritten atomically."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
-    manifest = json.loads(path.read_text())
+    manifest = read_json_limited(path, MANIFEST_FILE)
     for name in files:
         manifest["files"][name] = _entry(folder / name)
     for key, value in sections.items():

@@ -12,6 +12,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from scredge.errors import ScredgeError
+from scredge.files import read_json_limited
+from scredge.limits import (
+    MAX_CONTEXT,
+    MAX_MODEL_DIM,
+    MAX_MODEL_HEADS,
+    MAX_MODEL_LAYERS,
+    MAX_PARAMETERS,
+)
 
 # v2 model fields (SCR_SPEC section 1): absent from a config file = the v1 behaviour, and left
 # out of `to_dict` when they hold that behaviour, so a v1 model's config.json is unchanged.
@@ -198,23 +206,7 @@ class SCRConfig:
     def load(cls, path: str | Path) -> SCRConfig:
         """Read a config file: either bare model fields or an artifact's `{"model": {...}}`."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ScredgeError(
-                "cannot read config file",
-                received=f"{path}: {exc.strerror}",
-                fix="check the path",
-            ) from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ScredgeError(
-                "config file is not valid JSON",
-                received=f"{path}, line {exc.lineno} column {exc.colno}: {exc.msg}",
-                expected="a JSON object of model fields",
-                fix="fix the JSON syntax",
-            ) from exc
+        data = read_json_limited(path, "config file", expected="a JSON object of model fields")
         if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
             data = data["model"]
         return cls.from_dict(data, source=str(path))
@@ -226,12 +218,15 @@ def _validate(c: SCRConfig) -> None:
             f"invalid config field '{name}'", received=repr(value), expected=expected, fix=fix
         )
 
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+    for name, most in (("vocab_size", MAX_MODEL_DIM), ("d_model", MAX_MODEL_DIM),
+                       ("n_layers", MAX_MODEL_LAYERS), ("n_heads", MAX_MODEL_HEADS),
+                       ("n_kv_heads", MAX_MODEL_HEADS), ("d_ff", MAX_MODEL_DIM)):
         v = getattr(c, name)
-        if not _is_int(v) or v < 1:
-            bad(name, v, "a positive integer")
-    if c.window is not None and (not _is_int(c.window) or c.window < 1):
-        bad("window", c.window, "an integer >= 1, or null for full causal attention")
+        if not _is_int(v) or not 1 <= v <= most:
+            bad(name, v, f"a positive integer (at most {most})")
+    if c.window is not None and (not _is_int(c.window) or not 1 <= c.window <= MAX_CONTEXT):
+        bad("window", c.window, f"an integer >= 1 (at most {MAX_CONTEXT}), or null for full "
+                                "causal attention")
     for name in ("rope_theta", "norm_eps", "kappa"):
         v = getattr(c, name)
         if not _is_real(v) or not math.isfinite(v) or v <= 0:
@@ -257,6 +252,10 @@ def _validate(c: SCRConfig) -> None:
         bad("scr_layers", list(c.scr_layers), f"indices in 0..{c.n_layers - 1}")
     if list(c.scr_layers) != sorted(set(c.scr_layers)):
         bad("scr_layers", list(c.scr_layers), "strictly increasing indices, no repeats")
+    n = sum(math.prod(s) for s in c.parameter_shapes().values())
+    if n > MAX_PARAMETERS:
+        bad("d_model", c.d_model, f"a model of at most {MAX_PARAMETERS} parameters "
+                                  f"(this one has {n})")
 
 
 def _validate_rope_scaling(r: RopeScaling) -> None:

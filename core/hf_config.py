@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from scredge.config import ROPE_SCALING_KEYS, RopeScaling, SCRConfig
 from scredge.errors import ScredgeError
+from scredge.limits import MAX_MODEL_LAYERS
 
 # model_type -> the causal-LM class transformers builds for it
 FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
@@ -48,7 +49,10 @@ def rope_settings(hf: dict) -> tuple[float, RopeScaling | None, list[str]]:
     refused: list[str] = []
     if not isinstance(rope, dict):
         return DEFAULT_ROPE_THETA, None, [f"rope settings {rope!r} (not an object)"]
-    theta = float(rope.get("rope_theta", hf.get("rope_theta", DEFAULT_ROPE_THETA)))
+    theta = rope.get("rope_theta", hf.get("rope_theta", DEFAULT_ROPE_THETA))
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
+        return DEFAULT_ROPE_THETA, None, [f"rope_theta {theta!r} (not a number)"]
+    theta = float(theta)
     kind = rope.get("rope_type", rope.get("type", "default"))
     partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
@@ -94,10 +98,59 @@ def attention_window(hf: dict, family: str, n_layers: int) -> tuple[int | None, 
     return per_layer.pop(), []
 
 
+# every field the mapping reads, by the JSON type it must have (null allowed where it means
+# "none" (no window, no head_dim, ...), not for the numbers the model computes with)
+_REQUIRED_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size")
+_FIELD_TYPES = {
+    **{k: "int" for k in (*_REQUIRED_INTS, "head_dim", "num_key_value_heads", "sliding_window",
+                           "max_window_layers", "original_max_position_embeddings",
+                           "max_position_embeddings")},
+    **{k: "number" for k in ("rms_norm_eps", "rope_theta", "partial_rotary_factor")},
+    **{k: "bool" for k in ("tie_word_embeddings", "use_sliding_window", "mlp_bias",
+                           "attention_bias")},
+    **{k: "str" for k in ("hidden_act", "model_type")},
+    **{k: "list of str" for k in ("architectures", "layer_types")},
+}
+_CHECKS = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list of str": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+
+
+def check_hf_fields(hf: object) -> dict:
+    """config.json's fields that `llama_config` reads, each of its JSON type (the one place
+    they are checked): a wrong type is refused by name, not a traceback inside the mapping."""
+    if not isinstance(hf, dict):
+        raise ScredgeError("the Hugging Face config.json is not a JSON object",
+                           received=type(hf).__name__, expected="an object of settings")
+    for key in _REQUIRED_INTS:
+        if hf.get(key) is None:
+            raise ScredgeError(f"the Hugging Face config.json lacks '{key}'",
+                               received=sorted(hf)[:30], expected=f"'{key}': an integer")
+    for key, kind in _FIELD_TYPES.items():
+        value = hf.get(key)
+        if key in hf and (value is not None or kind == "number") and not _CHECKS[kind](value):
+            raise ScredgeError(f"config.json field '{key}' has the wrong type",
+                               received=repr(value)[:80], expected=kind)
+    for key in ("rope_scaling", "rope_parameters"):
+        if hf.get(key) is not None and not isinstance(hf[key], dict):
+            raise ScredgeError(f"config.json field '{key}' has the wrong type",
+                               received=repr(hf[key])[:80], expected="an object or null")
+    if not 1 <= hf["num_hidden_layers"] <= MAX_MODEL_LAYERS:
+        raise ScredgeError("config.json's num_hidden_layers is out of range",
+                           received=hf["num_hidden_layers"],
+                           expected=f"1..{MAX_MODEL_LAYERS}")
+    return hf
+
+
 def llama_config(hf: dict, scr_layers: tuple[int, ...] | None) -> SCRConfig:
     """Map a HF Llama / Mistral / Qwen2 config to SCRConfig, refusing what the spec cannot
     express."""
-    family = model_family(hf)
+    family = model_family(check_hf_fields(hf))
     refused = []
     if hf.get("hidden_act", "silu") != "silu":
         refused.append(f"hidden_act={hf['hidden_act']!r} (only 'silu')")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scredge.arrays_file import open_arrays, save_arrays
+from scredge.arrays_file import check_array, open_arrays, save_arrays
 from scredge.artifact import listed_member
 from scredge.contract import HELDOUT_FILE, WEIGHTS_FILE
 from scredge.errors import ScredgeError
@@ -79,12 +79,27 @@ class Heldout:
                      "ref_top1": self.ref.top1, "ref_margin": self.ref.margin})
 
     @classmethod
-    def load(cls, path: Path) -> Heldout:
-        """`path` comes from `listed_member`: listed, hashed, inside the folder."""
+    def load(cls, path: Path, vocab_size: int | None = None) -> Heldout:
+        """`path` comes from `listed_member`: listed, hashed, inside the folder. The ids
+        are 1-d (in 0..vocab_size-1 when given); the reference statistics one per predicted
+        position."""
         with open_arrays(path, f"held-out reference ({HELDOUT_FILE})",
                          "export the artifact again with --quantize") as (meta, z):
-            return cls(meta["weights_sha256"], meta["source"], z["ids"], PositionStats(
-                z["ref_logprob"], z["ref_top1"], z["ref_margin"]))
+            bounds = None if vocab_size is None else (0, vocab_size)
+            ids = check_array(z, "ids", 1, "i", bounds)
+            stats = [check_array(z, name, 1, kind) for name, kind in (
+                ("ref_logprob", "f"), ("ref_top1", "i"), ("ref_margin", "f"))]
+            if len(ids) < 2 or any(len(a) != len(ids) - 1 for a in stats):
+                raise ScredgeError("the held-out reference's arrays do not fit together",
+                                   received=f"{len(ids)} ids, statistics of "
+                                            f"{[len(a) for a in stats]}",
+                                   expected="n >= 2 ids and n - 1 statistics each",
+                                   fix="export the artifact again with --quantize")
+            if not isinstance(meta.get("weights_sha256"), str):
+                raise ScredgeError("the held-out reference's metadata is malformed",
+                                   received=repr(meta)[:120],
+                                   fix="export the artifact again with --quantize")
+            return cls(meta["weights_sha256"], meta.get("source"), ids, PositionStats(*stats))
 
 
 @dataclass
@@ -169,7 +184,7 @@ def run_quantized_parity(artifact, runner, graph: str) -> QuantizedReport:
         raise ScredgeError("no held-out reference in the quantized artifact",
                            received=f"manifest.json does not list {HELDOUT_FILE}",
                            fix="export the artifact again with --quantize")
-    heldout = Heldout.load(path)
+    heldout = Heldout.load(path, artifact.config.vocab_size)
     actual = artifact.manifest["files"][WEIGHTS_FILE]["sha256"]
     if heldout.weights_sha256 != actual:
         raise ScredgeError("the held-out reference was recorded for another model",

@@ -6,12 +6,12 @@ so a backend is checked by its logits alone.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from scredge.errors import ScredgeError
+from scredge.limits import MAX_TEMPERATURE, REPETITION_PENALTY_RANGE
 
 
 @dataclass(frozen=True)
@@ -22,28 +22,33 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off; CTRL/HF convention
 
     def __post_init__(self) -> None:
+        """Every field checked here, the one place the CLI, the API and the server build
+        parameters through: types, and bounds (core/limits.py) inside which the sampler's
+        float64 arithmetic cannot overflow."""
         def bad(name: str, value: object, expected: str) -> None:
             raise ScredgeError(
-                f"invalid sampling parameter '{name}'", received=repr(value), expected=expected
-            )
+                f"invalid sampling parameter '{name}'", received=repr(value)[:80],
+                expected=expected)
 
-        if not (_is_real(self.temperature) and math.isfinite(self.temperature)):
-            bad("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
-        if self.temperature < 0:
-            bad("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            bad("top_k", self.top_k, "an integer >= 0 (0 = off)")
-        if isinstance(self.top_k, bool):
+        lo, hi = REPETITION_PENALTY_RANGE
+        if not (_is_real(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
+            bad("temperature", self.temperature,
+                f"a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy)")
+        if not isinstance(self.top_k, (int, np.integer)) or isinstance(self.top_k, bool) or (
+                self.top_k < 0):
             bad("top_k", self.top_k, "an integer >= 0 (0 = off)")
         if not (_is_real(self.top_p) and 0.0 < self.top_p <= 1.0):
             bad("top_p", self.top_p, "a number in (0, 1]")
-        if not (_is_real(self.repetition_penalty) and self.repetition_penalty > 0
-                and math.isfinite(self.repetition_penalty)):
-            bad("repetition_penalty", self.repetition_penalty, "a finite number > 0 (1 = off)")
+        if not (_is_real(self.repetition_penalty) and lo <= self.repetition_penalty <= hi):
+            bad("repetition_penalty", self.repetition_penalty,
+                f"a number in [{lo:g}, {hi:g}] (1 = off)")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+_HUGE = float(np.finfo(np.float64).max)
 
 
 def _is_real(v: object) -> bool:
@@ -95,13 +100,25 @@ class Sampler:
         (prompt and output), for the repetition penalty: constant memory however long the
         generation runs."""
         p = self.params
+        logits = np.asarray(logits)
+        if np.isnan(logits).any():  # argmax would silently answer the first NaN's id
+            nans = int(np.isnan(logits).sum())
+            raise ScredgeError("the model produced NaN logits",
+                               received=f"{nans} NaN values in logits {logits.shape}",
+                               expected="finite logits",
+                               fix="check the artifact (scredge parity) and its dtype; a "
+                                   "float16 export of a model with large activations "
+                                   "overflows")
         if p.greedy and p.repetition_penalty == 1.0:  # the hot path: no copy, no float64
-            return np.asarray(logits).argmax(axis=-1).astype(np.int64)
+            return logits.argmax(axis=-1).astype(np.int64)
         x = np.asarray(logits, dtype=np.float64)  # a fresh copy: the caller's array is kept
         assert x.ndim == 2, "logits must be [B, V]"
         if p.repetition_penalty != 1.0 and seen is not None:
-            penalised = np.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty)
-            x = np.where(seen, penalised, x)
+            # float32/float16 logits times a penalty in REPETITION_PENALTY_RANGE stay far
+            # inside float64's range; the clip keeps even float64 input finite
+            with np.errstate(over="ignore"):
+                penalised = np.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty)
+            x = np.where(seen, np.clip(penalised, -_HUGE, _HUGE), x)
         if p.greedy:
             return x.argmax(axis=-1).astype(np.int64)
         with np.errstate(over="ignore"):

@@ -33,6 +33,8 @@ from scredge.contract import TOKENIZER_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph import scope_name
+from scredge.files import read_bytes_limited
+from scredge.limits import MAX_CALIBRATION_BYTES
 from scredge.tokenizer_files import TokenizerFiles
 
 MIN_CALIBRATION_TOKENS = 2048
@@ -95,12 +97,9 @@ def read_calibration_text(path: Path) -> bytes:
         raise ScredgeError("calibration text not found", received=str(path),
                            expected="a UTF-8 text file", fix="check the path given to "
                                                              "--calibration")
+    data = read_bytes_limited(path, "the calibration text", MAX_CALIBRATION_BYTES)
     try:
-        data = path.read_bytes()
         data.decode("utf-8")
-    except OSError as exc:
-        raise ScredgeError("cannot read the calibration text",
-                           received=f"{path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ScredgeError("the calibration text is not UTF-8 text",
                            received=f"{path}: invalid byte at offset {exc.start}",

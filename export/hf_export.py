@@ -16,14 +16,25 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from scredge import contract
-from scredge.artifact import replace_folder, sha256_file
+from scredge.artifact import (
+    destination_lock,
+    listed_member,
+    read_listed_bytes,
+    recover_hidden,
+    replace_folder,
+    sha256_file,
+    verify_manifest,
+)
 from scredge.config import SCRConfig
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.files import read_json_limited
 from scredge.hf_config import FAMILIES, llama_config
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -136,17 +147,46 @@ def _tokenizer_extras(folder: Path | None, vocab: int) -> tuple[list[str], tuple
 
 def export_hf(run: Path, out: Path, dtype: str = "float32", force: bool = False) -> HFExport:
     """Write the transformers folder `out` from the scredge checkpoint at `run`."""
+    if dtype not in DTYPES:
+        raise ScredgeError("unknown export-hf dtype", received=repr(dtype),
+                           expected=f"one of {list(DTYPES)}")
+    out = Path(out).absolute()
+    if out.parent.is_dir():
+        with destination_lock(out):
+            recover_hidden(out)
+    check_out(out, force)
+    with verified_run(Path(run)) as source:
+        return _export_hf(source, Path(run), out, dtype, force)
+
+
+@contextmanager
+def verified_run(run: Path) -> Iterator[Path]:
+    """RUN itself, or, for an artifact folder (a manifest.json), a private copy of the
+    files export-hf reads, made from the bytes the manifest verifies (read_listed_bytes):
+    an artifact is read through the same trust boundary as by every other command, so a
+    file swapped or linked in from outside the folder is refused, never copied."""
+    if not (run.is_dir() and (run / contract.MANIFEST_FILE).is_file()):
+        yield run
+        return
+    manifest = verify_manifest(run, required=(contract.WEIGHTS_FILE,))
+    names = [contract.WEIGHTS_FILE, contract.CONFIG_FILE, *(n for n in contract.TOKENIZER_FILES
+                                      if listed_member(run, manifest, n, "tokenizer file"))]
+    staging = Path(tempfile.mkdtemp(prefix=".scredge-export-hf-"))
+    try:
+        for name in names:
+            (staging / name).write_bytes(read_listed_bytes(run, manifest, name, name))
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_hf(source: Path, run: Path, out: Path, dtype: str, force: bool) -> HFExport:
     torch = require("torch")
     st = require("safetensors.torch")
     transformers = require("transformers")
     from scredge.ref.checkpoint import CONFIG_METADATA_KEY, load_state_dict
 
-    if dtype not in DTYPES:
-        raise ScredgeError("unknown export-hf dtype", received=repr(dtype),
-                           expected=f"one of {list(DTYPES)}")
-    out = Path(out).absolute()
-    check_out(out, force)
-    weights, config, folder = read_run(Path(run))
+    weights, config, folder = read_run(source)
     tok_files, eos, bos = _tokenizer_extras(folder, config.vocab_size)
     hf, hf_object = hf_config(config, dtype, eos, bos)
     tensors = load_state_dict(weights, config)  # names and shapes checked, float32
@@ -175,7 +215,7 @@ def export_hf(run: Path, out: Path, dtype: str = "float32", force: bool = False)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
-        replace_folder(tmp, out)  # an earlier output only once check_out passed it
+        replace_folder(tmp, out, lambda o: check_out(o, force))  # checked again there
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -220,8 +260,9 @@ def check_out(out: Path, force: bool) -> None:
         return
     found = sorted(p.name for p in out.iterdir())
     try:
-        listed = dict(json.loads((out / contract.HF_EXPORT_RECORD).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = dict(read_json_limited(out / contract.HF_EXPORT_RECORD,
+                                        contract.HF_EXPORT_RECORD)["files"])
+    except (ScredgeError, ValueError, KeyError, TypeError):
         raise ScredgeError("OUT is a non-empty folder that export-hf did not write",
                            received=f"{out} holds {', '.join(found[:8])}",
                            expected="a new or empty folder, or an earlier export-hf output",

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import scredge
 from scredge import contract
-from scredge.artifact import check_manifest, read_member_json, replace_folder, write_manifest
+from scredge.artifact import (
+    check_manifest,
+    destination_lock,
+    read_member_json,
+    recover_hidden,
+    replace_folder,
+    write_manifest,
+)
 from scredge.contract import (
     CONFIG_FILE,
     GRAPH_VERSION,
@@ -62,6 +69,22 @@ def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | 
             expected="window >= 3 or null",
             fix="the exported graph needs a past-length axis that can hold 0..W-1 with W-1 >= 2; "
                 "windows of 1 or 2 run only in the reference model")
+    parent = out.parent
+    if parent.is_dir():
+        with destination_lock(out):
+            recover_hidden(out)
+    check_destination(out, force)
+    if not parent.is_dir():
+        raise ScredgeError("the output's parent folder does not exist", received=str(parent),
+                           fix=f"create it first: mkdir -p {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ScredgeError("the output's parent folder is not writable", received=str(parent),
+                           fix="choose a writable --out or fix the folder's permissions")
+
+
+def check_destination(out: Path, force: bool) -> None:
+    """`out` is new, or (with force) a folder `check_replaceable` passes: checked at the
+    start and again by replace_folder at the moment of the replacement."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ScredgeError("output path exists and is not a folder", received=str(out),
                            fix="choose another --out; scredge replaces only its own folders")
@@ -70,13 +93,6 @@ def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | 
                            fix="pass --force to replace it, or choose another --out")
     if out.exists():
         check_replaceable(out)
-    parent = out.parent
-    if not parent.is_dir():
-        raise ScredgeError("the output's parent folder does not exist", received=str(parent),
-                           fix=f"create it first: mkdir -p {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ScredgeError("the output's parent folder is not writable", received=str(parent),
-                           fix="choose a writable --out or fix the folder's permissions")
 
 
 def check_replaceable(out: Path) -> None:
@@ -282,9 +298,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private files
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
         log(f"  verified in {time.perf_counter() - t1:.1f} s")
-        if out.exists() and force:
-            check_replaceable(out)  # again: it may have changed during the export
-        replace_folder(tmp, out)
+        replace_folder(tmp, out, lambda o: check_destination(o, force))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

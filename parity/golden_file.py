@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scredge.arrays_file import open_arrays, save_arrays
+from scredge.arrays_file import check_array, open_arrays, save_arrays
 from scredge.contract import WEIGHTS_FILE
 from scredge.errors import ScredgeError
 
@@ -57,14 +57,23 @@ class Golden:
         fix = f"re-record it: scredge parity {path.parent.parent} --record"
         with open_arrays(path, "golden reference file", fix) as (meta, z):
             n, ops = meta["steps"], meta["op_cases"]
+            vocab = meta["config"]["vocab_size"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                       for v in (n, ops, vocab)) or not isinstance(meta["state"], list):
+                raise TypeError("steps, op_cases and config.vocab_size must be integers, "
+                                "state a list")
+            ids = [check_array(z, f"step{k}.ids", 2, "i", (0, vocab)) for k in range(n)]
+            logits = [check_array(z, f"step{k}.logits", 3, "f") for k in range(n)]
+            if any(lg.shape != (*i.shape, vocab) for i, lg in zip(ids, logits)):
+                raise ValueError(f"step logits are not [B, T, {vocab}] for their ids")
             return cls(
-                meta["weights_sha256"], meta["config"],
-                [z[f"step{k}.ids"] for k in range(n)], [z[f"step{k}.logits"] for k in range(n)],
-                [z[f"step{k}.hidden"] for k in range(n)],
+                meta["weights_sha256"], meta["config"], ids, logits,
+                [check_array(z, f"step{k}.hidden", 4, "f") for k in range(n)],
                 {name: z[f"state.{name}"] for name in meta["state"]},
                 [[z[f"op{k}.in{j}"] for j in range(8)] for k in range(ops)],
                 [[z[f"op{k}.out{j}"] for j in range(3)] for k in range(ops)],
-                meta["kappa"], z["greedy_prompt"], z["greedy_ids"])
+                meta["kappa"], check_array(z, "greedy_prompt", 1, "i", (0, vocab)),
+                check_array(z, "greedy_ids", 1, "i", (0, vocab)))
 
     def check_matches(self, artifact: Artifact) -> None:
         """Refuse a golden file recorded for other weights (the artifact's manifest holds the

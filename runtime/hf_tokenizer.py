@@ -20,13 +20,10 @@ from scredge.contract import (
     TOKENIZER_FILE,
     TOKENIZER_KEY,
 )
-from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.limits import MAX_TOKENIZER_BYTES
+from scredge.tokenizer_files import SPECIAL_TOKEN_NAMES, check_tokenizer_config, load_tokenizer_json
 
-# transformers' named special tokens: the template variables it passes to chat templates
-SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
-                       "cls_token", "mask_token")
-MAX_TOKENIZER_BYTES = 256 << 20  # the largest hub tokenizer.json files are tens of MiB
 REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
 
 
@@ -48,23 +45,19 @@ class HFTokenizer:
     def load(cls, folder: Path, manifest: dict, settings: dict) -> HFTokenizer:
         """From the artifact's tokenizer files, each read only when `manifest` lists it
         (inside the folder, hash-checked on open); tokenizer.json must be listed."""
-        tokenizers = require("tokenizers")
         folder = Path(folder)
         path = listed_member(folder, manifest, TOKENIZER_FILE, "tokenizer")
         if path is None:
             raise ScredgeError("the artifact has no tokenizer", received=f"no {TOKENIZER_FILE}"
                                f" in {folder}", fix="re-export the folder")
-        text = read_member_text(path, TOKENIZER_FILE, MAX_TOKENIZER_BYTES)
-        try:
-            tok = tokenizers.Tokenizer.from_str(text)
-        except Exception as exc:  # tokenizers raises a bare Exception on a bad file
-            raise ScredgeError(f"the artifact's {TOKENIZER_FILE} cannot be read",
-                               received=f"{path}: {exc}"[:300],
-                               fix="re-export the folder") from exc
+        text = read_member_text(folder, manifest, TOKENIZER_FILE, TOKENIZER_FILE,
+                                MAX_TOKENIZER_BYTES)
+        tok = load_tokenizer_json(path, text)
         config = _read(folder, manifest, TOKENIZER_CONFIG_FILE)
         special = {**_read(folder, manifest, SPECIAL_TOKENS_MAP_FILE), **config}
         special_tokens = {name: _token_text(special[name]) for name in SPECIAL_TOKEN_NAMES
                           if special.get(name) is not None}
+        # read_config checked the section's types
         eos = tuple(settings.get(TOKENIZER_KEY, {}).get("eos_token_ids", ()))
         return cls(tok, config, _chat_template(folder, manifest, config), eos, special_tokens)
 
@@ -164,13 +157,17 @@ def _read(folder: Path, manifest: dict, name: str) -> dict:
     path = listed_member(folder, manifest, name, "tokenizer file")
     if path is None:
         return {}
-    data = read_member_json(folder, name, name)
-    return data if isinstance(data, dict) else {}
+    data = read_member_json(folder, name, name, manifest)
+    if not isinstance(data, dict):
+        raise ScredgeError(f"the artifact's {name} is not a JSON object",
+                           received=type(data).__name__, fix="re-export the folder")
+    return check_tokenizer_config(data, str(path))
 
 
 def _token_text(value) -> str:
-    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
-    return value.get("content", "") if isinstance(value, dict) else str(value)
+    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict
+    (types checked by check_tokenizer_config)."""
+    return value["content"] if isinstance(value, dict) else value
 
 
 def _chat_template(folder: Path, manifest: dict, config: dict) -> str | None:
@@ -178,9 +175,8 @@ def _chat_template(folder: Path, manifest: dict, config: dict) -> str | None:
     chat_template (a string, or named templates of which 'default' is used)."""
     path = listed_member(folder, manifest, CHAT_TEMPLATE_FILE, "chat template")
     if path is not None:
-        return read_member_text(path, CHAT_TEMPLATE_FILE)
-    template = config.get("chat_template")
+        return read_member_text(folder, manifest, CHAT_TEMPLATE_FILE, CHAT_TEMPLATE_FILE)
+    template = config.get("chat_template")  # types checked by check_tokenizer_config
     if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    return template if isinstance(template, str) else None
+        template = {t["name"]: t["template"] for t in template}.get("default")
+    return template

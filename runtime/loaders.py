@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scredge.artifact import read_config, verify_manifest
+from scredge.artifact import read_config, read_listed_bytes, verify_manifest
 from scredge.config import SCRConfig
 from scredge.contract import CONFIG_FILE, MANIFEST_FILE, ONNX_DATA_FILE, ONNX_FILE, QUANT_CONFIG_KEY
 from scredge.deps import require
@@ -81,7 +81,7 @@ def open_artifact(folder: str | Path) -> Artifact:
                            fix="export one: scredge export --preset tiny --out " + str(folder))
     # every file read below (and by the loaders) is listed, inside the folder and hashed
     manifest = verify_manifest(folder, required=(CONFIG_FILE, ONNX_FILE))
-    config, settings = read_config(folder)
+    config, settings = read_config(folder, manifest)
     dtype = settings.get("export", {}).get("dtype", "float32")
     if dtype not in EXPORT_DTYPES:
         raise ScredgeError("config.json names an unknown export dtype", received=repr(dtype),
@@ -129,13 +129,18 @@ def ort_providers(device: str) -> list[str]:
 def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None = None,
                 optimize: bool = True, save_optimized: Path | None = None,
                 profile_prefix: Path | None = None,
-                config_entries: dict[str, str] | None = None, realign=None):
+                config_entries: dict[str, str] | None = None, realign=None,
+                external_data: dict[str, bytes] | None = None,
+                external_folder: Path | None = None):
     """The one place an onnxruntime InferenceSession is made: `model` a path or serialized
     bytes, on `device` ('auto' | 'cpu' | 'cuda', see `ort_providers`); `optimize` False for
     a graph optimised offline; `save_optimized` writes the optimised graph there;
     `profile_prefix` turns on onnxruntime's profiler, writing under that prefix;
     `config_entries` are onnxruntime session config entries; `realign` a
-    `realign_kernel.RealignKernel` whose custom-op library is registered (None: none)."""
+    `realign_kernel.RealignKernel` whose custom-op library is registered (None: none);
+    `external_data` the graph's external data files by name, already in memory (with bytes,
+    `external_folder` is the folder onnxruntime resolves any other external reference in,
+    and confines it to)."""
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
                                 or threads < 0):
         raise ScredgeError("invalid thread count", received=repr(threads)[:80],
@@ -151,6 +156,13 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
         opts.optimized_model_filepath = str(save_optimized)
     for key, value in (config_entries or {}).items():
         opts.add_session_config_entry(key, value)
+    if external_folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                      str(external_folder))
+    if external_data:
+        names = list(external_data)
+        opts.add_external_initializers_from_files_in_memory(
+            names, [external_data[n] for n in names], [len(external_data[n]) for n in names])
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(profile_prefix)
@@ -160,6 +172,20 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
         register(opts, realign)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=ort_providers(device))
+
+
+def verified_graph(artifact: Artifact, name: str) -> tuple[bytes, dict[str, bytes]]:
+    """(graph bytes, external data files by name) of the graph `name`, each read once
+    through the manifest check (read_listed_bytes): onnxruntime loads exactly the bytes
+    that were verified, never a file swapped in after the folder was opened. A graph's
+    external data is the listed file NAME.data beside it (what the exporter writes)."""
+    graph = read_listed_bytes(artifact.folder, artifact.manifest, name, f"graph {name}")
+    data_name = f"{name}.data"
+    external = {}
+    if data_name in artifact.manifest["files"]:
+        external[data_name] = read_listed_bytes(artifact.folder, artifact.manifest, data_name,
+                                                f"graph data {data_name}")
+    return graph, external
 
 
 def _check_onnxruntime_version(artifact: Artifact, installed: str) -> None:
@@ -189,18 +215,20 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
     _check_onnxruntime_version(artifact, ort.__version__)
     realign = (pick(kind, realign_library) if artifact.config.scr_layers
                else RealignKernel(FUNCTION, reason="no SCR layer in this model"))
-    path = artifact.folder / artifact.graph_file("ort")
+    name = artifact.graph_file("ort")
     optimized = artifact.engines.get(f"ort-{kind}")
-    # paths checked by open_artifact: listed, hashed, inside the folder; onnxruntime itself
-    # refuses external data that resolves outside the graph's folder. The offline-optimised
-    # graph has the function inlined (no Realign node left), so the kernel needs model.onnx.
+    # the offline-optimised graph has the function inlined (no Realign node left), so the
+    # kernel needs model.onnx
     if realign.kind == FUNCTION and optimized and optimized.get("onnxruntime") == ort.__version__:
         # already optimised offline, for this onnxruntime and device
-        path, optimize = artifact.folder / optimized["file"], False
+        name, optimize = optimized["file"], False
     else:
         optimize = True
+    path = artifact.folder / name
+    graph, external = verified_graph(artifact, name)
     try:
-        session = ort_session(path, device, threads=threads, optimize=optimize, realign=realign)
+        session = ort_session(graph, device, threads=threads, optimize=optimize, realign=realign,
+                              external_data=external, external_folder=artifact.folder)
     except ScredgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types (Fail, ...)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from scredge.artifact import member_path
+from scredge.artifact import read_listed_bytes
 from scredge.device import compute_capability, gpu_unavailable_reason
 from scredge.errors import ScredgeError
 from scredge.plugins.trt import PLUGIN_MODULES, TRT_MODULES
@@ -114,8 +114,8 @@ def _open(artifact: Artifact, entry: dict, cuda, cuda_graph: bool):
                            fix=_rebuild_fix(artifact, entry["backend"]))
     for plugin in plugins:
         register_plugin(trt, plugin)
-    # listed, inside the folder and hash-checked by open_artifact (manifest.check_manifest)
-    data = member_path(artifact.folder, entry["file"], "engine file").read_bytes()
+    # the bytes deserialized are the bytes checked against the manifest
+    data = read_listed_bytes(artifact.folder, artifact.manifest, entry["file"], "engine file")
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     if runtime is None:
         raise ScredgeError("TensorRT could not create a runtime", received="Runtime() None",

@@ -16,7 +16,9 @@ from scredge.artifact import atomic_write
 from scredge.config import SCRConfig
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.files import parse_json
 from scredge.ref.model import SCRForCausalLM
+from scredge.safetensors_file import check_safetensors
 
 CONFIG_METADATA_KEY = "scredge.model_config"
 _MATCH_FIX = (
@@ -65,14 +67,9 @@ def read_config(path: str | Path) -> SCRConfig | None:
     raw = meta.get(CONFIG_METADATA_KEY)
     if raw is None:
         return None
-    try:
-        return SCRConfig.from_dict(json.loads(raw), source=f"{path} metadata")
-    except json.JSONDecodeError as exc:
-        raise ScredgeError(
-            "checkpoint metadata holds a malformed config",
-            received=f"{path}: {exc.msg}",
-            fix="re-save the checkpoint with scredge, or pass --config explicitly",
-        ) from exc
+    data = parse_json(raw, str(path), "the checkpoint's config metadata",
+                      "re-save the checkpoint with scredge, or pass --config explicitly")
+    return SCRConfig.from_dict(data, source=f"{path} metadata")
 
 
 def load_state_dict(path: str | Path, config: SCRConfig) -> dict[str, torch.Tensor]:
@@ -147,6 +144,7 @@ def _open(path: Path):
         raise ScredgeError(
             "checkpoint file not found", received=str(path), fix="check the path"
         )
+    check_safetensors(path)  # before safetensors allocates what the header claims
     try:
         return safe_open(str(path), framework="pt")
     except Exception as exc:  # safetensors raises its own SafetensorError and OSError

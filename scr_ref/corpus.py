@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from scredge.errors import ScredgeError
+from scredge.files import read_bytes_limited
+from scredge.limits import MAX_TRAIN_DATA_BYTES
 
 TEXT_SUFFIXES = (".txt", ".md")
 MIN_TEXT_BYTES = 4096  # enough for a train part and a validation part of a few windows
@@ -89,7 +91,7 @@ def load_text(path: str | Path, *, min_bytes: int = MIN_TEXT_BYTES) -> bytes:
                            fix="check the path given to --data")
     parts = []
     for f in files:
-        data = f.read_bytes()
+        data = read_bytes_limited(f, "the training data", MAX_TRAIN_DATA_BYTES)
         check_text(data, str(f))
         parts.append(data)
     data = DOC_SEPARATOR.encode().join(parts)

@@ -5,7 +5,6 @@ exact identity, so the model first reproduces the original). Shared by `scredge 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,9 @@ from scredge.config import SCRConfig
 from scredge.contract import CONFIG_FILE, HF_SCR_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.files import read_json_limited
 from scredge.hf_config import llama_config
+from scredge.safetensors_file import load_safetensors
 from scredge.tokenizer_files import TokenizerFiles, find_tokenizer
 
 
@@ -30,8 +31,8 @@ def is_hf_folder(folder: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json_limited(path, "config.json")
+    except ScredgeError:
         return True  # claims to be one; read_hf_config refuses it by name
     return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
 
@@ -43,18 +44,16 @@ def read_hf_config(folder: Path) -> dict:
                            received=str(folder),
                            expected="a folder written by save_pretrained (config.json + "
                                     "*.safetensors)")
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScredgeError("config.json of the Hugging Face folder is not valid JSON",
-                           received=f"{path}: {exc}") from exc
+    return read_json_limited(path, "config.json of the Hugging Face folder",
+                             expected="a JSON object as save_pretrained writes it")
 
 
 def read_safetensors(folder: Path) -> dict:
-    st = require("safetensors.torch")
+    """Every tensor of the folder's safetensors files (the index's, when it has one), each
+    file's header checked against its size before anything is allocated."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = _index_files(index)
     else:
         files = [p.name for p in sorted(folder.glob("*.safetensors")) if p.name != HF_SCR_FILE]
     if not files:
@@ -63,8 +62,21 @@ def read_safetensors(folder: Path) -> dict:
                            fix="save the model with save_pretrained(safe_serialization=True)")
     tensors = {}
     for name in files:
-        tensors.update(st.load_file(str(folder / name)))
+        tensors.update(load_safetensors(folder / name))
     return tensors
+
+
+def _index_files(index: Path) -> list[str]:
+    """The shard names of model.safetensors.index.json: plain file names in the folder."""
+    data = read_json_limited(index, index.name)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) and v.endswith(".safetensors") and "/" not in v
+            and "\\" not in v and v not in (".", "..") for v in weight_map.values()):
+        raise ScredgeError(f"{index.name} is malformed", received=repr(weight_map)[:200],
+                           expected='{"weight_map": {tensor name: "model-0000x-of-0000y.'
+                                    'safetensors", ...}} naming files in the folder')
+    return sorted(set(weight_map.values()))
 
 
 def hf_config_and_tokenizer(folder: Path, scr_layers: tuple[int, ...] | None
@@ -119,7 +131,7 @@ def load_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
                                   f"Hugging Face weights in {folder}")
     scr_tensors = {}
     if (folder / HF_SCR_FILE).is_file():
-        scr_tensors = require("safetensors.torch").load_file(str(folder / HF_SCR_FILE))
+        scr_tensors = load_safetensors(folder / HF_SCR_FILE)
         check_tensor_names_and_shapes(
             {k: tuple(v.shape) for k, v in scr_tensors.items()},
             {k: s for k, s in config.parameter_shapes().items() if ".scr." in k},

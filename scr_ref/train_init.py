@@ -16,7 +16,6 @@ into, which parameters train (`--trainable`), and the tokenizer the data is enco
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from scredge.artifact import sha256_file
 from scredge.config import SCRConfig
 from scredge.contract import TOKENIZER_FILE, TOKENIZER_KEY, WEIGHTS_FILE
 from scredge.errors import ScredgeError
+from scredge.files import read_json_limited
 from scredge.tokenizer_files import TokenizerFiles, find_tokenizer
 
 TRAINABLE = ("all", "scr")
@@ -162,13 +162,13 @@ def run_tokenizer(folder: Path, config: SCRConfig) -> TokenizerFiles | None:
     log_path = folder / RUN_LOG_FILE
     if not (folder / TOKENIZER_FILE).is_file() or not log_path.is_file():
         return None
-    try:
-        saved = json.loads(log_path.read_text()).get(TOKENIZER_KEY)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScredgeError(f"cannot read the run's {RUN_LOG_FILE}",
-                           received=f"{log_path}: {exc}") from exc
+    log = read_json_limited(log_path, f"the run's {RUN_LOG_FILE}")
+    saved = log.get(TOKENIZER_KEY) if isinstance(log, dict) else None
     if not saved:
         return None
+    if not isinstance(saved, dict):
+        raise ScredgeError(f"the run's {RUN_LOG_FILE} has a malformed '{TOKENIZER_KEY}'",
+                           received=repr(saved)[:120], expected="an object")
     return find_tokenizer(folder, {"eos_token_id": saved.get("eos_token_ids") or None},
                           config.vocab_size)
 

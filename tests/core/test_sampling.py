@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scredge.errors import ScredgeError
 from scredge.sampling import GREEDY, Sampler, SamplingParams, seen_mask
@@ -61,3 +63,37 @@ def test_sampled_frequencies_follow_the_softmax():
         n = 20_000
         counts = np.bincount([int(s(logits)[0]) for _ in range(n)], minlength=5) / n
         assert np.all(np.abs(counts - p) <= 4 * np.sqrt(p * (1 - p) / n) + 1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"repetition_penalty": 1e-310}, {"repetition_penalty": 1e300}, {"temperature": 1e300},
+    {"repetition_penalty": float("nan")}, {"temperature": float("inf")},
+    {"top_k": 2**70 + 0.5}, {"top_p": float("nan")}])
+def test_values_that_would_overflow_are_refused(kwargs):
+    """Issue 30 class 4: a penalty of 1e-310 turned logits to inf and every token into
+    id 0. Oracle: SamplingParams (what the CLI, API and server all build) refuses it."""
+    with pytest.raises(ScredgeError, match="invalid sampling parameter"):
+        SamplingParams(**kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(penalty=st.floats(1e-2, 1e2),
+       logits=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False),
+                       min_size=2, max_size=16))
+def test_penalised_greedy_is_the_float64_argmax(penalty, logits):
+    """Oracle: the CTRL penalty computed by hand in float64 on float32 logits (all
+    finite); the sampler's greedy pick is its argmax, never a silent id 0 from inf."""
+    x = np.asarray([logits], dtype=np.float32)
+    seen = np.ones_like(x, dtype=bool)
+    got = Sampler(SamplingParams(temperature=0, repetition_penalty=penalty))(x, seen)
+    ref = np.where(x > 0, x.astype(np.float64) / penalty, x.astype(np.float64) * penalty)
+    assert np.isfinite(ref).all()
+    assert got[0] == int(np.argmax(ref[0]))
+
+
+def test_nan_logits_are_an_error_not_token_zero():
+    """Oracle: argmax of a row with NaN is the NaN's index; the sampler refuses instead."""
+    x = np.array([[1.0, np.nan, 3.0]], dtype=np.float32)
+    for params in (GREEDY, SamplingParams(temperature=0.7)):
+        with pytest.raises(ScredgeError, match="NaN"):
+            Sampler(params)(x)

@@ -158,3 +158,24 @@ def test_out_folder_rules(tmp_path, capsys):
     assert main(["export-hf", str(run), str(tmp_path / "y"), "--dtype", "int8"]) == 2
     assert "unknown export-hf dtype" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_an_artifact_is_read_through_its_manifest(small_window_artifact, tmp_path):
+    """Issue 30 class 6: export-hf copied a chat template symlinked from outside the
+    artifact. Oracle: a listed file replaced by a link to an outside file is refused
+    (never copied); the untouched artifact exports and its weights round-trip."""
+    import os
+
+    from artifact_tools import copy_artifact
+
+
+    art = copy_artifact(small_window_artifact[1], tmp_path / "art")
+    export_hf(art, tmp_path / "ok")
+    assert (tmp_path / "ok" / "model.safetensors").is_file()
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes((art / "model.safetensors").read_bytes())
+    os.remove(art / "model.safetensors")
+    os.symlink(outside, art / "model.safetensors")
+    with pytest.raises(ScredgeError, match="outside"):
+        export_hf(art, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -21,7 +21,11 @@ MESSAGES = [{"role": "user", "content": "What is a generator?  "},
 @pytest.fixture(scope="module")
 def pair(hf_tokenizer_dir):
     folder, hf = hf_tokenizer_dir
-    listed = {"files": dict.fromkeys(p.name for p in folder.iterdir())}
+    from scredge.artifact import sha256_file
+
+    # a manifest as the exporter writes it: the tokenizer reads only verified bytes
+    listed = {"files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                        for p in folder.iterdir()}}
     return HFTokenizer.load(folder, listed, {"tokenizer": {"eos_token_ids": [2]}}), hf
 
 
