@@ -34,8 +34,16 @@ from scredge.tiers import Thresholds, compare_logits, hidden_metrics
 
 def op_tier(artifact: Artifact, golden: Golden, th: Thresholds, device: str) -> TierResult:
     """The artifact's own `Realign` function alone, in onnxruntime."""
+    if not artifact.config.scr_layers:
+        return plain_op_tier()
     session = ort_session(realign_alone(artifact.folder / ONNX_FILE, golden.kappa), device)
     return op_tier_with(lambda feed: session.run(None, feed), artifact, golden, th)
+
+
+def plain_op_tier() -> TierResult:
+    """A plain transformer (scr_layers = []) has no Realign op to compare."""
+    return TierResult("op (Realign)", None,
+                      "not run: a plain transformer (scr_layers = []) has no Realign op")
 
 
 def op_tier_with(run_case, artifact: Artifact, golden: Golden, th: Thresholds,
