@@ -42,6 +42,13 @@ def add(sub) -> None:
                         "tokens; the first 32,768 are used)")
     p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
                                         "preset's or config's; every layer for --from-llama)")
+    p.add_argument("--keep-reference", action="store_true",
+                   help="also keep the float32 reference weights (model.safetensors), which "
+                        "`parity --record`, `export-hf` and `bench --compare torch` read; "
+                        "without it the folder is slim: graphs, golden/held-out references, "
+                        "tokenizer")
+    p.add_argument("--target", default="all", choices=["all", "ort", "trt"],
+                   help="the backends whose graphs the folder holds (default all)")
     p.add_argument("--out", required=True, help="the artifact folder to create")
     p.add_argument("--force", action="store_true",
                    help="replace an existing artifact folder (or an empty one); never another")
@@ -65,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed)
     path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,
                            force=args.force, source=src.description, tokenizer=src.tokenizer,
-                           log=lambda s: print(s, flush=True))
+                           log=lambda s: print(s, flush=True),
+                           keep_reference=args.keep_reference, target=args.target)
     print(f"wrote {path}")
     return 0

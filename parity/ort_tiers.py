@@ -23,7 +23,7 @@ from scredge.contract import (
     POSITION_IDS,
     past_kv,
 )
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.parity.graph_surgery import hidden_output, realign_alone, with_hidden_outputs
 from scredge.parity.report import ParityReport, TierResult
 from scredge.runtime.cache import empty_state, state_from_outputs

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.parity.ort_tiers import (
     greedy_tier,
     logits_tiers,

@@ -15,7 +15,7 @@ from scredge.contract import REALIGN_INPUTS as INPUTS
 from scredge.contract import REALIGN_OUTPUTS as OUTPUTS
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.parity.graph_surgery import realign_alone
 from scredge.runtime.loaders import Artifact
 

@@ -120,7 +120,7 @@ def test_manifest_entry_is_json_clean(built):
 OP_ENGINE = """
 import sys
 from pathlib import Path
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.runtime.loaders import open_artifact
 from scredge.builder.trt_build import import_trt
 from scredge.parity.trt_op_tier import build_realign_engine, realign_profile
