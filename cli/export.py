@@ -20,6 +20,10 @@ def add(sub) -> None:
                      help="a local Hugging Face Llama/Mistral/Qwen2 folder (config.json + "
                           "safetensors, tokenizer files when present); SCR layers are added "
                           "with gamma = 0")
+    src.add_argument("--from-gguf", type=Path, metavar="FILE",
+                     help="a Llama/Mistral/Qwen2 GGUF file (F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, "
+                          "Q6_K), dequantized to float32, with the tokenizer and chat template "
+                          "it carries; SCR layers are added with gamma = 0")
     src.add_argument("--from-run", type=Path, metavar="RUN",
                      help="a `scredge train` run folder: its model.safetensors, and the "
                           "tokenizer it kept when trained with --init from a Hugging Face "
@@ -41,7 +45,8 @@ def add(sub) -> None:
                    help="--quant-method gptq: a UTF-8 text like the model will see (>= 2,048 "
                         "tokens; the first 32,768 are used)")
     p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
-                                        "preset's or config's; every layer for --from-llama)")
+                                        "preset's or config's; every layer for --from-llama "
+                                        "and --from-gguf)")
     p.add_argument("--keep-reference", action="store_true",
                    help="also keep the float32 reference weights (model.safetensors), which "
                         "`parity --record`, `export-hf` and `bench --compare torch` read; "
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
     src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
-                        run=args.from_run,
+                        run=args.from_run, gguf=args.from_gguf,
                         config=args.config, weights=args.weights, scr_layers=args.scr_layers,
                         seed=args.seed)
     path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,

@@ -63,7 +63,14 @@ def read_safetensors(folder: Path) -> dict:
                            fix="save the model with save_pretrained(safe_serialization=True)")
     tensors = {}
     for name in files:
-        tensors.update(st.load_file(str(folder / name)))
+        try:
+            tensors.update(st.load_file(str(folder / name)))
+        except Exception as exc:  # SafetensorError (truncated, corrupt header), OSError
+            raise ScredgeError("a safetensors file of the Hugging Face folder cannot be read "
+                               "(truncated or corrupt?)",
+                               received=f"{folder / name}: {type(exc).__name__}: {exc}"[:300],
+                               expected="a whole safetensors file, as save_pretrained writes",
+                               fix="download or save the model again") from exc
     return tensors
 
 
