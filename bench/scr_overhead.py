@@ -8,7 +8,6 @@ import multiprocessing
 import tempfile
 from pathlib import Path
 
-from scredge.contract import WEIGHTS_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
 
@@ -17,7 +16,7 @@ def twin_without_scr(folder: Path, out: Path) -> Path:
     """Export the artifact in `folder` again to `out` with `scr_layers = []`: every other
     tensor identical."""
     require("torch")
-    from scredge.artifact import member_path
+    from scredge.artifact import reference_weights
     from scredge.export.pipeline import export_artifact
     from scredge.ref import load_checkpoint
     from scredge.ref.model import SCRForCausalLM
@@ -25,12 +24,8 @@ def twin_without_scr(folder: Path, out: Path) -> Path:
 
     artifact = open_artifact(folder)
     load_ort(artifact, device="cpu")  # config.json checked against the graph first
-    if WEIGHTS_FILE not in artifact.manifest["files"]:
-        raise ScredgeError(f"manifest.json does not list {WEIGHTS_FILE}",
-                           received=str(folder), expected="the weights listed and hashed",
-                           fix=f"re-export the folder: scredge export ... --out {folder} "
-                               "--force")
-    model = load_checkpoint(member_path(folder, WEIGHTS_FILE), artifact.config)
+    weights = reference_weights(folder, artifact.manifest, "bench --scr-overhead")
+    model = load_checkpoint(weights, artifact.config)
     plain = SCRForCausalLM(artifact.config.with_(scr_layers=()))
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".scr." not in k})
     return export_artifact(plain.eval(), out, dtype=artifact.dtype,

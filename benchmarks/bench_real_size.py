@@ -5,7 +5,7 @@ heads, d_ff 1536, 49,152-token vocabulary, tied embeddings, rope theta 1e5) with
 transformers and saves it (save_pretrained, float32), then runs, each in its own process so
 each peak resident memory (VmHWM) is its own:
 
-  scredge export --from-llama DIR --out ART      SCR on every layer at gamma 0, verified
+  scredge export --from-llama DIR --keep-reference --out ART   SCR on every layer at gamma 0
   scredge bench ART --compare torch               onnxruntime CPU decode, and scr_ref (torch)
                                                   on the same weights in the same run
 
@@ -76,6 +76,7 @@ def run(size: str, prompt_len: int, gen_len: int, repeat: int, threads: int | No
     params = save_llama(hf, size)
     save_s = time.perf_counter() - t0
     export_log, export_s, export_peak = run_scredge("export", "--from-llama", str(hf),
+                                                    "--keep-reference",  # --compare torch
                                                     "--out", str(art), "--force")
     bench_args = ["bench", str(art), "--device", "cpu", "--compare", "torch", "--json",
                   "--prompt-len", str(prompt_len), "--gen-len", str(gen_len),

@@ -4,7 +4,8 @@ Polygraphy's loaders parse, configure and build (`NetworkFromOnnxBytes`, `Create
 `CreateConfigRTX`, `EngineBytesFromNetwork`); this module decides what they get:
 
 - the graph: `onnx_modes.for_plugin` (default; the Python `Realign` plugin is registered
-  first) or `onnx_modes.decomposed` (`no_plugin`), never the parser's own choice;
+  first) or `onnx_modes.decomposed` (`no_plugin`), never the parser's own choice; a plain
+  transformer (`scr_layers = []`, no `Realign` node) goes to the parser as it is, no plugin;
 - a strongly typed network: the precision is the ONNX file's (float32 or float16 export);
 - the two profiles of `trt_profiles`;
 - a timing cache kept per backend, TensorRT version and GPU, so rebuilds are quick.
@@ -117,12 +118,14 @@ def build_trt(artifact: Artifact, backend: str = "tensorrt_rtx", *, no_plugin: b
     tag = engine_tag(backend, trt.__version__, cc)
     name = ENGINE_FILE.format(tag=tag)
     cache = Path(timing_cache) if timing_cache is not None else default_timing_cache(tag)
-    mode = "decomposed" if no_plugin else "plugin"
+    plain = not config.scr_layers  # no Realign node: neither mode applies, no plugin
+    no_plugin = no_plugin or plain
+    mode = "none" if plain else "decomposed" if no_plugin else "plugin"
     target_text = f"GPU sm_{cc[0]}{cc[1]}" if cc else "no GPU: portable engine"
     log(f"building {name} with {backend} {trt.__version__} ({target_text}), {mode} mode, "
         f"{artifact.precision}, {artifact.graph_file('trt')}")
-    engine_bytes, plugin_layers = _build_bytes(trt, artifact, backend, no_plugin, profs, cc,
-                                               cache, opt_level, log)
+    engine_bytes, plugin_layers = _build_bytes(trt, artifact, backend, mode, profs, cc, cache,
+                                               opt_level, log)
     target = artifact.folder / name
     tmp = artifact.folder / f".{name}.partial"
     try:
@@ -144,10 +147,10 @@ def build_trt(artifact: Artifact, backend: str = "tensorrt_rtx", *, no_plugin: b
     return target, entry
 
 
-def _build_bytes(trt, artifact, backend, no_plugin, profs, cc, cache: Path, opt_level, log):
+def _build_bytes(trt, artifact, backend, mode: str, profs, cc, cache: Path, opt_level, log):
     model = verified_onnx(artifact, artifact.graph_file("trt"))  # quantized: DQ form
-    expected = 0 if no_plugin else len(artifact.config.scr_layers)
-    return build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache, opt_level, log,
+    expected = len(artifact.config.scr_layers) if mode == "plugin" else 0
+    return build_model_bytes(trt, model, backend, mode, profs, cc, cache, opt_level, log,
                              expected)
 
 
@@ -178,9 +181,11 @@ def verified_onnx(artifact, name: str):
     return model
 
 
-def build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache: Path | None,
+def build_model_bytes(trt, model, backend, mode, profs, cc, cache: Path | None,
                       opt_level, log, expected_plugin_layers: int):
-    """Parse an scredge ONNX model (plugin or decomposed mode) and build engine bytes."""
+    """Parse an scredge ONNX model and build engine bytes. `mode`: 'plugin' (Realign as the
+    plugin), 'decomposed' (its function inlined), or 'none' (a plain transformer's graph,
+    which has no Realign node, as it is)."""
     require("polygraphy")
     from polygraphy.backend import trt as pg
     from polygraphy.exception import PolygraphyException
@@ -188,7 +193,10 @@ def build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache: Path | N
 
     from scredge.plugins import onnx_modes
 
-    if no_plugin:
+    if mode == "none":
+        onnx_modes.check_plain(model)
+        flags = []
+    elif mode == "decomposed":
         model = onnx_modes.decomposed(model)
         flags = []
     else:
@@ -232,8 +240,7 @@ def build_model_bytes(trt, model, backend, no_plugin, profs, cc, cache: Path | N
                 raise ScredgeError(
                     "the parsed network has the wrong number of Realign plugin layers",
                     received=plugin_layers,
-                    expected=f"{expected_plugin_layers} (one per SCR layer, "
-                             f"{'decomposed' if no_plugin else 'plugin'} mode)",
+                    expected=f"{expected_plugin_layers} (one per SCR layer, {mode} mode)",
                     fix="report this with `scredge info` output; --no-plugin builds without")
             log(f"parsed: {network[1].num_layers} layers, {plugin_layers} Realign plugin "
                 f"layers; building with timing cache {cache} ...")

@@ -11,11 +11,22 @@ import argparse
 import sys
 
 import scredge
-from scredge.cli import bench, build, export, export_hf, generate, info, parity, serve, train
+from scredge.cli import (
+    bench,
+    build,
+    chat,
+    export,
+    export_hf,
+    generate,
+    info,
+    parity,
+    serve,
+    train,
+)
 from scredge.cli.common import check_text_args, printable
 from scredge.errors import ScredgeError
 
-COMMANDS = (info, export, export_hf, generate, build, parity, train, bench, serve)
+COMMANDS = (info, export, export_hf, generate, chat, build, parity, train, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,10 @@ def add(sub) -> None:
                      help="a local Hugging Face Llama/Mistral/Qwen2 folder (config.json + "
                           "safetensors, tokenizer files when present); SCR layers are added "
                           "with gamma = 0")
+    src.add_argument("--from-gguf", type=Path, metavar="FILE",
+                     help="a Llama/Mistral/Qwen2 GGUF file (F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, "
+                          "Q6_K), dequantized to float32, with the tokenizer and chat template "
+                          "it carries; SCR layers are added with gamma = 0")
     src.add_argument("--from-run", type=Path, metavar="RUN",
                      help="a `scredge train` run folder: its model.safetensors, and the "
                           "tokenizer it kept when trained with --init from a Hugging Face "
@@ -41,7 +45,15 @@ def add(sub) -> None:
                    help="--quant-method gptq: a UTF-8 text like the model will see (>= 2,048 "
                         "tokens; the first 32,768 are used)")
     p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
-                                        "preset's or config's; every layer for --from-llama)")
+                                        "preset's or config's; every layer for --from-llama "
+                                        "and --from-gguf)")
+    p.add_argument("--keep-reference", action="store_true",
+                   help="also keep the float32 reference weights (model.safetensors), which "
+                        "`parity --record`, `export-hf` and `bench --compare torch` read; "
+                        "without it the folder is slim: graphs, golden/held-out references, "
+                        "tokenizer")
+    p.add_argument("--target", default="all", choices=["all", "ort", "trt"],
+                   help="the backends whose graphs the folder holds (default all)")
     p.add_argument("--out", required=True, help="the artifact folder to create")
     p.add_argument("--force", action="store_true",
                    help="replace an existing artifact folder (or an empty one); never another")
@@ -60,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
     src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
-                        run=args.from_run,
+                        run=args.from_run, gguf=args.from_gguf,
                         config=args.config, weights=args.weights, scr_layers=args.scr_layers,
                         seed=args.seed)
     path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,
                            force=args.force, source=src.description, tokenizer=src.tokenizer,
-                           log=lambda s: print(s, flush=True))
+                           log=lambda s: print(s, flush=True),
+                           keep_reference=args.keep_reference, target=args.target)
     print(f"wrote {path}")
     return 0

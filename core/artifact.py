@@ -23,8 +23,10 @@ from scredge.contract import (
     FORMAT_VERSION,
     GRAPH_VERSION,
     GRAPH_VERSION_KEY,
+    KEEP_REFERENCE_FLAG,
     MANIFEST_FILE,
     QUANT_CONFIG_KEY,
+    REFERENCE_KEY,
     TOKENIZER_KEY,
     WEIGHTS_FILE,
 )
@@ -409,6 +411,30 @@ def check_sections(folder: Path, settings: dict, vocab_size: int) -> None:
                 isinstance(g, dict) and isinstance(g.get("file", ""), str)
                 for g in graphs.values()):
             bad(f"{QUANT_CONFIG_KEY}.graphs", graphs, 'an object of {"file": str, ...}')
+
+
+def reference_sha256(settings: dict, manifest: dict) -> str | None:
+    """The sha256 of the float32 reference weights the folder was exported from: the kept
+    model.safetensors' (manifest), else the one config.json recorded; None if neither."""
+    listed = manifest.get("files", {}).get(WEIGHTS_FILE)
+    if listed is not None:
+        return listed["sha256"]
+    recorded = settings.get("export", {}).get(REFERENCE_KEY)
+    return recorded.get("sha256") if isinstance(recorded, dict) else None
+
+
+def reference_weights(folder: str | Path, manifest: dict, needed_by: str) -> Path:
+    """The path of the folder's reference weights (listed, so hashed on open), or a
+    ScredgeError saying that `needed_by` needs them and how to keep them."""
+    folder = Path(folder)
+    if WEIGHTS_FILE in manifest.get("files", {}):
+        return member_path(folder, WEIGHTS_FILE, "reference weights")
+    raise ScredgeError(
+        f"{needed_by} needs the float32 reference weights, which this folder does not keep",
+        received=f"no {WEIGHTS_FILE} in {folder} (a slim deployable folder)",
+        expected=f"a folder exported with {KEEP_REFERENCE_FLAG}",
+        fix=f"export it again with {KEEP_REFERENCE_FLAG}: scredge export ... "
+            f"{KEEP_REFERENCE_FLAG} --out {folder} --force")
 
 
 def check_graph_version(folder: Path, settings: dict) -> None:

@@ -188,6 +188,14 @@ TOKENIZER_KEY = "tokenizer"
 QUANT_CONFIG_KEY = "quantization"  # config.json section: bits, block size, method, graphs
 TRT_ONNX_FILE = "model.trt.onnx"  # the TensorRT form; model.onnx is the onnxruntime form
 HELDOUT_FILE = "parity/heldout.npz"  # the reference's held-out log-probs (quantized tier)
+# v3 slim folders: config.json's "graphs" maps each backend the folder targets ("ort",
+# "trt") to the graph it reads (absent: an older folder, both backends); its export section's
+# "reference" records the float32 reference weights' sha256 (what golden and held-out files
+# name) and whether WEIGHTS_FILE was kept (`scredge export --keep-reference`)
+GRAPHS_KEY = "graphs"
+REFERENCE_KEY = "reference"
+BACKENDS = ("ort", "trt")
+KEEP_REFERENCE_FLAG = "--keep-reference"
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one
 # `scredge export-hf`: a transformers folder (config.json, model.safetensors = WEIGHTS_FILE,
 # generation_config.json, tokenizer files) plus these: the SCR tensors transformers has no

@@ -17,7 +17,7 @@ import numpy as np
 
 from scredge.arrays_file import check_array, open_arrays, save_arrays
 from scredge.artifact import listed_member
-from scredge.contract import HELDOUT_FILE, WEIGHTS_FILE
+from scredge.contract import HELDOUT_FILE
 from scredge.errors import ScredgeError
 from scredge.tiers import QuantizedThresholds, decisive_top1, quantized_thresholds
 
@@ -185,7 +185,7 @@ def run_quantized_parity(artifact, runner, graph: str) -> QuantizedReport:
                            received=f"manifest.json does not list {HELDOUT_FILE}",
                            fix="export the artifact again with --quantize")
     heldout = Heldout.load(path, artifact.config.vocab_size)
-    actual = artifact.manifest["files"][WEIGHTS_FILE]["sha256"]
+    actual = artifact.reference_sha256
     if heldout.weights_sha256 != actual:
         raise ScredgeError("the held-out reference was recorded for another model",
                            received=f"weights sha256 {heldout.weights_sha256[:16]}...",

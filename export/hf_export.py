@@ -117,6 +117,11 @@ def read_run(run: Path) -> tuple[Path, SCRConfig, Path | None]:
         raise ScredgeError("RUN is already a Hugging Face folder", received=str(run),
                            expected="a scredge run, artifact folder or checkpoint",
                            fix="it loads in transformers as it is")
+    if folder and not weights.is_file() and (run / contract.MANIFEST_FILE).is_file():
+        from scredge.artifact import read_member_json, reference_weights
+
+        reference_weights(run, read_member_json(run, contract.MANIFEST_FILE,
+                                                contract.MANIFEST_FILE), "export-hf")
     if not weights.is_file():
         raise ScredgeError("no scredge checkpoint at RUN", received=str(run),
                            expected=f"a folder with {contract.WEIGHTS_FILE} (a `scredge train` "

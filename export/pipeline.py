@@ -27,14 +27,19 @@ from scredge.artifact import (
     read_member_json,
     recover_hidden,
     replace_folder,
+    sha256_file,
     write_manifest,
 )
 from scredge.contract import (
+    BACKENDS,
     CONFIG_FILE,
+    GOLDEN_FILE,
     GRAPH_VERSION,
     GRAPH_VERSION_KEY,
+    GRAPHS_KEY,
     ONNX_DATA_FILE,
     ONNX_FILE,
+    REFERENCE_KEY,
     TOKENIZER_KEY,
     WEIGHTS_FILE,
     GraphIO,
@@ -48,8 +53,13 @@ from scredge.export.verify import verify_onnx
 from scredge.tokenizer_files import TokenizerFiles
 
 DTYPES = ("float32", "float16")
+TARGETS = ("all", *BACKENDS)  # --target: the backends whose graphs the folder holds
 EXTERNAL_DATA_BYTES = 1 << 30
 PARTIAL_INFIX = ".partial-"  # `.NAME.partial-XXXX`: an export in progress beside NAME
+# the greedy run of the golden reference an export records itself (a slim folder): shorter
+# than `parity --record`'s 256, as each token is a full reference step (seconds per 10
+# tokens at 0.5B on two cores)
+EXPORT_GREEDY_TOKENS = 32
 
 
 def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | None) -> None:
@@ -206,6 +216,50 @@ def default_opset(quantize: QuantSpec | None) -> int:
     return DEFAULT_OPSET if quantize is None else QUANT_OPSET
 
 
+def check_target(target: str) -> tuple[str, ...]:
+    """--target ort|trt|all -> the backends whose graphs are written."""
+    if target not in TARGETS:
+        raise ScredgeError("unknown export target", received=repr(target),
+                           expected=f"one of {list(TARGETS)}",
+                           fix="--target all (default) writes the graph of every backend")
+    return BACKENDS if target == "all" else (target,)
+
+
+def finish_reference(tmp: Path, model, sha256: str, keep: bool, quantized: bool,
+                     log: Callable[[str], None]) -> None:
+    """A slim folder (`keep` False, SCR_SPEC section 4, v3) drops the reference weights; a
+    float one first records its golden reference from the model in memory, so `scredge
+    parity` runs on it without them (a quantized one has its held-out reference)."""
+    if keep:
+        return
+    if not quantized:
+        from scredge.ref.golden import golden_from_model
+
+        t0 = time.perf_counter()
+        (tmp / GOLDEN_FILE).parent.mkdir(exist_ok=True)
+        golden_from_model(model, sha256, greedy_tokens=EXPORT_GREEDY_TOKENS).save(
+            tmp / GOLDEN_FILE)
+        log(f"  golden reference recorded in {time.perf_counter() - t0:.1f} s ({GOLDEN_FILE})")
+    (tmp / WEIGHTS_FILE).unlink()
+    log(f"  reference weights not kept (slim folder; --keep-reference keeps {WEIGHTS_FILE})")
+
+
+def config_json(c, export: dict) -> dict:
+    """config.json (SCR_SPEC section 4) before verification: the model, the `export`
+    settings, the graph's I/O and the tool versions."""
+    io = GraphIO.for_config(c)
+    realign = {"domain": contract.DOMAIN, "op_type": contract.OP_TYPE,
+               "version": contract.OP_VERSION, "onnx_function": True}
+    return {
+        GRAPH_VERSION_KEY: GRAPH_VERSION,
+        "model": c.to_dict(),
+        "export": {**export, "realign": realign},
+        "io": {"inputs": list(io.inputs), "outputs": list(io.outputs),
+               "kv_dtype": export["dtype"], "scr_dtype": "float32", "logits_dtype": "float32"},
+        "versions": _versions(),
+    }
+
+
 def check_quantize(quantize: QuantSpec | None, dtype: str, opset: int, config) -> None:
     if quantize is None:
         return
@@ -217,32 +271,18 @@ def check_quantize(quantize: QuantSpec | None, dtype: str, opset: int, config) -
                            fix="drop --opset (a quantized export defaults to 21)")
 
 
-def _artifact_config(c, dtype: str, opset: int, source: dict | None, large: bool) -> dict:
-    """config.json of an artifact of model config `c`, before verification and quantization."""
-    io = GraphIO.for_config(c)
-    return {
-        GRAPH_VERSION_KEY: GRAPH_VERSION,
-        "model": c.to_dict(),
-        "export": {"dtype": dtype, "opset": opset, "source": source or {},
-                   "external_data": large,
-                   "realign": {"domain": contract.DOMAIN, "op_type": contract.OP_TYPE,
-                               "version": contract.OP_VERSION,
-                               "onnx_function": True}},
-        "io": {"inputs": list(io.inputs), "outputs": list(io.outputs),
-               "kv_dtype": dtype, "scr_dtype": "float32", "logits_dtype": "float32"},
-        "versions": _versions(),
-    }
-
-
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
                     quantize: QuantSpec | None = None,
-                    log: Callable[[str], None] = lambda s: None) -> Path:
+                    log: Callable[[str], None] = lambda s: None,
+                    keep_reference: bool = True, target: str = "all") -> Path:
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
     Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
     `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
-    quantized tier (section 5) in both of its graphs."""
+    quantized tier (section 5) in both of its graphs. `keep_reference`: keep the float32
+    reference weights (model.safetensors; the CLI's default is a slim folder without them);
+    `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds."""
     from scredge.ref import save_checkpoint
 
     onnx = require("onnx")
@@ -251,6 +291,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     opset = default_opset(quantize) if opset is None else opset
     check_options(out, dtype, opset, force, c.window)
     check_quantize(quantize, dtype, opset, c)
+    targets = check_target(target)
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
@@ -270,7 +311,10 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
         save_checkpoint(model, tmp / WEIGHTS_FILE)
-        config = _artifact_config(c, dtype, opset, source, large)
+        reference = {"sha256": sha256_file(tmp / WEIGHTS_FILE), "kept": keep_reference}
+        config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
+                                 "external_data": large, "target": target,
+                                 REFERENCE_KEY: reference})
         if tokenizer is not None:
             tokenizer.copy_into(tmp)
             config[TOKENIZER_KEY] = tokenizer.describe()
@@ -290,9 +334,13 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                 expected="SCR_SPEC section 5, logits tier",
                 fix="nothing was written; report this with the model and options used")
         config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
+        config[GRAPHS_KEY] = {b: ONNX_FILE for b in targets}
         if quantize is not None:
-            config[contract.QUANT_CONFIG_KEY] = quantize_artifact(tmp, proto, model, quantize,
-                                                                  log, tokenizer)
+            section = quantize_artifact(tmp, proto, model, quantize, log, tokenizer, targets)
+            config[contract.QUANT_CONFIG_KEY] = section
+            config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
+        finish_reference(tmp, model, reference["sha256"], keep_reference, quantize is not None,
+                         log)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         write_manifest(tmp)
         for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private files

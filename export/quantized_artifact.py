@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from scredge.artifact import sha256_file
-from scredge.contract import HELDOUT_FILE, ONNX_DATA_FILE, ONNX_FILE, TRT_ONNX_FILE, WEIGHTS_FILE
+from scredge.contract import (
+    BACKENDS,
+    HELDOUT_FILE,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
+    TRT_ONNX_FILE,
+    WEIGHTS_FILE,
+)
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.heldout import record_heldout
@@ -41,12 +48,16 @@ def _save(proto, path: Path) -> None:
 
 
 def verify_quantized(tmp: Path, model, spec: QuantSpec, heldout,
-                     log: Callable[[str], None]) -> dict[str, QuantizedReport]:
-    """Both graphs in `tmp`, teacher-forced over the held-out text, judged by the tier."""
+                     log: Callable[[str], None],
+                     targets: tuple[str, ...] = BACKENDS) -> dict[str, QuantizedReport]:
+    """The graphs of `targets` in `tmp`, teacher-forced over the held-out text, judged by
+    the tier."""
     from scredge.runtime.runners.ort_runner import OrtRunner
 
     reports = {}
     for backend, name in (("ort", ONNX_FILE), ("trt", TRT_ONNX_FILE)):
+        if backend not in targets:
+            continue
         runner = OrtRunner(ort_session(tmp / name, dequantize_form=backend == "trt"),
                            model.config, np.float32)
         rep = check_runner(heldout, runner, spec.bits, name)
@@ -77,27 +88,32 @@ def calibrate(model, spec: QuantSpec, tokenizer: TokenizerFiles | None,
 
 def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
                       log: Callable[[str], None],
-                      tokenizer: TokenizerFiles | None = None) -> dict:
+                      tokenizer: TokenizerFiles | None = None,
+                      targets: tuple[str, ...] = BACKENDS) -> dict:
     """Replace tmp/model.onnx (the verified float graph) with the onnxruntime form, add the
     TensorRT form and the held-out reference; returns config.json's `quantization`.
-    `tokenizer` encodes the calibration and held-out texts (bytes without one)."""
+    `tokenizer` encodes the calibration and held-out texts (bytes without one); `targets`:
+    the backends whose form is written (--target), the float graph removed either way."""
     hessians, calibration = calibrate(model, spec, tokenizer, log)
     how = "onnxruntime's MatMulNBitsQuantizer" + (", GPTQ" if spec.method == "gptq" else "")
     log(f"quantizing weights to int{spec.bits} ({spec.method}, block {spec.block_size}) "
         f"with {how} ...")
     graphs = quantize_graphs(float_proto, spec, model.config, hessians)
-    for stale in (tmp / ONNX_DATA_FILE,):
+    for stale in (tmp / ONNX_DATA_FILE, tmp / ONNX_FILE):
         stale.unlink(missing_ok=True)
-    _save(graphs.ort, tmp / ONNX_FILE)
-    _save(graphs.trt, tmp / TRT_ONNX_FILE)
+    if "ort" in targets:
+        _save(graphs.ort, tmp / ONNX_FILE)
+    if "trt" in targets:
+        _save(graphs.trt, tmp / TRT_ONNX_FILE)
     log(f"  {len(graphs.matrices)} matrices quantized; onnxruntime form: "
         f"{graphs.fusions.summary()}")
     log("recording the float32 reference over the held-out text ...")
     heldout = record_heldout(model, sha256_file(tmp / WEIGHTS_FILE), tokenizer=tokenizer)
     log("checking both graphs against the quantized tier ...")
-    reports = verify_quantized(tmp, model, spec, heldout, log)
+    reports = verify_quantized(tmp, model, spec, heldout, log, targets)
     heldout.save(tmp / HELDOUT_FILE)
     section = config_section(spec, graphs, ONNX_FILE, calibration)
+    section["graphs"] = {b: g for b, g in section["graphs"].items() if b in targets}
     section["heldout"] = {"file": HELDOUT_FILE, **heldout.source}
     section["verification"] = {b: r.to_json() for b, r in reports.items()}
     return section

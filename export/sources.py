@@ -13,7 +13,7 @@ from scredge.hf_config import SUPPORTED_ARCHITECTURES, llama_config
 from scredge.tokenizer_files import TokenizerFiles
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "ModelSource", "from_config", "from_files", "select_source",
-           "from_llama", "from_preset", "from_pretrained", "from_run", "llama_config"]
+           "from_gguf", "from_llama", "from_preset", "from_pretrained", "from_run", "llama_config"]
 
 
 @dataclass
@@ -94,12 +94,13 @@ def _refuse_config_options(flag: str, source: str, **given) -> None:
 
 def select_source(*, preset: str = "tiny", pretrained: str | None = None,
                   llama: Path | None = None, run: Path | None = None,
+                  gguf: Path | None = None,
                   config: Path | None = None,
                   weights: Path | None = None, scr_layers: str | None = None,
                   seed: int = 0) -> ModelSource:
     """The model `scredge export` exports, from its source options: one of pretrained,
-    llama (a Hugging Face folder), run (a training run folder), weights (with an optional
-    config), config, preset; `scr_layers` is the --scr-layers text."""
+    llama (a Hugging Face folder), gguf (a GGUF file), run (a training run folder), weights
+    (with an optional config), config, preset; `scr_layers` is the --scr-layers text."""
     parse_scr_layers(scr_layers, None)  # its syntax, before anything is loaded
     if run is not None:
         _refuse_config_options("--from-run", "the run's checkpoint", config=config,
@@ -111,6 +112,8 @@ def select_source(*, preset: str = "tiny", pretrained: str | None = None,
         return from_pretrained(pretrained)
     if llama is not None:
         return from_llama(llama, parse_scr_layers(scr_layers, None), seed=seed)
+    if gguf is not None:
+        return from_gguf(gguf, parse_scr_layers(scr_layers, None), seed=seed)
     if weights is not None:
         src = from_files(config, weights)
         layers = parse_scr_layers(scr_layers, src.model.config.n_layers)
@@ -136,4 +139,15 @@ def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
     from scredge.ref.hf_import import load_llama
 
     hf = load_llama(Path(folder), scr_layers, seed)
+    return ModelSource(hf.model, hf.description, hf.tokenizer)
+
+
+def from_gguf(path: Path, scr_layers: tuple[int, ...] | None = None,
+              seed: int = 0) -> ModelSource:
+    """Retrofit SCR layers (gamma = 0) onto a Llama, Mistral or Qwen2 GGUF file's weights,
+    dequantized to float32, with the tokenizer and chat template it carries
+    (scredge.export.gguf_import)."""
+    from scredge.export.gguf_import import load_gguf
+
+    hf = load_gguf(Path(path), scr_layers, seed)
     return ModelSource(hf.model, hf.description, hf.tokenizer)

@@ -23,7 +23,7 @@ from scredge.contract import (
     POSITION_IDS,
     past_kv,
 )
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.parity.graph_surgery import hidden_output, realign_alone, with_hidden_outputs
 from scredge.parity.report import ParityReport, TierResult
 from scredge.runtime.cache import empty_state, state_from_outputs
@@ -34,8 +34,16 @@ from scredge.tiers import Thresholds, compare_logits, hidden_metrics
 
 def op_tier(artifact: Artifact, golden: Golden, th: Thresholds, device: str) -> TierResult:
     """The artifact's own `Realign` function alone, in onnxruntime."""
+    if not artifact.config.scr_layers:
+        return plain_op_tier()
     session = ort_session(realign_alone(artifact.folder / ONNX_FILE, golden.kappa), device)
     return op_tier_with(lambda feed: session.run(None, feed), artifact, golden, th)
+
+
+def plain_op_tier() -> TierResult:
+    """A plain transformer (scr_layers = []) has no Realign op to compare."""
+    return TierResult("op (Realign)", None,
+                      "not run: a plain transformer (scr_layers = []) has no Realign op")
 
 
 def op_tier_with(run_case, artifact: Artifact, golden: Golden, th: Thresholds,

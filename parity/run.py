@@ -9,7 +9,7 @@ from pathlib import Path
 from scredge.artifact import listed_member
 from scredge.contract import GOLDEN_FILE
 from scredge.errors import ScredgeError
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.parity.report import ParityReport
 from scredge.quantized_tier import QuantizedReport
 from scredge.runtime.loaders import load_ort, open_artifact

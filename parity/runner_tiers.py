@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.parity.ort_tiers import (
     greedy_tier,
     logits_tiers,
     op_tier_with,
+    plain_op_tier,
     state_error,
 )
 from scredge.parity.report import ParityReport, TierResult
@@ -51,6 +52,8 @@ def runner_parity(artifact: Artifact, golden: Golden, runner, th: Thresholds) ->
 def _op_tier(artifact: Artifact, golden: Golden, runner, th: Thresholds) -> TierResult:
     """The plugin alone vs the reference, when the runner is TensorRT with the plugin."""
     entry = getattr(runner, "entry", None) or {}
+    if not artifact.config.scr_layers:
+        return plain_op_tier()
     if runner.backend != "trt" or not entry.get("plugins"):
         why = "the engine runs the decomposed function (--no-plugin)" if entry else \
             f"{runner.backend} has no Realign plugin"

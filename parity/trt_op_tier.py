@@ -15,7 +15,7 @@ from scredge.contract import REALIGN_INPUTS as INPUTS
 from scredge.contract import REALIGN_OUTPUTS as OUTPUTS
 from scredge.deps import require
 from scredge.errors import ScredgeError
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.parity.graph_surgery import realign_alone
 from scredge.runtime.loaders import Artifact
 
@@ -37,7 +37,7 @@ def build_realign_engine(trt, artifact: Artifact, golden: Golden, backend: str,
 
     onnx = require("onnx")
     model = onnx.load_from_string(realign_alone(artifact.folder / ONNX_FILE, golden.kappa))
-    engine, _ = build_model_bytes(trt, model, backend, False,
+    engine, _ = build_model_bytes(trt, model, backend, "plugin",
                                   [realign_profile(golden, artifact.config.d_model)], cc,
                                   None, 0, lambda s: None, expected_plugin_layers=1)
     return engine

@@ -7,7 +7,9 @@ so the engine builder never leaves it to them:
 
 - `for_plugin`: drop the function, so every parser version imports each node as the
   `Realign` plugin (it must be registered, or parsing fails naming the op);
-- `decomposed`: inline the function, so no `Realign` node is left and no plugin is needed.
+- `decomposed`: inline the function, so no `Realign` node is left and no plugin is needed;
+- `check_plain`: a plain transformer's graph (`scr_layers = []`) has no `Realign` node and
+  needs neither: it goes to the parser as it is.
 
 Both return copies; the input model is not changed.
 """
@@ -53,6 +55,20 @@ def decomposed(model):
     left = [n.name for n in out.graph.node if (n.domain, n.op_type) == (DOMAIN, OP_TYPE)]
     assert not left, f"inlining left Realign nodes: {left}"
     return out
+
+
+def check_plain(model) -> None:
+    """Refuse unless `model` is an ONNX model without `scr.Realign` nodes (a plain
+    transformer's graph, which TensorRT parses as it is)."""
+    onnx = require("onnx")
+    if not isinstance(model, onnx.ModelProto):
+        raise ScredgeError("expected an ONNX model", received=type(model).__name__,
+                           expected="onnx.ModelProto (onnx.load('model.onnx'))")
+    found = sum((n.domain, n.op_type) == (DOMAIN, OP_TYPE) for n in model.graph.node)
+    if found:
+        raise ScredgeError("the graph has scr.Realign nodes but its config has no SCR layers",
+                           received=f"{found} Realign nodes", expected="none (scr_layers = [])",
+                           fix=_REEXPORT)
 
 
 def _text(value):

@@ -13,9 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from scredge.artifact import read_config, read_listed_bytes, verify_manifest
+from scredge.artifact import read_config, read_listed_bytes, reference_sha256, verify_manifest
 from scredge.config import SCRConfig
-from scredge.contract import CONFIG_FILE, MANIFEST_FILE, ONNX_DATA_FILE, ONNX_FILE, QUANT_CONFIG_KEY
+from scredge.contract import (
+    BACKENDS,
+    CONFIG_FILE,
+    GRAPHS_KEY,
+    MANIFEST_FILE,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
+    QUANT_CONFIG_KEY,
+)
 from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
 from scredge.errors import ScredgeError
@@ -56,10 +64,35 @@ class Artifact:
             return self.dtype
         return f"int{q['bits']} weight-only ({q['method']}, block {q['block_size']})"
 
+    @property
+    def reference_sha256(self) -> str | None:
+        """The sha256 of the float32 reference weights (kept or not) the folder came from."""
+        return reference_sha256(self.settings, self.manifest)
+
+    @property
+    def graphs(self) -> dict[str, str]:
+        """backend ('ort', 'trt') -> the graph it reads, for the backends the folder holds a
+        graph for (v3 `--target`; an older folder holds both)."""
+        graphs = self.settings.get(GRAPHS_KEY)
+        if graphs is None:
+            return {b: self.graph_entry(b).get("file", ONNX_FILE) for b in BACKENDS}
+        return dict(graphs)
+
     def graph_file(self, backend: str) -> str:
         """The ONNX graph a backend ('ort' or 'trt') reads: a quantized artifact holds one
-        per backend (SCR_SPEC section 4), a float one `model.onnx` for both."""
-        return self.graph_entry(backend).get("file", ONNX_FILE)
+        per backend (SCR_SPEC section 4), a float one `model.onnx` for both; a folder
+        exported for the other backend only (--target) is refused by name."""
+        graphs = self.graphs
+        if backend not in graphs:
+            raise ScredgeError(
+                f"this artifact holds no graph for the {backend} backend",
+                received=f"{self.folder} was exported with --target "
+                         f"{self.settings.get('export', {}).get('target', '?')} (graphs: "
+                         f"{sorted(graphs)})",
+                expected=f"a folder exported with --target {backend} or --target all",
+                fix=f"export it again with --target all (or --target {backend}), or use "
+                    f"--backend {next(iter(graphs), 'ort')}")
+        return graphs[backend]
 
     def graph_entry(self, backend: str) -> dict:
         """config.json's record of the graph `backend` reads ({} for a float artifact)."""
@@ -75,13 +108,14 @@ def open_artifact(folder: str | Path) -> Artifact:
         raise ScredgeError("artifact folder not found", received=str(folder),
                            expected="a folder written by `scredge export`",
                            fix="export one: scredge export --preset tiny --out " + str(folder))
-    if not (folder / MANIFEST_FILE).is_file() or not (folder / ONNX_FILE).is_file():
+    if not (folder / MANIFEST_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise ScredgeError("not an scredge artifact folder", received=str(folder),
-                           expected=f"{ONNX_FILE}, {MANIFEST_FILE}, config.json inside",
+                           expected=f"{ONNX_FILE}, {MANIFEST_FILE}, {CONFIG_FILE} inside",
                            fix="export one: scredge export --preset tiny --out " + str(folder))
     # every file read below (and by the loaders) is listed, inside the folder and hashed
-    manifest = verify_manifest(folder, required=(CONFIG_FILE, ONNX_FILE))
+    manifest = verify_manifest(folder, required=(CONFIG_FILE,))
     config, settings = read_config(folder, manifest)
+    _check_graphs(folder, settings, manifest)
     dtype = settings.get("export", {}).get("dtype", "float32")
     if dtype not in EXPORT_DTYPES:
         raise ScredgeError("config.json names an unknown export dtype", received=repr(dtype),
@@ -95,13 +129,32 @@ def open_artifact(folder: str | Path) -> Artifact:
     return Artifact(folder, config, settings, manifest)
 
 
+def _check_graphs(folder: Path, settings: dict, manifest: dict) -> None:
+    """config.json's `graphs` (v3): backend -> a graph file the manifest lists; without it
+    (an older folder) model.onnx must be listed."""
+    graphs = settings.get(GRAPHS_KEY, {ONNX_FILE: ONNX_FILE})
+    fix = f"re-export the folder: scredge export ... --out {folder} --force"
+    if (not isinstance(graphs, dict) or not graphs
+            or not all(isinstance(v, str) for v in graphs.values())
+            or not set(graphs) <= set(BACKENDS) | {ONNX_FILE}):
+        raise ScredgeError("config.json's graphs section is malformed",
+                           received=repr(graphs)[:200],
+                           expected='{"ort": "model.onnx", "trt": "model.trt.onnx"} or a part',
+                           fix=fix)
+    for name in sorted(set(graphs.values())):
+        if name not in manifest["files"]:
+            raise ScredgeError(f"manifest.json does not list '{name}'",
+                               received=f"config.json's graphs name {name}",
+                               expected=f"{name} listed and hashed", fix=fix)
+
+
 def artifact_summary(folder: str | Path) -> dict:
     """What `scredge info FOLDER` says: precision, the graph each backend reads and, for
     a quantized onnxruntime form, which blocks it runs as onnxruntime's fused kernels and
     the calibration text of a calibrated method."""
     a = open_artifact(folder)
     return {"folder": str(folder), "precision": a.precision,
-            "graphs": {b: a.graph_file(b) for b in ("ort", "trt")},
+            "graphs": a.graphs,
             "ort_fused": a.graph_entry("ort").get("fused", {}),
             "calibration": a.quantization.get("calibration", {}),
             "engines": sorted(a.engines)}

@@ -120,7 +120,7 @@ def test_manifest_entry_is_json_clean(built):
 OP_ENGINE = """
 import sys
 from pathlib import Path
-from scredge.parity.golden_file import Golden
+from scredge.golden_file import Golden
 from scredge.runtime.loaders import open_artifact
 from scredge.builder.trt_build import import_trt
 from scredge.parity.trt_op_tier import build_realign_engine, realign_profile
@@ -144,3 +144,23 @@ def test_one_node_realign_engine_for_the_op_tier(tmp_path, small_window_artifact
                             text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_plain_transformer_builds_without_a_plugin(tmp_path):
+    """A plain transformer (scr_layers = [], what `--scr-layers none` exports) has no Realign
+    node: the build hands its graph to the parser as it is. Oracle: TensorRT for RTX's own
+    parser and builder (the build succeeds with zero plugin layers, as the manifest entry
+    says) and the manifest contract (SCR_SPEC section 4)."""
+    from conftest import WINDOWED
+
+    from scredge.ref import build_model
+
+    folder = export_artifact(build_model(WINDOWED.with_(scr_layers=()), seed=1, std=0.08),
+                             tmp_path / "plain")
+    result = build(folder, cache=tmp_path / "timing.cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 Realign plugin layers" in result.stdout
+    entry = verify_manifest(folder)["engines"][TAG]
+    assert entry["plugin_mode"] == "none" and entry["plugins"] == []
+    assert entry["plugin_layers"] == 0
+    assert (folder / ENGINE).stat().st_size > 0

@@ -103,7 +103,7 @@ def test_golden_of_another_model_is_refused(recorded, small_window_artifact, tmp
     shutil.copy(recorded / GOLDEN_FILE, other / GOLDEN_FILE)
     add_to_manifest(other, [GOLDEN_FILE])
     with pytest.raises(ScredgeError, match=r"recorded for another model(.|\n)*--record"):
-        from scredge.parity.golden_file import Golden
+        from scredge.golden_file import Golden
         from scredge.parity.ort_tiers import run_parity
         from scredge.runtime.loaders import load_ort, open_artifact
 
@@ -131,7 +131,7 @@ def test_threshold_overrides_apply(recorded, capsys):
 def test_runner_parity_runs_the_runner_tiers(recorded, capsys):
     """The path of `--backend trt`, driven with the onnxruntime runner: logits, teacher-forced
     and greedy pass through the runner's decoder; op and layer are reported as not run."""
-    from scredge.parity.golden_file import Golden
+    from scredge.golden_file import Golden
     from scredge.parity.runner_tiers import runner_parity
     from scredge.runtime.loaders import load_ort, open_artifact
 

@@ -84,3 +84,17 @@ def test_for_plugin_needs_the_plugin_attributes(attrs):
     """Oracle: SCR_SPEC section 2 (plugin_namespace "scr", plugin_version "1" on every node)."""
     with pytest.raises(ScredgeError, match="does not name the TensorRT plugin"):
         for_plugin(_model(**attrs))
+
+
+def test_check_plain():
+    """Oracle: SCR_SPEC section 1 (scr_layers = [] is a plain transformer: no Realign node,
+    so the graph goes to the parser as it is); a graph with Realign nodes is not plain."""
+    from scredge.plugins.onnx_modes import check_plain
+
+    model = _model()
+    with pytest.raises(ScredgeError, match="has scr.Realign nodes"):
+        check_plain(model)
+    model.graph.node[0].op_type = "Identity"
+    check_plain(model)
+    with pytest.raises(ScredgeError, match="expected an ONNX model"):
+        check_plain(b"not a model")

@@ -1,26 +1,21 @@
 """The golden file `parity/golden.npz`: what `scredge parity --record` stores (see
-`scredge.parity.record`) and every backend is compared against, torch-free."""
+`scredge.parity.record`; the export records it itself into a folder without the reference
+weights, `scredge.ref.golden`) and every backend is compared against, torch-free."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scredge.arrays_file import check_array, open_arrays, save_arrays
-from scredge.contract import WEIGHTS_FILE
 from scredge.errors import ScredgeError
-
-if TYPE_CHECKING:
-    from scredge.runtime.loaders import Artifact
-
 
 
 @dataclass
 class Golden:
-    weights_sha256: str  # of the artifact's model.safetensors: which model this is for
+    weights_sha256: str  # of the reference weights (model.safetensors): which model this is for
     config: dict
     steps_ids: list[np.ndarray]  # per call [B,T] int64: prefill, then decode tokens
     steps_logits: list[np.ndarray]  # per call [B,T,V]
@@ -75,11 +70,11 @@ class Golden:
                 meta["kappa"], check_array(z, "greedy_prompt", 1, "i", (0, vocab)),
                 check_array(z, "greedy_ids", 1, "i", (0, vocab)))
 
-    def check_matches(self, artifact: Artifact) -> None:
-        """Refuse a golden file recorded for other weights (the artifact's manifest holds the
-        weights' sha256, checked against the file when the folder was opened)."""
-        listed = artifact.manifest["files"].get(WEIGHTS_FILE, {})
-        folder, actual = artifact.folder, listed.get("sha256", "none listed")
+    def check_matches(self, artifact) -> None:
+        """Refuse a golden file recorded for other weights than `artifact`'s (a
+        runtime.loaders.Artifact: its `reference_sha256`, from the manifest's entry for the
+        kept weights or from config.json)."""
+        folder, actual = artifact.folder, artifact.reference_sha256 or "none recorded"
         if actual != self.weights_sha256:
             raise ScredgeError(
                 "the golden file was recorded for another model",
