@@ -271,6 +271,14 @@ def check_quantize(quantize: QuantSpec | None, dtype: str, opset: int, config) -
                            fix="drop --opset (a quantized export defaults to 21)")
 
 
+def _share_permissions(tmp: Path) -> None:
+    """mkdtemp/mkstemp create private files: give the folder the modes the umask gives."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [tmp, *tmp.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
@@ -300,8 +308,6 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         raise ScredgeError("cannot create the output folder", received=f"{out}: {exc.strerror}",
                            fix="choose a writable --out") from exc
     try:
-        umask = os.umask(0)
-        os.umask(umask)
         t0 = time.perf_counter()
         log(f"exporting {dtype} graph (opset {opset}) ...")
         proto = export_graph(cast_for_export(model, dtype), opset)
@@ -343,8 +349,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                          log)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         write_manifest(tmp)
-        for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private files
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+        _share_permissions(tmp)
         log(f"  verified in {time.perf_counter() - t1:.1f} s")
         replace_folder(tmp, out, lambda o: check_destination(o, force))
     except BaseException:
