@@ -89,3 +89,33 @@ def test_batch_of_unequal_prompts_equals_each_alone(engine):
     batch = engine.generate(prompts, max_new_tokens=24, temperature=0.0)
     alone = [engine.generate(p, max_new_tokens=24, temperature=0.0) for p in prompts]
     assert [r.ids for r in batch] == [r.ids for r in alone]
+
+
+TEXTS = ["Hello, world! How are you today?", "naïve café, 東京, Ελληνικά and an emoji 🎉🙂",
+         "  leading spaces\n\ttabs and\r\nnewlines  ", "def f(x):\n    return x ** 2  # square",
+         "Don't stop: it's 3.14 , isn't it ? Yes ! ( ok )"]
+
+
+def test_streamed_pieces_are_the_text_on_the_real_tokenizer(smollm2, engine):
+    """One text path (issue #26) on SmolLM2's real tokenizer. Oracle: transformers' decode
+    of the same ids; our stream's pieces, joined, must equal it and our own decode, for
+    encoded texts (multi-byte characters split across tokens) and for random ids."""
+    import numpy as np
+
+    _, _, tok = smollm2
+    rng = np.random.default_rng(0)
+    seqs = [tok.encode(t, add_special_tokens=False) for t in TEXTS]
+    seqs += [rng.integers(0, len(tok), 48).tolist() for _ in range(30)]
+    for ids in seqs:
+        stream = engine.tokenizer.stream_decoder()
+        pieces = "".join(stream.push(int(i)) for i in ids) + stream.flush()
+        want = tok.decode(ids, skip_special_tokens=True)
+        assert engine.tokenizer.decode(ids) == want
+        assert pieces == want
+
+
+@pytest.mark.parametrize("k", range(2))
+def test_a_chat_result_is_its_streamed_pieces(engine, k):
+    """Oracle: the same engine's non-streamed result for the same greedy chat."""
+    streamed = "".join(engine.chat_stream(CHATS[k], max_new_tokens=NEW, temperature=0.0))
+    assert streamed == engine.chat(CHATS[k], max_new_tokens=NEW, temperature=0.0).text
