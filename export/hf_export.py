@@ -173,7 +173,10 @@ def verified_run(run: Path) -> Iterator[Path]:
     if not (run.is_dir() and (run / contract.MANIFEST_FILE).is_file()):
         yield run
         return
-    manifest = verify_manifest(run, required=(contract.WEIGHTS_FILE,))
+    from scredge.artifact import reference_weights
+
+    manifest = verify_manifest(run)
+    reference_weights(run, manifest, "export-hf")  # a slim folder: names --keep-reference
     names = [contract.WEIGHTS_FILE, contract.CONFIG_FILE, *(n for n in contract.TOKENIZER_FILES
                                       if listed_member(run, manifest, n, "tokenizer file"))]
     staging = Path(tempfile.mkdtemp(prefix=".scredge-export-hf-"))
