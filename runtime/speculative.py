@@ -135,8 +135,9 @@ class NgramProposer:
                 return h[at:at + k], None
         return [], None
 
-    def accepted(self, tokens: Sequence[int], drafted: int) -> None:
-        """The row took `tokens` (`drafted` of them from the proposal)."""
+    def accepted(self, pending: int, tokens: Sequence[int], drafted: int) -> None:
+        """The row took `tokens` (`drafted` of them from the proposal); `pending` is in the
+        history already."""
         self.push(tokens)
 
     def close(self) -> None:
@@ -163,7 +164,7 @@ class DraftProposer:
 
     def propose(self, k: int, pending: int) -> tuple[list[int], np.ndarray]:
         """k draft tokens after `pending`, and their draft distributions q [k,V]."""
-        from scredge.runtime.generation import positions
+        from scredge.runtime.generation import prefill
 
         self._saved, self._saved_position = self.decoder.snapshot(), self.position
         feed = self.unfed + [int(pending)]
@@ -172,7 +173,7 @@ class DraftProposer:
         drafts, qs = [], []
         ids = np.asarray(feed, dtype=np.int64)[None]
         for i in range(k):
-            logits = self.decoder.step(ids, positions(self.position, 1, ids.shape[1]))[:, -1]
+            logits = prefill(self.decoder, ids, self.position)  # chunked when long
             self.position += ids.shape[1]
             q = self.sampler.distribution(logits)[0]
             token = int(draw(q[None], self.sampler.uniforms(1))[0]) if not \
@@ -184,18 +185,22 @@ class DraftProposer:
                 self._ran.append(token)
         return drafts, np.stack(qs)
 
-    def accepted(self, tokens: Sequence[int], drafted: int) -> None:
-        """The row took `tokens`: `drafted` accepted drafts, then its own last token. The
-        proposal fed `feed` and d1..d(k-1): with every draft accepted, d_k and the bonus
-        token are what the draft lacks; otherwise it goes back to its snapshot and feeds
-        `feed`, the accepted drafts and the row's token in its next proposal's first call."""
+    def accepted(self, pending: int, tokens: Sequence[int], drafted: int) -> None:
+        """The row fed `pending` and took `tokens`: `drafted` accepted drafts, then its own
+        token (the next pending one). The proposal fed `feed` (ending in `pending`) and
+        d1..d(k-1): with every draft accepted only d_k is missing; otherwise the draft goes
+        back to its snapshot, and its next proposal's first call feeds `feed` and the
+        accepted drafts. Without a proposal this step, `pending` and the drafts are due."""
+        if self._saved is None:
+            self.unfed += [int(pending)] + [int(t) for t in tokens[:-1]]
+            return
         k = len(self._ran) - self._feed_len + 1
         if drafted == k:
-            self.unfed = [int(t) for t in tokens[-2:]]
+            self.unfed = [int(tokens[-2])]
         else:
             self.decoder.load_state(self._saved)
             self.position = self._saved_position
-            self.unfed = self._ran[:self._feed_len + drafted] + [int(tokens[-1])]
+            self.unfed = self._ran[:self._feed_len + drafted]
         self._saved = None
 
     def close(self) -> None:
@@ -318,3 +323,82 @@ def _rerun(runner: Runner, before: HostState, fed: np.ndarray, keep: np.ndarray,
     if order != sorted(order):
         state = select_rows(state, np.argsort(order).tolist())
     return state
+
+
+# ---- the batching core's multi-token step -----------------------------------------------
+class Speculation:
+    """Speculative steps for one batch (runtime/batch.py's multi-token seam): a proposer
+    per row, made when the row first waits with a chosen token, and the counts per row
+    (`stats(row)`: proposed and accepted drafts, target calls, tokens taken)."""
+
+    def __init__(self, spec: SpeculativeSpec) -> None:
+        self.spec = spec
+        self._rows: dict[int, tuple[object, object, dict]] = {}  # id(row) -> row, proposer, counts
+
+    def stats(self, row) -> dict:
+        entry = self._rows.get(id(row))
+        return dict(entry[2]) if entry else {"proposed": 0, "accepted": 0, "calls": 0,
+                                              "tokens": 0}
+
+    def _proposer(self, row, pending: int):
+        entry = self._rows.get(id(row))
+        if entry is None or entry[0] is not row:
+            prompt = [int(t) for t in row.prompt]
+            if self.spec.method == "ngram":
+                prop = NgramProposer(prompt + [pending], self.spec.max_n, self.spec.min_n)
+            else:
+                prop = DraftProposer(self.spec.draft, prompt, row.sampler)
+            entry = (row, prop, {"proposed": 0, "accepted": 0, "calls": 0, "tokens": 0})
+            self._rows[id(row)] = entry
+        return entry[1], entry[2]
+
+    def forget(self, keep_rows) -> None:
+        """Drop the proposers of rows no longer in the batch (a draft's decoder goes back)."""
+        live = {id(r) for r in keep_rows}
+        for key in [k for k in self._rows if k not in live]:
+            self._rows.pop(key)[1].close()
+
+    def step(self, batch) -> list:
+        """One verify call for every row of `batch` (rows waiting with chosen tokens): each
+        row's proposal after its pending token, the accepted prefix plus one token taken
+        through the batch's `_accept`, the cache rolled back to what was taken."""
+        from scredge.runtime.generation import positions
+
+        rows, pending, start = batch.rows, batch._pending, batch._position
+        self.forget(rows)
+        proposals = []
+        for i, row in enumerate(rows):
+            prop, counts = self._proposer(row, int(pending[i]))
+            room = min(self.spec.k, row.max_tokens - row.generated - 1)
+            proposals.append(prop.propose(room, int(pending[i])) if room > 0 and
+                             not row.finished else ([], None))
+        K = max(len(d) for d, _ in proposals)
+        fed = np.repeat(pending[:, None], K + 1, axis=1).astype(np.int64)
+        for i, (d, _) in enumerate(proposals):
+            fed[i, 1:1 + len(d)] = d
+        before = batch.decoder.snapshot() if K else None
+        logits = batch.decoder.step(fed, positions(start, len(rows), K + 1))
+        batch.steps += 1
+        taken = [[int(pending[i])] if row.finished else
+                 verify_row(logits[i], proposals[i][0], proposals[i][1], row.sampler,
+                            row.seen, row.processor) for i, row in enumerate(rows)]
+        keep = [len(t) for t in taken]
+        if K:
+            rollback(batch.decoder, before, fed, keep, start)
+        batch._position = start + np.asarray(keep, dtype=np.int64)
+        events = []
+        for i, row in enumerate(rows):
+            if row.finished:
+                continue
+            prop, counts = self._proposer(row, int(pending[i]))
+            prop.accepted(int(pending[i]), taken[i], len(taken[i]) - 1)
+            counts["proposed"] += len(proposals[i][0])
+            counts["accepted"] += len(taken[i]) - 1
+            counts["calls"] += 1
+            counts["tokens"] += len(taken[i])
+            events.append(batch._accept(row, taken[i]))
+        batch._pending = np.array([t[-1] for t in taken], dtype=np.int64)
+        return events
+
+    def close(self) -> None:
+        self.forget(())
