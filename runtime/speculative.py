@@ -124,8 +124,9 @@ class NgramProposer:
                     self._index[n][tuple(h[i - n:i])] = i
             h.append(int(t))
 
-    def propose(self, k: int) -> tuple[list[int], None]:
-        """Up to k tokens (none when no n-gram recurs); q is a point mass (None)."""
+    def propose(self, k: int, pending: int | None = None) -> tuple[list[int], None]:
+        """Up to k tokens after the history (which ends with the pending token), none when
+        no n-gram recurs; q is a point mass (None)."""
         h = self.history
         for n in range(self.max_n, self.min_n - 1, -1):
             if len(h) < n:
@@ -342,7 +343,7 @@ class Speculation:
 
     def _proposer(self, row, pending: int):
         entry = self._rows.get(id(row))
-        if entry is None or entry[0] is not row:
+        if entry is None or entry[0] is not row or entry[1] is None:
             prompt = [int(t) for t in row.prompt]
             if self.spec.method == "ngram":
                 prop = NgramProposer(prompt + [pending], self.spec.max_n, self.spec.min_n)
@@ -353,10 +354,13 @@ class Speculation:
         return entry[1], entry[2]
 
     def forget(self, keep_rows) -> None:
-        """Drop the proposers of rows no longer in the batch (a draft's decoder goes back)."""
+        """Close the proposers of rows no longer in the batch (a draft's decoder goes back);
+        their counts stay readable."""
         live = {id(r) for r in keep_rows}
-        for key in [k for k in self._rows if k not in live]:
-            self._rows.pop(key)[1].close()
+        for key, (row, prop, counts) in list(self._rows.items()):
+            if key not in live and prop is not None:
+                prop.close()
+                self._rows[key] = (row, None, counts)
 
     def step(self, batch) -> list:
         """One verify call for every row of `batch` (rows waiting with chosen tokens): each
@@ -394,11 +398,13 @@ class Speculation:
             prop.accepted(int(pending[i]), taken[i], len(taken[i]) - 1)
             counts["proposed"] += len(proposals[i][0])
             counts["accepted"] += len(taken[i]) - 1
+            event = batch._accept(row, taken[i])
             counts["calls"] += 1
-            counts["tokens"] += len(taken[i])
-            events.append(batch._accept(row, taken[i]))
+            counts["tokens"] += event.accepted
+            events.append(event)
         batch._pending = np.array([t[-1] for t in taken], dtype=np.int64)
         return events
 
     def close(self) -> None:
         self.forget(())
+        self._rows.clear()
