@@ -201,6 +201,23 @@ def check_quantize(quantize: QuantSpec | None, dtype: str, opset: int, config) -
                            fix="drop --opset (a quantized export defaults to 21)")
 
 
+def _artifact_config(c, dtype: str, opset: int, source: dict | None, large: bool) -> dict:
+    """config.json of an artifact of model config `c`, before verification and quantization."""
+    io = GraphIO.for_config(c)
+    return {
+        GRAPH_VERSION_KEY: GRAPH_VERSION,
+        "model": c.to_dict(),
+        "export": {"dtype": dtype, "opset": opset, "source": source or {},
+                   "external_data": large,
+                   "realign": {"domain": contract.DOMAIN, "op_type": contract.OP_TYPE,
+                               "version": contract.OP_VERSION,
+                               "onnx_function": True}},
+        "io": {"inputs": list(io.inputs), "outputs": list(io.outputs),
+               "kv_dtype": dtype, "scr_dtype": "float32", "logits_dtype": "float32"},
+        "versions": _versions(),
+    }
+
+
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
@@ -237,19 +254,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
         save_checkpoint(model, tmp / WEIGHTS_FILE)
-        io = GraphIO.for_config(c)
-        config = {
-            GRAPH_VERSION_KEY: GRAPH_VERSION,
-            "model": c.to_dict(),
-            "export": {"dtype": dtype, "opset": opset, "source": source or {},
-                       "external_data": large,
-                       "realign": {"domain": contract.DOMAIN, "op_type": contract.OP_TYPE,
-                                   "version": contract.OP_VERSION,
-                                   "onnx_function": True}},
-            "io": {"inputs": list(io.inputs), "outputs": list(io.outputs),
-                   "kv_dtype": dtype, "scr_dtype": "float32", "logits_dtype": "float32"},
-            "versions": _versions(),
-        }
+        config = _artifact_config(c, dtype, opset, source, large)
         if tokenizer is not None:
             tokenizer.copy_into(tmp)
             config[TOKENIZER_KEY] = tokenizer.describe()

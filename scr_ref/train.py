@@ -10,9 +10,9 @@ Small and deterministic on purpose, so a result can be rerun and a run resumed:
   and not to vectors: norm gains (decay pulls them to 0, not to their neutral 1),
   biases, the SCR score heads and the SCR scale gamma (decay would push SCR towards
   the identity and bias an SCR-vs-baseline comparison).
-- `out_dir/last.pt` holds the whole training state (weights, optimizer, step, both
-  RNG states, both configs, the log) and is replaced atomically; on CPU a run resumed
-  from it ends with bit-identical weights to one that was never interrupted.
+- `out_dir/last.pt` (train_state.py) holds the whole training state (weights, optimizer,
+  step, both RNG states, both configs, the log) and is replaced atomically; on CPU a run
+  resumed from it ends with bit-identical weights to one that was never interrupted.
 - The result is `out_dir/model.safetensors` (SCR_SPEC names, via `save_checkpoint`) and
   `out_dir/train_log.json` (evaluations, final validation loss, wall time, command).
 """
@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,10 @@ from scredge.errors import ScredgeError
 from scredge.ref.checkpoint import save_checkpoint
 from scredge.ref.corpus import sha256
 from scredge.ref.model import SCRForCausalLM, build_model
-from scredge.ref.train_config import TRAJECTORY_FIELDS, TrainConfig, is_int
+from scredge.ref.train_config import TrainConfig, is_int
 from scredge.ref.train_init import InitSource, check_trainable, freeze
 from scredge.ref.train_memory import available_memory, check_memory, estimate_memory
+from scredge.ref.train_state import restore_state, save_state
 
 __all__ = ["TrainConfig", "TrainResult", "available_memory", "check_memory", "estimate_memory",
            "make_optimizer", "train", "val_windows"]
@@ -48,7 +49,6 @@ __all__ = ["TrainConfig", "TrainResult", "available_memory", "check_memory", "es
 STATE_FILE = "last.pt"
 MODEL_FILE = WEIGHTS_FILE  # the name `scredge export --weights` and an artifact use
 LOG_FILE = "train_log.json"
-STATE_FORMAT = "scredge-train-state/1"
 ADAM_BETAS = (0.9, 0.95)
 
 
@@ -145,47 +145,23 @@ def train(
     state_path = out_dir / STATE_FILE
     train_arr = _as_array(data_train, "training", cfg.seq_len)
     val_arr = _as_array(data_val, "validation", cfg.seq_len)
-    _check_run(out_dir, resume, stop_at, device)
-    check_trainable(trainable, model_config, init)
-    if init is not None and init.config != model_config:
-        raise ScredgeError("the model config differs from the --init model's",
-                           received=model_config.to_dict(), expected=init.config.to_dict())
-    for arr in (train_arr, val_arr):
-        _check_ids(arr, model_config.vocab_size)
-    est = (estimate_memory(model_config, cfg, trainable) if ignore_memory_check
-           else check_memory(model_config, cfg, available_memory(device), trainable))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a parent is a file, or not writable
-        raise ScredgeError("cannot create the --out folder", received=f"{out_dir}: {exc}",
-                           fix="choose a writable --out") from exc
+    est = _check_inputs(model_config, cfg, (train_arr, val_arr), out_dir, resume=resume,
+                        stop_at=stop_at, device=device, ignore_memory_check=ignore_memory_check,
+                        init=init, trainable=trainable)
+    _make_out_dir(out_dir)
     data_ids = {"train_sha256": _data_sha(data_train), "val_sha256": _data_sha(data_val),
                 "train_bytes": len(data_train), "val_bytes": len(data_val),
                 "units": "bytes" if isinstance(data_train, bytes) else "tokens"}
     tokenizer = init.tokenizer if init is not None else None
 
     with _deterministic():
-        torch.manual_seed(cfg.seed)
-        if init is None:
-            model = build_model(model_config, cfg.seed)
-        else:
-            model = SCRForCausalLM(model_config)
-            model.load_state_dict(init.state, strict=True)
-        model = model.to(device)
-        freeze(model, trainable)
+        model = _initial_model(model_config, cfg.seed, init, device, trainable)
         optimizer = make_optimizer(model, cfg)
         rng = np.random.default_rng(cfg.seed)
-        log = {"status": "running", "model_config": model_config.to_dict(),
-               "train_config": asdict(cfg), "data": data_ids, "meta": meta or {},
-               "parameters": est["parameters"], "memory_estimate_bytes": est["total"],
-               "trained_parameters": est["trained_parameters"], "trainable": trainable,
-               "init": init.description if init is not None else None,
-               TOKENIZER_KEY: tokenizer.describe() if tokenizer is not None else None,
-               "device": device, "torch": str(torch.__version__), "evals": [], "losses": [],
-               "wall_time_s": 0.0, "runs": []}
+        log = _new_log(model_config, cfg, data_ids, meta, est, trainable, init, device)
         step = 0
         if resume:
-            step, log = _restore(state_path, model, optimizer, rng, model_config, cfg,
+            step, log = restore_state(state_path, model, optimizer, rng, model_config, cfg,
                                  data_ids, device, log)
             log["meta"] = meta or log["meta"]
             log["train_config"] = asdict(cfg)  # cadence fields may change on resume
@@ -196,70 +172,166 @@ def train(
                             "threads": torch.get_num_threads(),
                             "command": (meta or {}).get("command")})
         val = val_windows(val_arr, cfg.eval_batches * cfg.batch_size, cfg.seq_len).to(device)
-        positions = torch.arange(cfg.seq_len, device=device).expand(cfg.batch_size, -1)
-        wall_before = log["wall_time_s"]
-        t0 = time.perf_counter()
-        compute_s, steps_here, window_losses = 0.0, 0, []
-
-        def evaluate() -> float:
-            return validation_loss(model, val, positions, cfg.batch_size, cfg.seq_len)
-
-        def wall() -> float:
-            return wall_before + time.perf_counter() - t0
-
+        run = _Run(model, optimizer, rng, cfg, log, out_dir, say, device, val,
+                   positions=torch.arange(cfg.seq_len, device=device).expand(cfg.batch_size, -1),
+                   wall_before=log["wall_time_s"], t0=time.perf_counter())
         if step == 0:
-            v = evaluate()
-            log["evals"].append({"step": 0, "val_loss": v, "wall_time_s": wall()})
-            vocab = model_config.vocab_size
-            say(f"step 0/{cfg.steps} | val loss {v:.4f} (uniform: ln {vocab} = "
-                f"{math.log(vocab):.4f}) | {est['parameters']:,} parameters "
-                f"({est['trained_parameters']:,} trained), {cfg.tokens_per_step:,} tokens/step")
+            _first_evaluation(run, model_config.vocab_size, est)
         model.train()
         while step < cfg.steps:
-            s0 = time.perf_counter()
-            lr = cfg.lr_at(step)
-            x, y = sample_batch(train_arr, rng, cfg.batch_size, cfg.seq_len)
-            loss_value = optimizer_step(model, optimizer, cfg, lr, x.to(device), y.to(device),
-                                        positions, step + 1)
-            step += 1
-            steps_here += 1
-            compute_s += time.perf_counter() - s0
-            window_losses.append(loss_value)
-            line = None
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                mean = sum(window_losses) / len(window_losses)
-                log["losses"].append({"step": step, "loss": mean, "lr": lr})
-                window_losses = []
-                eta = (wall() - wall_before) / steps_here * (cfg.steps - step)
-                line = (f"step {step}/{cfg.steps} | loss {mean:.4f} | lr {lr:.2e} | "
-                        f"{steps_here * cfg.tokens_per_step / compute_s:,.0f} tok/s | "
-                        f"elapsed {_clock(wall())} | eta {_clock(eta)}")
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                v = evaluate()
-                log["evals"].append({"step": step, "val_loss": v, "train_loss": loss_value,
-                                     "lr": lr, "wall_time_s": wall()})
-                line = (line or f"step {step}/{cfg.steps}") + f" | val loss {v:.4f}"
-            if line:
-                say(line)
+            step, loss_value, lr = _train_step(run, train_arr, step)
+            _report(run, step, loss_value, lr)
             stopping = stop_at is not None and step >= stop_at and step < cfg.steps
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-                log["wall_time_s"] = wall()
-                log["tokens_per_s"] = steps_here * cfg.tokens_per_step / compute_s
-                _save_state(state_path, model, optimizer, rng, step, cfg, log)
+                log["wall_time_s"] = run.wall()
+                log["tokens_per_s"] = run.tokens_per_s()
+                save_state(state_path, model, optimizer, rng, step, cfg, log)
             if stopping:
                 log["status"] = "stopped"
                 _write_json(out_dir / LOG_FILE, log)
                 say(f"stopped after step {step}: resume with --resume")
                 return TrainResult(model.eval(), log, finished=False)
+        return _finish(run)
 
-        log["wall_time_s"] = wall()
-        if steps_here:
-            log["tokens_per_s"] = steps_here * cfg.tokens_per_step / compute_s
-        log["final_val_loss"] = log["evals"][-1]["val_loss"]
-        log["status"] = "finished"
-        save_checkpoint(model, out_dir / MODEL_FILE)
-        _write_json(out_dir / LOG_FILE, log)
-        return TrainResult(model.eval(), log, finished=True)
+
+def _check_inputs(model_config: SCRConfig, cfg: TrainConfig, arrays: tuple[np.ndarray, ...],
+                  out_dir: Path, *, resume: bool, stop_at: int | None, device: str,
+                  ignore_memory_check: bool, init: InitSource | None, trainable: str) -> dict:
+    """Refuse a run that cannot start, before anything is allocated or written; the
+    memory estimate (train_memory.estimate_memory's dict)."""
+    _check_run(out_dir, resume, stop_at, device)
+    check_trainable(trainable, model_config, init)
+    if init is not None and init.config != model_config:
+        raise ScredgeError("the model config differs from the --init model's",
+                           received=model_config.to_dict(), expected=init.config.to_dict())
+    for arr in arrays:
+        _check_ids(arr, model_config.vocab_size)
+    return (estimate_memory(model_config, cfg, trainable) if ignore_memory_check
+            else check_memory(model_config, cfg, available_memory(device), trainable))
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, or not writable
+        raise ScredgeError("cannot create the --out folder", received=f"{out_dir}: {exc}",
+                           fix="choose a writable --out") from exc
+
+
+def _initial_model(model_config: SCRConfig, seed: int, init: InitSource | None, device: str,
+                   trainable: str) -> SCRForCausalLM:
+    """The seeded model (or `init`'s weights) on `device`, frozen as `trainable` says."""
+    torch.manual_seed(seed)
+    if init is None:
+        model = build_model(model_config, seed)
+    else:
+        model = SCRForCausalLM(model_config)
+        model.load_state_dict(init.state, strict=True)
+    model = model.to(device)
+    freeze(model, trainable)
+    return model
+
+
+def _new_log(model_config: SCRConfig, cfg: TrainConfig, data_ids: dict, meta: dict | None,
+             est: dict, trainable: str, init: InitSource | None, device: str) -> dict:
+    """A new run's log (what train_log.json holds), before any step."""
+    tokenizer = init.tokenizer if init is not None else None
+    return {"status": "running", "model_config": model_config.to_dict(),
+            "train_config": asdict(cfg), "data": data_ids, "meta": meta or {},
+            "parameters": est["parameters"], "memory_estimate_bytes": est["total"],
+            "trained_parameters": est["trained_parameters"], "trainable": trainable,
+            "init": init.description if init is not None else None,
+            TOKENIZER_KEY: tokenizer.describe() if tokenizer is not None else None,
+            "device": device, "torch": str(torch.__version__), "evals": [], "losses": [],
+            "wall_time_s": 0.0, "runs": []}
+
+
+@dataclass
+class _Run:
+    """One training run's loop state: what the steps read and update."""
+    model: SCRForCausalLM
+    optimizer: torch.optim.AdamW
+    rng: np.random.Generator
+    cfg: TrainConfig
+    log: dict
+    out_dir: Path
+    say: Callable[[str], None]
+    device: str
+    val: torch.Tensor  # the fixed validation windows
+    positions: torch.Tensor
+    wall_before: float  # wall time of the runs before this one (resume)
+    t0: float
+    compute_s: float = 0.0
+    steps_here: int = 0
+    window_losses: list[float] = field(default_factory=list)
+
+    def evaluate(self) -> float:
+        return validation_loss(self.model, self.val, self.positions, self.cfg.batch_size,
+                               self.cfg.seq_len)
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
+
+    def tokens_per_s(self) -> float:
+        return self.steps_here * self.cfg.tokens_per_step / self.compute_s
+
+
+def _first_evaluation(run: _Run, vocab: int, est: dict) -> None:
+    cfg = run.cfg
+    v = run.evaluate()
+    run.log["evals"].append({"step": 0, "val_loss": v, "wall_time_s": run.wall()})
+    run.say(f"step 0/{cfg.steps} | val loss {v:.4f} (uniform: ln {vocab} = "
+            f"{math.log(vocab):.4f}) | {est['parameters']:,} parameters "
+            f"({est['trained_parameters']:,} trained), {cfg.tokens_per_step:,} tokens/step")
+
+
+def _train_step(run: _Run, train_arr: np.ndarray, step: int) -> tuple[int, float, float]:
+    """One optimizer step on a fresh batch: (the new step, its loss, its learning rate)."""
+    cfg, device = run.cfg, run.device
+    s0 = time.perf_counter()
+    lr = cfg.lr_at(step)
+    x, y = sample_batch(train_arr, run.rng, cfg.batch_size, cfg.seq_len)
+    loss_value = optimizer_step(run.model, run.optimizer, cfg, lr, x.to(device), y.to(device),
+                                run.positions, step + 1)
+    step += 1
+    run.steps_here += 1
+    run.compute_s += time.perf_counter() - s0
+    run.window_losses.append(loss_value)
+    return step, loss_value, lr
+
+
+def _report(run: _Run, step: int, loss_value: float, lr: float) -> None:
+    """Log the mean loss every `log_every` steps and evaluate every `eval_every`."""
+    cfg, log = run.cfg, run.log
+    line = None
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        mean = sum(run.window_losses) / len(run.window_losses)
+        log["losses"].append({"step": step, "loss": mean, "lr": lr})
+        run.window_losses = []
+        eta = (run.wall() - run.wall_before) / run.steps_here * (cfg.steps - step)
+        line = (f"step {step}/{cfg.steps} | loss {mean:.4f} | lr {lr:.2e} | "
+                f"{run.tokens_per_s():,.0f} tok/s | "
+                f"elapsed {_clock(run.wall())} | eta {_clock(eta)}")
+    if step % cfg.eval_every == 0 or step == cfg.steps:
+        v = run.evaluate()
+        log["evals"].append({"step": step, "val_loss": v, "train_loss": loss_value,
+                             "lr": lr, "wall_time_s": run.wall()})
+        line = (line or f"step {step}/{cfg.steps}") + f" | val loss {v:.4f}"
+    if line:
+        run.say(line)
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Write the finished run's weights and log."""
+    log = run.log
+    log["wall_time_s"] = run.wall()
+    if run.steps_here:
+        log["tokens_per_s"] = run.tokens_per_s()
+    log["final_val_loss"] = log["evals"][-1]["val_loss"]
+    log["status"] = "finished"
+    save_checkpoint(run.model, run.out_dir / MODEL_FILE)
+    _write_json(run.out_dir / LOG_FILE, log)
+    return TrainResult(run.model.eval(), log, finished=True)
 
 
 def _check_run(out_dir: Path, resume: bool, stop_at: int | None, device: str) -> None:
@@ -345,75 +417,13 @@ def validation_loss(model, val, positions, batch_size: int, seq_len: int) -> flo
     return total / (val.shape[0] * seq_len)
 
 
-# ---- checkpoints ---------------------------------------------------------------------
-def _save_state(path: Path, model, optimizer, rng, step: int, cfg: TrainConfig,
-                log: dict) -> None:
-    state = {"format": STATE_FORMAT, "step": step, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "numpy_rng": rng.bit_generator.state,
-             "torch_rng": torch.get_rng_state(), "train_config": asdict(cfg),
-             "model_config": model.config.to_dict(), "log": log}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
+# ---- small helpers -------------------------------------------------------------------
 def _check_ids(data: np.ndarray, vocab_size: int) -> None:
     top = int(data.max()) if len(data) else 0
     if top >= vocab_size:
         raise ScredgeError("the data holds ids outside the model's vocabulary",
                            received=f"id {top}", expected=f"ids < vocab_size = {vocab_size}",
                            fix="train with the model's own tokenizer (--init)")
-
-
-def _restore(path: Path, model, optimizer, rng, model_config: SCRConfig, cfg: TrainConfig,
-             data_ids: dict, device: str, fresh: dict) -> tuple[int, dict]:
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors alike: the file is unusable
-        raise ScredgeError("cannot read the training checkpoint", received=f"{path}: {exc}",
-                           fix="delete it and start again without --resume") from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ScredgeError("not a scredge training checkpoint", received=str(path),
-                           expected=f"format {STATE_FORMAT}")
-    saved_model = SCRConfig.from_dict(state["model_config"], source=f"{path} model config")
-    if saved_model != model_config:
-        a, b = saved_model.to_dict(), model_config.to_dict()
-        diff = [k for k in a if a[k] != b[k]]
-        raise ScredgeError(
-            "cannot resume: the checkpoint was trained with another model config",
-            received=f"checkpoint {path}: " + ", ".join(f"{k}={a[k]}" for k in diff)
-                     + f" (full: {json.dumps(a)})",
-            expected="this command's config: " + ", ".join(f"{k}={b[k]}" for k in diff)
-                     + f" (full: {json.dumps(b)})",
-            fix="resume with the same --preset/--config, --scr-layers and --window, "
-                "or choose another --out")
-    saved_cfg = state["train_config"]
-    diff = [k for k in TRAJECTORY_FIELDS if saved_cfg.get(k) != getattr(cfg, k)]
-    if diff:
-        raise ScredgeError(
-            "cannot resume: training settings differ from the checkpoint's",
-            received="checkpoint: " + ", ".join(f"{k}={saved_cfg.get(k)}" for k in diff),
-            expected="this command: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in diff),
-            fix="resume with the checkpoint's settings (see its train_log.json), "
-                "or choose another --out")
-    for key, flag in (("init", "--init"), ("trainable", "--trainable")):
-        saved = state["log"].get(key, "all" if key == "trainable" else None)
-        if saved != fresh[key]:
-            raise ScredgeError(f"cannot resume: {flag} differs from the checkpoint's",
-                               received=f"this command: {json.dumps(fresh[key])}",
-                               expected=f"checkpoint: {json.dumps(saved)}",
-                               fix=f"resume with the run's own {flag}, or choose another --out")
-    saved_data = state["log"]["data"]
-    if any(saved_data[k] != data_ids[k] for k in ("train_sha256", "val_sha256")):
-        raise ScredgeError("cannot resume: the training data differs from the checkpoint's",
-                           received=f"train sha256 {data_ids['train_sha256'][:12]}..., "
-                                    f"{data_ids['train_bytes']} bytes",
-                           expected=f"train sha256 {saved_data['train_sha256'][:12]}..., "
-                                    f"{saved_data['train_bytes']} bytes",
-                           fix="resume with the same --data/--corpus and --val-fraction")
-    model.load_state_dict(state["model"], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
-    rng.bit_generator.state = state["numpy_rng"]
-    torch.set_rng_state(state["torch_rng"].cpu())
-    return int(state["step"]), state["log"]
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -14,14 +14,15 @@ the GPU's peak and a measured device copy.
 
     python tools/gpu_check_kernel.py [--quick] [--no-timing] [--no-compile] [--json PATH]
 
-Needs torch with CUDA, nvcc, and cuda-python or CuPy. No TensorRT.
+Needs torch with CUDA, nvcc, and cuda-python or CuPy. No TensorRT. The speed half is
+`gpu_kernel_timing.py`; what both halves use (inputs, build, C launcher) is
+`gpu_kernel_common.py`, which imports neither.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import functools
 import importlib.util
 import json
 import sys
@@ -30,44 +31,25 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the two modules beside this file
+import gpu_kernel_timing as kt  # noqa: E402
+from gpu_kernel_common import (  # noqa: E402  (re-exported: gpu_check.sh, gpu_check_runner.py)
+    DEVICE,
+    KAPPA,
+    REPO,
+    CLauncher,
+    build,
+    empty_outputs,
+    load_scredge,
+    make_inputs,
+)
+
 TOL = {"float32": 1e-5, "float16": 2e-3}  # SCR_SPEC section 5, op tier, x scale
 CARRY_TOL = 1e-5  # num_out/den_out are float32 sums whatever X is: x their sum of |terms|
-KAPPA = 8.0
 FULL_T = (1, 7, 255, 256, 257, 5000, 100_000)
 FULL_D = (1, 33, 128, 512)
 QUICK_T = (1, 257, 5000)
 QUICK_D = (1, 33, 128)
-TIMING_SHAPES = ((1, 1, 512), (8, 1, 4096), (1, 4096, 512), (4, 4096, 4096), (1, 100_000, 512))
-COMPILE_SHAPES = ((1, 4096, 512), (4, 4096, 4096))
-DEVICE = "cuda"  # "cpu" lets the comparison code be dry-run against the host emulation
-
-
-@functools.cache  # mapping the folders twice would give two copies of every module
-def load_scredge():
-    """(build_kernels, launch_plan, realign_reference) from this checkout, installed or not."""
-    try:
-        import scredge
-
-        installed_here = Path(scredge.__file__).resolve().parent == REPO / "core"
-    except ImportError:
-        installed_here = False
-    if not installed_here:  # map the source folders the way pyproject's package-dir does
-        for name in [m for m in sys.modules if m == "scredge" or m.startswith("scredge.")]:
-            del sys.modules[name]
-        for name, folder in (("scredge", "core"), ("scredge.plugins", "plugins"),
-                             ("scredge.ref", "scr_ref"), ("scredge.export", "export"),
-                             ("scredge.runtime", "runtime")):
-            path = REPO / folder
-            spec = importlib.util.spec_from_file_location(
-                name, path / "__init__.py", submodule_search_locations=[str(path)])
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-    from scredge.plugins.realign import build_kernels, launch_plan
-    from scredge.ref.realign_op import realign_reference
-
-    return build_kernels, launch_plan, realign_reference
 
 
 def load_test_oracle():
@@ -98,28 +80,6 @@ def oracle_f64(h, m_prev, num_in, den_in, w_r, b_r, w_g, b_g, kappa=KAPPA):
     m = (1 - beta) * mp64 + beta * (num / den)  # [B,T,D]
     num_abs = num_in.to(f64).abs() + (e.unsqueeze(-1) * h64.abs()).sum(dim=1)  # [B,D]
     return m, num[:, -1], den[:, -1], num_abs
-
-
-def make_inputs(B, T, D, dtype, carry, h_max, seed):
-    """Inputs drawn like tests/oracles.random_inputs; h rescaled to max|h| = h_max if given."""
-    import torch
-
-    gen = torch.Generator(device=DEVICE).manual_seed(seed)
-    x = getattr(torch, dtype)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=DEVICE, dtype=torch.float32)
-
-    h = randn(B, T, D)
-    if h_max is not None:
-        h = h / h.abs().max() * h_max
-    m_prev = randn(B, T, D)
-    num_in = randn(B, D) if carry else torch.zeros(B, D, device=DEVICE)
-    den_in = (torch.rand(B, 1, generator=gen, device=DEVICE) * 1.5 + 0.5 if carry
-              else torch.zeros(B, 1, device=DEVICE))
-    w_r, w_g = randn(D) * 0.3, randn(D) * 0.3
-    b_r, b_g = randn(1), randn(1)
-    return [h.to(x), m_prev.to(x), num_in, den_in, w_r, b_r, w_g, b_g]
 
 
 @dataclass
@@ -171,27 +131,6 @@ def compare(path, dtype, ins, outs, carry, h_max) -> CaseResult:
 
 
 # ---- the two ways of running the kernel ----
-
-class CLauncher:
-    """scr_realign_enqueue from the nvcc-built shared library, through ctypes."""
-
-    def __init__(self, library: Path):
-        self.lib = ctypes.CDLL(str(library))
-        self.lib.scr_realign_workspace_bytes.restype = ctypes.c_size_t
-        self.lib.scr_realign_workspace_bytes.argtypes = [ctypes.c_int] * 3
-        self.lib.scr_realign_enqueue.restype = ctypes.c_int
-        self.lib.scr_realign_enqueue.argtypes = (
-            [ctypes.c_int] + [ctypes.c_void_p] * 11 + [ctypes.c_int] * 3
-            + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p])
-
-    def __call__(self, dtype, ins, outs, workspace, stream, kappa=KAPPA) -> None:
-        B, T, D = ins[0].shape
-        ptrs = [t.data_ptr() for t in (*ins, *outs)]
-        status = self.lib.scr_realign_enqueue(0 if dtype == "float32" else 1, *ptrs, B, T, D,
-                                              kappa, workspace, stream)
-        if status != 0:
-            raise RuntimeError(f"scr_realign_enqueue returned cudaError {status}")
-
 
 class PlanLauncher:
     """The fatbin's kernels launched by name from launch_plan, as the Python plugin does."""
@@ -293,16 +232,6 @@ class PythonPluginLauncher:
                             [t.data_ptr() for t in outs], workspace, stream)
 
 
-def empty_outputs(ins):
-    import torch
-
-    h = ins[0]
-    B, _, D = h.shape
-    nan = float("nan")  # a kernel that skips an element leaves NaN, which the check catches
-    return [torch.full_like(h, nan), torch.full((B, D), nan, device=DEVICE),
-            torch.full((B, 1), nan, device=DEVICE)]
-
-
 def run_case(runner, launch_plan, path, dtype, B, T, D, carry, h_max, seed) -> CaseResult:
     import torch
 
@@ -326,17 +255,6 @@ def correctness_cases(quick: bool):
                 cases.append((dtype, 1 + i % 4, T, D, i % 2 == 0, 6e4 if i % 3 == 0 else None))
                 i += 1
     return cases
-
-
-def build(workdir: Path, build_kernels):
-    """Kernels for this GPU's arch only: the all-arch build is CI's job, and it is slow."""
-    import torch
-
-    arch = "{}{}".format(*torch.cuda.get_device_capability(0)) if DEVICE == "cuda" else None
-    archs = [arch] if arch else None
-    fatbin = build_kernels.build_fatbin(workdir / "realign_kernel.fatbin", archs)
-    library = build_kernels.build_launcher_library(workdir / "libscr_realign_kernel.so", archs)
-    return fatbin, library
 
 
 def check_oracles_agree() -> float:
@@ -420,9 +338,6 @@ def main(argv=None) -> int:
     print_correctness(results, time.perf_counter() - t0)
     timing = []
     if not args.no_timing:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import gpu_kernel_timing as kt  # beside this file
-
         peak, copy = kt.peak_bandwidth_gbs(), kt.copy_bandwidth_gbs()
         timing = kt.run_timing(workdir, not args.no_compile)
         kt.print_timing(timing, peak, copy)

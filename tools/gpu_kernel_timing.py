@@ -1,22 +1,26 @@
 """Timing half of `gpu_check_kernel.py` (run through its `main`, without --no-timing):
 median CUDA-event times of the Realign kernel against the decomposed torch op and
-torch.compile, as GB/s against the device's copy bandwidth."""
+torch.compile, as GB/s against the device's copy bandwidth. Imports only
+`gpu_kernel_common.py` (never `gpu_check_kernel.py`, which imports this module)."""
 
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 
-from gpu_check_kernel import (
-    COMPILE_SHAPES,
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_kernel_common, beside this file
+from gpu_kernel_common import (  # noqa: E402
     KAPPA,
-    TIMING_SHAPES,
     CLauncher,
     build,
     empty_outputs,
     load_scredge,
     make_inputs,
 )
+
+TIMING_SHAPES = ((1, 1, 512), (8, 1, 4096), (1, 4096, 512), (4, 4096, 4096), (1, 100_000, 512))
+COMPILE_SHAPES = ((1, 4096, 512), (4, 4096, 4096))
 
 
 def median_ms(fn, warmup=5, iters=30) -> float:

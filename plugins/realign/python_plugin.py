@@ -107,10 +107,18 @@ def read_kappa(fields) -> float:
 
 def _define(trt: ModuleType) -> tuple[type, type]:
     """The plugin and creator classes for one TensorRT module (closes over `trt`)."""
-    import numpy as np
+    plugin = _plugin_class(trt)
+    return plugin, _creator_class(trt, plugin)
 
-    FLOAT, HALF, LINEAR = trt.DataType.FLOAT, trt.DataType.HALF, trt.TensorFormat.LINEAR
-    DTYPE_NAMES = {FLOAT: "float32", HALF: "float16"}
+
+@functools.cache
+def _dtype_names(trt: ModuleType) -> dict:
+    """The activation dtypes the kernels take: TensorRT DataType -> launch_plan's name."""
+    return {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16"}
+
+
+def _plugin_class(trt: ModuleType) -> type:
+    """RealignPlugin deriving from `trt`'s IPluginV3 binding classes."""
 
     class RealignPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild,
                         trt.IPluginV3OneRuntime):
@@ -140,50 +148,16 @@ def _define(trt: ModuleType) -> tuple[type, type]:
 
         # -- build phase (CPU only: no CUDA call may happen here) ---------------------------
         def get_output_shapes(self, inputs, shape_inputs, expr_builder):
-            ranks = tuple(len(d) for d in inputs)
-            if ranks != RANKS:
-                raise ScredgeError(
-                    "Realign inputs have the wrong ranks",
-                    received=dict(zip(INPUTS, ranks)), expected=dict(zip(INPUTS, RANKS)),
-                    fix="h, m_prev [B,T,D]; num_in [B,D]; den_in [B,1]; w_r, w_g [D]; "
-                        "b_r, b_g [1] (SCR_SPEC section 2)")
-            return [trt.DimsExprs(inputs[0]), trt.DimsExprs(inputs[2]),
-                    trt.DimsExprs(inputs[3])]
+            return _output_shapes(trt, inputs)
 
         def get_output_data_types(self, input_types):
-            types = list(input_types)
-            if not (len(types) == len(INPUTS) and types[0] in DTYPE_NAMES
-                    and types[1] == types[0] and all(t == FLOAT for t in types[2:])):
-                raise ScredgeError(
-                    "Realign input dtypes are not supported",
-                    received={n: t.name for n, t in zip(INPUTS, types)},
-                    expected="h and m_prev both float32 or both float16; num_in, den_in, "
-                             "w_r, b_r, w_g, b_g float32 (SCR_SPEC section 2)",
-                    fix="export with `scredge export --dtype float32|float16`")
-            return [types[0], FLOAT, FLOAT]
+            return _output_data_types(trt, input_types)
 
         def supports_format_combination(self, pos, in_out, num_inputs):
-            desc = in_out[pos].desc
-            if num_inputs != len(INPUTS) or desc.format != LINEAR:
-                return False
-            if pos in (0, 1, num_inputs):  # h, m_prev, m: X
-                return desc.type in DTYPE_NAMES and desc.type == in_out[0].desc.type
-            return desc.type == FLOAT
+            return _supports_format_combination(trt, pos, in_out, num_inputs)
 
         def configure_plugin(self, inp, out) -> None:
-            """Check the profile's largest shapes once per profile, so that a bad model
-            fails the build (get_workspace_size cannot: TensorRT reads its failure as 0)."""
-            from scredge.plugins.realign import launch_plan
-
-            shapes = {n: tuple(int(v) for v in desc.max) for n, desc in zip(INPUTS, inp)}
-            b, t, d = shapes["h"]
-            want = {"h": (b, t, d), "m_prev": (b, t, d), "num_in": (b, d), "den_in": (b, 1),
-                    "w_r": (d,), "b_r": (1,), "w_g": (d,), "b_g": (1,)}
-            if shapes != want:
-                raise ScredgeError(
-                    "Realign input shapes disagree (largest shapes of the profile)",
-                    received=shapes, expected=want, fix="SCR_SPEC section 2 gives the shapes")
-            launch_plan.workspace_bytes(b, t, d)  # raises beyond the kernels' launch limits
+            _configure_plugin(inp)
 
         def get_workspace_size(self, inp, out) -> int:
             from scredge.plugins.realign import launch_plan
@@ -193,6 +167,8 @@ def _define(trt: ModuleType) -> tuple[type, type]:
 
         # -- runtime -------------------------------------------------------------------------
         def get_fields_to_serialize(self):
+            import numpy as np
+
             return trt.PluginFieldCollection([trt.PluginField(
                 "kappa", np.array([self.kappa], dtype=np.float32), trt.PluginFieldType.FLOAT32)])
 
@@ -206,14 +182,14 @@ def _define(trt: ModuleType) -> tuple[type, type]:
             pass  # no custom tactics
 
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream) -> None:
-            from scredge.plugins.realign import launch_plan
+            _enqueue(trt, self.kappa, input_desc, inputs, outputs, workspace, stream)
 
-            b, t, d = (int(n) for n in input_desc[0].dims)
-            ptrs = dict(zip(INPUTS, inputs)) | dict(zip(OUTPUTS, outputs))
-            dtype = DTYPE_NAMES[input_desc[0].type]
-            launches = launch_plan.plan(dtype, {k: int(v) for k, v in ptrs.items()}, b, t, d,
-                                        self.kappa, int(workspace))
-            _launch(launches, int(stream))
+    return RealignPlugin
+
+
+def _creator_class(trt: ModuleType, plugin: type) -> type:
+    """RealignCreator deriving from `trt`'s IPluginCreatorV3One, making `plugin`s."""
+    import numpy as np
 
     class RealignCreator(trt.IPluginCreatorV3One):
         """Makes `RealignPlugin`s from ONNX node attributes (build) or an engine (runtime)."""
@@ -227,9 +203,74 @@ def _define(trt: ModuleType) -> tuple[type, type]:
                                 trt.PluginFieldType.FLOAT32)])
 
         def create_plugin(self, name, field_collection, phase):
-            return RealignPlugin(read_kappa(field_collection))  # same in both phases
+            return plugin(read_kappa(field_collection))  # same in both phases
 
-    return RealignPlugin, RealignCreator
+    return RealignCreator
+
+
+# -- the plugin's methods that do more than return a value (build phase: no CUDA call) ----
+def _output_shapes(trt: ModuleType, inputs) -> list:
+    ranks = tuple(len(d) for d in inputs)
+    if ranks != RANKS:
+        raise ScredgeError(
+            "Realign inputs have the wrong ranks",
+            received=dict(zip(INPUTS, ranks)), expected=dict(zip(INPUTS, RANKS)),
+            fix="h, m_prev [B,T,D]; num_in [B,D]; den_in [B,1]; w_r, w_g [D]; "
+                "b_r, b_g [1] (SCR_SPEC section 2)")
+    return [trt.DimsExprs(inputs[0]), trt.DimsExprs(inputs[2]),
+            trt.DimsExprs(inputs[3])]
+
+
+def _output_data_types(trt: ModuleType, input_types) -> list:
+    FLOAT = trt.DataType.FLOAT
+    types = list(input_types)
+    if not (len(types) == len(INPUTS) and types[0] in _dtype_names(trt)
+            and types[1] == types[0] and all(t == FLOAT for t in types[2:])):
+        raise ScredgeError(
+            "Realign input dtypes are not supported",
+            received={n: t.name for n, t in zip(INPUTS, types)},
+            expected="h and m_prev both float32 or both float16; num_in, den_in, "
+                     "w_r, b_r, w_g, b_g float32 (SCR_SPEC section 2)",
+            fix="export with `scredge export --dtype float32|float16`")
+    return [types[0], FLOAT, FLOAT]
+
+
+def _supports_format_combination(trt: ModuleType, pos, in_out, num_inputs) -> bool:
+    desc = in_out[pos].desc
+    if num_inputs != len(INPUTS) or desc.format != trt.TensorFormat.LINEAR:
+        return False
+    if pos in (0, 1, num_inputs):  # h, m_prev, m: X
+        return desc.type in _dtype_names(trt) and desc.type == in_out[0].desc.type
+    return desc.type == trt.DataType.FLOAT
+
+
+def _configure_plugin(inp) -> None:
+    """Check the profile's largest shapes once per profile, so that a bad model
+    fails the build (get_workspace_size cannot: TensorRT reads its failure as 0)."""
+    from scredge.plugins.realign import launch_plan
+
+    shapes = {n: tuple(int(v) for v in desc.max) for n, desc in zip(INPUTS, inp)}
+    b, t, d = shapes["h"]
+    want = {"h": (b, t, d), "m_prev": (b, t, d), "num_in": (b, d), "den_in": (b, 1),
+            "w_r": (d,), "b_r": (1,), "w_g": (d,), "b_g": (1,)}
+    if shapes != want:
+        raise ScredgeError(
+            "Realign input shapes disagree (largest shapes of the profile)",
+            received=shapes, expected=want, fix="SCR_SPEC section 2 gives the shapes")
+    launch_plan.workspace_bytes(b, t, d)  # raises beyond the kernels' launch limits
+
+
+def _enqueue(trt: ModuleType, kappa: float, input_desc, inputs, outputs, workspace,
+             stream) -> None:
+    """Launch the kernels (runtime: once per SCR layer per decode step)."""
+    from scredge.plugins.realign import launch_plan
+
+    b, t, d = (int(n) for n in input_desc[0].dims)
+    ptrs = dict(zip(INPUTS, inputs)) | dict(zip(OUTPUTS, outputs))
+    dtype = _dtype_names(trt)[input_desc[0].type]
+    launches = launch_plan.plan(dtype, {k: int(v) for k, v in ptrs.items()}, b, t, d,
+                                kappa, int(workspace))
+    _launch(launches, int(stream))
 
 
 # -- kernel launches (runtime only; enqueue runs once per SCR layer per decode step) ------
