@@ -38,6 +38,7 @@ import numpy as np
 from scredge import contract
 from scredge.errors import ScredgeError
 from scredge.runtime.cache import HostState, join_states, select_rows
+from scredge.runtime.decoding import positions, prefill
 from scredge.runtime.runners.base import Decoder, Runner
 from scredge.sampling import Sampler, draw
 
@@ -165,7 +166,7 @@ class DraftProposer:
 
     def propose(self, k: int, pending: int) -> tuple[list[int], np.ndarray]:
         """k draft tokens after `pending`, and their draft distributions q [k,V]."""
-        from scredge.runtime.generation import prefill
+
 
         self._saved, self._saved_position = self.decoder.snapshot(), self.position
         feed = self.unfed + [int(pending)]
@@ -260,7 +261,11 @@ def verify_row(logits: np.ndarray, drafts: Sequence[int], q: np.ndarray | None,
             break
         if processor is not None:
             processor.accept(token)
-    if processor is not None:
+    if processor is not None and len(taken) > 1:
+        if not hasattr(processor, "rollback"):
+            raise ScredgeError("this logits processor cannot be used with speculative "
+                               "decoding", received=type(processor).__name__,
+                               expected="a processor with rollback(n) (e.g. a grammar's)")
         processor.rollback(len(taken) - 1)
     return taken
 
@@ -305,7 +310,7 @@ def _rerun(runner: Runner, before: HostState, fed: np.ndarray, keep: np.ndarray,
            start: np.ndarray) -> HostState:
     """Run each group of rows keeping the same count again from `before` on its kept
     tokens, then join the groups back in row order (SCR_SPEC section 3's join)."""
-    from scredge.runtime.generation import positions
+
 
     groups: dict[int, list[int]] = {}
     for b, n in enumerate(keep.tolist()):
@@ -366,7 +371,7 @@ class Speculation:
         """One verify call for every row of `batch` (rows waiting with chosen tokens): each
         row's proposal after its pending token, the accepted prefix plus one token taken
         through the batch's `_accept`, the cache rolled back to what was taken."""
-        from scredge.runtime.generation import positions
+
 
         rows, pending, start = batch.rows, batch._pending, batch._position
         self.forget(rows)

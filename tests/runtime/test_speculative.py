@@ -11,7 +11,7 @@ import pytest
 
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
-from scredge.runtime.generation import positions
+from scredge.runtime.decoding import positions
 from scredge.runtime.speculative import (
     NgramProposer,
     SpeculativeSpec,
@@ -130,7 +130,7 @@ def test_rollback_equals_plain_decoding(which, tiny_artifact, small_window_artif
     past the window for the windowed models (SCR: re-run from the kept state; no SCR: the
     cache cut)."""
     from scredge.runtime import Engine
-    from scredge.runtime.generation import prefill_rows
+    from scredge.runtime.decoding import prefill_rows
 
     folder = {"tiny": tiny_artifact[1], "w16-scr": small_window_artifact[1],
               "noscr-w16": no_scr_artifact}[which]
@@ -164,3 +164,70 @@ def test_ngram_sampled_verify_is_reproducible():
     a = verify_row(logits, [1, 2], None, RowSampler(params, [5]), None)
     b = verify_row(logits, [1, 2], None, RowSampler(params, [5]), None)
     assert a == b and 1 <= len(a) <= 3
+
+
+# ---- through the batching core and the Engine -------------------------------------------
+REPEAT = list(range(40, 52)) * 3  # a prompt that recurs: prompt lookup has proposals
+
+
+@pytest.mark.parametrize("which", ["tiny", "w16-scr", "noscr-w16"])
+def test_engine_greedy_equals_plain(which, tiny_artifact, small_window_artifact,
+                                    no_scr_artifact):
+    """Oracle: plain greedy decoding, token for token. A batch of three prompts of unequal
+    length (rows accept different counts each step), 48 tokens each (far past W = 16 for
+    the windowed models), with n-gram lookup at k = 2 and 5, and with the model as its own
+    draft (then every draft is accepted: a check of the draft's own rollback)."""
+    from scredge.runtime import Engine
+
+    folder = {"tiny": tiny_artifact[1], "w16-scr": small_window_artifact[1],
+              "noscr-w16": no_scr_artifact}[which]
+    engine = Engine.load(folder)
+    prompts = [REPEAT, [7, 8, 9] + REPEAT[:20], [5, 6, 7, 5, 6, 7, 5]]
+    plain = [r.ids for r in engine.generate(prompts, 48, temperature=0)]
+    for k in (2, 5):
+        got = engine.generate(prompts, 48, temperature=0, speculative="ngram", speculative_k=k)
+        assert [r.ids for r in got] == plain
+        assert sum(r.timing["speculative"]["accepted"] for r in got) > 0, "vacuous"
+    got = engine.generate(prompts[:2], 48, temperature=0, speculative=engine, speculative_k=3)
+    assert [r.ids for r in got] == plain[:2]
+    stats = got[0].timing["speculative"]
+    assert stats["accepted"] == stats["proposed"] > 0
+
+
+def test_engine_sampled_is_reproducible_and_per_row(small_window_artifact):
+    """Oracle: the seed, and each prompt alone. Sampled speculative rows (temperature 0.9,
+    top-k 40, repetition penalty 1.2) give the same tokens for the same seed, in a batch
+    or alone."""
+    from scredge.runtime import Engine
+
+    engine = Engine.load(small_window_artifact[1])
+    prompts = [REPEAT, [3, 4, 5, 3, 4, 5, 3, 4]]
+    kw = dict(temperature=0.9, top_k=40, repetition_penalty=1.2, seed=5, speculative="ngram")
+    batch = [r.ids for r in engine.generate(prompts, 40, **kw)]
+    alone = [engine.generate(p, 40, **kw).ids for p in prompts]
+    assert batch == alone and all(len(ids) == 40 for ids in batch)
+
+
+def test_engine_refuses_bad_speculation(tiny_artifact, bpe_tokenizer):
+    """Oracle: the documented refusals, each a ScredgeError naming what differs: an unknown
+    method, a draft of another vocabulary (through Engine.generate), a draft whose
+    tokenizer.json differs at the same vocabulary size (a BPE trained on less text)."""
+    from hf_models import train_bpe
+
+    from scredge.runtime import Engine
+    from scredge.runtime.hf_tokenizer import HFTokenizer
+    from scredge.runtime.speculative import check_draft
+
+    engine = Engine.load(tiny_artifact[1])
+    with pytest.raises(ScredgeError, match="speculative"):
+        engine.generate([1, 2, 3], 4, speculative="medusa")
+    other = Engine(engine.runner)
+    other.config = engine.config.with_(vocab_size=300)
+    with pytest.raises(ScredgeError, match="another vocabulary"):
+        engine.generate([1, 2, 3], 4, speculative=other)
+    cfg = engine.config.with_(vocab_size=2048)
+    a = HFTokenizer(bpe_tokenizer, {}, None, (2,), {})
+    b = HFTokenizer(train_bpe(corpus_bytes=40_000), {}, None, (2,), {})
+    check_draft(cfg, a, cfg, HFTokenizer(bpe_tokenizer, {}, None, (2,), {}), "same")
+    with pytest.raises(ScredgeError, match="another tokenizer"):
+        check_draft(cfg, a, cfg, b, "draft")
