@@ -31,6 +31,9 @@ GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "lark")
 # any JSON object: what OpenAI's {"type": "json_object"} promises
 JSON_OBJECT_SCHEMA = {"type": "object"}
 _MAX_GRAMMAR_CHARS = 1 << 20  # a schema or grammar over a MiB is a mistake, not a format
+# whitespace between JSON tokens: at most 24 characters a run (llguidance's default has no
+# bound, and a model can loop on whitespace forever); a schema's "x-guidance" may override
+JSON_DEFAULTS = {"whitespace_pattern": r"[ \t\n\r]{0,24}"}
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ class Grammars:
                                expected=f"one of {list(GRAMMAR_KINDS)}")
         if kind in ("json_schema", "json_object"):
             schema = JSON_OBJECT_SCHEMA if kind == "json_object" else _schema(source)
-            text = _llg_call(lambda: M.grammar_from_json_schema(schema), "invalid JSON Schema")
+            text = _llg_call(lambda: M.grammar_from_json_schema(schema, defaults=JSON_DEFAULTS),
+                             "invalid JSON Schema")
         else:
             if not isinstance(source, str) or not source or len(source) > _MAX_GRAMMAR_CHARS:
                 raise ScredgeError(f"invalid {kind}", received=repr(source)[:120],
