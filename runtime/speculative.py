@@ -149,60 +149,58 @@ class NgramProposer:
 class DraftProposer:
     """A draft model run ahead k tokens for one row, on its own decoder (batch 1).
 
-    Invariant between steps: the draft has fed the row's history up to `unfed` (tokens the
-    target took that the draft has not fed yet); the row's pending token comes last."""
+    Between steps the draft has fed the row's history except `unfed` (tokens the row took
+    that the draft has not fed yet) and the row's pending token. A proposal feeds those in
+    one call, keeps the state after it (`Decoder.snapshot`), then runs k-1 single steps;
+    after the verify the draft goes back to that state and owes only the accepted drafts,
+    so a rejection never re-feeds more than k tokens."""
 
-    def __init__(self, runner: Runner, prompt: Sequence[int], sampler: Sampler,
-                 pending_last: bool = True) -> None:
+    def __init__(self, runner: Runner, prompt: Sequence[int], sampler: Sampler) -> None:
         self.runner = runner
         self.sampler = sampler  # the row's parameters, its own random stream
         self.decoder: Decoder = runner.decoder(1)
         self.position = 0
         self.unfed: list[int] = [int(t) for t in prompt]
-        self._saved: HostState | None = None
+        self._saved: HostState | None = None  # the state after the proposal's first call
         self._saved_position = 0
-        self._ran: list[int] = []  # what the last proposal fed after the snapshot
-        self._feed_len = 0  # of which the history's (the rest are drafts)
+        self._drafts: list[int] = []
 
     def propose(self, k: int, pending: int) -> tuple[list[int], np.ndarray]:
         """k draft tokens after `pending`, and their draft distributions q [k,V]."""
-
-
-        self._saved, self._saved_position = self.decoder.snapshot(), self.position
-        feed = self.unfed + [int(pending)]
-        self._ran, self._feed_len = list(feed), len(feed)
+        ids = np.asarray(self.unfed + [int(pending)], dtype=np.int64)[None]
         self.unfed = []
         drafts, qs = [], []
-        ids = np.asarray(feed, dtype=np.int64)[None]
         for i in range(k):
             logits = prefill(self.decoder, ids, self.position)  # chunked when long
             self.position += ids.shape[1]
+            if i == 0:
+                self._saved, self._saved_position = self.decoder.snapshot(), self.position
             q = self.sampler.distribution(logits)[0]
-            token = int(draw(q[None], self.sampler.uniforms(1))[0]) if not \
-                self.sampler.params.greedy else int(q.argmax())
+            token = int(q.argmax()) if self.sampler.params.greedy else int(
+                draw(q[None], self.sampler.uniforms(1))[0])
             drafts.append(token)
             qs.append(q)
-            if i < k - 1:
-                ids = np.array([[token]], dtype=np.int64)
-                self._ran.append(token)
+            ids = np.array([[token]], dtype=np.int64)
+        self._drafts = drafts
         return drafts, np.stack(qs)
 
     def accepted(self, pending: int, tokens: Sequence[int], drafted: int) -> None:
         """The row fed `pending` and took `tokens`: `drafted` accepted drafts, then its own
-        token (the next pending one). The proposal fed `feed` (ending in `pending`) and
-        d1..d(k-1): with every draft accepted only d_k is missing; otherwise the draft goes
-        back to its snapshot, and its next proposal's first call feeds `feed` and the
+        token (the next pending one). With every draft accepted the draft owes only d_k;
+        otherwise it goes back to the state after the proposal's first call and owes the
         accepted drafts. Without a proposal this step, `pending` and the drafts are due."""
         if self._saved is None:
             self.unfed += [int(pending)] + [int(t) for t in tokens[:-1]]
             return
-        k = len(self._ran) - self._feed_len + 1
-        if drafted == k:
-            self.unfed = [int(tokens[-2])]
+        if drafted == len(self._drafts):
+            self.unfed = [self._drafts[-1]]
         else:
-            self.decoder.load_state(self._saved)
-            self.position = self._saved_position
-            self.unfed = self._ran[:self._feed_len + drafted]
+            if drafted < len(self._drafts) - 1:  # the draft ran past the accepted ones
+                self.decoder.load_state(self._saved)
+                self.position = self._saved_position
+                self.unfed = self._drafts[:drafted]
+            else:  # it fed d1..d(k-1), all accepted: nothing to undo
+                self.unfed = []
         self._saved = None
 
     def close(self) -> None:
