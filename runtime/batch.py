@@ -314,7 +314,7 @@ class Batch:
         if (self._pending is None) != (other._pending is None):
             self._feed()
             other._feed()
-        self.decoder.join(other.decoder)  # on a failure `other` is untouched: its to close
+        self.decoder.join(other.decoder)  # on a failure `other` is untouched: the caller closes it
         self.rows += other.rows
         for name in ("_position", "_fast", "_pending", "_logits"):
             mine = getattr(self, name)

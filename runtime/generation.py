@@ -15,7 +15,7 @@ import numpy as np
 
 from scredge.errors import ScredgeError
 from scredge.runtime.batch import Batch, Request
-from scredge.runtime.decoding import (  # noqa: F401 - the generation functions' public home
+from scredge.runtime.decoding import (  # noqa: F401 - re-exported: callers import them here
     MAX_NEW_TOKENS,
     PREFILL_CHUNK,
     check_ids,
