@@ -31,6 +31,20 @@ def add(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "trt"])
     p.add_argument("--cuda-graph", action="store_true", help=CUDA_GRAPH_HELP)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json-schema", type=Path, metavar="FILE",
+                     help="constrain the output to JSON matching this JSON Schema file")
+    fmt.add_argument("--json-object", action="store_true",
+                     help="constrain the output to one JSON object")
+    fmt.add_argument("--regex", metavar="R", help="constrain the output to this regular "
+                                                  "expression")
+    fmt.add_argument("--grammar", type=Path, metavar="FILE",
+                     help="constrain the output to this Lark grammar file (llguidance's Lark)")
+    p.add_argument("--speculative", metavar="ngram|FOLDER",
+                   help="speculative decoding: 'ngram' (prompt lookup) or a draft model's "
+                        "artifact folder (same tokenizer)")
+    p.add_argument("--speculative-k", type=int, default=4,
+                   help="tokens proposed per step (default 4)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: ids, text, backend, timing")
@@ -51,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(max_new_tokens=args.max_new_tokens,
                   temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                  stop=args.stop or (), ignore_eos=args.ignore_eos)
+                  stop=args.stop or (), ignore_eos=args.ignore_eos,
+                  grammar=grammar_arg(args), speculative=speculative_arg(args, engine),
+                  speculative_k=args.speculative_k)
     if args.stream and not args.json:
         print(echo, end="", flush=True)
         for piece in engine.stream(prompt, **kwargs):
@@ -66,3 +82,35 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(echo + result.text)
     return 0
+
+
+def grammar_arg(args: argparse.Namespace):
+    """--json-schema / --json-object / --regex / --grammar as a runtime Grammar (or None)."""
+    from scredge.runtime.constrained import Grammar
+
+    if args.json_schema is not None:
+        return Grammar.json_schema(_read_text(args.json_schema, "--json-schema"))
+    if args.json_object:
+        return Grammar.json_object()
+    if args.regex is not None:
+        return Grammar.regex(args.regex)
+    if args.grammar is not None:
+        return Grammar.lark(_read_text(args.grammar, "--grammar"))
+    return None
+
+
+def speculative_arg(args: argparse.Namespace, engine):
+    """--speculative: 'ngram', or a draft artifact folder loaded on the target's backend."""
+    if args.speculative in (None, "ngram"):
+        return args.speculative
+    from scredge.runtime import Engine
+
+    return Engine.load(args.speculative, backend=engine.backend)
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScredgeError(f"{flag} file cannot be read", received=f"{path}: {exc}"[:300],
+                           expected="a UTF-8 text file") from exc

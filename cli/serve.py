@@ -22,6 +22,11 @@ def add(sub) -> None:
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM (30)")
     p.add_argument("--model-name", help="the model id clients send (default: folder name)")
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "trt"])
+    p.add_argument("--speculative", metavar="ngram|FOLDER",
+                   help="speculative decoding for every request: 'ngram' (prompt lookup) or "
+                        "a draft model's artifact folder (same tokenizer)")
+    p.add_argument("--speculative-k", type=int, default=4,
+                   help="tokens proposed per step (default 4)")
     p.set_defaults(func=run)
 
 
@@ -31,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
     return serve(args.folder, args.host, args.port, max_batch=args.max_batch,
                  max_queue=args.max_queue, timeout_s=args.timeout, max_context=args.max_context,
                  shutdown_grace_s=args.shutdown_grace, model_name=args.model_name,
-                 backend=args.backend)
+                 backend=args.backend, speculative=args.speculative,
+                 speculative_k=args.speculative_k)

@@ -25,6 +25,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "polygraphy": ("trt", "building TensorRT engines (`scredge build --backend tensorrt`)"),
     "tokenizers": ("ort", "Hugging Face tokenizers (an artifact's tokenizer.json)"),
     "jinja2": ("ort", "rendering a model's chat template"),
+    "llguidance": ("ort", "constrained output (JSON Schema, regex, Lark grammars)"),
     "transformers": ("hf", "`scredge export-hf` (and the Hugging Face oracle in tests)"),
     "starlette": ("serve", "`scredge serve`, the HTTP server"),
     "uvicorn": ("serve", "`scredge serve`, the HTTP server"),

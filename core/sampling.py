@@ -110,7 +110,24 @@ class Sampler:
                                    "float16 export of a model with large activations "
                                    "overflows")
         if p.greedy and p.repetition_penalty == 1.0:  # the hot path: no copy, no float64
-            return logits.argmax(axis=-1).astype(np.int64)
+            return np.asarray(logits).argmax(axis=-1).astype(np.int64)
+        x = self._penalised(logits, seen)
+        if p.greedy:
+            return x.argmax(axis=-1).astype(np.int64)
+        return draw(self._probs(x), self._uniforms(x.shape[0]))
+
+    def distribution(self, logits: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
+        """The probabilities [B,V] float64 that `__call__` draws from (one-hot at the argmax
+        when greedy): what speculative decoding's acceptance test compares against."""
+        x = self._penalised(logits, seen)
+        if self.params.greedy:
+            out = np.zeros(x.shape, dtype=np.float64)
+            np.put_along_axis(out, x.argmax(axis=-1)[:, None], 1.0, axis=-1)
+            return out
+        return self._probs(x)
+
+    def _penalised(self, logits: np.ndarray, seen: np.ndarray | None) -> np.ndarray:
+        p = self.params
         x = np.asarray(logits, dtype=np.float64)  # a fresh copy: the caller's array is kept
         assert x.ndim == 2, "logits must be [B, V]"
         if p.repetition_penalty != 1.0 and seen is not None:
@@ -119,8 +136,11 @@ class Sampler:
             with np.errstate(over="ignore"):
                 penalised = np.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty)
             x = np.where(seen, np.clip(penalised, -_HUGE, _HUGE), x)
-        if p.greedy:
-            return x.argmax(axis=-1).astype(np.int64)
+        return x
+
+    def _probs(self, x: np.ndarray) -> np.ndarray:
+        """Penalised logits [B,V] -> the temperature, top-k and top-p distribution [B,V]."""
+        p = self.params
         with np.errstate(over="ignore"):
             scaled = x / p.temperature
             if np.isinf(scaled).any():  # a temperature so small that x / T overflows:
@@ -140,12 +160,12 @@ class Sampler:
             np.put_along_axis(drop, order, drop_sorted, axis=-1)
             probs = np.where(drop, 0.0, probs)
             probs /= probs.sum(axis=-1, keepdims=True)
-        # inverse-CDF draw: one uniform per row, reproducible across NumPy versions
-        u = self._uniforms(x.shape[0])[:, None]  # [B,1]
-        cdf = np.cumsum(probs, axis=-1)
-        ids = (cdf < u * cdf[:, -1:]).sum(axis=-1)
-        return np.minimum(ids, x.shape[-1] - 1).astype(np.int64)
+        return probs
 
+    def uniforms(self, n: int) -> np.ndarray:
+        """The next n uniforms of the sampler's random stream (one per row for a
+        RowSampler): speculative decoding's acceptance draws come from the same stream."""
+        return self._uniforms(n)
 
     def _uniforms(self, n: int) -> np.ndarray:
         return self._rng.random(n)
@@ -188,6 +208,13 @@ def row_seeds(seed, batch: int) -> list:
                            received=f"{len(seeds)} seeds for {batch} prompts",
                            expected=f"an int, None, or {batch} of them (one per row)")
     return [check_seed(s) for s in seeds]
+
+
+def draw(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw: probs [B,V] (need not sum to 1), one uniform per row -> ids [B]."""
+    cdf = np.cumsum(probs, axis=-1)
+    ids = (cdf < np.asarray(u)[:, None] * cdf[:, -1:]).sum(axis=-1)
+    return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

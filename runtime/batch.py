@@ -85,6 +85,10 @@ class LogitsProcessor(Protocol):
     def accept(self, token: int) -> None:
         """The token the row took (the grammar's state moves on)."""
 
+    # Optional: `is_done() -> bool`, the output is complete (the row ends, finish 'stop',
+    # after the token that completed it); `rollback(n)`, undo the last n accepted tokens
+    # (needed with speculative decoding, which tries a grammar along the drafts).
+
 
 @dataclass
 class Request:
@@ -208,8 +212,11 @@ class Batch:
     callers that take each step's `tokens` themselves (constant memory however long)."""
 
     def __init__(self, runner: Runner, tokenizer: Tokenizer | None = None,
-                 keep: bool = True) -> None:
+                 keep: bool = True, speculation=None) -> None:
         self.runner = runner
+        # runtime/speculative.py's Speculation: multi-token steps while rows wait with
+        # chosen tokens (None: one token a step)
+        self.speculation = speculation
         self.tokenizer = tokenizer
         self.keep = keep
         self.vocab_size = runner.config.vocab_size
@@ -323,6 +330,8 @@ class Batch:
         decoder, self.decoder = self.decoder, None
         self.rows = []
         self._reset()
+        if self.speculation is not None:
+            self.speculation.forget(())  # the rows' draft decoders go back
         if decoder is not None:
             (decoder.release if reuse else decoder.close)()
 
@@ -337,6 +346,8 @@ class Batch:
         self.steps += 1
 
     def _choose_and_accept(self) -> list[Event]:
+        if self.speculation is not None and self._pending is not None:
+            return self.speculation.step(self)  # verify proposals: 1..k+1 tokens a row
         self._feed()
         logits, self._logits = self._logits, None
         self._pending = tokens = self._choose(logits)
@@ -379,6 +390,9 @@ class Batch:
                 break
             if row.generated >= row.max_tokens:
                 pieces.append(row.finish("length"))
+                break
+            if row.processor is not None and getattr(row.processor, "is_done", bool)():
+                pieces.append(row.finish("stop"))  # the grammar is complete
                 break
         return Event(row, "".join(pieces), row.finish_reason, taken)
 

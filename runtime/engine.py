@@ -16,6 +16,8 @@ and the same seed gives the same tokens on every backend whose logits agree.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from scredge.runtime.decoding import check_max_new_tokens
 from scredge.runtime.generation import Generator
 from scredge.runtime.loaders import Artifact, load_ort, open_artifact
 from scredge.runtime.runners.base import Runner
+from scredge.runtime.speculative import DEFAULT_K, Speculation, SpeculativeSpec, check_draft
 from scredge.runtime.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from scredge.runtime.trt_loader import find_engine, load_trt_runner
 from scredge.sampling import SamplingParams, row_seeds
@@ -66,6 +69,10 @@ class Engine:
         self.tokenizer: Tokenizer | None = (
             load_tokenizer(artifact) if artifact is not None
             else ByteTokenizer() if self.config.vocab_size == 256 else None)
+        self._lock = threading.Lock()
+        self._grammars = None  # runtime.constrained.Grammars, built on first use (~1 s)
+        self._compiled: dict[tuple, str] = {}  # compiled grammars, by request
+        self._drafts: dict[str, Engine] = {}  # draft models loaded by folder
 
     @property
     def backend(self) -> str:
@@ -195,58 +202,136 @@ class Engine:
     def requests(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                  seed=0, stop: Sequence[str | int] = (), ignore_eos: bool = False,
-                 tag: object = None) -> list[Request]:
+                 tag: object = None, response_format=None, grammar=None) -> list[Request]:
         """The batching core's requests for `prompt` (one per prompt), as generate() reads
-        its arguments: what a caller driving `runtime.batch.Batch` itself admits."""
+        its arguments: what a caller driving `runtime.batch.Batch` itself admits. With a
+        grammar each row gets its own constraint (runtime/constrained.py)."""
         n = check_max_new_tokens(max_new_tokens)
         stop_ids, stop_texts = self._stops(stop, ignore_eos)
         rows = self.encode_rows(prompt)
         params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
         seeds = row_seeds(seed, len(rows))
-        return [Request(row, params, s, n, stop_ids, stop_texts, tag=tag)
+        compiled = self.compile_grammar(response_format, grammar)
+        return [Request(row, params, s, n, stop_ids, stop_texts, tag=tag,
+                        logits_processor=None if compiled is None else self.constraint(compiled))
                 for row, s in zip(rows, seeds)]
 
-    def batch(self) -> Batch:
-        """An empty batch of the batching core on this engine's runner and tokenizer."""
-        return Batch(self.runner, self.tokenizer)
+    def batch(self, speculative: SpeculativeSpec | None = None) -> Batch:
+        """An empty batch of the batching core on this engine's runner and tokenizer;
+        `speculative` (see `speculation`): its rows decode speculatively."""
+        return Batch(self.runner, self.tokenizer,
+                     speculation=None if speculative is None else Speculation(speculative))
+
+    # ---- constrained output and speculative decoding --------------------------------
+    def compile_grammar(self, response_format=None, grammar=None) -> str | None:
+        """The llguidance grammar of OpenAI's `response_format` or a `Grammar` (or Lark
+        text), compiled against this artifact's tokenizer (cached); None for free text.
+        ScredgeError for an invalid schema or grammar, or one the tokenizer cannot spell."""
+        from scredge.runtime.constrained import Grammars, grammar_from_request
+
+        wanted = grammar_from_request(response_format, grammar)
+        if wanted is None:
+            return None
+        self._need_tokenizer("constrained output")
+        key = (wanted.kind, wanted.source if isinstance(wanted.source, (str, type(None)))
+               else json.dumps(wanted.source, sort_keys=True, default=str))
+        with self._lock:
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer, self.config.vocab_size)
+            compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._grammars.compile(wanted)
+            with self._lock:
+                if len(self._compiled) >= 64:
+                    self._compiled.pop(next(iter(self._compiled)))
+                self._compiled[key] = compiled
+        return compiled
+
+    def constraint(self, compiled: str):
+        """A fresh row state (a logits processor) of a grammar from `compile_grammar`."""
+        return self._grammars.constraint(compiled)
+
+    def speculation(self, speculative, k: int = DEFAULT_K) -> SpeculativeSpec | None:
+        """What `speculative=` names: None, 'ngram' (prompt lookup), a draft model (an
+        Engine, or its artifact folder, loaded once on this engine's backend) with this
+        engine's tokenizer and vocabulary, or a SpeculativeSpec as it is."""
+        if speculative is None or isinstance(speculative, SpeculativeSpec):
+            return speculative
+        if isinstance(speculative, str) and speculative == "ngram":
+            return SpeculativeSpec("ngram", k)
+        if isinstance(speculative, (str, Path)):
+            if not Path(speculative).is_dir():
+                raise ScredgeError("invalid speculative", received=repr(str(speculative))[:120],
+                                   expected="'ngram', or a draft model's artifact folder",
+                                   fix="pass speculative='ngram' or an existing folder")
+            key = str(Path(speculative).resolve())
+            with self._lock:
+                draft = self._drafts.get(key)
+            if draft is None:
+                draft = Engine.load(speculative, backend=self.backend)
+                with self._lock:
+                    self._drafts[key] = draft
+            speculative = draft
+        if not isinstance(speculative, Engine):
+            raise ScredgeError("invalid speculative", received=repr(speculative)[:80],
+                               expected="'ngram', a draft Engine or its artifact folder")
+        name = str(speculative.artifact.folder) if speculative.artifact else "the draft"
+        check_draft(self.config, self.tokenizer, speculative.config, speculative.tokenizer,
+                    name)
+        return SpeculativeSpec("draft", k, draft=speculative.runner)
 
     def generate(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed=0, stop: Sequence[str | int] = (),
-                 ignore_eos: bool = False) -> GenerationResult | list[GenerationResult]:
+                 seed=0, stop: Sequence[str | int] = (), ignore_eos: bool = False,
+                 response_format=None, grammar=None, speculative=None,
+                 speculative_k: int = DEFAULT_K) -> GenerationResult | list[GenerationResult]:
         """One prompt -> one result; a list of prompts (any lengths) -> a list of results.
 
         Every row equals its prompt generated alone with its seed (`seed` for every row, or
         a list of one per prompt); a row that finishes leaves the batch, so it costs
         nothing more. Generation stops at a stop id or string (excluded from the result),
         and at the tokenizer's eos ids unless ignore_eos. A result's text is exactly the
-        concatenation of the pieces stream() gives for it."""
+        concatenation of the pieces stream() gives for it.
+
+        response_format: OpenAI's ({"type": "json_object"}, {"type": "json_schema",
+        "json_schema": {"schema": {...}}}); grammar: a `constrained.Grammar` (JSON Schema,
+        regex, Lark) or Lark text: the output follows it (docs/constrained-and-speculative.md).
+        speculative: 'ngram' or a draft model (Engine or folder, same tokenizer), proposing
+        `speculative_k` tokens a step; greedy output is unchanged, sampled output keeps
+        its distribution."""
         requests = self.requests(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, repetition_penalty=repetition_penalty,
-                                 seed=seed, stop=stop, ignore_eos=ignore_eos)
-        results = list(self._run(requests, stream=False))[-1]
+                                 seed=seed, stop=stop, ignore_eos=ignore_eos,
+                                 response_format=response_format, grammar=grammar)
+        spec = self.speculation(speculative, speculative_k)
+        results = list(self._run(requests, stream=False, speculative=spec))[-1]
         return results if _is_batch(prompt) else results[0]
 
     def stream(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-               seed=0, stop: Sequence[str | int] = (),
-               ignore_eos: bool = False) -> Iterator[str]:
-        """Text pieces of one prompt's continuation, never splitting a UTF-8 character."""
+               seed=0, stop: Sequence[str | int] = (), ignore_eos: bool = False,
+               response_format=None, grammar=None, speculative=None,
+               speculative_k: int = DEFAULT_K) -> Iterator[str]:
+        """Text pieces of one prompt's continuation, never splitting a UTF-8 character;
+        the keyword arguments are generate()'s."""
         self._need_tokenizer("streamed text")
         requests = self.requests(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, repetition_penalty=repetition_penalty,
-                                 seed=seed, stop=stop, ignore_eos=ignore_eos)
+                                 seed=seed, stop=stop, ignore_eos=ignore_eos,
+                                 response_format=response_format, grammar=grammar)
+        spec = self.speculation(speculative, speculative_k)
         if len(requests) != 1:
             raise ScredgeError("stream() takes one prompt", received=f"{len(requests)} prompts",
                                fix="use generate() for batches")
-        for piece in self._run(requests, stream=True):
+        for piece in self._run(requests, stream=True, speculative=spec):
             if isinstance(piece, str):
                 yield piece
 
-    def _run(self, requests: list[Request], stream: bool):
+    def _run(self, requests: list[Request], stream: bool,
+             speculative: SpeculativeSpec | None = None):
         """The batching core's loop: text pieces (stream), then the list of results."""
         t0 = time.perf_counter()
-        batch = self.batch()
+        batch = self.batch(speculative)
         try:
             events = batch.admit(requests)
             ttft = time.perf_counter() - t0
@@ -265,11 +350,15 @@ class Engine:
             batch.close(reuse=False)
             raise
         total = time.perf_counter() - t0
-        new_tokens = batch.steps + 1
+        new_tokens = max((r.generated for r in rows), default=0)  # the longest row's
         timing = {"ttft_s": ttft, "prefill_s": ttft, "total_s": total, "decode_s": total - ttft,
+                  "decode_calls": batch.steps,
                   "decode_tokens_per_s": (new_tokens - 1) / (total - ttft)
                   if new_tokens > 1 and total > ttft else 0.0}
-        yield [GenerationResult(r.ids, r.text, r.finish_reason, len(r.prompt), timing)
+        spec = batch.speculation
+        yield [GenerationResult(r.ids, r.text, r.finish_reason, len(r.prompt),
+                                timing if spec is None else {**timing,
+                                                             "speculative": spec.stats(r)})
                for r in rows]
 
     # ---- chat -----------------------------------------------------------------------

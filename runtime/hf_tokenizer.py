@@ -73,6 +73,10 @@ class HFTokenizer:
     def stream_decoder(self) -> HFStreamDecoder:
         return HFStreamDecoder(self)
 
+    def to_json_text(self) -> str:
+        """The tokenizer as tokenizer.json text (what llguidance builds its vocabulary from)."""
+        return self._tok.to_str()
+
 
 class HFStreamDecoder:
     """Incremental detokenization: each id's text once it is final.

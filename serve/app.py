@@ -43,6 +43,8 @@ class ServerConfig:
     timeout_s: float = 600.0  # a request running longer is cut (504 / an error event)
     max_context: int | None = None  # prompt + max_tokens beyond it: 400
     shutdown_grace_s: float = 30.0  # in-flight requests get this long to finish
+    speculative: str | None = None  # every request speculates: 'ngram' or a draft's folder
+    speculative_k: int = 4  # tokens proposed a step
 
 
 def chat_prompt_ids(engine, messages: list[dict]) -> list[int]:
@@ -70,6 +72,17 @@ def prompt_ids(engine, req: ParsedRequest) -> list[int]:
             raise ApiError(400, _one_line(exc), param="prompt") from None
     check_prompt(ids, engine.config.vocab_size)
     return ids
+
+
+def compiled_format(engine, req: ParsedRequest) -> str | None:
+    """The request's response_format compiled against the model's tokenizer (None: free
+    text); an invalid schema, or one the tokenizer cannot spell, is a 400."""
+    if req.response_format is None:
+        return None
+    try:
+        return engine.compile_grammar(response_format=req.response_format)
+    except ScredgeError as exc:
+        raise ApiError(400, _one_line(exc), param="response_format") from None
 
 
 def fit_context(req: ParsedRequest, n_prompt: int, limit: int | None) -> int:
@@ -102,7 +115,9 @@ def create_app(engine, config: ServerConfig):
                     exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.engine = engine
     app.state.config = config
-    app.state.scheduler = Scheduler(engine, config.max_batch, config.max_queue)
+    app.state.scheduler = Scheduler(engine, config.max_batch, config.max_queue,
+                                    engine.speculation(config.speculative,
+                                                       config.speculative_k))
     return app
 
 
@@ -170,7 +185,8 @@ async def _generate(request, parse) -> object:
             log.info("%s %s: 0 tokens asked", req.kind, req.id)
             return _json(full_response(req, "", "length", usage(len(ids), 0)))
         ticket = Ticket(ids, req.params, req.seed, max_tokens, req.stop,
-                        asyncio.get_running_loop(), state.config.timeout_s)
+                        asyncio.get_running_loop(), state.config.timeout_s,
+                        grammar=compiled_format(state.engine, req))
         state.scheduler.submit(ticket)
     except ApiError as exc:
         log.info("%s refused (%d): %s", request.url.path, exc.status, exc.message)

@@ -4,7 +4,9 @@ responses, stream chunks and errors.
 Sampling parameters keep OpenAI's names (temperature, top_p, max_tokens, stop, seed, n);
 ours (top_k, repetition_penalty) come as extra fields (the `openai` client's `extra_body`).
 Parameters that would change the result and that we do not implement (n > 1, logprobs,
-echo, penalties other than ours) are refused, never silently ignored.
+echo, penalties other than ours) are refused, never silently ignored. `response_format`
+({"type": "text" | "json_object" | "json_schema"}, OpenAI's shapes) constrains the output
+(runtime/constrained.py); it is checked here for shape and compiled by the app.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ MAX_TOKENS_LIMIT = 1_000_000
 # accepted only at their neutral value (other unknown fields, e.g. `user`, are ignored)
 _NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "top_logprobs": None,
             "presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None,
-            "tools": None, "tool_choice": None, "response_format": None,
-            "parallel_tool_calls": None}
+            "tools": None, "tool_choice": None, "parallel_tool_calls": None}
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
 
 class ApiError(Exception):
@@ -61,6 +63,7 @@ class ParsedRequest:
     stop: list[str]
     stream: bool
     max_tokens_given: bool = True  # False: the endpoint's default (clamped to the context)
+    response_format: dict | None = None  # OpenAI's shape, checked; None = free text
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -142,7 +145,26 @@ def _common(kind: str, body: dict, prompt, messages, default_tokens: int) -> Par
     if not isinstance(stream, bool):
         raise bad("'stream' must be true or false", "stream")
     return ParsedRequest(kind, model, prompt, messages, _sampling(body), seed,
-                         int(max_tokens), list(stop), stream, given)
+                         int(max_tokens), list(stop), stream, given,
+                         _response_format(body.get("response_format")))
+
+
+def _response_format(value: object) -> dict | None:
+    """OpenAI's response_format, its shape checked (the schema itself is compiled later)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in RESPONSE_FORMATS:
+        raise bad("'response_format' must be {\"type\": \"text\" | \"json_object\" | "
+                  "\"json_schema\"}", "response_format")
+    if value["type"] == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
+            raise bad("'response_format.json_schema' must be an object with a 'schema' "
+                      "object (and 'name', 'strict')", "response_format")
+        if not isinstance(spec.get("strict", False), (bool, type(None))):
+            raise bad("'response_format.json_schema.strict' must be true or false",
+                      "response_format")
+    return None if value["type"] == "text" else value
 
 
 def _sampling(body: dict) -> SamplingParams:

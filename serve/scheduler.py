@@ -50,6 +50,7 @@ class Ticket:
     t_first: float | None = None
     t_done: float | None = None
     completion_tokens: int = 0
+    grammar: str | None = None  # a compiled response_format: the row's output follows it
 
     def cancel(self) -> None:
         """The client went away: the row leaves the batch at the next step."""
@@ -57,7 +58,8 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, engine, max_batch: int = 16, max_queue: int = 64) -> None:
+    def __init__(self, engine, max_batch: int = 16, max_queue: int = 64,
+                 speculative=None) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ScredgeError("invalid serving limits",
                                received=f"max_batch {max_batch}, max_queue {max_queue}",
@@ -69,7 +71,7 @@ class Scheduler:
         self._queue: queue.Queue[Ticket] = queue.Queue()
         self._waiting = 0  # submitted, not yet admitted
         self._lock = threading.Lock()
-        self._batch: Batch = engine.batch()
+        self._batch: Batch = engine.batch(speculative)  # a SpeculativeSpec, or None
         self._stop = threading.Event()
         self._cut_at: float | None = None  # set by drain(): in-flight work is cut then
         self._thread: threading.Thread | None = None
@@ -190,8 +192,9 @@ class Scheduler:
         return out
 
     def _request(self, t: Ticket) -> Request:
+        processor = None if t.grammar is None else self.engine.constraint(t.grammar)
         return Request(t.prompt_ids, t.params, t.seed, t.max_tokens, self.stop_ids,
-                       [s for s in t.stop if s], tag=t)
+                       [s for s in t.stop if s], logits_processor=processor, tag=t)
 
     def _admit(self) -> None:
         """Waiting requests join the running batch, their first tokens sampled; when the

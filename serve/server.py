@@ -62,14 +62,15 @@ def load_engine(folder: str | Path, backend: str = "auto", device: str = "auto")
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
           max_batch: int = 16, max_queue: int = 64, timeout_s: float = 600.0,
           max_context: int | None = None, shutdown_grace_s: float = 30.0,
-          model_name: str | None = None, backend: str = "auto", device: str = "auto") -> int:
+          model_name: str | None = None, backend: str = "auto", device: str = "auto",
+          speculative: str | None = None, speculative_k: int = 4) -> int:
     """Serve `folder` until SIGINT/SIGTERM. After the graceful shutdown uvicorn re-raises
     the signal, so the process ends as that signal says (the usual for a service)."""
     require("starlette")
     require("uvicorn")
     engine = load_engine(folder, backend, device)
     config = ServerConfig(model_name or Path(folder).resolve().name, max_batch, max_queue,
-                          timeout_s, max_context, shutdown_grace_s)
+                          timeout_s, max_context, shutdown_grace_s, speculative, speculative_k)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(engine, config)
     sock = _bind(host, port)

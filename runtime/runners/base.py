@@ -165,6 +165,12 @@ class Decoder(ABC):
         self._check_live()
         return HostState(self._state_arrays(), self.mask.copy())
 
+    def snapshot(self) -> HostState:
+        """The state as it is now, to `load_state` again later (a speculative step rolls
+        back to it). Like `host_state`, but a backend whose state arrays are never written
+        again once made (fresh host arrays per call) hands them over without a copy."""
+        return self.host_state()
+
     def load_state(self, state: HostState) -> None:
         """Continue from `state` (its rows, P and mask) at the next step."""
         self._check_live()
@@ -237,6 +243,10 @@ class HostDecoder(Decoder):
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return dict(self.state)
+
+    def snapshot(self) -> HostState:
+        self._check_live()
+        return HostState(dict(self.state), self.mask.copy())  # each call makes new arrays
 
     def _load_arrays(self, arrays: dict[str, np.ndarray], batch: int) -> None:
         self.state = dict(arrays)

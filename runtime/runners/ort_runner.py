@@ -15,7 +15,7 @@ import numpy as np
 
 from scredge.config import SCRConfig
 from scredge.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_name
-from scredge.runtime.cache import empty_state, feed_mask
+from scredge.runtime.cache import HostState, empty_state, feed_mask
 from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
@@ -75,6 +75,7 @@ class OrtDecoder(Decoder):
         self._steady: list | None = None  # the two prepared bindings, once P = W-1
         self._steady_was_used = False
         self._set = 0  # which of the two steady state sets holds the current state
+        self._lent = False  # the host state arrays are also held elsewhere (snapshot, load)
 
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         B, T = ids.shape
@@ -102,6 +103,7 @@ class OrtDecoder(Decoder):
                                        ATTENTION_MASK: mask, **state})
         self.last_run_s = time.perf_counter() - t0
         self._state = dict(zip(self._past_names, out[1:]))
+        self._lent = False
         return out[0]
 
     def _bound_step(self, ids, positions, mask) -> np.ndarray:
@@ -132,8 +134,9 @@ class OrtDecoder(Decoder):
         self._mask_ones = bool(self._mask_buf.all())
         ids_v, pos_v, logits_v, mask_v = (ort.OrtValue.ortvalue_from_numpy(a) for a in (
             self._ids, self._pos, self._logits, self._mask_buf))
-        current = {k: ort.OrtValue.ortvalue_from_numpy(v) if isinstance(v, np.ndarray) else v
-                   for k, v in self._state.items()}  # CPU: wraps, no copy
+        current = {k: ort.OrtValue.ortvalue_from_numpy(np.array(v) if self._lent else v)
+                   if isinstance(v, np.ndarray) else v
+                   for k, v in self._state.items()}  # CPU: wraps, no copy unless lent
         spare = {k: ort.OrtValue.ortvalue_from_shape_and_type(
             v.shape(), _ORT_TYPES[v.data_type()], self._device, 0) for k, v in current.items()}
         self._sets = [current, spare]
@@ -171,6 +174,15 @@ class OrtDecoder(Decoder):
         self._mask = None if self._mask_ones else buf[:, :-1]  # a view; host_state copies
         return self._logits
 
+    def snapshot(self) -> HostState:
+        """On the CPU outside the steady phase the state is the arrays the last `run`
+        returned, which no later call writes: kept by reference. Otherwise a copy."""
+        if self._device == "cpu" and not self._steady_was_used:
+            self._check_live()
+            self._lent = True  # the steady phase must not write into these arrays
+            return HostState(dict(self._state), self.mask.copy())
+        return self.host_state()
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {k: v.numpy() if isinstance(v, self._ort.OrtValue) else np.array(v)
                 for k, v in self._state.items()}
@@ -178,6 +190,7 @@ class OrtDecoder(Decoder):
     def _load_arrays(self, arrays: dict[str, np.ndarray], batch: int) -> None:
         self._steady, self._steady_was_used = None, False  # other shapes, other buffers
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        self._lent = True
         self._state = arrays if self._device == "cpu" else {
             k: self._ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for k, v in arrays.items()}
 
