@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from scredge.cli.common import add_folder
+from scredge.limits import MAX_REQUEST_BODY_BYTES
 
 
 def add(sub) -> None:
@@ -20,6 +21,8 @@ def add(sub) -> None:
                    help="refuse prompt + max_tokens beyond this many tokens (default: none)")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM (30)")
+    p.add_argument("--max-body-bytes", type=int, default=MAX_REQUEST_BODY_BYTES,
+                   help=f"larger request bodies are refused with 413 ({MAX_REQUEST_BODY_BYTES})")
     p.add_argument("--model-name", help="the model id clients send (default: folder name)")
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "trt"])
     p.add_argument("--speculative", metavar="ngram|FOLDER",
@@ -37,4 +40,4 @@ def run(args: argparse.Namespace) -> int:
                  max_queue=args.max_queue, timeout_s=args.timeout, max_context=args.max_context,
                  shutdown_grace_s=args.shutdown_grace, model_name=args.model_name,
                  backend=args.backend, speculative=args.speculative,
-                 speculative_k=args.speculative_k)
+                 speculative_k=args.speculative_k, max_body_bytes=args.max_body_bytes)

@@ -35,3 +35,7 @@ MAX_PARAMETERS = 1 << 38  # the whole model's parameter count (275 billion)
 # ---- sampling --------------------------------------------------------------------------
 MAX_TEMPERATURE = 100.0  # above this every distribution is uniform to float precision
 REPETITION_PENALTY_RANGE = (1e-2, 1e2)  # CTRL/HF penalty; 1 = off
+
+# ---- the HTTP server (scredge serve) ---------------------------------------------------
+MAX_REQUEST_BODY_BYTES = 8 << 20  # one request body; past it 413 (--max-body-bytes)
+SCHEDULER_STALL_S = 120.0  # /health says 503 when work waits this long with no progress

@@ -9,6 +9,7 @@ tokenizer_config.json asks for it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from scredge.errors import ScredgeError
 from scredge.limits import MAX_TOKENIZER_BYTES
 from scredge.tokenizer_files import SPECIAL_TOKEN_NAMES, check_tokenizer_config, load_tokenizer_json
 
+LONG_TEXT_CHARS = 1 << 16  # encode_batch from here on (see encode)
 REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
 
 
@@ -64,7 +66,17 @@ class HFTokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """add_special_tokens: the tokenizer's post-processor (e.g. a leading bos), as
         transformers' tokenizer(text); a rendered chat template brings its own (False)."""
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if len(text) < LONG_TEXT_CHARS:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        # the same pipeline; encode_batch lets other Python threads run meanwhile (a
+        # server's event loop), where encode holds the GIL until it is done
+        return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The longest token's string in the vocabulary, in characters (byte-level vocabs
+        spell a byte as one character): a text of n characters has >= n / this tokens."""
+        return max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1)
 
     def decode(self, ids: Iterable[int]) -> str:
         text = self._tok.decode(list(ids), skip_special_tokens=False)

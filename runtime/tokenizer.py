@@ -38,6 +38,7 @@ class ByteTokenizer:
     vocab_size = 256
     eos_ids: tuple[int, ...] = ()  # bytes have no end-of-sequence token
     chat_template: str | None = None
+    max_token_chars = 1  # a token is one byte: never more than one character
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode("utf-8"))

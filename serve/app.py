@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.files import parse_json
+from scredge.limits import MAX_REQUEST_BODY_BYTES, SCHEDULER_STALL_S
 from scredge.serve.protocol import (
     ApiError,
     ParsedRequest,
@@ -45,31 +47,40 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0  # in-flight requests get this long to finish
     speculative: str | None = None  # every request speculates: 'ngram' or a draft's folder
     speculative_k: int = 4  # tokens proposed a step
+    max_body_bytes: int = MAX_REQUEST_BODY_BYTES  # a larger request body: 413
+    stall_s: float = SCHEDULER_STALL_S  # work waiting, no progress this long: /health 503
 
 
-def chat_prompt_ids(engine, messages: list[dict]) -> list[int]:
-    """The folder's chat template applied to `messages` (with the assistant's turn opened),
-    as ids exactly as `Engine.chat` encodes them; 400 when the folder has no template."""
+def chat_prompt_text(engine, messages: list[dict]) -> str:
+    """The folder's chat template applied to `messages` (the assistant's turn opened); a
+    template's refusal (ScredgeError: no template, a limit hit) is a 400."""
     try:
-        return list(engine.chat_ids(messages))
+        return engine.render_chat(messages)
     except ScredgeError as exc:
         raise ApiError(400, _one_line(exc), param="messages", code="no_chat_template"
-                       if "template" in exc.what else None) from None
+                       if "no chat template" in exc.what else None) from None
 
 
-def prompt_ids(engine, req: ParsedRequest) -> list[int]:
+def prompt_ids(engine, req: ParsedRequest, max_context: int | None = None) -> list[int]:
+    """The request's prompt as ids (blocking: the server runs it in a worker thread).
+    Text that cannot fit `max_context` tokens is refused before it is tokenized."""
     if engine.tokenizer is None:
         raise ApiError(400, f"this model folder has no tokenizer (vocab_size "
                             f"{engine.config.vocab_size}), so the server cannot write text",
                        code="no_tokenizer")
-    if req.kind == "chat":
-        ids = chat_prompt_ids(engine, req.messages)
-    else:
-        try:
-            ids = (engine.encode_rows(req.prompt)[0] if isinstance(req.prompt, str)
-                   else list(req.prompt))
-        except ScredgeError as exc:
-            raise ApiError(400, _one_line(exc), param="prompt") from None
+    try:
+        if req.kind == "chat":  # as Engine.chat_ids: the template writes its own specials
+            text = chat_prompt_text(engine, req.messages)
+            check_text_length(text, engine.tokenizer, max_context, "messages")
+            ids = engine.tokenizer.encode(text, add_special_tokens=False)
+        elif isinstance(req.prompt, str):
+            check_text_length(req.prompt, engine.tokenizer, max_context, "prompt")
+            ids = engine.encode_rows(req.prompt)[0]
+        else:
+            ids = list(req.prompt)
+    except ScredgeError as exc:
+        raise ApiError(400, _one_line(exc), param="messages" if req.kind == "chat"
+                       else "prompt") from None
     check_prompt(ids, engine.config.vocab_size)
     return ids
 
@@ -83,6 +94,19 @@ def compiled_format(engine, req: ParsedRequest) -> str | None:
         return engine.compile_grammar(response_format=req.response_format)
     except ScredgeError as exc:
         raise ApiError(400, _one_line(exc), param="response_format") from None
+
+
+def check_text_length(text: str, tokenizer, max_context: int | None, param: str) -> None:
+    """A cheap bound before tokenizing: a text of n characters has at least
+    n / max_token_chars tokens; 4x slack covers normalizers that drop characters."""
+    per_token = getattr(tokenizer, "max_token_chars", None)
+    if max_context is None or per_token is None:
+        return
+    if len(text) > 4 * max_context * max(1, per_token):
+        raise ApiError(400, f"This model's maximum context length is {max_context} tokens; "
+                            f"the {param} text has {len(text)} characters, more than "
+                            f"{max_context} tokens of this tokenizer can spell. Shorten it.",
+                       param=param, code="context_length_exceeded")
 
 
 def fit_context(req: ParsedRequest, n_prompt: int, limit: int | None) -> int:
@@ -144,12 +168,17 @@ def _error(exc: ApiError):
 
 
 async def health(request):
+    """200 while the scheduler runs and makes progress; 503 (with the reason) while
+    draining, when its thread is gone, or when work waits and nothing moves."""
     scheduler, config = request.app.state.scheduler, request.app.state.config
-    ok = scheduler.alive and not scheduler.draining
-    body = {"status": "ok" if ok else "draining" if scheduler.draining else "down",
-            "model": config.model_name, "running": scheduler.running,
+    problem = scheduler.stalled(config.stall_s)
+    status = ("draining" if scheduler.draining else "ok" if problem is None
+              else "stalled" if scheduler.alive else "down")
+    body = {"status": status, "model": config.model_name, "running": scheduler.running,
             "queued": scheduler.queued}
-    return _json(body, 200 if ok else 503)
+    if problem is not None:
+        body["reason"] = problem
+    return _json(body, 200 if status == "ok" else 503)
 
 
 async def models(request):
@@ -168,18 +197,17 @@ async def chat(request):
 
 async def _generate(request, parse) -> object:
     """Parse, check and queue one request; its answer is a stream or a whole response."""
+    from starlette.concurrency import run_in_threadpool
+
     state = request.app.state
     try:
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad(f"the request body is not valid JSON: {exc}") from None
-        req = parse(body)
+        req = parse(parse_body(await read_body(request, state.config.max_body_bytes)))
         if req.model != state.config.model_name:
             raise ApiError(404, f"The model '{req.model}' does not exist; this server "
                                 f"serves '{state.config.model_name}'", param="model",
                            code="model_not_found")
-        ids = prompt_ids(state.engine, req)
+        # templates and tokenizers take their time on long text: off the event loop
+        ids = await run_in_threadpool(prompt_ids, state.engine, req, state.config.max_context)
         max_tokens = fit_context(req, len(ids), state.config.max_context)
         if max_tokens == 0:
             log.info("%s %s: 0 tokens asked", req.kind, req.id)
@@ -197,6 +225,37 @@ async def _generate(request, parse) -> object:
         return StreamingResponse(_sse(req, ticket), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     return await _collect(req, ticket, request)
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request's body; 413 as soon as it is known to pass `limit` bytes, by its
+    Content-Length before any of it is read, else as it streams in (chunked)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _too_large(f"{int(declared)} bytes (Content-Length)", limit)
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise _too_large(f"more than {limit} bytes", limit)
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _too_large(received: str, limit: int) -> ApiError:
+    return ApiError(413, f"the request body is too large: {received}; this server takes "
+                         f"at most {limit} bytes (scredge serve --max-body-bytes)",
+                    code="request_too_large")
+
+
+def parse_body(data: bytes) -> object:
+    """JSON through scredge's bounded parser: invalid UTF-8, lone surrogates and nesting
+    deeper than MAX_JSON_DEPTH are 400s."""
+    try:
+        return parse_json(data, "the request body", "the request body",
+                          expected="one JSON object (OpenAI's request format)")
+    except ScredgeError as exc:
+        raise bad(_one_line(exc)) from None
 
 
 async def _sse(req: ParsedRequest, ticket: Ticket):

@@ -11,6 +11,7 @@ echo, penalties other than ours) are refused, never silently ignored. `response_
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -29,6 +30,7 @@ _NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "top_logprobs
             "presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None,
             "tools": None, "tool_choice": None, "parallel_tool_calls": None}
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+_ALSO_NEUTRAL = {"logprobs": (False,)}  # chat's "no logprobs", as OpenAI's clients send it
 
 
 class ApiError(Exception):
@@ -121,10 +123,7 @@ def _common(kind: str, body: dict, prompt, messages, default_tokens: int) -> Par
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("'model' is required (see GET /v1/models)", "model")
-    for name, neutral in _NEUTRAL.items():
-        if name in body and body[name] is not None and body[name] != neutral:
-            raise bad(f"'{name}' = {body[name]!r} is not supported by this server "
-                      f"(only {neutral!r})", name)
+    _refuse_unsupported(body)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     given = max_tokens is not None
     if not given:
@@ -165,6 +164,26 @@ def _response_format(value: object) -> dict | None:
             raise bad("'response_format.json_schema.strict' must be true or false",
                       "response_format")
     return None if value["type"] == "text" else value
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """A parameter we do not implement is accepted only at a value that changes nothing
+    (compared with its JSON type: `true` is not `1`, `false` is not `0`)."""
+    for name, neutral in _NEUTRAL.items():
+        value = body.get(name)
+        accepted = (None, neutral, *_ALSO_NEUTRAL.get(name, ()))
+        if not any(_same(value, a) for a in accepted):
+            shown = " or ".join(dict.fromkeys(json.dumps(a) for a in accepted))
+            raise bad(f"'{name}' = {json.dumps(value)[:100]} is not supported by this server "
+                      f"(only {shown})", name)
+
+
+def _same(value: object, neutral: object) -> bool:
+    if value is None or neutral is None:
+        return value is neutral
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return type(value) is type(neutral) and value == neutral
+    return value == neutral
 
 
 def _sampling(body: dict) -> SamplingParams:

@@ -78,6 +78,11 @@ class Scheduler:
         self._outbox: list[tuple[Ticket, tuple]] = []  # events of this iteration
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # most rows decoded together so far
+        self.prefills = 0  # admit groups prefilled
+        self.skipped = 0  # requests dropped before their prefill (client gone, timed out)
+        self.beat = time.perf_counter()  # the loop's last sign of progress
+        self.admitting = 0  # requests taken from the queue, not yet in the batch
+        self.died: str | None = None  # why the loop ended, when not asked to
 
     # ---- the server's side ----------------------------------------------------------
     @property
@@ -95,6 +100,17 @@ class Scheduler:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def stalled(self, stall_s: float) -> str | None:
+        """Why /health must say 503: the loop is not running, or work waits and the loop
+        has shown no progress (an iteration, a prefill, a step) for `stall_s` seconds."""
+        if not self.alive:
+            return self.died or "the scheduler thread is not running"
+        quiet = time.perf_counter() - self.beat
+        if (self.running or self.queued or self.admitting) and quiet > stall_s:
+            return (f"the scheduler made no progress for {quiet:.0f} s with {self.running} "
+                    f"running and {self.queued} queued requests")
+        return None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="scredge-scheduler",
@@ -133,6 +149,7 @@ class Scheduler:
     def _loop(self) -> None:
         try:
             while not self._stop.is_set():
+                self.beat = time.perf_counter()
                 try:
                     self._admit()
                     self._retire()
@@ -143,6 +160,9 @@ class Scheduler:
                     self._fail_batch(_internal(exc))
                 finally:
                     self._flush()
+        except BaseException as exc:
+            self.died = f"the scheduler thread died: {type(exc).__name__}: {exc}"
+            raise
         finally:  # whatever ended the loop, no request is left waiting forever
             cut = ApiError(503, "the server stopped before this request finished",
                            "server_error", code="server_shutting_down")
@@ -197,16 +217,43 @@ class Scheduler:
                        [s for s in t.stop if s], logits_processor=processor, tag=t)
 
     def _admit(self) -> None:
-        """Waiting requests join the running batch, their first tokens sampled; when the
-        backend refuses the group (ScredgeError), each is tried alone and the one it
-        refuses gets a 400."""
+        """Waiting requests join the running batch, their first tokens sampled, one group
+        of equal prompt lengths at a time (as the core prefills them): before each group
+        the requests whose client left or whose time ran out are dropped, so no prefill
+        runs for them afterwards."""
         room = self.max_batch - len(self._batch.rows)
         if room <= 0:
             return
-        tickets = [t for t in self._take(block=not self._batch.rows, limit=room)
-                   if self._alive(t)]
-        if not tickets:
-            return
+        groups: dict[int, list[Ticket]] = {}
+        for t in self._take(block=not self._batch.rows, limit=room):
+            groups.setdefault(len(t.prompt_ids), []).append(t)
+        self.admitting = sum(len(g) for g in groups.values())
+        try:
+            self._admit_groups(groups)
+        finally:
+            self.admitting = 0
+
+    def _admit_groups(self, groups: dict[int, list[Ticket]]) -> None:
+        for group in groups.values():
+            live = [t for t in group if self._alive(t)]
+            self.skipped += len(group) - len(live)
+            if live and not self._stop.is_set():
+                self._admit_group(live)
+                self.prefills += 1
+                self.beat = time.perf_counter()
+            elif live:  # stopping: the loop's end tells them
+                self._requeue(live)
+            self.admitting -= len(group)
+
+    def _requeue(self, tickets: list[Ticket]) -> None:
+        with self._lock:
+            self._waiting += len(tickets)
+        for t in tickets:
+            self._queue.put(t)
+
+    def _admit_group(self, tickets: list[Ticket]) -> None:
+        """One group into the batch; when the backend refuses it (ScredgeError), each is
+        tried alone and the one it refuses gets a 400."""
         now = time.perf_counter()
         for t in tickets:
             t.t_admitted = now

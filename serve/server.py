@@ -17,6 +17,7 @@ from pathlib import Path
 
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.limits import MAX_REQUEST_BODY_BYTES
 from scredge.serve.app import ServerConfig, create_app
 
 log = logging.getLogger("scredge.serve")
@@ -63,14 +64,19 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
           max_batch: int = 16, max_queue: int = 64, timeout_s: float = 600.0,
           max_context: int | None = None, shutdown_grace_s: float = 30.0,
           model_name: str | None = None, backend: str = "auto", device: str = "auto",
-          speculative: str | None = None, speculative_k: int = 4) -> int:
+          speculative: str | None = None, speculative_k: int = 4,
+          max_body_bytes: int = MAX_REQUEST_BODY_BYTES) -> int:
     """Serve `folder` until SIGINT/SIGTERM. After the graceful shutdown uvicorn re-raises
     the signal, so the process ends as that signal says (the usual for a service)."""
     require("starlette")
     require("uvicorn")
+    if max_body_bytes < 1:
+        raise ScredgeError("invalid --max-body-bytes", received=max_body_bytes,
+                           expected="a positive number of bytes")
     engine = load_engine(folder, backend, device)
     config = ServerConfig(model_name or Path(folder).resolve().name, max_batch, max_queue,
-                          timeout_s, max_context, shutdown_grace_s, speculative, speculative_k)
+                          timeout_s, max_context, shutdown_grace_s, speculative, speculative_k,
+                          max_body_bytes)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(engine, config)
     sock = _bind(host, port)

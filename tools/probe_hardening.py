@@ -51,6 +51,7 @@ from probe_fixtures import (  # noqa: E402 - the tools folder is not a package
     rehash,
     write_safetensors,
 )
+from probe_server import class7, stop_server  # noqa: E402
 
 # ---- fixtures ---------------------------------------------------------------------------
 
@@ -94,7 +95,7 @@ def cases() -> list[Case]:
             for n in ("nested_loops", "recursion", "huge_string")]
     out += [template_case("good_template", "{% for m in messages %}{{ m.content }}"
                           "{% endfor %}", expect="ok")]
-    out += class2() + class3() + class4() + class5() + class6()
+    out += class2() + class3() + class4() + class5() + class6() + class7()
     return out
 
 
@@ -404,7 +405,17 @@ def main() -> int:
     os.chdir(work)
     sys.path.insert(0, str(ROOT))
     build(work)
+    try:
+        rows, counts = run_all(work, only)
+    finally:
+        stop_server(work)
+    print(f"\n{len(rows)} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0 if set(counts) <= {"clean"} else 1
+
+
+def run_all(work: Path, only: str | None) -> tuple[list, dict]:
     rows, counts = [], {}
+    (work / "server.pid").unlink(missing_ok=True)  # a past run's server is not ours
     for case in cases():
         if only and only not in case.name:
             continue
@@ -414,8 +425,7 @@ def main() -> int:
         rows.append((case.cls, case.name, verdict, time.time() - t0, detail))
         print(f"| {case.cls} | {case.name} | {verdict} | {time.time() - t0:.1f} | "
               f"{detail.replace('|', '/')} |", flush=True)
-    print(f"\n{len(rows)} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    return 0 if set(counts) <= {"clean"} else 1
+    return rows, counts
 
 
 if __name__ == "__main__":

@@ -39,6 +39,20 @@ def test_encode_and_decode_equal_transformers(pair, text):
     assert ours.decode(ids) == hf.decode(ids)
 
 
+def test_long_text_encodes_as_transformers_and_within_the_length_bound(pair):
+    """A text past LONG_TEXT_CHARS (encoded through encode_batch, which lets other threads
+    run) gives transformers' ids, and at least len(text) / max_token_chars of them (the
+    server's pre-bound before tokenizing)."""
+    from scredge.runtime.hf_tokenizer import LONG_TEXT_CHARS
+
+    ours, hf = pair
+    text = ("héllo wörld, 世界 🙂 <|im_start|>user\nhi<|im_end|> " * LONG_TEXT_CHARS)[
+        :LONG_TEXT_CHARS + 7]
+    ids = ours.encode(text, add_special_tokens=False)
+    assert ids == hf(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) * ours.max_token_chars >= len(text)
+
+
 def test_decode_of_arbitrary_ids_equals_transformers(pair):
     """Random ids: byte tokens forming broken UTF-8, special tokens, anything a model emits."""
     ours, hf = pair
