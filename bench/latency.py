@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from scredge.artifact import atomic_write
+from scredge.destination import atomic_write
 from scredge.device import cuda_device_count
 from scredge.runtime.generation import Generator
 from scredge.runtime.tokenizer import StreamDecoder

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scredge.artifact import atomic_write
+from scredge.destination import atomic_write
 from scredge.errors import ScredgeError
 from scredge.limits import MAX_ARRAY_BYTES, MAX_JSON_BYTES
 

@@ -5,15 +5,9 @@ Torch-free: written by the exporter, read and checked by the runtime.
 
 from __future__ import annotations
 
-import fcntl
-import glob
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import scredge
@@ -30,110 +24,10 @@ from scredge.contract import (
     TOKENIZER_KEY,
     WEIGHTS_FILE,
 )
+from scredge.destination import atomic_write
 from scredge.errors import ScredgeError
 from scredge.files import decode_text, parse_json, read_bytes_limited, read_json_limited
 from scredge.limits import MAX_JSON_BYTES, MAX_TEXT_BYTES
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Write `path` whole or not at all: `write(tmp)` fills a temporary file in the same
-    folder (same suffix, so savers that append one do not), renamed over `path` once
-    complete; readable like any other file (0644, not mkstemp's 0600)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
-    """Rename the finished folder `tmp` to `out`, re-checking `out` at that moment.
-
-    Under an exclusive lock on `out`'s parent folder (every scredge replace takes it, so
-    two runs never interleave their renames): a previous interrupted replacement is
-    restored or reported (`recover_hidden`); `check(out)` (the caller's own test of a
-    replaceable destination, run at the start too) must pass again now, so a folder that
-    appeared or changed during the run is refused, never replaced; an existing `out` is
-    moved aside to `.NAME.old-PID`, `tmp` renamed in (the old one put back if that fails),
-    and the old one checked once more before it is deleted: if it changed between the
-    check and the rename it is kept as `.NAME.kept-PID` and reported, never deleted."""
-    with destination_lock(out):
-        recover_hidden(out)
-        check(out)
-        if not os.path.lexists(out):
-            try:
-                os.rename(tmp, out)
-            except OSError as exc:  # a non-empty folder made there since the check
-                raise ScredgeError("the output folder appeared while this command ran",
-                                   received=f"{out}: {exc.strerror}",
-                                   fix="nothing was replaced; choose another output or "
-                                       "run again") from exc
-            return
-        old = out.parent / f".{out.name}{OLD_INFIX}{os.getpid()}"
-        os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            os.rename(old, out)
-            raise
-        try:
-            check(old)
-        except ScredgeError as exc:
-            kept = out.parent / f".{out.name}{KEPT_INFIX}{os.getpid()}"
-            os.rename(old, kept)
-            raise ScredgeError("the output was replaced, but its previous contents changed "
-                               "while it was being replaced; they were kept, not deleted",
-                               received=f"{exc.what}", expected=f"the new output at {out}",
-                               fix=f"look through {kept}, then remove it") from exc
-        shutil.rmtree(old, ignore_errors=True)
-
-
-OLD_INFIX = ".old-"  # `.NAME.old-PID`: the previous folder during a replacement
-KEPT_INFIX = ".kept-"  # `.NAME.kept-PID`: a previous folder that changed, kept for the user
-
-
-@contextmanager
-def destination_lock(out: Path) -> Iterator[None]:
-    """An exclusive lock on `out`'s parent folder for the few renames of a replacement
-    (released by the kernel however the process ends)."""
-    try:
-        fd = os.open(out.parent, os.O_RDONLY)
-    except OSError as exc:
-        raise ScredgeError("cannot open the output's parent folder",
-                           received=f"{out.parent}: {exc.strerror}",
-                           fix="create it first, or choose another output") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def recover_hidden(out: Path) -> None:
-    """A replacement killed between its two renames leaves the previous folder hidden as
-    `.NAME.old-PID` (no live run has one outside the destination lock, which the caller
-    holds). With `out` missing the newest such folder is put back at `out` and the run
-    stops, saying so; with `out` present, the hidden one is reported, never deleted."""
-    pattern = f".{glob.escape(out.name)}{OLD_INFIX}*"
-    hidden = sorted(out.parent.glob(pattern), key=lambda p: p.lstat().st_mtime)
-    if not hidden:
-        return
-    if not os.path.lexists(out):
-        os.rename(hidden[-1], out)
-        raise ScredgeError("an interrupted replacement had left the previous output hidden; "
-                           "it is restored", received=f"{hidden[-1].name} -> {out}",
-                           expected="nothing hidden beside the output",
-                           fix="run the command again (with --force to replace it)")
-    raise ScredgeError("an interrupted replacement left a previous output beside this one",
-                       received=", ".join(str(p) for p in hidden),
-                       expected="nothing hidden beside the output",
-                       fix="look through it and remove it (or move it back over the output)")
 
 
 def sha256_file(*paths: Path) -> str:

@@ -23,16 +23,14 @@ from pathlib import Path
 
 from scredge import contract
 from scredge.artifact import (
-    destination_lock,
     listed_member,
     read_listed_bytes,
-    recover_hidden,
-    replace_folder,
     sha256_file,
     verify_manifest,
 )
 from scredge.config import SCRConfig
 from scredge.deps import require
+from scredge.destination import destination_lock, recover_hidden, replace_folder
 from scredge.errors import ScredgeError
 from scredge.files import read_json_limited
 from scredge.hf_config import FAMILIES, llama_config

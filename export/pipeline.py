@@ -23,10 +23,7 @@ import scredge
 from scredge import contract
 from scredge.artifact import (
     check_manifest,
-    destination_lock,
     read_member_json,
-    recover_hidden,
-    replace_folder,
     sha256_file,
     write_manifest,
 )
@@ -45,6 +42,7 @@ from scredge.contract import (
     GraphIO,
 )
 from scredge.deps import require
+from scredge.destination import destination_lock, recover_hidden, replace_folder
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
 from scredge.export.quantize import QUANT_OPSET, QuantSpec

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from scredge.artifact import atomic_write
 from scredge.config import SCRConfig
 from scredge.deps import require
+from scredge.destination import atomic_write
 from scredge.errors import ScredgeError
 from scredge.files import parse_json
 from scredge.ref.model import SCRForCausalLM
@@ -33,7 +33,28 @@ def save_checkpoint(model: SCRForCausalLM, path: str | Path) -> Path:
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
-    return atomic_write(path, lambda tmp: st.save_file(tensors, tmp, metadata=meta))
+
+    def write(tmp) -> None:
+        st.save_file(tensors, tmp, metadata=meta)
+        _sort_metadata(tmp)
+
+    return atomic_write(path, write)
+
+
+def _sort_metadata(path) -> None:
+    """safetensors writes `__metadata__` from a hash map, in an order that changes from one
+    process to the next; rewrite the header with it sorted (same length, same offsets), so
+    the same weights always give the same bytes and the sha256 a folder records for its
+    reference weights identifies them."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:  # always equal: the same keys and values, only reordered
+            f.seek(8)
+            f.write(text.ljust(n))
 
 
 def init_checkpoint(config: SCRConfig, out: str | Path, seed: int = 0, gamma: float = 0.1,

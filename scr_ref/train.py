@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scredge.artifact import atomic_write
 from scredge.config import SCRConfig
 from scredge.contract import TOKENIZER_FILES, TOKENIZER_KEY, WEIGHTS_FILE
+from scredge.destination import atomic_write
 from scredge.errors import ScredgeError
 from scredge.ref.checkpoint import save_checkpoint
 from scredge.ref.corpus import sha256

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from scredge.artifact import atomic_write
 from scredge.config import SCRConfig
+from scredge.destination import atomic_write
 from scredge.errors import ScredgeError
 from scredge.ref.train_config import TRAJECTORY_FIELDS, TrainConfig
 

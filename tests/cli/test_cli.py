@@ -11,7 +11,7 @@ from scredge.cli import build_parser, main
 from scredge.config import SCRConfig
 
 WORKING = {"info", "init", "export", "export-hf", "generate", "build", "parity", "bench", "train",
-           "serve"}
+           "serve", "chat"}
 
 
 def test_help_lists_only_working_subcommands(capsys):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scredge.artifact import recover_hidden, replace_folder
+from scredge.destination import recover_hidden, replace_folder
 from scredge.errors import ScredgeError
 
 

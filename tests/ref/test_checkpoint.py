@@ -64,3 +64,15 @@ def test_config_mismatch_and_unreadable_files(micro, tmp_path):
     bare = _write(tmp_path, build_model(micro).state_dict())
     with pytest.raises(ScredgeError, match="carries no scredge config"):
         load_checkpoint(bare)
+
+
+def test_the_same_weights_give_the_same_bytes(micro, tmp_path):
+    """Oracle: sha256 of the files. safetensors writes its metadata from a hash map in a
+    varying order; save_checkpoint sorts it, so a folder's recorded reference sha256
+    identifies the weights (six saves: an unsorted writer differs with odds 31/32)."""
+    from scredge.artifact import sha256_file
+
+    model = build_model(micro, seed=0)
+    shas = {sha256_file(save_checkpoint(model, tmp_path / f"{k}.safetensors")) for k in range(6)}
+    assert len(shas) == 1
+    assert load_checkpoint(tmp_path / "0.safetensors").config == micro
