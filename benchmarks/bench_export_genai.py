@@ -52,9 +52,10 @@ OURS = {"fp32": [], "fp16": ["--dtype", "float16"], "int4": ["--quantize", "int4
 
 
 def save_folder(shape: str, folder: Path) -> Path:
-    """The random float32 folder of `shape`, made once (in a child: its memory is not ours)."""
+    """The random float32 folder of `shape` with a small BPE tokenizer (the builder needs
+    one), made once (in a child: its memory is not ours)."""
     if (folder / "config.json").is_file():
-        return folder
+        return add_tokenizer(folder)
     family, kwargs = SHAPES[shape]
     code = ("import sys, torch, transformers\n"
             f"kind = {{'llama': transformers.LlamaConfig, 'qwen2': transformers.Qwen2Config}}"
@@ -66,6 +67,29 @@ def save_folder(shape: str, folder: Path) -> Path:
             "m.save_pretrained(sys.argv[1])\n")
     subprocess.run([sys.executable, "-c", code, str(folder)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return add_tokenizer(folder)
+
+
+def add_tokenizer(folder: Path) -> Path:
+    """A 2,000-token byte-level BPE trained on scredge's prose corpus, saved by
+    transformers beside the weights; its ids are a subset of every shape's vocabulary."""
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from scredge.ref.corpus import prose_corpus
+
+    text = prose_corpus()[:200_000].decode("utf-8", errors="ignore")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text.split("\n\n"), trainers.BpeTrainer(
+        vocab_size=2000, special_tokens=["<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
+                                                eos_token="</s>", pad_token="<s>")
+    fast.save_pretrained(folder)
     return folder
 
 

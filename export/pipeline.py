@@ -230,7 +230,7 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, stream: bool,
         onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
         return proto, large, len(proto.graph.node)
-    from scredge.export.stream_write import dedup_small, write_onnx
+    from scredge.export.stream_write import dedup_small, trim_heap, write_onnx
 
     log(f"  stamped {c.n_layers} layers out of a {len(stamp_trace_layers(c))}-layer trace")
     _window_record(stamped.proto, c.window)
@@ -241,7 +241,13 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, stream: bool,
                release=(lambda name: None) if mapped is None else mapped.release)
     release_all(model)
     onnx.checker.check_model(str(tmp / ONNX_FILE))
-    return None, True, len(stamped.proto.graph.node)
+    nodes = len(stamped.proto.graph.node)
+    del stamped
+    import gc
+
+    gc.collect()
+    trim_heap()
+    return None, True, nodes
 
 
 def stamp_trace_layers(c) -> list[int]:

@@ -58,6 +58,17 @@ class Progress:
                 f"{self.total / self.scale:.0f} {self.unit}  {took:5.1f} s")
 
 
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc), so what one step freed
+    does not stay resident under the next step's peak."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _source(params: dict, name: str) -> np.ndarray:
     return params[name].detach().numpy()
 

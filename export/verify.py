@@ -52,8 +52,10 @@ def verify_onnx(onnx_path: Path, model, dtype: str, **kwargs) -> TeacherForcedRe
 
     vocab = model.config.vocab_size
     reference = recorded_reference(model, vocab, dtype, **kwargs)
-    # unpacked weights: onnxruntime reads them where it mapped the file, no packed copy
-    session = ort_session(onnx_path, "cpu", config_entries={"session.disable_prepacking": "1"})
+    # unpacked weights: onnxruntime reads them where it mapped the file, no packed copy;
+    # threads that sleep rather than spin between the few calls made here
+    session = ort_session(onnx_path, "cpu", config_entries={
+        "session.disable_prepacking": "1", "session.intra_op.allow_spinning": "0"})
     kv = np.float16 if dtype == "float16" else np.float32
     runner = OrtRunner(session, model.config, kv)
     return teacher_forced(reference, runner.decoder(kwargs.get("batch", 2)).step,

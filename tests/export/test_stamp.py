@@ -65,8 +65,20 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("case", sorted(CASES))
+# each case traces the model twice (whole, and the 3-layer trace it is stamped from): one
+# case runs by default, the others are slow
+PARAMS = [pytest.param(case, dtype, marks=() if (case, dtype) == ("scr-all", "float32")
+                       else pytest.mark.slow)
+          for case in sorted(CASES) for dtype in ("float32", "float16")
+          if dtype == "float32" or not CASES[case]["scr_layers"]]
+
+
+def test_float16_with_scr_layers_is_traced_whole():
+    """Oracle: the documented fallback (stamp.stamp_graph returns None before tracing)."""
+    assert stamp_graph(SCRConfig.preset("tiny").with_(n_layers=5), "float16", 18) is None
+
+
+@pytest.mark.parametrize(("case", "dtype"), PARAMS)
 def test_stamped_graph_equals_the_full_trace(tmp_path, case, dtype):
     c = SCRConfig.preset("tiny").with_(n_layers=5, **CASES[case])
     model = build_model(c, seed=2, gamma=0.3)
