@@ -42,6 +42,9 @@ from scredge.tokenizer_files import TokenizerFiles
 
 DTYPES = ("float32", "float16")
 EXTERNAL_DATA_BYTES = 1 << 30
+# above this many bytes of float32 weights the shallow trace runs in a child process, whose
+# exporter machinery then never stays resident beside the weights (export/stamp.py)
+TRACE_APART_BYTES = 256 << 20
 PARTIAL_INFIX = ".partial-"  # `.NAME.partial-XXXX`: an export in progress beside NAME
 
 
@@ -220,9 +223,11 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, stream: bool,
     c = model.config
     stamped = None
     if stream:
-        from scredge.export.stamp import stamp_graph
+        from scredge.export.stamp import stamp_graph, stamp_graph_apart
 
-        stamped = stamp_graph(c, dtype, opset)
+        weights = sum(p.numel() * 4 for p in model.parameters())
+        stamped = (stamp_graph_apart if weights > TRACE_APART_BYTES else stamp_graph)(
+            c, dtype, opset)
     if stamped is None:
         proto = export_graph(cast_for_export(model, dtype), opset)
         _window_record(proto, c.window)
