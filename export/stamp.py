@@ -20,9 +20,8 @@ when its kind differs) and a small vocabulary, with distinct random weights, the
   initializers with the traced model's parameters, so the weights are written later one at
   a time (export/stream_write.py) and never held in the graph.
 
-The result is the graph a full trace gives (tests/export/test_stamp.py holds the two to
-node-for-node equality and equal logits on small models). A model this cannot stamp (at
-most three layers, interior layers of two kinds) is traced whole (`None` here).
+The result is the graph a full trace gives (tests/export/test_stamp.py: node for node, and
+equal logits). A model this cannot stamp is traced whole (`None` here).
 """
 
 from __future__ import annotations
@@ -113,9 +112,8 @@ def _layers_of_nodes(graph) -> list[int]:
             continue
         seen = {layer[r] for o in nodes[j].output for r in readers.get(o, [])}
         graph_out = any(o in outputs for o in nodes[j].output)
-        layer[j] = seen.pop() if len(seen) == 1 and not graph_out and None not in seen else -1
-        if layer[j] is None:
-            layer[j] = -1
+        one = seen.pop() if len(seen) == 1 else None
+        layer[j] = one if one is not None and not graph_out else -1
     return layer
 
 
@@ -136,7 +134,6 @@ class _Stamper:
         self.by_layer = {t: [n for n, lay in zip(nodes, self.layer) if lay == t]
                          for t in range(len(real_layers))}
         self.producer = {o: (j, k) for j, n in enumerate(nodes) for k, o in enumerate(n.output)}
-        self.node_layer = {id(n): lay for n, lay in zip(nodes, self.layer)}
         self.inits = {i.name for i in self.g.initializer}
         self.inits_with_recipe: set[str] = set()
         one, two = self.by_layer[1], self.by_layer[2]
@@ -250,7 +247,7 @@ def _stamp(c: SCRConfig, tc: SCRConfig, real: list[int], model, traced) -> Stamp
                 nodes.extend(stamped)
                 placed = True
             continue
-        new = _copy_node(node, rename, lambda x: x)
+        new = _copy_node(node, rename)
         if lay == K - 1:
             _retag(new, K - 1, last)
         nodes.append(new)
@@ -260,14 +257,11 @@ def _stamp(c: SCRConfig, tc: SCRConfig, real: list[int], model, traced) -> Stamp
     return StampedGraph(proto, final)
 
 
-def _copy_node(node, rename: dict[str, str], default):
-    onnx = require("onnx")
-    new = onnx.NodeProto()
+def _copy_node(node, rename: dict[str, str]):
+    new = require("onnx").NodeProto()
     new.CopyFrom(node)
-    for k, x in enumerate(new.input):
-        new.input[k] = rename.get(x, default(x))
-    for k, x in enumerate(new.output):
-        new.output[k] = rename.get(x, default(x))
+    new.input[:] = [rename.get(x, x) for x in new.input]
+    new.output[:] = [rename.get(x, x) for x in new.output]
     return new
 
 
@@ -281,8 +275,7 @@ def _retag(node, old: int, new: int) -> None:
 
 
 def _stamp_node(a, plan, i: int, weights: dict, found: dict):
-    onnx = require("onnx")
-    new = onnx.NodeProto()
+    new = require("onnx").NodeProto()
     new.CopyFrom(a)
     _retag(new, 1, i)
     for k, (kind, via) in enumerate(plan):
