@@ -67,10 +67,15 @@ class MappedSafetensors:
             self.tensors[name] = raw.view(dtype).reshape(shape)
             self._spans[name] = (mm, start + lo, start + hi)
 
+    def __deepcopy__(self, memo) -> MappedSafetensors:
+        return self  # a copy of the model shares the file mapping (its tensors are copied)
+
     def release(self, name: str | None = None) -> None:
         """Hand back the pages of tensor `name` (every tensor when None): they leave this
         process's resident memory and are read from the file again if used again. Only
         for tensors not written to (copy-on-write pages would be lost)."""
+        if name is not None and name not in self._spans:
+            return  # not one of the file's tensors (an SCR layer's, made in memory)
         spans = self._spans.values() if name is None else [self._spans[name]]
         page = mmap.PAGESIZE
         for mm, lo, hi in spans:
