@@ -53,6 +53,9 @@ from scredge.tokenizer_files import TokenizerFiles
 DTYPES = ("float32", "float16")
 TARGETS = ("all", *BACKENDS)  # --target: the backends whose graphs the folder holds
 EXTERNAL_DATA_BYTES = 1 << 30
+# above this many bytes of float32 weights the shallow trace runs in a child process, whose
+# exporter machinery then never stays resident beside the weights (export/stamp.py)
+TRACE_APART_BYTES = 256 << 20
 PARTIAL_INFIX = ".partial-"  # `.NAME.partial-XXXX`: an export in progress beside NAME
 # the greedy run of the golden reference an export records itself (a slim folder): shorter
 # than `parity --record`'s 256, as each token is a full reference step (seconds per 10
@@ -277,6 +280,76 @@ def _share_permissions(tmp: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
+def _window_record(proto, window) -> None:
+    record = proto.metadata_props.add()  # the runtime checks config.json against it
+    record.key, record.value = contract.WINDOW_METADATA, str(window)
+
+
+def write_graph(model, dtype: str, opset: int, tmp: Path, stream: bool,
+                log: Callable[[str], None]) -> tuple[object | None, bool, int]:
+    """The graph in `tmp` (ONNX_FILE, and ONNX_DATA_FILE when external): (the in-memory
+    proto when it was traced whole, else None; whether the weights are external; nodes).
+
+    `stream`: stamp the graph out of a shallow trace (export/stamp.py) and write the
+    weights one at a time (export/stream_write.py); a model that cannot be stamped, and a
+    quantized export (whose quantizer takes the whole graph), are traced whole."""
+    onnx = require("onnx")
+    from scredge.ref.mapped import release_all
+
+    c = model.config
+    stamped = None
+    if stream:
+        from scredge.export.stamp import stamp_graph, stamp_graph_apart
+
+        weights = sum(p.numel() * 4 for p in model.parameters())
+        stamped = (stamp_graph_apart if weights > TRACE_APART_BYTES else stamp_graph)(
+            c, dtype, opset)
+    if stamped is None:
+        proto = export_graph(cast_for_export(model, dtype), opset)
+        _window_record(proto, c.window)
+        large = proto.ByteSize() > EXTERNAL_DATA_BYTES
+        onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
+                        all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
+        return proto, large, len(proto.graph.node)
+    from scredge.export.stream_write import dedup_small, trim_heap, write_onnx
+
+    log(f"  stamped {c.n_layers} layers out of a {len(stamp_trace_layers(c))}-layer trace")
+    _window_record(stamped.proto, c.window)
+    params = model.state_dict()
+    dedup_small(stamped, params)
+    mapped = getattr(model, "mapped_weights", None)
+    write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE,
+               release=(lambda name: None) if mapped is None else mapped.release)
+    release_all(model)
+    onnx.checker.check_model(str(tmp / ONNX_FILE))
+    nodes = len(stamped.proto.graph.node)
+    del stamped
+    import gc
+
+    gc.collect()
+    trim_heap()
+    return None, True, nodes
+
+
+def stamp_trace_layers(c) -> list[int]:
+    from scredge.export.stamp import trace_config
+
+    plan = trace_config(c)
+    return [] if plan is None else plan[1]
+
+
+def write_reference(model, path: Path) -> None:
+    """The float32 reference checkpoint (scredge.ref.save_checkpoint's file), streamed one
+    tensor at a time."""
+    from scredge.export.stream_write import write_safetensors
+    from scredge.ref.checkpoint import CONFIG_METADATA_KEY
+
+    mapped = getattr(model, "mapped_weights", None)
+    meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
+    write_safetensors(model.state_dict(), path, meta,
+                      release=(lambda name: None) if mapped is None else mapped.release)
+
+
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
@@ -289,9 +362,6 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     quantized tier (section 5) in both of its graphs. `keep_reference`: keep the float32
     reference weights (model.safetensors; the CLI's default is a slim folder without them);
     `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds."""
-    from scredge.ref import save_checkpoint
-
-    onnx = require("onnx")
     out = Path(out).absolute()
     c = model.config
     opset = default_opset(quantize) if opset is None else opset
@@ -308,13 +378,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     try:
         t0 = time.perf_counter()
         log(f"exporting {dtype} graph (opset {opset}) ...")
-        proto = export_graph(cast_for_export(model, dtype), opset)
-        record = proto.metadata_props.add()  # the runtime checks config.json against it
-        record.key, record.value = contract.WINDOW_METADATA, str(c.window)
-        large = proto.ByteSize() > EXTERNAL_DATA_BYTES
-        onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
-                        all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
-        save_checkpoint(model, tmp / WEIGHTS_FILE)
+        proto, large, nodes = write_graph(model, dtype, opset, tmp, quantize is None, log)
+        write_reference(model, tmp / WEIGHTS_FILE)
         reference = {"sha256": sha256_file(tmp / WEIGHTS_FILE), "kept": keep_reference}
         config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
                                  "external_data": large, "target": target,
@@ -325,7 +390,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             log(f"  tokenizer: {', '.join(tokenizer.files)} (eos ids "
                 f"{list(tokenizer.eos_token_ids)})")
         t1 = time.perf_counter()
-        log(f"  graph written in {t1 - t0:.1f} s ({len(proto.graph.node)} nodes)")
+        log(f"  graph written in {t1 - t0:.1f} s ({nodes} nodes)")
 
         log("verifying with onnxruntime against the reference ...")
         report = verify_onnx(tmp / ONNX_FILE, model, dtype)

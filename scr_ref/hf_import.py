@@ -48,9 +48,8 @@ def read_hf_config(folder: Path) -> dict:
                              expected="a JSON object as save_pretrained writes it")
 
 
-def read_safetensors(folder: Path) -> dict:
-    """Every tensor of the folder's safetensors files (the index's, when it has one), each
-    file's header checked against its size before anything is allocated."""
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of a Hugging Face folder (the SCR file of export-hf excluded)."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         files = _index_files(index)
@@ -60,10 +59,14 @@ def read_safetensors(folder: Path) -> dict:
         raise ScredgeError("no safetensors weights in the Hugging Face folder",
                            received=str(folder),
                            fix="save the model with save_pretrained(safe_serialization=True)")
-    tensors = {}
-    for name in files:
-        tensors.update(load_safetensors(folder / name))
-    return tensors
+    return [folder / name for name in files]
+
+
+def read_safetensors(folder: Path) -> dict:
+    """Every tensor of the folder's weight files, memory-mapped (scredge.ref.mapped)."""
+    from scredge.ref.mapped import MappedSafetensors
+
+    return MappedSafetensors(safetensors_files(folder)).tensors
 
 
 def _index_files(index: Path) -> list[str]:
@@ -114,18 +117,24 @@ def load_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
                seed: int = 0) -> HFModel:
     """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto the weights of a
     local Llama, Mistral or Qwen2 folder; `scr_layers` None = every layer. A folder written
-    by `scredge export-hf` gets its own trained SCR layers back (HF_SCR_FILE)."""
+    by `scredge export-hf` gets its own trained SCR layers back (HF_SCR_FILE).
+
+    The base weights are not copied: float32 tensors are views of the memory-mapped files
+    (scredge.ref.mapped; `model.mapped_weights` hands their pages back), other dtypes are
+    converted one tensor at a time. The SCR layers get exactly the values `build_model`
+    would give them (the same seeded stream)."""
     from scredge.ref.checkpoint import check_tensor_names_and_shapes
-    from scredge.ref.model import build_model
+    from scredge.ref.mapped import MappedSafetensors
+    from scredge.ref.model import SCRForCausalLM, rotary_inv_freq
 
     torch = require("torch")
     folder = Path(folder)
     hf, config, tokenizer = hf_config_and_tokenizer(folder, scr_layers)
-    tensors = {k: v for k, v in read_safetensors(folder).items()
+    mapped = MappedSafetensors(safetensors_files(folder))
+    tensors = {k: v for k, v in mapped.tensors.items()
                if not k.endswith("rotary_emb.inv_freq")}
     if config.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # HF may store the tied copy
-    model = build_model(config, seed, gamma=0.0)
     expected = {k: s for k, s in config.parameter_shapes().items() if ".scr." not in k}
     check_tensor_names_and_shapes({k: tuple(v.shape) for k, v in tensors.items()}, expected,
                                   f"Hugging Face weights in {folder}")
@@ -136,11 +145,35 @@ def load_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
             {k: tuple(v.shape) for k, v in scr_tensors.items()},
             {k: s for k, s in config.parameter_shapes().items() if ".scr." in k},
             f"{folder / HF_SCR_FILE}")
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, value in (tensors | scr_tensors).items():
-            params[name].copy_(value.to(torch.float32))
+    with torch.device("meta"):
+        model = SCRForCausalLM(config)
+    model.inv_freq = rotary_inv_freq(config)  # a plain attribute, made on meta above
+    seeded = {} if scr_tensors else seeded_scr_parameters(model, seed)
+    values = seeded | tensors | scr_tensors
+    model.load_state_dict({k: v if v.dtype == torch.float32 else v.to(torch.float32)
+                           for k, v in values.items()}, strict=True, assign=True)
+    model.mapped_weights = mapped
     scr = {"scr_file": HF_SCR_FILE} if scr_tensors else {"scr_seed": seed, "gamma_init": 0.0}
-    return HFModel(model, {"kind": "huggingface", "folder": str(folder),
-                           "architectures": hf.get("architectures"),
-                           "model_type": hf.get("model_type"), **scr}, tokenizer)
+    return HFModel(model.eval(), {"kind": "huggingface", "folder": str(folder),
+                                  "architectures": hf.get("architectures"),
+                                  "model_type": hf.get("model_type"), **scr}, tokenizer)
+
+
+def seeded_scr_parameters(model, seed: int, std: float = 0.02) -> dict:
+    """The SCR parameters `scr_ref.model.init_weights(model, seed, gamma=0)` gives: the
+    seeded stream is drawn in parameter order, the base tensors' draws discarded (one
+    tensor at a time), up to the last SCR parameter."""
+    torch = require("torch")
+    names = [n for n, _ in model.named_parameters()]
+    last = max((i for i, n in enumerate(names) if ".scr." in n), default=-1)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for i, (name, p) in enumerate(model.named_parameters()):
+        if i > last:
+            break
+        drawn = not (name.endswith("layernorm.weight") or name == "model.norm.weight"
+                     or name.endswith("scr.scale") or name.endswith(".bias"))
+        value = torch.randn(p.shape, generator=gen) * std if drawn else None
+        if ".scr." in name:
+            out[name] = value if value is not None else torch.zeros(p.shape)
+    return out

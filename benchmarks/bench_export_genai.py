@@ -1,0 +1,231 @@
+"""`scredge export --from-llama` against onnxruntime-genai's model builder on the same
+Hugging Face folder: wall time, CPU time and peak resident memory of each, every run in its
+own child process (its own VmHWM, read by os.wait4), the two alternating, medians.
+
+Folders: random weights of a real model's shape, float32, written by transformers'
+save_pretrained (smollm2-135m: LlamaForCausalLM; qwen2.5-0.5b / qwen2.5-1.5b:
+Qwen2ForCausalLM, q/k/v biases, tied embeddings). Ours: `--scr-layers none` (the model the
+builder makes), verification against the reference included; the builder:
+`python -m onnxruntime_genai.models.builder -i HF -o OUT -p fp32|fp16|int4 -e cpu`.
+
+Usage: python benchmarks/bench_export_genai.py [--shapes smollm2-135m qwen2.5-0.5b]
+       [--precisions fp32 fp16 int4] [--repeat 3] [--no-builder] [--work DIR] [--json]
+       python benchmarks/bench_export_genai.py --decode [--contexts 16 1024] [--tokens 32]
+Decode: ms/token at each context (batch 1, one intra-op thread) of our float32 and int4
+artifacts of the smollm2-135m folder against onnxruntime-genai's fp32 and int4 builds of it,
+each measurement its own process (benchmarks/bench_quant.py's workers), alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536,
+                                   num_hidden_layers=30, num_attention_heads=9,
+                                   num_key_value_heads=3, vocab_size=49152,
+                                   max_position_embeddings=8192, rope_theta=100000.0,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=True)),
+    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864,
+                                   num_hidden_layers=24, num_attention_heads=14,
+                                   num_key_value_heads=2, vocab_size=151936,
+                                   max_position_embeddings=32768, rope_theta=1000000.0,
+                                   rms_norm_eps=1e-6, tie_word_embeddings=True)),
+    "qwen2.5-1.5b": ("qwen2", dict(hidden_size=1536, intermediate_size=8960,
+                                   num_hidden_layers=28, num_attention_heads=12,
+                                   num_key_value_heads=2, vocab_size=151936,
+                                   max_position_embeddings=32768, rope_theta=1000000.0,
+                                   rms_norm_eps=1e-6, tie_word_embeddings=True)),
+}
+OURS = {"fp32": [], "fp16": ["--dtype", "float16"], "int4": ["--quantize", "int4"],
+        "int8": ["--quantize", "int8"]}
+
+
+def save_folder(shape: str, folder: Path) -> Path:
+    """The random float32 folder of `shape` with a small BPE tokenizer (the builder needs
+    one), made once (in a child: its memory is not ours)."""
+    if (folder / "config.json").is_file():
+        return add_tokenizer(folder)
+    family, kwargs = SHAPES[shape]
+    code = ("import sys, torch, transformers\n"
+            f"kind = {{'llama': transformers.LlamaConfig, 'qwen2': transformers.Qwen2Config}}"
+            f"['{family}']\n"
+            f"cls = {{'llama': transformers.LlamaForCausalLM, "
+            f"'qwen2': transformers.Qwen2ForCausalLM}}['{family}']\n"
+            "torch.manual_seed(0)\n"
+            f"m = cls(kind(**{kwargs!r})).eval()\n"
+            "m.save_pretrained(sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", code, str(folder)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return add_tokenizer(folder)
+
+
+def add_tokenizer(folder: Path) -> Path:
+    """A 2,000-token byte-level BPE trained on scredge's prose corpus, saved by
+    transformers beside the weights; its ids are a subset of every shape's vocabulary."""
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from scredge.ref.corpus import prose_corpus
+
+    text = prose_corpus()[:200_000].decode("utf-8", errors="ignore")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text.split("\n\n"), trainers.BpeTrainer(
+        vocab_size=2000, special_tokens=["<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
+                                                eos_token="</s>", pad_token="<s>")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def timed(cmd: list[str], env: dict | None = None) -> dict:
+    """Wall s, CPU s (user + sys) and peak RSS MiB of `cmd`, a child process of its own."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.decode(errors='replace')[-3000:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def folder_mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def ours_cmd(hf: Path, out: Path, precision: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "scredge"), "export", "--from-llama", str(hf),
+            "--scr-layers", "none", "--out", str(out), "--force", *OURS[precision]]
+
+
+def builder_cmd(hf: Path, out: Path, precision: str, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o",
+            str(out), "-p", precision, "-e", "cpu", "-c", str(cache)]
+
+
+def export_rows(args, work: Path) -> list[dict]:
+    rows = []
+    for shape in args.shapes:
+        hf = save_folder(shape, work / f"hf-{shape}")
+        for precision in args.precisions:
+            runs: dict[str, list[dict]] = {"scredge": [], "builder": []}
+            for _ in range(args.repeat):
+                for tool in ("scredge", "builder") if args.builder else ("scredge",):
+                    out = work / f"{tool}-{shape}-{precision}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    cmd = (ours_cmd(hf, out, precision) if tool == "scredge" else
+                           builder_cmd(hf, out, precision, work / "builder-cache"))
+                    r = timed(cmd)
+                    r["folder_mib"] = folder_mib(out)
+                    runs[tool].append(r)
+                    print(f"  {shape} {precision} {tool}: {r['wall_s']:.1f} s wall, "
+                          f"{r['cpu_s']:.1f} s CPU, peak {r['peak_rss_mib']:.0f} MiB",
+                          file=sys.stderr, flush=True)
+                    shutil.rmtree(work / "builder-cache", ignore_errors=True)
+            row = {"shape": shape, "precision": precision, "hf_mib": folder_mib(hf)}
+            for tool, rs in runs.items():
+                if rs:
+                    row[tool] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+                    row[tool]["samples_wall_s"] = [round(r["wall_s"], 1) for r in rs]
+            rows.append(row)
+            print(line(row), flush=True)
+    return rows
+
+
+def line(row: dict) -> str:
+    s = row["scredge"]
+    text = (f"{row['shape']:<13} {row['precision']:<5} scredge {s['wall_s']:6.1f} s wall "
+            f"{s['cpu_s']:6.1f} s CPU {s['peak_rss_mib']:6.0f} MiB peak "
+            f"{s['folder_mib']:6.0f} MiB folder")
+    b = row.get("builder")
+    if b:
+        text += (f" | builder {b['wall_s']:6.1f} s wall {b['cpu_s']:6.1f} s CPU "
+                 f"{b['peak_rss_mib']:6.0f} MiB peak {b['folder_mib']:6.0f} MiB folder | "
+                 f"ratio wall {s['wall_s'] / b['wall_s']:.2f}x CPU {s['cpu_s'] / b['cpu_s']:.2f}x"
+                 f" memory {s['peak_rss_mib'] / b['peak_rss_mib']:.2f}x")
+    return text
+
+
+def decode_rows(args, work: Path) -> list[dict]:
+    """ms/token of ours (fp32, int4) and onnxruntime-genai's (fp32, int4) on smollm2-135m."""
+    hf = save_folder("smollm2-135m", work / "hf-smollm2-135m")
+    folders = {}
+    for p in ("fp32", "int4"):
+        out = work / f"scredge-smollm2-135m-{p}"
+        if not (out / "manifest.json").is_file():
+            subprocess.run(ours_cmd(hf, out, p), check=True, stdout=subprocess.DEVNULL)
+        folders[f"scredge {p}"] = out
+        gout = work / f"builder-smollm2-135m-{p}"
+        if not (gout / "genai_config.json").is_file():
+            subprocess.run(builder_cmd(hf, gout, p, work / "builder-cache"), check=True,
+                           stdout=subprocess.DEVNULL)
+        cfg = json.loads((gout / "genai_config.json").read_text())
+        cfg["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = 1
+        (gout / "genai_config.json").write_text(json.dumps(cfg, indent=4))
+        folders[f"genai {p}"] = gout
+    rows = []
+    for ctx in args.contexts:
+        samples: dict[str, list[float]] = {k: [] for k in folders}
+        for _ in range(args.repeat):
+            for name, folder in folders.items():
+                cmd = [sys.executable, str(HERE / "bench_quant.py"), "--worker", str(folder),
+                       "--prompt", str(ctx), "--tokens", str(args.tokens), "--threads", "1"]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode:
+                    raise SystemExit(f"{name} worker failed:\n{proc.stderr[-3000:]}")
+                tps = json.loads(proc.stdout.strip().splitlines()[-1])["decode_tokens_per_s"]
+                samples[name].append(1e3 / tps)
+        row = {"context": ctx, **{k: statistics.median(v) for k, v in samples.items()},
+               "samples": samples}
+        rows.append(row)
+        print(f"context {ctx:5d}: " + "  ".join(
+            f"{k} {row[k]:.2f} ms/token" for k in folders)
+            + f"  | fp32 ours/genai {row['scredge fp32'] / row['genai fp32']:.2f}x, int4 "
+              f"{row['scredge int4'] / row['genai int4']:.2f}x", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"],
+                    choices=sorted(SHAPES))
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=sorted(OURS))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-builder", dest="builder", action="store_false",
+                    help="ours alone (a shape the builder's run does not fit in time)")
+    ap.add_argument("--decode", action="store_true", help="decode ms/token instead")
+    ap.add_argument("--contexts", nargs="+", type=int, default=[16, 1024])
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--work", type=Path, help="keep folders here (reused: the HF folders)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-export-genai-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    rows = decode_rows(args, work) if args.decode else export_rows(args, work)
+    print(f"load average before {load}, after {os.getloadavg()} "
+          f"({os.cpu_count()} cores, shared)", flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

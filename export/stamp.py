@@ -1,0 +1,450 @@
+"""The decoder graph of a deep model, stamped out of the trace of a shallow one (issue 27).
+
+Tracing costs time per layer and, with the weights inside the graph, memory per weight;
+a 30-layer model traced whole took minutes and several copies of its weights. Every
+interior layer of one kind exports to the same nodes, so this traces a model of the same
+config with few layers (`trace_config`: the first layer, two interior ones, the last one
+when its kind differs) and a small vocabulary, with distinct random weights, then:
+
+- finds each traced node's layer (its name scope; the few nodes the exporter names after
+  the model, like the rotary `Split`, by the layer all their readers belong to);
+- pairs interior layers 1 and 2 node by node: an input both read under one name is shared
+  (the rotary cos/sin, the mask, shape constants), one that layer 2 reads from layer 1
+  where layer 1 read it from layer 0 is the residual chain, an initializer they read under
+  different names is a per-layer weight;
+- copies layer 1 for every interior layer of the real model and renames the traced last
+  layer, graph inputs and outputs (`past_key_values.i.*`, `present.i.*`, SCR carries) after
+  the real layer, then names the nodes as `graph._rename_nodes` does for a full trace;
+- describes each weight initializer by a `Recipe` (which parameter of the real model, which
+  transform: as is, transposed, SCR scale folded), found by comparing the traced graph's
+  initializers with the traced model's parameters, so the weights are written later one at
+  a time (export/stream_write.py) and never held in the graph.
+
+The result is the graph a full trace gives (tests/export/test_stamp.py: node for node, and
+equal logits). A model this cannot stamp is traced whole (`None` here).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from scredge.config import SCRConfig
+from scredge.deps import require
+
+TRACE_SEED = 1234
+_LAYER = re.compile(r"/model/layers\.(\d+)/")
+_IO = re.compile(r"^(past_key_values|present|scr_past|scr_present)\.(\d+)\.(.+)$")
+_PARAM_LAYER = re.compile(r"^(m\.)?model\.layers\.(\d+)\.")
+_FOLD = re.compile(r"^m\.model\.layers\.(\d+)\.scr\.proj\.(weight_t|bias)_x_scale$")
+_DEDUP_LIMIT = 1024  # onnx_ir's DeduplicateInitializersPass: tensors of at most this size
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One weight initializer: `transform` of parameter `param` of the real model, in
+    `dtype` (numpy). transform: "id", "T" (2-D transposed), "fold_w" / "fold_b" (the SCR
+    projection's transposed weight / bias times its scale, export/fold_scale.py)."""
+
+    param: str
+    transform: str
+    dtype: np.dtype
+
+    def shape(self, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+        s = shapes[self.param]
+        return tuple(reversed(s)) if self.transform in ("T", "fold_w") else tuple(s)
+
+
+@dataclass
+class StampedGraph:
+    proto: object  # onnx.ModelProto; weight initializers carry dims and dtype, no data
+    recipes: dict[str, Recipe]  # initializer name -> how to make it
+
+
+def trace_config(c: SCRConfig) -> tuple[SCRConfig, list[int]] | None:
+    """(the shallow config to trace, real layer of each traced layer; -1 = a second
+    interior layer, only compared), or None when the model cannot be stamped."""
+    n = c.n_layers
+    if n <= 3:
+        return None
+    kinds = [i in c.scr_layers for i in range(n)]
+    if len(set(kinds[1:n - 1])) != 1:
+        return None
+    mid = kinds[1]
+    layout = [kinds[0], mid, mid] + ([kinds[-1]] if kinds[-1] != mid else [])
+    real = [0, 1, -1, n - 1] if len(layout) == 4 else [0, 1, n - 1]
+    dims = {c.d_model, c.d_ff, c.head_dim, c.n_heads, c.n_kv_heads, c.n_kv_heads * c.head_dim}
+    vocab = next(v for v in range(1009, 4000, 2) if v not in dims)
+    traced = c.with_(n_layers=len(layout), vocab_size=vocab,
+                     scr_layers=tuple(j for j, k in enumerate(layout) if k))
+    return traced, real
+
+
+def _trace(c: SCRConfig, dtype: str, opset: int):
+    """The traced shallow model (distinct random values in every parameter, so each
+    initializer can be traced back to its parameter) and its graph."""
+    torch = require("torch")
+    from scredge.export.graph import export_graph
+    from scredge.export.pipeline import cast_for_export
+    from scredge.ref.model import SCRForCausalLM
+
+    model = SCRForCausalLM(c).eval()
+    gen = torch.Generator().manual_seed(TRACE_SEED)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model, export_graph(cast_for_export(model, dtype), opset)
+
+
+def _layers_of_nodes(graph) -> list[int]:
+    """Each node's layer (-1: the model's own nodes)."""
+    nodes = list(graph.node)
+    layer = [int(m.group(1)) if (m := _LAYER.match(n.name)) else None for n in nodes]
+    readers: dict[str, list[int]] = {}
+    for j, n in enumerate(nodes):
+        for i in n.input:
+            readers.setdefault(i, []).append(j)
+    outputs = {o.name for o in graph.output}
+    for j in reversed(range(len(nodes))):  # readers come later in a topological order
+        if layer[j] is not None:
+            continue
+        seen = {layer[r] for o in nodes[j].output for r in readers.get(o, [])}
+        graph_out = any(o in outputs for o in nodes[j].output)
+        one = seen.pop() if len(seen) == 1 else None
+        layer[j] = one if one is not None and not graph_out else -1
+    return layer
+
+
+def _io_rename(name: str, layer: int) -> str:
+    m = _IO.match(name)
+    return f"{m.group(1)}.{layer}.{m.group(3)}" if m else name
+
+
+class _Stamper:
+    """The renaming state of one stamping (see the module docstring)."""
+
+    def __init__(self, traced, real_layers: list[int], n_layers: int) -> None:
+        self.g = traced.graph
+        self.real = real_layers
+        self.n = n_layers
+        self.layer = _layers_of_nodes(self.g)
+        nodes = list(self.g.node)
+        self.by_layer = {t: [n for n, lay in zip(nodes, self.layer) if lay == t]
+                         for t in range(len(real_layers))}
+        self.producer = {o: (j, k) for j, n in enumerate(nodes) for k, o in enumerate(n.output)}
+        self.inits = {i.name for i in self.g.initializer}
+        self.inits_with_recipe: set[str] = set()
+        one, two = self.by_layer[1], self.by_layer[2]
+        if len(one) != len(two) or any(a.op_type != b.op_type or len(a.input) != len(b.input)
+                                        for a, b in zip(one, two)):
+            raise _CannotStamp("interior layers 1 and 2 differ in form")
+        self.pair = {id(b): a for a, b in zip(one, two)}  # layer 2 node -> layer 1 node
+        # template value -> what layer 2's counterpart makes (to find chain inputs)
+        self.twin = {o: b.output[k] for a, b in zip(one, two) for k, o in enumerate(a.output)}
+
+    def made_in(self, value: str) -> int | None:
+        p = self.producer.get(value)
+        return None if p is None else self.layer[p[0]]
+
+    def classify(self, a, b, k: int) -> tuple[str, str | None]:
+        """How template node `a` reads its input k, given layer-2 twin `b`: ("own"),
+        ("shared"), ("chain", template value it continues), ("io"), ("weight")."""
+        x, y = a.input[k], b.input[k]
+        if x == "":
+            return "shared", None
+        if self.made_in(x) == 1:
+            return ("own", None) if self.twin.get(x) == y else _fail(f"{a.name} input {k}")
+        if x == y:
+            return "shared", None
+        if x in self.inits:
+            return "weight", None
+        if _IO.match(x) and _io_rename(x, 2) == y:
+            return "io", None
+        if self.made_in(y) == 1:  # layer 2 reads it from layer 1: the chain
+            return "chain", y
+        return _fail(f"{a.name} input {k} ({x} / {y})")
+
+
+class _CannotStamp(Exception):
+    pass
+
+
+def _fail(what: str):
+    raise _CannotStamp(what)
+
+
+def _value(name: str, layer: int) -> str:
+    """A template value's name in stamped layer `layer`."""
+    return name if _IO.match(name) else f"/model/layers.{layer}/{name}"
+
+
+def stamp_graph(c: SCRConfig, dtype: str, opset: int) -> StampedGraph | None:
+    """The decoder graph of `c` (export dtype `dtype`) with weight recipes, or None when the
+    model must be traced whole."""
+    plan = trace_config(c)
+    if plan is None or (dtype == "float16" and c.scr_layers):
+        return None  # float16 with SCR layers: not yet stamped exactly (traced whole)
+    traced_c, real = plan
+    model, traced = _trace(traced_c, dtype, opset)
+    try:
+        return _stamp(c, traced_c, real, model, traced)
+    except _CannotStamp:
+        return None
+
+
+def stamp_graph_apart(c: SCRConfig, dtype: str, opset: int) -> StampedGraph | None:
+    """`stamp_graph` in a child process: the exporter's machinery (torch.export, the ONNX
+    translation and optimizer, about 400 MB resident once used) never loads into the
+    process that then writes and verifies the weights; the child's peak is the trace's."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    onnx = require("onnx")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        got = pool.submit(_stamp_serialized, c.to_dict(), dtype, opset).result()
+    if got is None:
+        return None
+    proto = onnx.ModelProto()
+    proto.ParseFromString(got[0])
+    return StampedGraph(proto, got[1])
+
+
+def _stamp_serialized(config: dict, dtype: str, opset: int):
+    stamped = stamp_graph(SCRConfig.from_dict(config), dtype, opset)
+    return None if stamped is None else (stamped.proto.SerializeToString(), stamped.recipes)
+
+
+def _stamp(c: SCRConfig, tc: SCRConfig, real: list[int], model, traced) -> StampedGraph:
+    s = _Stamper(traced, real, c.n_layers)
+    found = _find_recipes(traced, model)
+    s.inits_with_recipe = set(found)
+    K, last = len(real), c.n_layers - 1
+    recipes = _real_recipes(found, real)  # traced name -> Recipe in real names
+    rename: dict[str, str] = {name: _weight_name(name, r, r.param)
+                              for name, r in recipes.items() if name.startswith("m.")}
+    for node in s.by_layer[K - 1]:  # the traced last layer is the real last layer
+        rename.update({o: _io_rename(o, last) for o in node.output})
+    for v in traced.graph.input:
+        m = _IO.match(v.name)
+        if m and int(m.group(2)) == K - 1:
+            rename[v.name] = _io_rename(v.name, last)
+    # the traced layer before the last one stands for real layer N-2, a stamped one
+    for node in s.by_layer[K - 2]:
+        tmpl = node if K == 3 else s.pair[id(node)]
+        rename.update({o: _value(_io_rename(t, last - 1), last - 1)
+                       for o, t in zip(node.output, tmpl.output)})
+    plans = [[s.classify(a, b, k) for k in range(len(a.input))]
+             for a, b in zip(s.by_layer[1], s.by_layer[2])]
+    weights: dict[str, Recipe] = {}
+    stamped = [_stamp_node(a, plan, i, weights, found)
+               for i in range(1, last) for a, plan in zip(s.by_layer[1], plans)]
+    nodes, placed = [], False
+    for node, lay in zip(traced.graph.node, s.layer):
+        if lay == 1 or (lay == 2 and K == 4):
+            if not placed:
+                nodes.extend(stamped)
+                placed = True
+            continue
+        new = _copy_node(node, rename)
+        if lay == K - 1:
+            _retag(new, K - 1, last)
+        nodes.append(new)
+    final = {rename.get(k, k): r for k, r in recipes.items()} | weights
+    dropped = {o for n in s.by_layer[2] for o in n.output} if K == 4 else set()
+    proto = _assemble(traced, tc, c, nodes, rename, final, s, dropped)
+    return StampedGraph(proto, final)
+
+
+def _copy_node(node, rename: dict[str, str]):
+    new = require("onnx").NodeProto()
+    new.CopyFrom(node)
+    new.input[:] = [rename.get(x, x) for x in new.input]
+    new.output[:] = [rename.get(x, x) for x in new.output]
+    return new
+
+
+def _retag(node, old: int, new: int) -> None:
+    """Layer `old` -> `new` in a node's name and recorded name scopes."""
+    node.name = node.name.replace(f"/model/layers.{old}/", f"/model/layers.{new}/")
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            p.value = p.value.replace(f"model.layers.{old}'", f"model.layers.{new}'").replace(
+                f"model.layers.{old}.", f"model.layers.{new}.")
+
+
+def _stamp_node(a, plan, i: int, weights: dict, found: dict):
+    new = require("onnx").NodeProto()
+    new.CopyFrom(a)
+    _retag(new, 1, i)
+    for k, (kind, via) in enumerate(plan):
+        x = a.input[k]
+        if kind == "own":
+            new.input[k] = _value(_io_rename(x, i), i)
+        elif kind == "io":
+            new.input[k] = _io_rename(x, i)
+        elif kind == "chain":  # layer i reads from layer i-1 what layer 2 reads from 1
+            new.input[k] = x if i == 1 else _value(_io_rename(via, i - 1), i - 1)
+        elif kind == "weight":
+            r = found.get(x)
+            if r is None:
+                raise _CannotStamp(f"no parameter found for {x}")
+            param = _relayer(r.param, i)
+            name = _weight_name(x, r, param)
+            weights[name] = Recipe(param, r.transform, r.dtype)
+            new.input[k] = name
+    for k, o in enumerate(a.output):
+        new.output[k] = _value(_io_rename(o, i), i)
+    return new
+
+
+def _relayer(param: str, layer: int) -> str:
+    return _PARAM_LAYER.sub(lambda m: f"model.layers.{layer}.", param)
+
+
+def _weight_name(traced_name: str, r: Recipe, param: str) -> str:
+    if traced_name.startswith("m.") and r.transform in ("id", "fold_w", "fold_b"):
+        m = _PARAM_LAYER.match(traced_name)
+        layer = _PARAM_LAYER.match(param)
+        if m and layer:
+            return "m." + _relayer(traced_name[2:], int(layer.group(2)))
+        return traced_name
+    return f"m.{param}_t" if r.transform == "T" else f"m.{param}"
+
+
+def _find_recipes(traced, model) -> dict[str, Recipe]:
+    """Traced initializer name -> Recipe in the traced model's parameter names."""
+    numpy_helper = require("onnx").numpy_helper
+    params = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    index: dict[tuple, tuple[str, str]] = {}
+    for name, v in params.items():
+        for dt in (np.float32, np.float16):
+            cast = v.astype(dt)
+            index[(dt, v.shape, cast.tobytes())] = (name, "id")
+            if v.ndim == 2:
+                t = np.ascontiguousarray(cast.T)
+                index[(dt, t.shape, t.tobytes())] = (name, "T")
+    out = {}
+    for init in traced.graph.initializer:
+        m = _FOLD.match(init.name)
+        dt = np.dtype(require("onnx").helper.tensor_dtype_to_np_dtype(init.data_type))
+        if m:
+            stem = f"model.layers.{m.group(1)}.scr.proj."
+            kind = "fold_w" if m.group(2) == "weight_t" else "fold_b"
+            out[init.name] = Recipe(stem + ("weight" if kind == "fold_w" else "bias"), kind, dt)
+            continue
+        if init.name.startswith("m.") and init.name[2:] in params:
+            out[init.name] = Recipe(init.name[2:], "id", dt)
+            continue
+        if dt not in (np.float32, np.float16):
+            continue
+        arr = numpy_helper.to_array(init)
+        hit = index.get((dt.type, arr.shape, arr.tobytes()))
+        if hit is not None:
+            out[init.name] = Recipe(hit[0], hit[1], dt)
+    return out
+
+
+def _real_recipes(found: dict, real: list[int]) -> dict[str, Recipe]:
+    """Recipes of the initializers outside the stamped layers, in real parameter names."""
+    out = {}
+    for name, r in found.items():
+        m = _PARAM_LAYER.match(r.param)
+        t = int(m.group(2)) if m else None
+        if t is not None and (t == 1 or real[t] < 0):
+            continue  # stamped (layer 1) or only compared (layer 2 of 4)
+        param = r.param if t is None else _relayer(r.param, real[t])
+        out[name] = Recipe(param, r.transform, r.dtype)
+    return out
+
+
+def _assemble(traced, tc: SCRConfig, c: SCRConfig, nodes: list, rename: dict,
+              recipes: dict, s: _Stamper, dropped: set):
+    """The final ModelProto: nodes in a valid order, weight initializers as dims only,
+    graph I/O and value_info of the real model, nodes named as a full trace names them."""
+    onnx = require("onnx")
+    from scredge.export.graph import _rename_nodes
+    from scredge.export.graph_match import _toposort, drop_unused
+
+    out = onnx.ModelProto()
+    out.CopyFrom(traced)
+    g = out.graph
+    shapes = c.parameter_shapes()
+    keep = [i for i in traced.graph.initializer if i.name not in s.inits_with_recipe]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    for name, r in recipes.items():
+        t = g.initializer.add()
+        t.name, t.data_type = name, onnx.helper.np_dtype_to_tensor_dtype(r.dtype)
+        t.dims.extend(r.shape(shapes))
+    _io(g, traced.graph, c, tc, s)
+    del g.node[:]
+    g.node.extend(_toposort(nodes, g, []))
+    drop_unused(out)
+    names = {i.name for i in g.initializer}
+    for key in [k for k in recipes if k not in names]:
+        del recipes[key]
+    _value_info(g, traced.graph, rename, c, tc, s, dropped)
+    for n in g.node:
+        n.ClearField("name")  # named again, in the final order, as a full trace names them
+    _rename_nodes(out)
+    return out
+
+
+def _io(g, tg, c: SCRConfig, tc: SCRConfig, s: _Stamper) -> None:
+    """Graph inputs and outputs in GraphIO order, each typed as its traced counterpart."""
+    from scredge.contract import GraphIO
+
+    def source(name: str):
+        m = _IO.match(name)
+        if not m:
+            return name
+        i = int(m.group(2))
+        t = 0 if i == 0 else len(s.real) - 1 if i == c.n_layers - 1 else 1
+        return _io_rename(name, t)
+
+    io = GraphIO.for_config(c)
+    for field, names in ((g.input, io.inputs), (g.output, io.outputs)):
+        traced = {v.name: v for v in (tg.input if field is g.input else tg.output)}
+        del field[:]
+        for name in names:
+            v = field.add()
+            v.CopyFrom(traced[source(name)])
+            v.name = name
+            _fix_vocab(v, tc.vocab_size, c.vocab_size)
+
+
+def _value_info(g, tg, rename: dict, c: SCRConfig, tc: SCRConfig, s: _Stamper,
+                dropped: set) -> None:
+    """The traced graph's value_info, per stamped layer for layer 1's values, renamed for
+    the others; initializers' entries made from the initializers themselves."""
+    onnx = require("onnx")
+    made = {o for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    traced_inits = {i.name for i in tg.initializer}
+    produced_in_1 = {o for n in s.by_layer[1] for o in n.output}
+    entries = []
+    for v in tg.value_info:
+        if v.name in traced_inits or v.name in dropped:
+            continue
+        names = ([_value(_io_rename(v.name, i), i) for i in range(1, c.n_layers - 1)]
+                 if v.name in produced_in_1 else [rename.get(v.name, v.name)])
+        for name in names:
+            if name in made:
+                w = onnx.ValueInfoProto()
+                w.CopyFrom(v)
+                w.name = name
+                _fix_vocab(w, tc.vocab_size, c.vocab_size)
+                entries.append(w)
+    if any(v.name in traced_inits for v in tg.value_info):
+        for name, t in inits.items():
+            entries.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    del g.value_info[:]
+    g.value_info.extend(entries)
+
+
+def _fix_vocab(value, traced: int, real: int) -> None:
+    for d in value.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value == traced:
+            d.dim_value = real

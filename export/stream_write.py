@@ -1,0 +1,200 @@
+"""Writing an artifact's weights one tensor at a time (issue 27).
+
+The graph (export/stamp.py) carries each weight as a `Recipe`; here every weight is made
+from the reference model's parameter (a view of the memory-mapped source file when the
+model came from a Hugging Face folder) in row chunks, appended to `model.onnx.data` at a
+page-aligned offset, and its source pages handed back before the next one. The graph
+itself, a few MB of nodes, is saved last with `onnx.save_model`, pointing at the data.
+The reference checkpoint (model.safetensors) is streamed the same way. No step holds a
+second copy of the weights; a progress bar on stderr follows each long step.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from scredge.deps import require
+from scredge.export.stamp import _DEDUP_LIMIT, Recipe, StampedGraph
+
+ALIGN = 4096  # page-aligned tensors: onnxruntime can map them rather than copy them
+CHUNK_BYTES = 64 << 20
+
+
+class Progress:
+    """`label  [#####.....]  312/540 MiB  4.1 s` on stderr, redrawn in place on a terminal,
+    a line per quarter otherwise."""
+
+    def __init__(self, label: str, total: int, unit: str = "MiB", scale: float = 2**20):
+        self.label, self.total, self.unit, self.scale = label, max(total, 1), unit, scale
+        self.done, self.t0, self.tty = 0, time.perf_counter(), sys.stderr.isatty()
+        self._quarter = -1
+
+    def update(self, n: int) -> None:
+        self.done += n
+        frac = min(1.0, self.done / self.total)
+        if self.tty:
+            sys.stderr.write("\r" + self._line(frac))
+            sys.stderr.flush()
+        elif int(frac * 4) > self._quarter:
+            self._quarter = int(frac * 4)
+            print(self._line(frac), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r" + self._line(1.0) + "\n")
+            sys.stderr.flush()
+
+    def _line(self, frac: float) -> str:
+        bar = "#" * int(frac * 24) + "." * (24 - int(frac * 24))
+        took = time.perf_counter() - self.t0
+        return (f"  {self.label:<22} [{bar}] {self.done / self.scale:7.0f}/"
+                f"{self.total / self.scale:.0f} {self.unit}  {took:5.1f} s")
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc), so what one step freed
+    does not stay resident under the next step's peak."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _source(params: dict, name: str) -> np.ndarray:
+    return params[name].detach().numpy()
+
+
+def recipe_chunks(r: Recipe, params: dict) -> Iterator[np.ndarray]:
+    """The initializer `r` describes, as C-ordered row chunks of its final layout."""
+    w = _source(params, r.param)
+    if r.transform in ("fold_w", "fold_b"):
+        yield _folded(r, params)
+        return
+    if r.transform == "T":
+        step = max(1, CHUNK_BYTES // max(1, w.shape[0] * w.itemsize))
+        for c0 in range(0, w.shape[1], step):
+            yield np.ascontiguousarray(w[:, c0:c0 + step].T.astype(r.dtype, copy=False))
+        return
+    rows = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
+    step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * w.itemsize))
+    for r0 in range(0, rows.shape[0], step):
+        yield np.ascontiguousarray(rows[r0:r0 + step].astype(r.dtype, copy=False))
+
+
+def _folded(r: Recipe, params: dict) -> np.ndarray:
+    """export/fold_scale.py's product: graph-dtype values times the graph-dtype scale, in
+    float32, cast back."""
+    scale = _source(params, r.param.rsplit(".proj.", 1)[0] + ".scale").astype(r.dtype)
+    w = _source(params, r.param).astype(r.dtype)
+    values = w.T if r.transform == "fold_w" else w
+    product = values.astype(np.float32) * scale.astype(np.float32)
+    return np.ascontiguousarray(product.astype(r.dtype))
+
+
+def recipe_value(r: Recipe, params: dict) -> np.ndarray:
+    return np.concatenate([c.ravel() for c in recipe_chunks(r, params)])
+
+
+def dedup_small(stamped: StampedGraph, params: dict) -> int:
+    """Small weights of equal value become one initializer, as the exporter's optimizer
+    (onnx_ir DeduplicateInitializersPass, at most 1024 elements) does in a full trace."""
+    g = stamped.proto.graph
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    for init in g.initializer:
+        r = stamped.recipes.get(init.name)
+        if r is None or int(np.prod(list(init.dims))) > _DEDUP_LIMIT:
+            continue
+        v = recipe_value(r, params)
+        key = (v.dtype.str, tuple(init.dims), v.tobytes())
+        if key in first:
+            alias[init.name] = first[key]
+        else:
+            first[key] = init.name
+    if not alias:
+        return 0
+    for n in g.node:
+        for k, x in enumerate(n.input):
+            n.input[k] = alias.get(x, x)
+    keep = [i for i in g.initializer if i.name not in alias]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    vi = [v for v in g.value_info if v.name not in alias]
+    del g.value_info[:]
+    g.value_info.extend(vi)
+    for name in alias:
+        del stamped.recipes[name]
+    return len(alias)
+
+
+def write_onnx(stamped: StampedGraph, params: dict, onnx_path: Path, data_name: str,
+               release=lambda name: None) -> int:
+    """Every weight of `stamped` into `data_name` beside `onnx_path`, one at a time, then
+    the graph; returns the bytes of weights written."""
+    onnx = require("onnx")
+    g = stamped.proto.graph
+    todo = [i for i in g.initializer if i.name in stamped.recipes]
+    total = sum(int(np.prod(list(i.dims))) * np.dtype(stamped.recipes[i.name].dtype).itemsize
+                for i in todo)
+    bar = Progress("writing weights", total)
+    offset = 0
+    with open(onnx_path.parent / data_name, "wb") as f:
+        for init in todo:
+            r = stamped.recipes[init.name]
+            offset = (offset + ALIGN - 1) // ALIGN * ALIGN
+            f.seek(offset)
+            length = 0
+            for chunk in recipe_chunks(r, params):
+                f.write(chunk.data)
+                length += chunk.nbytes
+                bar.update(chunk.nbytes)
+            del init.external_data[:]
+            for key, value in (("location", data_name), ("offset", str(offset)),
+                               ("length", str(length))):
+                entry = init.external_data.add()
+                entry.key, entry.value = key, value
+            init.data_location = onnx.TensorProto.EXTERNAL
+            offset += length
+            release(r.param)
+    bar.close()
+    onnx.save_model(stamped.proto, str(onnx_path))
+    return total
+
+
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+
+
+def write_safetensors(params: dict, path: Path, metadata: dict[str, str],
+                      release=lambda name: None) -> None:
+    """A safetensors file of `params` (torch tensors), header first, then each tensor's
+    bytes in turn (the format of safetensors.torch.save_file, with sorted names)."""
+    names = sorted(params)
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name in names:
+        t = params[name]
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[np.dtype(str(t.dtype).removeprefix("torch."))],
+                        "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    bar = Progress("writing reference", offset)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for name in names:
+            a = params[name].detach().contiguous().numpy()
+            f.write(a.data if a.ndim else a.tobytes())
+            bar.update(a.nbytes)
+            release(name)
+    bar.close()

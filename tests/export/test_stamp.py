@@ -1,0 +1,101 @@
+"""The stamped graph (export/stamp.py, weights written by export/stream_write.py) against the
+graph a full trace of the same model gives. Oracle: `graph.export_graph` of the whole model,
+compared node for node (op, attributes, node name, and every input traced back through
+the graph to graph inputs and initializer values), and onnxruntime's logits of both."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from scredge.config import SCRConfig
+from scredge.export.graph import export_graph
+from scredge.export.pipeline import cast_for_export
+from scredge.export.stamp import stamp_graph
+from scredge.export.stream_write import dedup_small, write_onnx
+from scredge.ref import build_model
+
+
+def canonical(proto) -> tuple[Counter, list, list]:
+    """(multiset of node fingerprints, graph-output fingerprints, sorted node names): a
+    fingerprint names a node's op, attributes and, recursively, what feeds it."""
+    fp = {v.name: ("in", v.name) for v in proto.graph.input}
+    for t in proto.graph.initializer:
+        a = numpy_helper.to_array(t)
+        fp[t.name] = ("init", a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest())
+    fp[""] = ("none",)
+    nodes = Counter()
+    for n in proto.graph.node:
+        attrs = tuple(sorted((a.name, str(onnx.helper.get_attribute_value(a)))
+                             for a in n.attribute))
+        key = hashlib.sha1(repr((n.op_type, n.domain, attrs, n.name,
+                                 [fp[i] for i in n.input])).encode()).hexdigest()
+        nodes[key] += 1
+        for k, o in enumerate(n.output):
+            fp[o] = (key, k)
+    return nodes, [fp[o.name] for o in proto.graph.output], sorted(n.name for n in proto.graph.node)
+
+
+def run(path, c: SCRConfig, dtype: str) -> np.ndarray:
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    kv = np.float16 if dtype == "float16" else np.float32
+    feeds = {"input_ids": rng.integers(0, c.vocab_size, (2, 5)),
+             "position_ids": np.tile(np.arange(3, 8), (2, 1)),
+             "attention_mask": np.ones((2, 8), np.int64)}
+    for i in s.get_inputs():
+        if i.name not in feeds:
+            shape = [2 if d == "batch" else 3 if isinstance(d, str) else d for d in i.shape]
+            dt = np.float32 if i.name.startswith("scr_") else kv
+            feeds[i.name] = rng.standard_normal(shape).astype(dt) * 0.1 + (
+                1.0 if i.name.endswith("den") else 0.0)
+    return s.run(["logits"], feeds)[0]
+
+
+CASES = {
+    "scr-all": dict(scr_layers=(0, 1, 2, 3, 4), tie_embeddings=True),
+    "plain-untied": dict(scr_layers=(), tie_embeddings=False),
+    "scr-ends-qwen2-window": dict(scr_layers=(0, 4), attention_bias=True, window=16),
+}
+
+
+# each case traces the model twice (whole, and the 3-layer trace it is stamped from): one
+# case runs by default, the others are slow
+PARAMS = [pytest.param(case, dtype, marks=() if (case, dtype) == ("scr-all", "float32")
+                       else pytest.mark.slow)
+          for case in sorted(CASES) for dtype in ("float32", "float16")
+          if dtype == "float32" or not CASES[case]["scr_layers"]]
+
+
+def test_float16_with_scr_layers_is_traced_whole():
+    """Oracle: the documented fallback (stamp.stamp_graph returns None before tracing)."""
+    assert stamp_graph(SCRConfig.preset("tiny").with_(n_layers=5), "float16", 18) is None
+
+
+@pytest.mark.parametrize(("case", "dtype"), PARAMS)
+def test_stamped_graph_equals_the_full_trace(tmp_path, case, dtype):
+    c = SCRConfig.preset("tiny").with_(n_layers=5, **CASES[case])
+    model = build_model(c, seed=2, gamma=0.3)
+    full = export_graph(cast_for_export(model, dtype), 18)
+    onnx.save(full, str(tmp_path / "full.onnx"))
+    stamped = stamp_graph(c, dtype, 18)
+    assert stamped is not None
+    params = model.state_dict()
+    dedup_small(stamped, params)
+    write_onnx(stamped, params, tmp_path / "stamped.onnx", "stamped.onnx.data")
+    onnx.checker.check_model(str(tmp_path / "stamped.onnx"), full_check=True)
+    got = onnx.load(str(tmp_path / "stamped.onnx"))
+    a, b = canonical(full), canonical(got)
+    assert a[2] == b[2]  # node names
+    assert a[1] == b[1]  # outputs computed by the same nodes from the same values
+    assert a[0] == b[0]
+    assert [v.name for v in full.graph.input] == [v.name for v in got.graph.input]
+    assert [v.name for v in full.graph.output] == [v.name for v in got.graph.output]
+    np.testing.assert_array_equal(run(tmp_path / "full.onnx", c, dtype),
+                                  run(tmp_path / "stamped.onnx", c, dtype))
