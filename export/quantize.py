@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,10 +35,15 @@ from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph_match import drop_unused
 from scredge.export.ort_fusions import MIN_ONNXRUNTIME, FusionCounts, fuse_for_onnxruntime
+from scredge.export.qgrid import GRIDS, Grid
 
 QUANT_BITS = (8, 4)
 QUANT_METHODS = ("rtn", "hqq", "gptq")
 CALIBRATED_METHODS = ("gptq",)
+# the command line's defaults, chosen by measurement (docs/quantization-quality.md)
+DEFAULT_METHOD = {8: "rtn", 4: "rtn"}
+DEFAULT_GRID = "asym_float"
+MIXED_CHOICES = ("auto", "off")
 DEFAULT_BLOCK_SIZE = 32
 QUANT_OPSET = 21  # blocked DequantizeLinear and INT4 tensors
 # MatMulNBits' accuracy_level 4: onnxruntime's CPU kernels quantize activations to int8 per
@@ -47,6 +53,7 @@ QUANT_OPSET = 21  # blocked DequantizeLinear and INT4 tensors
 ORT_ACCURACY_LEVEL = 4
 ORT_FORMAT = "MatMulNBits"
 TRT_FORMAT = "DequantizeLinear+MatMul"
+TIED_HEAD_SUFFIX = ".head_T"  # the tied head's own [D, V] copy (materialize_tied_head)
 _HQQ_BITS = (4,)  # onnxruntime's CPU MatMulNBits refuses 8-bit weights with float zero points
 
 
@@ -55,22 +62,38 @@ class QuantSpec:
     bits: int
     block_size: int = DEFAULT_BLOCK_SIZE
     method: str = "rtn"
-    calibration: Path | None = None  # the text file of a calibrated method (gptq)
+    calibration: Path | None = None  # a calibration text file (None: the built-in one)
+    mixed: bool = False  # measured mixed precision (int4 only): promote until the tier passes
+    grid: str | None = None  # the onnxruntime form's int4 grid (qgrid.GRIDS); None: default
+    quantize_embedding: bool = False  # a tied embedding shares the quantized head's table
 
     @classmethod
     def parse(cls, text: str | int, block_size: int | None, method: str | None,
-              calibration: str | Path | None = None) -> QuantSpec:
-        """`int8` / `int4` (or 8 / 4) from the command line, checked; a calibration file is
+              calibration: str | Path | None = None, mixed: str | None = None,
+              grid: str | None = None, embedding: str | None = None) -> QuantSpec:
+        """`int8` / `int4` (or 8 / 4) from the command line, checked, with the command line's
+        defaults (DEFAULT_METHOD; measured mixed precision for int4); a calibration file is
         read and checked here too (the model is not needed for that)."""
         t = str(text).lower().removeprefix("int")
         if not t.isdigit() or int(t) not in QUANT_BITS:
             raise ScredgeError("unknown quantization", received=repr(text),
                                expected="int8 or int4")
-        spec = cls(int(t), DEFAULT_BLOCK_SIZE if block_size is None else block_size,
-                   method or "rtn", None if calibration is None else Path(calibration))
+        bits = int(t)
+        if mixed not in (None, *MIXED_CHOICES):
+            raise ScredgeError("unknown --mixed-precision", received=repr(mixed),
+                               expected=f"one of {list(MIXED_CHOICES)}")
+        method = method or DEFAULT_METHOD[bits]
+        spec = cls(bits, DEFAULT_BLOCK_SIZE if block_size is None else block_size, method,
+                   None if calibration is None else Path(calibration),
+                   mixed=bits == 4 and method != "hqq" and (mixed or "auto") == "auto",
+                   grid=grid, quantize_embedding=(embedding or "shared") == "shared")
         if spec.method not in QUANT_METHODS:
             raise ScredgeError("unknown quantization method", received=repr(spec.method),
                                expected=f"one of {list(QUANT_METHODS)}")
+        if spec.mixed and spec.method == "hqq":
+            raise ScredgeError("--mixed-precision auto is not offered with hqq",
+                               received="--quant-method hqq",
+                               expected="--mixed-precision off with hqq, or method gptq / rtn")
         spec.check_calibration()
         if spec.method == "hqq" and spec.bits not in _HQQ_BITS:
             raise ScredgeError("hqq is offered for int4 only", received=f"int{spec.bits} hqq",
@@ -83,19 +106,32 @@ class QuantSpec:
                                expected="a power of two >= 16 (default 32)")
         return spec
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the export runs the reference over a calibration text (GPTQ's Hessians,
+        the mixed-precision plan's sensitivities)."""
+        return self.method in CALIBRATED_METHODS or self.mixed
+
+    @property
+    def int4_grid(self) -> str:
+        """The onnxruntime form's int4 grid (the TensorRT form's is always symmetric)."""
+        if self.method == "hqq":
+            return "asym_float"
+        return self.grid or DEFAULT_GRID
+
     def check_calibration(self) -> None:
-        """A calibrated method needs its text, which must be readable and not the held-out
-        text; another method takes none."""
-        if self.method in CALIBRATED_METHODS and self.calibration is None:
-            raise ScredgeError(f"--quant-method {self.method} needs a calibration text",
-                               received="no --calibration",
-                               expected="--calibration FILE, UTF-8 text like the model will "
-                                        "see (at least a few thousand tokens)",
-                               fix="pass --calibration, or use --quant-method rtn or hqq")
-        if self.method not in CALIBRATED_METHODS and self.calibration is not None:
-            raise ScredgeError("--calibration is for an activation-aware method",
+        """A calibration file must be readable and not the held-out text; an export that
+        calibrates nothing takes none. Without a file, a calibrated export uses the prose
+        corpus's training part (export.heldout.training_text)."""
+        if self.grid is not None and self.grid not in GRIDS:
+            raise ScredgeError("unknown int4 grid", received=repr(self.grid),
+                               expected=f"one of {list(GRIDS)}")
+        if not self.calibrated and self.calibration is not None:
+            raise ScredgeError("--calibration is for an activation-aware method or measured "
+                               "mixed precision",
                                received=f"--quant-method {self.method} with --calibration",
-                               expected=f"--quant-method {' or '.join(CALIBRATED_METHODS)}",
+                               expected=f"--quant-method {' or '.join(CALIBRATED_METHODS)}, "
+                                        "or --quantize int4 with --mixed-precision auto",
                                fix="add --quant-method gptq, or drop --calibration")
         if self.calibration is not None:
             from scredge.export.gptq import calibration_text
@@ -121,17 +157,21 @@ class QuantSpec:
 
 
 def parse_quantize_args(text: str | None, block_size: int | None, method: str | None,
-                        dtype: str, calibration: str | Path | None = None) -> QuantSpec | None:
+                        dtype: str, calibration: str | Path | None = None,
+                        mixed: str | None = None, grid: str | None = None,
+                        embedding: str | None = None) -> QuantSpec | None:
     """The command line's --quantize / --block-size / --quant-method / --calibration, checked
     before any model is loaded or anything written."""
     if text is None:
         given = [f for f, v in (("--block-size", block_size), ("--quant-method", method),
-                                ("--calibration", calibration)) if v is not None]
+                                ("--calibration", calibration), ("--mixed-precision", mixed),
+                                ("--int4-grid", grid), ("--embedding", embedding))
+                 if v is not None]
         if given:
             raise ScredgeError("these options need --quantize", received=given,
                                expected="--quantize int8 or --quantize int4 with them")
         return None
-    spec = QuantSpec.parse(text, block_size, method, calibration)
+    spec = QuantSpec.parse(text, block_size, method, calibration, mixed, grid, embedding)
     if dtype != "float32":
         raise ScredgeError("--quantize needs a float32 export", received=f"--dtype {dtype}",
                            expected="--dtype float32 (the default)",
@@ -162,7 +202,7 @@ def materialize_tied_head(proto) -> None:
         perm = [a.ints for a in src.attribute if a.name == "perm"]
         if weight.ndim != 2 or (perm and list(perm[0]) != [1, 0]):
             continue
-        name = src.input[0] + ".head_T"
+        name = src.input[0] + TIED_HEAD_SUFFIX
         proto.graph.initializer.append(numpy_helper.from_array(
             np.ascontiguousarray(weight.T), name))
         node.input[1] = name
@@ -297,6 +337,171 @@ def to_dequantize_form(ort_proto):
     return proto
 
 
+Numbers = Callable[[str, Grid], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+class MatrixNumbers:
+    """Per matrix name and grid, the integers q [N,K], scales and zero points [N,K/block] of
+    the quantized matrix (round-to-nearest, or GPTQ with the matrix's input Hessian), each
+    computed once: the plans tried at export share them."""
+
+    def __init__(self, base, block: int, hessians: dict[str, np.ndarray] | None = None):
+        numpy_helper = require("onnx").numpy_helper
+        inits = {i.name: i for i in base.graph.initializer}
+        nodes = {n.name: n for n in base.graph.node}
+        self.names = matrix_names(weight_matmuls(base))
+        self.weight = {m: (lambda i=inits[nodes[n].input[1]]: numpy_helper.to_array(i).T)
+                       for m, n in zip(self.names, weight_matmuls(base))}
+        self.sizes = {m: int(np.prod(inits[nodes[n].input[1]].dims))
+                      for m, n in zip(self.names, weight_matmuls(base))}
+        self.block, self.hessians, self._cache = block, hessians, {}
+
+    def __call__(self, name: str, grid: Grid):
+        key = (name, grid)
+        if key not in self._cache:
+            from scredge.export.qgrid import rtn
+
+            w = self.weight[name]()
+            if self.hessians is None:
+                self._cache[key] = rtn(w, grid, self.block)
+            else:
+                from scredge.export.gptq import gptq_grid
+
+                self._cache[key] = gptq_grid(w, self.hessians[name], grid, self.block)
+        return self._cache[key]
+
+
+def planned_graph(base, plan: dict[str, str], grids: dict[str, Grid], numbers: Numbers,
+                  block: int, share_embedding: bool = False):
+    """A copy of `base` (its head materialized) where each weight MatMul whose matrix the plan
+    puts at int4 / int8 becomes a `MatMulNBits` holding `numbers(matrix, grids[precision])`
+    (zero points when the grid has them); "float" matrices stay MatMul. With
+    `share_embedding`, a tied embedding reads the quantized head's table
+    (`share_tied_embedding`)."""
+    onnx = require("onnx")
+    proto = onnx.ModelProto()
+    proto.CopyFrom(base)
+    by_node = dict(zip(weight_matmuls(proto), matrix_names(weight_matmuls(proto))))
+    nodes = []
+    for node in proto.graph.node:
+        precision = plan.get(by_node.get(node.name, ""), "float")
+        if precision == "float":
+            nodes.append(node)
+            continue
+        grid = grids[precision]
+        new, inits = _nbits_node(node, grid, *numbers(by_node[node.name], grid), block)
+        nodes.append(new)
+        proto.graph.initializer.extend(inits)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    if share_embedding:
+        share_tied_embedding(proto)
+    if not any(o.domain == ORT_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(ORT_DOMAIN, 1))
+    drop_unused(proto)
+    return proto
+
+
+SHARED_EMBEDDING = "GatherBlockQuantized"
+
+
+def share_tied_embedding(proto) -> bool:
+    """SCR_SPEC v3 section 4: a tied embedding whose head became a MatMulNBits without float
+    zero points reads the head's quantized table through onnxruntime's
+    `com.microsoft.GatherBlockQuantized` (the same bytes reshaped to [V, D * bits / 8]),
+    so the folder holds one quantized table instead of a float one; returns whether it did."""
+    helper, numpy_helper = require("onnx").helper, require("onnx").numpy_helper
+    inits = {i.name: i for i in proto.graph.initializer}
+    head = next((n for n in proto.graph.node if n.op_type == "MatMulNBits"
+                 and TIED_HEAD_SUFFIX in n.input[1]), None)
+    if head is None or (len(head.input) > 3 and inits[head.input[3]].data_type
+                        != require("onnx").TensorProto.UINT8):
+        return False
+    table = head.input[1].split(TIED_HEAD_SUFFIX)[0]
+    gather = next((n for n in proto.graph.node if n.op_type == "Gather"
+                   and n.input[0] == table), None)
+    if gather is None:
+        return False
+    a = {x.name: helper.get_attribute_value(x) for x in head.attribute}
+    n, kb = a["N"], a["K"] // a["block_size"]
+    stem = gather.name or "/model/embed_tokens/Gather"
+    shapes = {"data": [n, a["K"] * a["bits"] // 8], "scales": [n, kb],
+              "zp": [n, -1]}
+    ins, extra = [], []
+    for (key, shape), src in zip(shapes.items(), head.input[1:]):
+        out = f"{stem}/{key}"
+        extra.append(numpy_helper.from_array(np.array(shape, np.int64), out + "_shape"))
+        ins.append(helper.make_node("Reshape", [src, out + "_shape"], [out],
+                                    name=f"{stem}/Reshape_{key}"))
+    q = helper.make_node(SHARED_EMBEDDING,
+                         [ins[0].output[0], gather.input[1], *(r.output[0] for r in ins[1:])],
+                         list(gather.output), name=stem.rsplit("/", 1)[0] + "/" +
+                         SHARED_EMBEDDING, domain=ORT_DOMAIN, bits=a["bits"],
+                         block_size=a["block_size"], gather_axis=0, quantize_axis=1)
+    nodes = []
+    for node in proto.graph.node:
+        nodes.extend([*ins, q] if node is gather else [node])
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    proto.graph.initializer.extend(extra)
+    drop_unused(proto)
+    return True
+
+
+def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, block: int):
+    """MatMulNBits for MatMul `node` (named as onnxruntime's quantizer names it)."""
+    from scredge.export.qgrid import pack_weights, pack_zero_points
+
+    helper, numpy_helper = require("onnx").helper, require("onnx").numpy_helper
+    n, k = q.shape
+    w = node.input[1]
+    inits = [numpy_helper.from_array(pack_weights(q, grid.bits, block), f"{w}_Q{grid.bits}"),
+             numpy_helper.from_array(np.ascontiguousarray(s.ravel().astype(np.float32)),
+                                     f"{w}_scales")]
+    if not grid.symmetric:
+        inits.append(numpy_helper.from_array(pack_zero_points(z, grid), f"{w}_zero_points"))
+    new = helper.make_node("MatMulNBits", [node.input[0], *(i.name for i in inits)],
+                           list(node.output), name=f"{node.name}_Q{grid.bits}",
+                           domain=ORT_DOMAIN, K=k, N=n, bits=grid.bits, block_size=block,
+                           accuracy_level=ORT_ACCURACY_LEVEL)
+    return new, inits
+
+
+def ort_grids(spec: QuantSpec) -> dict[str, Grid]:
+    return {"int4": Grid(4, spec.int4_grid), "int8": Grid(8, "sym")}
+
+
+TRT_GRIDS = {"int4": Grid(4, "sym"), "int8": Grid(8, "sym")}  # TensorRT: symmetric only
+
+
+def ort_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers,
+             config: SCRConfig):
+    """The onnxruntime form of `plan`: MatMulNBits + onnxruntime's fused kernels."""
+    proto = planned_graph(base, plan, ort_grids(spec), numbers, spec.block_size,
+                          share_embedding=spec.quantize_embedding)
+    require("onnx").checker.check_model(proto)
+    # after the checker: SimplifiedLayerNormalization is onnxruntime's, in the ONNX domain,
+    # which the checker does not know; onnxruntime loads and the tier runs the result
+    return proto, fuse_for_onnxruntime(proto, config)
+
+
+def trt_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers):
+    """The TensorRT form of `plan`: symmetric weights, DequantizeLinear + MatMul."""
+    proto = to_dequantize_form(planned_graph(base, plan, TRT_GRIDS, numbers,
+                                             spec.block_size))
+    require("onnx").checker.check_model(proto)
+    return proto
+
+
+def prepared_base(float_proto):
+    """A copy of the float graph with its tied head materialized (quantizable)."""
+    onnx = require("onnx")
+    base = onnx.ModelProto()
+    base.CopyFrom(float_proto)
+    materialize_tied_head(base)
+    return base
+
+
 @dataclass(frozen=True)
 class QuantizedGraphs:
     ort: object  # onnx.ModelProto, MatMulNBits + onnxruntime's fused kernels
@@ -309,63 +514,90 @@ class QuantizedGraphs:
 def quantize_graphs(float_proto, spec: QuantSpec, config: SCRConfig,
                     hessians: dict[str, np.ndarray] | None = None) -> QuantizedGraphs:
     """Both quantized forms of `float_proto` (an opset >= 21 float32 decoder graph of
-    `config`); the onnxruntime form with onnxruntime's fused kernels (ort_fusions.py).
-    `gptq` needs `hessians` (export/gptq.py's input_hessians of the reference model)."""
-    onnx = require("onnx")
-    base = onnx.ModelProto()
-    base.CopyFrom(float_proto)
-    materialize_tied_head(base)
+    `config`), every matrix at `spec.bits` (a uniform plan); the onnxruntime form with
+    onnxruntime's fused kernels (ort_fusions.py). `gptq` needs `hessians` (per matrix
+    name: export/gptq.py's input_hessians of the reference model, by_matrix)."""
+    base = prepared_base(float_proto)
     nodes = weight_matmuls(base)
+    if spec.method == "hqq":
+        return _hqq_graphs(base, spec, config, nodes)
+    if spec.method == "gptq" and hessians is None:
+        raise ScredgeError("gptq needs the calibration activations", received="none",
+                           fix="pass hessians=input_hessians(model, calibration ids)")
+    numbers = MatrixNumbers(base, spec.block_size, hessians if spec.method == "gptq" else None)
+    plan = {m: f"int{spec.bits}" for m in numbers.names}
+    ort, fusions = ort_form(base, plan, spec, numbers, config)
+    return QuantizedGraphs(ort, trt_form(base, plan, spec, numbers), numbers.names,
+                           spec.method, fusions)
+
+
+def _hqq_graphs(base, spec: QuantSpec, config: SCRConfig, nodes: list[str]):
+    """HQQ (onnxruntime's, float zero points) for onnxruntime; rtn for TensorRT."""
+    onnx = require("onnx")
 
     def copy():
         p = onnx.ModelProto()
         p.CopyFrom(base)
         return p
 
-    rtn_spec = QuantSpec(spec.bits, spec.block_size, "rtn")
-    if spec.method == "gptq":
-        if hessians is None:
-            raise ScredgeError("gptq needs the calibration activations", received="none",
-                               fix="pass hessians=input_hessians(model, calibration ids)")
-        from scredge.export.gptq import apply_gptq
-
-        ort = quantize_ort(copy(), rtn_spec, nodes)  # onnxruntime writes the nodes ...
-        weights = {i.name: i for i in base.graph.initializer}
-        numpy_helper = onnx.numpy_helper
-        apply_gptq(ort, lambda name: numpy_helper.to_array(weights[name]), hessians,
-                   spec.bits, spec.block_size)  # ... GPTQ chooses their numbers
-        rtn, trt_method = ort, "gptq"  # symmetric: the TensorRT form holds GPTQ's numbers
-    else:
-        ort = quantize_ort(copy(), spec, nodes)
-        rtn = ort if spec.method == "rtn" else quantize_ort(copy(), rtn_spec, nodes)
-        trt_method = "rtn"
-    trt = to_dequantize_form(rtn)  # a copy: `ort` may be `rtn`, and is rewritten next
+    ort = quantize_ort(copy(), spec, nodes)
+    trt = to_dequantize_form(quantize_ort(copy(), QuantSpec(spec.bits, spec.block_size), nodes))
     for p in (ort, trt):
         onnx.checker.check_model(p)
-    # after the checker: SimplifiedLayerNormalization is onnxruntime's, in the ONNX domain,
-    # which the checker does not know; onnxruntime loads and the tier runs the result
     fusions = fuse_for_onnxruntime(ort, config)
-    return QuantizedGraphs(ort, trt, matrix_names(nodes), trt_method, fusions)
+    return QuantizedGraphs(ort, trt, matrix_names(nodes), "rtn", fusions)
 
 
 QUANTIZER = "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
 
 
-def config_section(spec: QuantSpec, graphs: QuantizedGraphs, ort_file: str,
+def config_section(spec: QuantSpec, chosen: dict, ort_file: str,
                    calibration: dict | None = None) -> dict:
-    """config.json's `quantization` (SCR_SPEC section 4): what, how, and which graph each
-    backend reads; `calibration` is the calibration text's record (gptq)."""
+    """config.json's `quantization` (SCR_SPEC section 4, v3): what, how, which graph each
+    backend reads, and per graph its plan: per matrix bits, block size, symmetry and method,
+    the mean bits per weight and the fraction of projection weights in int4. `chosen` maps
+    "ort" / "trt" to quantized_artifact.Chosen; `calibration` is the calibration text's
+    record."""
+    from scredge.export.mixed import is_projection
+
+    grids = {"ort": ort_grids(spec), "trt": TRT_GRIDS}
+
+    def graph(backend: str, file: str, fmt: str) -> dict:
+        c = chosen[backend]
+        out = {"file": file, "format": fmt, "method": c.method, "bits": c.plan.bits,
+               "symmetric": all(grids[backend][p].symmetric
+                                for p in set(c.plan.precision.values()) - {"float"}),
+               "mean_bits_per_weight": round(c.plan.mean_bits(), 4),
+               "int4_projection_weights": round(c.plan.fraction("int4", is_projection), 4),
+               "plans_tried": len(c.tried) + 1,
+               "matrices": {m: _matrix_record(p, grids[backend], spec, c.method)
+                            for m, p in c.plan.precision.items()}}
+        if c.fusions is not None:
+            out.update(fused=asdict(c.fusions), min_onnxruntime=MIN_ONNXRUNTIME)
+        return out
+
     return {
         "bits": spec.bits, "block_size": spec.block_size, "method": spec.method,
-        "symmetric": spec.method != "hqq", "weights": "weight-only",
-        "matrices": graphs.matrices,
+        "symmetric": grids["ort"]["int4"].symmetric if spec.bits == 4 else True,
+        "mixed_precision": "auto" if spec.mixed else "off",
+        "weights": "weight-only",
+        "matrices": list(chosen["ort"].plan.precision),
         "float": ["embeddings", "norms", "Realign inputs (float32)"],
-        "quantizer": QUANTIZER if spec.method != "gptq"
-        else f"{QUANTIZER} (nodes), scredge.export.gptq (integers and scales)",
+        "quantizer": QUANTIZER if spec.method == "hqq" else
+        "scredge.export.qgrid (rtn) / scredge.export.gptq (gptq), MatMulNBits laid out as "
+        f"{QUANTIZER} writes it",
         **({"calibration": calibration} if calibration is not None else {}),
-        "graphs": {
-            "ort": {"file": ort_file, "format": ORT_FORMAT, "method": spec.method,
-                    "fused": asdict(graphs.fusions), "min_onnxruntime": MIN_ONNXRUNTIME},
-            "trt": {"file": TRT_ONNX_FILE, "format": TRT_FORMAT, "method": graphs.trt_method},
-        },
+        "graphs": {"ort": graph("ort", ort_file, ORT_FORMAT),
+                   "trt": graph("trt", TRT_ONNX_FILE, TRT_FORMAT)},
+        "verification": {b: c.report.to_json() for b, c in chosen.items()},
     }
+
+
+def _matrix_record(precision: str, grids: dict[str, Grid], spec: QuantSpec,
+                   method: str) -> dict:
+    if precision == "float":
+        return {"bits": 32}
+    g = grids[precision]
+    return {"bits": g.bits, "block_size": spec.block_size, "symmetric": g.symmetric,
+            "zero_points": {"sym": None, "asym": "uint8", "asym_float": "float32"}[g.kind],
+            "method": method}
