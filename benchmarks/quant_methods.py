@@ -66,8 +66,9 @@ def quantize_model(model, method: str, hessians, block: int):
     algo, kind = method.split("-", 1)
     grid = Grid(4, kind)
     q = untied_copy(model)
-    scopes = {("lm_head" if s == "/model" else s.strip("/").replace("/", ".")): s
-              for s in (hessians or {})}
+    from scredge.export.quantize import matrix_name
+
+    scopes = {matrix_name(s): s for s in (hessians or {})}
     import torch
 
     with torch.no_grad():

@@ -289,6 +289,6 @@ def pack_nbits(q: np.ndarray, bits: int, block: int) -> np.ndarray:
 
 def by_matrix(hessians: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """input_hessians' per-scope arrays keyed by matrix name (quantize.matrix_names')."""
-    from scredge.export.mixed import matrix_name
+    from scredge.export.quantize import matrix_name
 
     return {matrix_name(scope): h for scope, h in hessians.items()}

@@ -27,6 +27,7 @@ import numpy as np
 
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.export.quantize import HEAD, matrix_name
 
 PRECISION_BITS = {"int4": 4, "int8": 8, "float": 32}
 # fractions of the weights promoted from int4 to int8, tried in turn after the uniform int4
@@ -34,14 +35,6 @@ PRECISION_BITS = {"int4": 4, "int8": 8, "float": 32}
 PROMOTE_STEPS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.35, 0.50, 0.75)
 FISHER_SEQ = 128  # tokens per calibration sequence (one squared gradient each)
 FISHER_TOKENS = 2048  # calibration tokens the Fisher information is averaged over
-HEAD = "lm_head"
-
-
-def matrix_name(scope: str) -> str:
-    """`/model/layers.0/attn/q_proj` -> `model.layers.0.attn.q_proj`; the head's scope
-    `/model` -> `lm_head` (quantize.matrix_names' naming)."""
-    path = scope.strip("/").replace("/", ".")
-    return HEAD if path in ("model", "") else path
 
 
 def reference_matrices(model) -> dict[str, object]:
@@ -73,9 +66,10 @@ def untied_copy(model):
 
 def fisher_diagonals(model, ids: np.ndarray, tokens: int = FISHER_TOKENS,
                      seq: int = FISHER_SEQ) -> dict[str, np.ndarray]:
-    """Per matrix, the mean over calibration sequences of the squared gradient of the
-    sequence's mean next-token loss with respect to each weight ([N, K] float32). A tied
-    head gets its own gradient (a separate copy of the table stands in for it)."""
+    """Per matrix, the empirical Fisher information of each weight ([N, K] float32): the
+    squared gradient of a sequence's mean next-token loss, averaged over calibration
+    sequences and times `seq`. A tied head gets its own gradient (a separate copy of the
+    table stands in for it)."""
     torch = require("torch")
     model = untied_copy(model)
     mats = reference_matrices(model)
@@ -92,7 +86,9 @@ def fisher_diagonals(model, ids: np.ndarray, tokens: int = FISHER_TOKENS,
         grads = torch.autograd.grad(loss, list(mats.values()))
         for k, g in zip(mats, grads):
             sums[k].add_(g.square())
-    return {k: (v / max(n, 1)).numpy() for k, v in sums.items()}
+    # a sequence's mean gradient over `seq` nearly independent tokens has about 1/seq of a
+    # token's gradient variance: scaled back to the per-token Fisher information
+    return {k: (v * seq / max(n, 1)).numpy() for k, v in sums.items()}
 
 
 @dataclass

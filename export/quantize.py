@@ -1,22 +1,24 @@
-"""Weight-only int8 / int4 graphs (SCR_SPEC section 4), made by onnxruntime's own quantizer.
+"""Weight-only int8 / int4 graphs (SCR_SPEC section 4, v3: a precision per matrix).
 
 The float graph's weight matrices (every MatMul whose second input is a constant: q, k, v,
-o, gate, up, down, SCR `proj`, the output head) are quantized per block of `block_size`
-rows by `onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`; nothing
-here computes a scale. Embeddings (Gather), norms and every `Realign` input stay float32.
+o, gate, up, down, SCR `proj`, the output head) are each held at the precision a plan gives
+them (export/mixed.py): int4, int8 or float. Integers, scales and zero points come from
+export/qgrid.py (round-to-nearest) or export/gptq.py (GPTQ), per block of `block_size`
+rows; norms and every `Realign` input stay float32; a tied embedding may read the quantized
+head's table (`share_tied_embedding`).
 
-Two graphs come out:
-- the onnxruntime form: `com.microsoft.MatMulNBits`, as the quantizer writes it;
+Two graphs come out, each with its own plan (each must pass the tier on its own):
+- the onnxruntime form: `com.microsoft.MatMulNBits`, laid out as onnxruntime's quantizer
+  writes it (names, packing), int4 on the grid the spec names: asymmetric with float zero
+  points by default (`asym_float`; chosen by measurement, docs/quantization-quality.md),
+  or with integer zero points (`asym`), or symmetric; int8 symmetric;
 - the TensorRT form: standard blocked `DequantizeLinear` (opset 21, INT4/INT8, no zero
   point: TensorRT's weight-only GEMMs take symmetric weights) feeding the original
-  `MatMul`. It is rewritten *from* the MatMulNBits nodes: the same integers and scales,
-  except that TensorRT takes only positive scales (see `positive_scales`).
+  `MatMul`, rewritten from a symmetric MatMulNBits graph of its plan (positive scales only,
+  see `positive_scales`). A matrix that needs more than symmetric int4 is int8 there.
 
-Methods: `rtn` (round-to-nearest, symmetric: both graphs), `hqq` (onnxruntime's
-half-quadratic quantizer, int4, no calibration data; it stores float zero points, which
-`DequantizeLinear` cannot express, so its TensorRT form is the `rtn` quantization and the
-config says so per graph) and `gptq` (activation-aware, with a calibration text: GPTQ's
-integers and scales on onnxruntime's symmetric grid, export/gptq.py; both graphs).
+Methods: `rtn` (round-to-nearest), `gptq` (activation-aware, with a calibration text),
+`hqq` (onnxruntime's own half-quadratic quantizer, int4, uniform; its TensorRT form `rtn`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ QUANT_OPSET = 21  # blocked DequantizeLinear and INT4 tensors
 ORT_ACCURACY_LEVEL = 4
 ORT_FORMAT = "MatMulNBits"
 TRT_FORMAT = "DequantizeLinear+MatMul"
+HEAD = "lm_head"  # the output head's matrix name
 TIED_HEAD_SUFFIX = ".head_T"  # the tied head's own [D, V] copy (materialize_tied_head)
 _HQQ_BITS = (4,)  # onnxruntime's CPU MatMulNBits refuses 8-bit weights with float zero points
 
@@ -219,11 +222,14 @@ def weight_matmuls(proto) -> list[str]:
 def matrix_names(nodes: list[str]) -> list[str]:
     """`/model/layers.0/attn/q_proj/MatMul` -> `model.layers.0.attn.q_proj`; the head's
     MatMul (no module of its own when tied) is called `lm_head`."""
-    out = []
-    for name in nodes:
-        path = name.strip("/").rsplit("/", 1)[0].replace("/", ".")
-        out.append("lm_head" if path in ("model", "") else path)
-    return out
+    return [matrix_name(name.strip("/").rsplit("/", 1)[0]) for name in nodes]
+
+
+def matrix_name(scope: str) -> str:
+    """A module scope (`/model/layers.0/attn/q_proj`) -> its matrix's name
+    (`model.layers.0.attn.q_proj`); the head's scope (`/model`) -> `lm_head`."""
+    path = scope.strip("/").replace("/", ".")
+    return HEAD if path in ("model", "") else path
 
 
 def quantize_ort(proto, spec: QuantSpec, nodes: list[str]):
@@ -371,10 +377,10 @@ class MatrixNumbers:
         return self._cache[key]
 
 
-def planned_graph(base, plan: dict[str, str], grids: dict[str, Grid], numbers: Numbers,
+def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
                   block: int, share_embedding: bool = False):
     """A copy of `base` (its head materialized) where each weight MatMul whose matrix the plan
-    puts at int4 / int8 becomes a `MatMulNBits` holding `numbers(matrix, grids[precision])`
+    puts at int4 / int8 becomes a `MatMulNBits` holding `numbers(matrix, grids(matrix, precision))`
     (zero points when the grid has them); "float" matrices stay MatMul. With
     `share_embedding`, a tied embedding reads the quantized head's table
     (`share_tied_embedding`)."""
@@ -388,7 +394,7 @@ def planned_graph(base, plan: dict[str, str], grids: dict[str, Grid], numbers: N
         if precision == "float":
             nodes.append(node)
             continue
-        grid = grids[precision]
+        grid = grids(by_node[node.name], precision)
         new, inits = _nbits_node(node, grid, *numbers(by_node[node.name], grid), block)
         nodes.append(new)
         proto.graph.initializer.extend(inits)
@@ -467,11 +473,27 @@ def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, b
     return new, inits
 
 
-def ort_grids(spec: QuantSpec) -> dict[str, Grid]:
-    return {"int4": Grid(4, spec.int4_grid), "int8": Grid(8, "sym")}
+GridOf = Callable[[str, str], Grid]  # (matrix name, precision) -> its grid
 
 
-TRT_GRIDS = {"int4": Grid(4, "sym"), "int8": Grid(8, "sym")}  # TensorRT: symmetric only
+def ort_grids(spec: QuantSpec) -> GridOf:
+    """The onnxruntime form's grids: int4 on the spec's grid, int8 symmetric. A tied head
+    whose table the embedding shares takes integer zero points at most (GatherBlockQuantized
+    has no float zero points)."""
+    int4 = Grid(4, spec.int4_grid)
+    head4 = Grid(4, "asym") if spec.quantize_embedding and int4.kind == "asym_float" else int4
+
+    def grid(name: str, precision: str) -> Grid:
+        if precision == "int8":
+            return Grid(8, "sym")
+        return head4 if name == HEAD else int4
+
+    return grid
+
+
+def trt_grids(name: str, precision: str) -> Grid:
+    """TensorRT's weight-only GEMMs take symmetric weights only."""
+    return Grid(4 if precision == "int4" else 8, "sym")
 
 
 def ort_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers,
@@ -487,7 +509,7 @@ def ort_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers,
 
 def trt_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers):
     """The TensorRT form of `plan`: symmetric weights, DequantizeLinear + MatMul."""
-    proto = to_dequantize_form(planned_graph(base, plan, TRT_GRIDS, numbers,
+    proto = to_dequantize_form(planned_graph(base, plan, trt_grids, numbers,
                                              spec.block_size))
     require("onnx").checker.check_model(proto)
     return proto
@@ -560,17 +582,17 @@ def config_section(spec: QuantSpec, chosen: dict, ort_file: str,
     record."""
     from scredge.export.mixed import is_projection
 
-    grids = {"ort": ort_grids(spec), "trt": TRT_GRIDS}
+    grids = {"ort": ort_grids(spec), "trt": trt_grids}
 
     def graph(backend: str, file: str, fmt: str) -> dict:
         c = chosen[backend]
         out = {"file": file, "format": fmt, "method": c.method, "bits": c.plan.bits,
-               "symmetric": all(grids[backend][p].symmetric
-                                for p in set(c.plan.precision.values()) - {"float"}),
+               "symmetric": all(grids[backend](m, p).symmetric
+                                for m, p in c.plan.precision.items() if p != "float"),
                "mean_bits_per_weight": round(c.plan.mean_bits(), 4),
                "int4_projection_weights": round(c.plan.fraction("int4", is_projection), 4),
                "plans_tried": len(c.tried) + 1,
-               "matrices": {m: _matrix_record(p, grids[backend], spec, c.method)
+               "matrices": {m: _matrix_record(m, p, grids[backend], spec, c.method)
                             for m, p in c.plan.precision.items()}}
         if c.fusions is not None:
             out.update(fused=asdict(c.fusions), min_onnxruntime=MIN_ONNXRUNTIME)
@@ -578,7 +600,7 @@ def config_section(spec: QuantSpec, chosen: dict, ort_file: str,
 
     return {
         "bits": spec.bits, "block_size": spec.block_size, "method": spec.method,
-        "symmetric": grids["ort"]["int4"].symmetric if spec.bits == 4 else True,
+        "symmetric": Grid(4, spec.int4_grid).symmetric if spec.bits == 4 else True,
         "mixed_precision": "auto" if spec.mixed else "off",
         "weights": "weight-only",
         "matrices": list(chosen["ort"].plan.precision),
@@ -593,11 +615,11 @@ def config_section(spec: QuantSpec, chosen: dict, ort_file: str,
     }
 
 
-def _matrix_record(precision: str, grids: dict[str, Grid], spec: QuantSpec,
+def _matrix_record(name: str, precision: str, grids: GridOf, spec: QuantSpec,
                    method: str) -> dict:
     if precision == "float":
         return {"bits": 32}
-    g = grids[precision]
+    g = grids(name, precision)
     return {"bits": g.bits, "block_size": spec.block_size, "symmetric": g.symmetric,
             "zero_points": {"sym": None, "asym": "uint8", "asym_float": "float32"}[g.kind],
             "method": method}

@@ -20,7 +20,6 @@ from scredge.export.mixed import PROMOTE_STEPS, Plan, candidate_plans, matrix_co
 from scredge.export.ort_fusions import FusionCounts
 from scredge.export.qgrid import dequantize
 from scredge.export.quantize import (
-    TRT_GRIDS,
     MatrixNumbers,
     QuantSpec,
     config_section,
@@ -29,6 +28,7 @@ from scredge.export.quantize import (
     prepared_base,
     quantize_graphs,
     trt_form,
+    trt_grids,
 )
 from scredge.quantized_tier import QuantizedReport, check_runner
 from scredge.tiers import quantized_thresholds
@@ -107,7 +107,7 @@ class PlanSearch:
         yield uniform
         if not self.spec.mixed:
             return
-        grids = ort_grids(self.spec) if backend == "ort" else TRT_GRIDS
+        grids = ort_grids(self.spec) if backend == "ort" else trt_grids
         if self._fisher is None:
             from scredge.export.mixed import fisher_diagonals
 
@@ -116,7 +116,7 @@ class PlanSearch:
         b = self.spec.block_size
         costs = matrix_costs({m: self.numbers.weight[m]() for m in self.numbers.names},
                              self._fisher,
-                             lambda m, p: dequantize(*self.numbers(m, grids[p]), b))
+                             lambda m, p: dequantize(*self.numbers(m, grids(m, p)), b))
         uniform.estimate = sum(c.sensitivity["int4"] for c in costs)
         yield from candidate_plans(costs, PROMOTE_STEPS)
 

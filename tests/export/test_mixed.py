@@ -96,14 +96,16 @@ def tiny_fisher(tiny_opset21):
 
     model, _ = tiny_opset21
     ids = np.frombuffer(training_text()[-20000:], np.uint8).astype(np.int64)
-    return model, ids, fisher_diagonals(model, ids, tokens=2048)
+    return model, ids, fisher_diagonals(model, ids, tokens=1024)
 
 
+@pytest.mark.slow
 def test_fisher_estimate_ranks_matrices_as_the_measured_loss_does(tiny_fisher):
     """Oracle: the calibration loss measured with one matrix alone quantized to symmetric
-    int4 (a forward pass per matrix). The second-order estimate's Spearman rank correlation
-    with it over the 33 matrices is at least 0.6, and the estimate's total is within a
-    factor of 3 of the summed measured increases."""
+    int4 (a forward pass per matrix, over the 1,024 tokens the estimate used). The
+    second-order estimate's Spearman rank correlation with it over the 33 matrices is at
+    least 0.6 (measured 0.69), and the estimate's total is within a factor of 3 of the
+    summed measured increases (measured 0.54)."""
     import torch
 
     model, ids, fisher = tiny_fisher
