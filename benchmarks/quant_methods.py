@@ -7,7 +7,7 @@ Methods: round-to-nearest (rtn) and GPTQ (calibrated on the prose corpus's train
 export.heldout.training_text) on three grids (export/qgrid.py): onnxruntime's symmetric
 grid, asymmetric with integer zero points, asymmetric with float zero points.
 
-Usage: python benchmarks/quant_methods.py [--from-llama DIR | --preset small]
+Usage: python benchmarks/quant_methods.py [--from-llama DIR | --pretrained tiny | --preset small]
        [--methods rtn-sym gptq-asym ...] [--block-size 32]
 """
 
@@ -26,10 +26,12 @@ CHUNK = 256
 
 
 def load(args):
-    from scredge.export.sources import from_llama, from_preset
+    from scredge.export.sources import from_llama, from_preset, from_pretrained
 
     if args.from_llama:
         return from_llama(args.from_llama, ())
+    if args.pretrained:
+        return from_pretrained(args.pretrained)
     return from_preset(args.preset)
 
 
@@ -86,6 +88,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--from-llama", type=Path)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--pretrained", help="a shipped checkpoint (tiny)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--calibration-tokens", type=int, default=16384)

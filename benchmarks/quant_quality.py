@@ -37,14 +37,16 @@ def folder_bytes(folder: Path, leave_out: tuple[str, ...] = ()) -> int:
 
 
 def genai_step(folder: Path):
-    """onnxruntime-genai's graph as a stateful step(ids, positions) -> logits."""
+    """onnxruntime-genai's graph as a stateful step(ids, positions) -> logits (its cache
+    shape from genai_config.json: kv heads, head size)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     kv = [n for n in names if n.startswith("past_key_values")]
-    shapes = {i.name: i.shape for i in sess.get_inputs()}
-    past = {n: np.zeros((1, shapes[n][1], 0, shapes[n][3]), np.float32) for n in kv}
+    dec = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    past = {n: np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), np.float32)
+            for n in kv}
     outs = [o.name for o in sess.get_outputs()]
 
     def step(ids: np.ndarray, pos: np.ndarray) -> np.ndarray:

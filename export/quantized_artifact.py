@@ -123,24 +123,55 @@ class PlanSearch:
     def choose(self, backend: str) -> Chosen:
         """The first plan whose graph passes. After a failure, plans whose estimate, scaled
         by the last failure's measured / estimated loss increase, still predicts a
-        perplexity ratio over the tier's are skipped (logged), not built."""
+        perplexity ratio over the tier's are skipped (logged), not built; the most promoted
+        one is tried if nothing else is left, and once a plan passes, the plans skipped
+        just before it are tried by bisection (the least promoted that passes is kept)."""
         name = ONNX_FILE if backend == "ort" else TRT_ONNX_FILE
-        tried = []
+        tried, skipped = [], []
         for plan in self.plans(backend):
             limit = math.log(quantized_thresholds(plan.bits).ppl_ratio)
             scale = _scale(tried[-1]) if tried else None
             if scale is not None and plan.estimate * scale > limit:
                 self.log(f"  {backend} plan skipped (predicted ratio "
                          f"{math.exp(plan.estimate * scale):.3f}): {plan.summary()}")
+                skipped.append(plan)
                 continue
             rep = self.check(backend, plan, name)
             if rep.passed:
-                return Chosen(plan, rep, self.spec.method, self._fusions, tried)
+                return self._refine(backend, name, skipped, Chosen(
+                    plan, rep, self.spec.method, self._fusions, tried))
+            tried.append((plan, rep))
+            skipped = []  # less promoted than a plan that failed
+        if skipped:
+            plan = skipped.pop()
+            rep = self.check(backend, plan, name)
+            if rep.passed:
+                return self._refine(backend, name, skipped, Chosen(
+                    plan, rep, self.spec.method, self._fusions, tried))
             tried.append((plan, rep))
         refuse(name, self.spec, tried)
 
-    def check(self, backend: str, plan: Plan, name: str) -> QuantizedReport:
-        """Build and save the graph of `plan`, and run the tier on it."""
+    def _refine(self, backend: str, name: str, skipped: list[Plan], best: Chosen) -> Chosen:
+        """Bisect the skipped plans (least to most promoted, all below `best`'s) for the
+        least promoted that passes; its graph is the one left written."""
+        lo, hi, last_passed = 0, len(skipped), True
+        while lo < hi:
+            mid = (lo + hi) // 2
+            rep = self.check(backend, skipped[mid], name)
+            last_passed = rep.passed
+            if rep.passed:
+                best = Chosen(skipped[mid], rep, best.method, self._fusions, best.tried)
+                hi = mid
+            else:
+                best.tried.append((skipped[mid], rep))
+                lo = mid + 1
+        if not last_passed:  # rebuild the kept plan's graph (the same numbers, cached)
+            self.build(backend, best.plan, name)
+            self.log(f"  {backend} kept: {best.plan.summary()}")
+        return best
+
+    def build(self, backend: str, plan: Plan, name: str) -> None:
+        """Build and save the graph of `plan`."""
         self._fusions = None
         if backend == "ort":
             proto, self._fusions = ort_form(self.base, plan.precision, self.spec,
@@ -148,7 +179,10 @@ class PlanSearch:
         else:
             proto = trt_form(self.base, plan.precision, self.spec, self.numbers)
         _save(proto, self.tmp / name)
-        del proto
+
+    def check(self, backend: str, plan: Plan, name: str) -> QuantizedReport:
+        """Build and save the graph of `plan`, and run the tier on it."""
+        self.build(backend, plan, name)
         rep = check_graph(self.tmp / name, self.model, self.heldout, plan.bits, backend)
         self.log(f"  {backend} plan: {plan.summary()}\n    {rep.summary()}")
         return rep

@@ -198,3 +198,43 @@ def test_a_search_that_finds_no_plan_is_refused_naming_the_best(tiny_opset21, tm
     assert "perplexity ratio" in str(err.value)
     assert "of projection weights in int4" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+class _Verdict:
+    """A tier report's fields the search reads."""
+
+    def __init__(self, ratio: float):
+        self.ratio, self.top1, self.nonfinite, self.bits = ratio, 0.95, 0, 4
+        self.failures = [] if ratio <= 1.05 else [f"perplexity ratio {ratio:.4f} > 1.05"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def test_skipped_plans_are_bisected_once_a_plan_passes():
+    """Oracle: the search's rules on known measured ratios. The uniform plan fails (ratio
+    1.7, estimate 1.0); every later plan is predicted to miss, so the most promoted is tried
+    (passes), then the skipped ones are bisected: the middle fails, the next passes and is
+    kept; graphs built: 4, none rebuilt (the kept plan's graph is the last written)."""
+    sizes = {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}
+    order = "abcde"
+    plans = []
+    for k, estimate in enumerate((1.0, 0.8, 0.6, 0.4, 0.1)):
+        plans.append(Plan({n: "int8" if i < k else "int4" for i, n in enumerate(order)},
+                          sizes, estimate))
+    ratio = {0: 1.7, 1: 1.3, 2: 1.08, 3: 1.04, 4: 1.01}
+    search = quantized_artifact.PlanSearch.__new__(quantized_artifact.PlanSearch)
+    search.spec, search.log, search._fusions = QuantSpec(4, mixed=True), lambda s: None, None
+    checked, built = [], []
+    search.plans = lambda backend: iter(plans)
+    search.build = lambda backend, plan, name: built.append(plans.index(plan))
+
+    def check(backend, plan, name):
+        checked.append(plans.index(plan))
+        return _Verdict(ratio[plans.index(plan)])
+
+    search.check = check
+    chosen = search.choose("ort")
+    assert checked == [0, 4, 2, 3] and built == []
+    assert chosen.plan is plans[3] and [plans.index(p) for p, _ in chosen.tried] == [0, 2]
