@@ -154,17 +154,20 @@ def main() -> int:
     ap.add_argument("--prompts", nargs="+", default=list(PROMPTS))
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--no-answers", action="store_true")
+    ap.add_argument("--no-score", action="store_true", help="greedy answers only")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from scredge.quantized_tier import Heldout
 
-    heldout = Heldout.load(args.artifacts[0] / "parity" / "heldout.npz")
     result = {"ours": [ours(a) for a in args.artifacts]}
     for row in result["ours"]:
         print(json.dumps(row), flush=True)
-    result["genai"] = {**score_genai(args.genai, heldout), "bytes": folder_bytes(args.genai),
-                       "int4_projection_weights": genai_int4_fraction(args.genai)}
-    print(json.dumps(result["genai"]), flush=True)
+    if not args.no_score:
+        heldout = Heldout.load(args.artifacts[0] / "parity" / "heldout.npz")
+        result["genai"] = {**score_genai(args.genai, heldout),
+                           "bytes": folder_bytes(args.genai),
+                           "int4_projection_weights": genai_int4_fraction(args.genai)}
+        print(json.dumps(result["genai"]), flush=True)
     if not args.no_answers:
         n = args.max_new_tokens
         result["answers"] = {"prompts": args.prompts,

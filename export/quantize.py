@@ -591,7 +591,7 @@ def config_section(spec: QuantSpec, chosen: dict, ort_file: str,
                                 for m, p in c.plan.precision.items() if p != "float"),
                "mean_bits_per_weight": round(c.plan.mean_bits(), 4),
                "int4_projection_weights": round(c.plan.fraction("int4", is_projection), 4),
-               "plans_tried": len(c.tried) + 1,
+               "plans_tried": len(c.tried) + 1, "embedding": c.embedding,
                "matrices": {m: _matrix_record(m, p, grids[backend], spec, c.method)
                             for m, p in c.plan.precision.items()}}
         if c.fusions is not None:
@@ -604,7 +604,8 @@ def config_section(spec: QuantSpec, chosen: dict, ort_file: str,
         "mixed_precision": "auto" if spec.mixed else "off",
         "weights": "weight-only",
         "matrices": list(chosen["ort"].plan.precision),
-        "float": ["embeddings", "norms", "Realign inputs (float32)"],
+        "float": ["embeddings (unless a graph's `embedding` says otherwise)", "norms",
+                  "Realign inputs (float32)"],
         "quantizer": QUANTIZER if spec.method == "hqq" else
         "scredge.export.qgrid (rtn) / scredge.export.gptq (gptq), MatMulNBits laid out as "
         f"{QUANTIZER} writes it",

@@ -20,6 +20,8 @@ from scredge.export.mixed import PROMOTE_STEPS, Plan, candidate_plans, matrix_co
 from scredge.export.ort_fusions import FusionCounts
 from scredge.export.qgrid import dequantize
 from scredge.export.quantize import (
+    HEAD,
+    SHARED_EMBEDDING,
     MatrixNumbers,
     QuantSpec,
     config_section,
@@ -74,6 +76,7 @@ class Chosen:
     method: str
     fusions: FusionCounts | None = None
     tried: list[tuple[Plan, QuantizedReport]] = field(default_factory=list)
+    embedding: str = "float"  # or how the graph's embedding reads a quantized table
 
 
 def refuse(name: str, spec: QuantSpec, tried: list[tuple[Plan, QuantizedReport]]):
@@ -139,7 +142,7 @@ class PlanSearch:
             rep = self.check(backend, plan, name)
             if rep.passed:
                 return self._refine(backend, name, skipped, Chosen(
-                    plan, rep, self.spec.method, self._fusions, tried))
+                    plan, rep, self.spec.method, self._fusions, tried, self._embedding))
             tried.append((plan, rep))
             skipped = []  # less promoted than a plan that failed
         if skipped:
@@ -147,7 +150,7 @@ class PlanSearch:
             rep = self.check(backend, plan, name)
             if rep.passed:
                 return self._refine(backend, name, skipped, Chosen(
-                    plan, rep, self.spec.method, self._fusions, tried))
+                    plan, rep, self.spec.method, self._fusions, tried, self._embedding))
             tried.append((plan, rep))
         refuse(name, self.spec, tried)
 
@@ -160,7 +163,8 @@ class PlanSearch:
             rep = self.check(backend, skipped[mid], name)
             last_passed = rep.passed
             if rep.passed:
-                best = Chosen(skipped[mid], rep, best.method, self._fusions, best.tried)
+                best = Chosen(skipped[mid], rep, best.method, self._fusions, best.tried,
+                              self._embedding)
                 hi = mid
             else:
                 best.tried.append((skipped[mid], rep))
@@ -178,6 +182,9 @@ class PlanSearch:
                                             self.numbers, self.model.config)
         else:
             proto = trt_form(self.base, plan.precision, self.spec, self.numbers)
+        self._embedding = next((f"{SHARED_EMBEDDING}, the head's int{plan.precision[HEAD][3:]} "
+                                "table" for n in proto.graph.node
+                                if n.op_type == SHARED_EMBEDDING), "float")
         _save(proto, self.tmp / name)
 
     def check(self, backend: str, plan: Plan, name: str) -> QuantizedReport:

@@ -144,7 +144,8 @@ def test_the_search_keeps_the_first_plan_the_tier_passes(tiny_opset21, tmp_path,
     """Oracle: the verdict. With a verdict that fails every graph holding no int8 matrix,
     the uniform int4 plan is refused and the next plan (the matrices of highest measured
     gain per bit promoted) is kept; config.json records per matrix bits / block / symmetry
-    / method, the mean bits per weight, and the plans tried."""
+    / method, the mean bits per weight, and the plans tried; the tied embedding reads the
+    quantized head's table (GatherBlockQuantized) in the onnxruntime form."""
     model, proto = tiny_opset21
     monkeypatch.setattr(pipeline, "export_graph", lambda m, opset: _copy(proto))
     record = quantized_artifact.record_heldout
@@ -161,9 +162,16 @@ def test_the_search_keeps_the_first_plan_the_tier_passes(tiny_opset21, tmp_path,
         return rep
 
     monkeypatch.setattr(quantized_artifact, "check_graph", verdict)
-    spec = QuantSpec(4, method="rtn", mixed=True)
+    spec = QuantSpec(4, method="rtn", mixed=True, quantize_embedding=True)
     folder = pipeline.export_artifact(model, tmp_path / "a", quantize=spec)
     q = json.loads((folder / "config.json").read_text())["quantization"]
+    # the tied embedding reads the head's quantized table in the onnxruntime form only
+    assert q["graphs"]["ort"]["embedding"].startswith("GatherBlockQuantized")
+    assert q["graphs"]["trt"]["embedding"] == "float"
+    ort_form = onnx.load(str(folder / "model.onnx"))
+    assert "GatherBlockQuantized" in {n.op_type for n in ort_form.graph.node}
+    assert not any(n.op_type == "Gather" and n.input[0] in
+                   {i.name for i in ort_form.graph.initializer} for n in ort_form.graph.node)
     for backend, symmetric in (("ort", False), ("trt", True)):
         g = q["graphs"][backend]
         assert g["plans_tried"] == 2 and g["bits"] == 4
@@ -225,7 +233,8 @@ def test_skipped_plans_are_bisected_once_a_plan_passes():
                           sizes, estimate))
     ratio = {0: 1.7, 1: 1.3, 2: 1.08, 3: 1.04, 4: 1.01}
     search = quantized_artifact.PlanSearch.__new__(quantized_artifact.PlanSearch)
-    search.spec, search.log, search._fusions = QuantSpec(4, mixed=True), lambda s: None, None
+    search.spec, search.log = QuantSpec(4, mixed=True), lambda s: None
+    search._fusions, search._embedding = None, "float"
     checked, built = [], []
     search.plans = lambda backend: iter(plans)
     search.build = lambda backend, plan, name: built.append(plans.index(plan))
