@@ -18,12 +18,9 @@ from scredge.errors import ScredgeError
 from scredge.export.heldout import record_heldout
 from scredge.export.mixed import PROMOTE_STEPS, Plan, candidate_plans, matrix_costs
 from scredge.export.ort_fusions import FusionCounts
-from scredge.export.qgrid import dequantize
-from scredge.export.quantize import (
-    HEAD,
+from scredge.export.plan_graphs import (
     SHARED_EMBEDDING,
     MatrixNumbers,
-    QuantSpec,
     config_section,
     ort_form,
     ort_grids,
@@ -32,6 +29,8 @@ from scredge.export.quantize import (
     trt_form,
     trt_grids,
 )
+from scredge.export.qgrid import dequantize
+from scredge.export.quantize import HEAD, QuantSpec
 from scredge.quantized_tier import QuantizedReport, check_runner
 from scredge.tiers import quantized_thresholds
 from scredge.tokenizer_files import TokenizerFiles

@@ -19,7 +19,8 @@ from scredge.cli import main
 from scredge.contract import HELDOUT_FILE, MANIFEST_FILE, ONNX_FILE, TRT_ONNX_FILE
 from scredge.errors import ScredgeError
 from scredge.export import pipeline
-from scredge.export.quantize import QuantSpec, quantize_graphs
+from scredge.export.plan_graphs import quantize_graphs
+from scredge.export.quantize import QuantSpec
 from scredge.quantized_tier import run_quantized_parity
 from scredge.runtime.loaders import load_ort, open_artifact
 
