@@ -39,11 +39,23 @@ def add(sub) -> None:
                    help="weight-only quantized artifact (SCR_SPEC section 4)")
     p.add_argument("--block-size", type=int, help="--quantize: rows per scale (default 32)")
     p.add_argument("--quant-method", choices=["rtn", "hqq", "gptq"],
-                   help="--quantize: round-to-nearest (default), hqq (int4), or gptq "
-                        "(activation-aware; needs --calibration)")
+                   help="--quantize: gptq (activation-aware; the int4 default), rtn "
+                        "(round-to-nearest; the int8 default) or hqq (int4, uniform)")
+    p.add_argument("--mixed-precision", choices=["auto", "off"],
+                   help="--quantize int4: auto (default) promotes the matrices measured most "
+                        "sensitive to int8 until the artifact passes the int4 tier; off: "
+                        "every matrix int4")
+    p.add_argument("--int4-grid", choices=["sym", "asym", "asym_float"],
+                   help="--quantize int4: the onnxruntime form's grid (default asym: integer "
+                        "zero points); the TensorRT form is always symmetric")
+    p.add_argument("--embedding", choices=["shared", "float"],
+                   help="--quantize, tied embeddings: shared (default) reads the quantized "
+                        "head's table in the onnxruntime form (GatherBlockQuantized); float "
+                        "keeps a float table")
     p.add_argument("--calibration", type=Path, metavar="FILE",
-                   help="--quant-method gptq: a UTF-8 text like the model will see (>= 2,048 "
-                        "tokens; the first 32,768 are used)")
+                   help="gptq / mixed precision: a UTF-8 text like the model will see (>= "
+                        "2,048 tokens; the first 32,768 are used; default: the built-in prose "
+                        "corpus's training part)")
     p.add_argument("--scr-layers", help="'all', 'none', or indices like 0,2 (default: the "
                                         "preset's or config's; every layer for --from-llama "
                                         "and --from-gguf)")
@@ -68,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     # refuse bad options before building or loading anything
     quant = parse_quantize_args(args.quantize, args.block_size, args.quant_method, args.dtype,
-                                args.calibration)
+                                args.calibration, args.mixed_precision, args.int4_grid,
+                                args.embedding)
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
     src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,

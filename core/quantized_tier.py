@@ -23,6 +23,7 @@ from scredge.tiers import QuantizedThresholds, decisive_top1, quantized_threshol
 
 HELDOUT_TOKENS = 4096  # positions scored (SCR_SPEC section 5: at least 4,096)
 CHUNK = 256  # tokens per teacher-forced call (chunked prefill threading the state)
+KL_TOPK = 32  # the reference's most likely tokens kept per position for the KL divergence
 
 
 @dataclass
@@ -33,34 +34,74 @@ class PositionStats:
     top1: np.ndarray  # [N] int64
     margin: np.ndarray  # [N] float32
     nonfinite: int = 0  # positions whose logits hold NaN or Inf
+    # the reference's side: its KL_TOPK most likely ids [N,k] int32 and log-probs [N,k]
+    topk_ids: np.ndarray | None = None
+    topk_logprob: np.ndarray | None = None
+    # a backend's side: KL(reference || backend) per position [N] over the reference's
+    # top-k tokens and the rest as one bucket (a lower bound of the full KL)
+    kl: np.ndarray | None = None
 
     @classmethod
-    def from_logits(cls, logits: np.ndarray, targets: np.ndarray) -> PositionStats:
+    def from_logits(cls, logits: np.ndarray, targets: np.ndarray,
+                    ref: PositionStats | None = None, topk: int = KL_TOPK) -> PositionStats:
+        """Stats of `logits` [T,V]; with `ref` (the reference's stats of the same positions)
+        the KL divergence from it, without it this is the reference: its top-k recorded."""
         x = np.asarray(logits, np.float64).reshape(-1, logits.shape[-1])
         finite = np.isfinite(x).all(axis=-1)
         m = x.max(axis=-1, keepdims=True)
         lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=-1))
         lp = x[np.arange(len(x)), targets] - lse
         top2 = np.partition(x, -2, axis=-1)[:, -2:]
-        return cls(lp, x.argmax(-1).astype(np.int64), (top2[:, 1] - top2[:, 0]).astype(
+        out = cls(lp, x.argmax(-1).astype(np.int64), (top2[:, 1] - top2[:, 0]).astype(
             np.float32), int((~finite).sum()))
+        if ref is None:
+            k = min(topk, x.shape[-1])
+            ids = np.argpartition(-x, k - 1, axis=-1)[:, :k]
+            out.topk_ids = ids.astype(np.int32)
+            out.topk_logprob = (np.take_along_axis(x, ids, -1) - lse[:, None]).astype(
+                np.float32)
+        elif ref.topk_ids is not None:
+            q = np.take_along_axis(x, ref.topk_ids.astype(np.int64), -1) - lse[:, None]
+            out.kl = bucket_kl(ref.topk_logprob.astype(np.float64), q)
+        return out
+
+    def rows(self, start: int, stop: int) -> PositionStats:
+        cut = lambda a: None if a is None else a[start:stop]  # noqa: E731
+        return PositionStats(self.logprob[start:stop], self.top1[start:stop],
+                             self.margin[start:stop], 0, cut(self.topk_ids),
+                             cut(self.topk_logprob), cut(self.kl))
 
     @classmethod
     def concat(cls, parts: list[PositionStats]) -> PositionStats:
+        cat = lambda k: (None if getattr(parts[0], k) is None  # noqa: E731
+                         else np.concatenate([getattr(p, k) for p in parts]))
         return cls(np.concatenate([p.logprob for p in parts]),
                    np.concatenate([p.top1 for p in parts]),
-                   np.concatenate([p.margin for p in parts]), sum(p.nonfinite for p in parts))
+                   np.concatenate([p.margin for p in parts]), sum(p.nonfinite for p in parts),
+                   cat("topk_ids"), cat("topk_logprob"), cat("kl"))
 
 
-def teacher_forced_stats(step, ids: np.ndarray, chunk: int = CHUNK) -> PositionStats:
+def bucket_kl(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row over k tokens plus one bucket for the rest of the vocabulary, from
+    the log-probabilities of the same k tokens [N,k] under p and q."""
+    p, q = np.exp(p_log), np.exp(q_log)
+    p_rest = np.clip(1 - p.sum(-1), 1e-12, 1)
+    q_rest = np.clip(1 - q.sum(-1), 1e-12, 1)
+    return (p * (p_log - q_log)).sum(-1) + p_rest * (np.log(p_rest) - np.log(q_rest))
+
+
+def teacher_forced_stats(step, ids: np.ndarray, chunk: int = CHUNK,
+                         ref: PositionStats | None = None) -> PositionStats:
     """Feed ids[:-1] (batch 1) through `step(ids [1,T], positions [1,T]) -> logits` in
-    chunks that thread the state; score every position against the next id."""
+    chunks that thread the state; score every position against the next id (and, given
+    the reference's stats `ref`, the KL divergence from it)."""
     ids = np.asarray(ids, np.int64)
     parts = []
     for start in range(0, len(ids) - 1, chunk):
         stop = min(start + chunk, len(ids) - 1)
         logits = step(ids[None, start:stop], np.arange(start, stop, dtype=np.int64)[None])
-        parts.append(PositionStats.from_logits(logits[0], ids[start + 1:stop + 1]))
+        parts.append(PositionStats.from_logits(
+            logits[0], ids[start + 1:stop + 1], None if ref is None else ref.rows(start, stop)))
     return PositionStats.concat(parts)
 
 
@@ -74,9 +115,11 @@ class Heldout:
     ref: PositionStats
 
     def save(self, path: Path) -> None:
+        topk = ({} if self.ref.topk_ids is None else
+                {"ref_topk_ids": self.ref.topk_ids, "ref_topk_logprob": self.ref.topk_logprob})
         save_arrays(path, {"weights_sha256": self.weights_sha256, "source": self.source},
                     {"ids": self.ids, "ref_logprob": self.ref.logprob,
-                     "ref_top1": self.ref.top1, "ref_margin": self.ref.margin})
+                     "ref_top1": self.ref.top1, "ref_margin": self.ref.margin, **topk})
 
     @classmethod
     def load(cls, path: Path, vocab_size: int | None = None) -> Heldout:
@@ -99,7 +142,9 @@ class Heldout:
                 raise ScredgeError("the held-out reference's metadata is malformed",
                                    received=repr(meta)[:120],
                                    fix="export the artifact again with --quantize")
-            return cls(meta["weights_sha256"], meta.get("source"), ids, PositionStats(*stats))
+            topk = [z[k] if k in z else None for k in ("ref_topk_ids", "ref_topk_logprob")]
+            return cls(meta["weights_sha256"], meta.get("source"), ids,
+                       PositionStats(*stats, 0, *topk))
 
 
 @dataclass
@@ -117,6 +162,7 @@ class QuantizedReport:
     failures: list[str] = field(default_factory=list)
     precision: str = ""  # what ran, e.g. "int4 weight-only (rtn, block 32)" (for the report)
     backend: str = ""  # "ort" or "trt"
+    kl: float | None = None  # mean KL(reference || graph), reference top-k + rest (reported)
 
     @property
     def ratio(self) -> float:
@@ -128,11 +174,12 @@ class QuantizedReport:
 
     def summary(self) -> str:
         status = "PASS" if self.passed else "FAIL: " + "; ".join(self.failures)
+        kl = "" if self.kl is None else f", mean KL {self.kl:.4f} (reported)"
         return (f"int{self.bits} {self.graph}: perplexity {self.ppl:.4f} vs reference "
                 f"{self.ppl_ref:.4f} (ratio {self.ratio:.4f} <= {self.thresholds.ppl_ratio}), "
                 f"top-1 {self.top1:.2%} >= {self.thresholds.top1:.0%} over {self.decisive} "
                 f"positions ({self.near_ties} near-ties excluded), {self.nonfinite} non-finite"
-                f" -> {status}")
+                f"{kl} -> {status}")
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -155,7 +202,8 @@ def compare(heldout: Heldout, got: PositionStats, bits: int, graph: str) -> Quan
     ppl_ref = float(np.exp(-np.mean(ref.logprob)))
     ppl = float(np.exp(-np.mean(got.logprob))) if not got.nonfinite else float("inf")
     rep = QuantizedReport(bits, graph, len(ref.logprob), ppl_ref, ppl, agree, n,
-                          len(ref.logprob) - n, got.nonfinite, t)
+                          len(ref.logprob) - n, got.nonfinite, t,
+                          kl=None if got.kl is None else float(np.mean(got.kl)))
     if got.nonfinite:
         rep.failures.append(f"{got.nonfinite} positions with NaN or Inf logits")
     if not rep.ratio <= t.ppl_ratio:
@@ -169,7 +217,7 @@ def check_runner(heldout: Heldout, runner, bits: int, graph: str) -> QuantizedRe
     """Run `runner` (any backend) teacher-forced over the held-out ids and judge it."""
     decoder = runner.decoder(1)
     try:
-        got = teacher_forced_stats(decoder.step, heldout.ids)
+        got = teacher_forced_stats(decoder.step, heldout.ids, ref=heldout.ref)
     finally:
         decoder.close()
     return compare(heldout, got, bits, graph)
@@ -191,4 +239,13 @@ def run_quantized_parity(artifact, runner, graph: str) -> QuantizedReport:
                            received=f"weights sha256 {heldout.weights_sha256[:16]}...",
                            expected=f"this folder's, {actual[:16]}...",
                            fix="export the artifact again")
-    return check_runner(heldout, runner, artifact.quantization["bits"], graph)
+    return check_runner(heldout, runner, graph_bits(artifact.quantization, graph), graph)
+
+
+def graph_bits(quantization: dict, graph: str) -> int:
+    """The tier a graph is judged by: its lowest precision (SCR_SPEC section 4, v3; a plan
+    may differ per graph), else the artifact's bits (v2 artifacts)."""
+    for entry in quantization.get("graphs", {}).values():
+        if entry.get("file") == graph and "bits" in entry:
+            return int(entry["bits"])
+    return int(quantization["bits"])

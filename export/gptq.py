@@ -6,13 +6,14 @@ this model on a CPU. onnxruntime's bundled GPTQ returns round-to-nearest unchang
 (benchmarks/ort_gptq_check.py); torchao's GPTQ asserts a CUDA device (and its int4 path
 needs `mslk`); auto-round, GPTQModel and llm-compressor drive a Hugging Face model class
 through its own calibration loop; NVIDIA's modelopt pins onnxruntime-gpu. What is ours is
-the algorithm only: onnxruntime's quantizer still writes every MatMulNBits node (names,
-attributes, layout), and GPTQ then replaces each node's integers and scales.
+the algorithm only; the MatMulNBits nodes it fills are laid out as onnxruntime's quantizer
+writes them (export/quantize.py).
 
-The grid is exactly onnxruntime's symmetric round-to-nearest grid (a block's scale is its
-largest-magnitude weight over -2^(bits-1), integers in [-2^(bits-1), 2^(bits-1) - 1]), so
-with a diagonal Hessian GPTQ reproduces onnxruntime's integers and scales byte for byte
-(tested), and the TensorRT form is derived from the result as for `rtn`.
+GPTQ runs on any grid of export/qgrid.py: onnxruntime's symmetric grid (a block's scale is
+its largest-magnitude weight over -2^(bits-1)), where with a diagonal Hessian it reproduces
+onnxruntime's integers and scales byte for byte (tested), and the asymmetric grids with
+zero points (integer or float) of the onnxruntime form. A block's scale and zero point are
+set from its weights as updated when GPTQ reaches its first column.
 
 Activations come from the float32 reference over the calibration text, every matrix seeing
 the float model's inputs (not the quantized earlier layers'), as torchao's GPTQ does by
@@ -33,6 +34,7 @@ from scredge.contract import TOKENIZER_FILE
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph import scope_name
+from scredge.export.qgrid import Grid
 from scredge.files import read_bytes_limited
 from scredge.limits import MAX_CALIBRATION_BYTES
 from scredge.tokenizer_files import TokenizerFiles
@@ -46,6 +48,8 @@ LAZY_COLUMNS = 128  # columns updated together before the rest of the matrix (GP
 HEAD_SCOPE = "/model"  # the output head's MatMul: its input is the final norm's output
 _PROBE_BYTES = 256
 MAX_HELDOUT_OVERLAP = 0.5
+BUILTIN_CALIBRATION_BYTES = 60_000  # the training part's tail (~15k tokens for a BPE)
+BUILTIN_CALIBRATION_NAME = "built-in: prose corpus, training part (last 60,000 bytes)"
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,22 @@ class Calibration:
     def load(cls, path: Path, tokenizer: TokenizerFiles | None, vocab_size: int) -> Calibration:
         """Read and check `path` (see `calibration_text`), encoded with the artifact's
         tokenizer, or as bytes for a byte-level model."""
-        data = calibration_text(path)
+        return cls.from_text(calibration_text(path), Path(path).name, tokenizer, vocab_size)
+
+    @classmethod
+    def builtin(cls, tokenizer: TokenizerFiles | None, vocab_size: int) -> Calibration:
+        """The default calibration text: the tail of the prose corpus's training part
+        (export.heldout.training_text; the held-out text is never part of it)."""
+        from scredge.export.heldout import training_text
+
+        return cls.from_text(training_text()[-BUILTIN_CALIBRATION_BYTES:],
+                             BUILTIN_CALIBRATION_NAME, tokenizer, vocab_size)
+
+    @classmethod
+    def from_text(cls, data: bytes, name: str, tokenizer: TokenizerFiles | None,
+                  vocab_size: int) -> Calibration:
+        """`data` (checked text) in the model's token ids."""
+        path = name
         if tokenizer is None:
             if vocab_size < 256:
                 raise ScredgeError("a calibration text needs a tokenizer or byte ids",
@@ -71,7 +90,7 @@ class Calibration:
         if len(ids) < MIN_CALIBRATION_TOKENS:
             _too_short(path, f"{len(ids)} tokens")
         ids = ids[:MAX_CALIBRATION_TOKENS]
-        return cls(ids, {"file": Path(path).name, "sha256": hashlib.sha256(data).hexdigest(),
+        return cls(ids, {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
                          "bytes": len(data), "tokens": int(len(ids)),
                          "tokenizer": "bytes" if tokenizer is None else TOKENIZER_FILE})
 
@@ -193,56 +212,68 @@ def input_hessians(model, ids: np.ndarray) -> dict[str, np.ndarray]:
 # ---- the algorithm ----------------------------------------------------------------------
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, block: int,
                   percdamp: float = PERCDAMP) -> tuple[np.ndarray, np.ndarray]:
-    """w [N,K] (one output row per line, K the reduced axis), hessian [K,K] -> signed
-    integers [N,K] (int8) and float32 scales [N, K/block] on onnxruntime's symmetric grid,
-    chosen column by column with each column's rounding error pushed onto the columns not
-    yet quantized (GPTQ, Algorithm 1, with lazy batch updates)."""
+    """w [N,K], hessian [K,K] -> signed integers [N,K] (int8) and float32 scales
+    [N, K/block] on onnxruntime's symmetric grid (`gptq_grid` on Grid(bits, "sym"))."""
+    q, s, z = gptq_grid(w, hessian, Grid(bits, "sym"), block, percdamp)
+    return (q.astype(np.int16) - z[:, :1].astype(np.int16)).astype(np.int8), s
+
+
+def gptq_grid(w: np.ndarray, hessian: np.ndarray, grid: Grid, block: int,
+              percdamp: float = PERCDAMP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """w [N,K] (one output row per line, K the reduced axis), hessian [K,K] -> unsigned
+    integers q [N,K] (uint8), scales and zero points [N, K/block] (float32) on `grid`
+    (export/qgrid.py), chosen column by column with each column's rounding error pushed onto
+    the columns not yet quantized (GPTQ, Algorithm 1, with lazy batch updates). A block's
+    scale and zero point come from its weights as updated when its first column is reached."""
     torch = require("torch")
     W = torch.from_numpy(np.asarray(w, np.float64)).clone()  # [N,K]
-    H = torch.from_numpy(np.asarray(hessian, np.float64)).clone()  # [K,K]
     N, K = W.shape
-    if K % block or H.shape != (K, K):
+    if K % block or hessian.shape != (K, K):
         raise ScredgeError("GPTQ got mismatched shapes", received=f"W {tuple(W.shape)}, "
-                           f"H {tuple(H.shape)}, block {block}")
-    dead = torch.diagonal(H) == 0  # inputs that were always zero: any weight will do
-    H[dead, dead] = 1
+                           f"H {tuple(hessian.shape)}, block {block}")
+    U, dead = _inverse_hessian_factor(hessian, percdamp)
     W[:, dead] = 0
-    H.diagonal().add_(percdamp * torch.diagonal(H).mean())
-    try:
-        U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)),
-                                  upper=True)  # [K,K], Hinv = U^T U
-    except torch.linalg.LinAlgError as exc:
-        raise ScredgeError("GPTQ: the calibration Hessian is not positive definite",
-                           received=str(exc).splitlines()[0],
-                           fix="give a longer, more varied calibration text") from exc
-    half = 1 << (bits - 1)
-    Q = torch.zeros((N, K), dtype=torch.int8)
-    S = torch.zeros((N, K // block), dtype=torch.float32)
+    Q = np.zeros((N, K), np.uint8)
+    S = np.zeros((N, K // block), np.float32)
+    Z = np.zeros((N, K // block), np.float32)
     lazy = max(LAZY_COLUMNS, block)
     for i1 in range(0, K, lazy):
         i2 = min(i1 + lazy, K)
         W1 = W[:, i1:i2].clone()  # [N,b], updated in place as its columns are quantized
         E1 = torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
-        scale = safe = None
+        s = z = None
         for i in range(i2 - i1):
             col = i1 + i
-            if col % block == 0:  # this block's scale, from its weights as updated so far
-                g = W1[:, i:i + block]
-                peak = g.gather(1, g.abs().argmax(1, keepdim=True))[:, 0]
-                s32 = peak.to(torch.float32) / -half  # onnxruntime's grid, in float32
-                S[:, col // block] = s32
-                scale = s32.to(torch.float64)
-                safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+            if col % block == 0:  # this block's grid, from its weights as updated so far
+                s, z = grid.params(W1[:, i:i + block].numpy())
+                S[:, col // block], Z[:, col // block] = s, z
             x = W1[:, i]
-            q = torch.clamp(torch.round(x / safe), -half, half - 1)
-            q = torch.where(scale == 0, torch.zeros_like(q), q)
-            Q[:, col] = q.to(torch.int8)
-            err = (x - q * scale) / U1[i, i]
+            q = grid.quantize(x.numpy()[:, None], s, z)[:, 0]
+            Q[:, col] = q
+            err = (x - torch.from_numpy(grid.dequantize(q, s, z))) / U1[i, i]
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             E1[:, i] = err
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
-    return Q.numpy(), S.numpy()
+    return Q, S, Z
+
+
+def _inverse_hessian_factor(hessian: np.ndarray, percdamp: float):
+    """(U, dead): the upper Cholesky factor of the damped Hessian's inverse (Hinv = U^T U)
+    and the inputs that were always zero (any weight will do for them)."""
+    torch = require("torch")
+    H = torch.from_numpy(np.asarray(hessian, np.float64)).clone()  # [K,K]
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1
+    H.diagonal().add_(percdamp * torch.diagonal(H).mean())
+    try:
+        U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)),
+                                  upper=True)
+    except torch.linalg.LinAlgError as exc:
+        raise ScredgeError("GPTQ: the calibration Hessian is not positive definite",
+                           received=str(exc).splitlines()[0],
+                           fix="give a longer, more varied calibration text") from exc
+    return U, dead.numpy()
 
 
 def pack_nbits(q: np.ndarray, bits: int, block: int) -> np.ndarray:
@@ -255,31 +286,8 @@ def pack_nbits(q: np.ndarray, bits: int, block: int) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(n, k // block, -1))
 
 
-def apply_gptq(ort_proto, float_weight, hessians: dict[str, np.ndarray], bits: int,
-               block: int) -> None:
-    """Replace the integers and scales of every MatMulNBits node in `ort_proto` (onnxruntime's
-    symmetric round-to-nearest output, in place) by GPTQ's. `float_weight(name)` gives the
-    original weight initializer `name` as a [K,N] float array. A node whose scope has no
-    Hessian is refused."""
-    onnx = require("onnx")
-    helper, numpy_helper = onnx.helper, onnx.numpy_helper
-    inits = {i.name: i for i in ort_proto.graph.initializer}
-    for node in ort_proto.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (attrs["bits"], attrs["block_size"]) != (bits, block):
-            raise ScredgeError("unexpected MatMulNBits node", received=node.name,
-                               expected=f"bits {bits}, block {block}")
-        scope = node.name.rsplit("/", 1)[0]
-        if scope not in hessians:
-            raise ScredgeError("no calibration activations for a weight matrix",
-                               received=node.name, expected=f"one of {sorted(hessians)}",
-                               fix="report this with the model config used")
-        w = float_weight(node.input[1].rsplit("_Q", 1)[0])  # [K,N]
-        q, s = gptq_quantize(w.T, hessians[scope], bits, block)
-        b_init, s_init = inits[node.input[1]], inits[node.input[2]]
-        packed = pack_nbits(q, bits, block).reshape(tuple(b_init.dims))
-        b_init.CopyFrom(numpy_helper.from_array(packed, b_init.name))
-        s_init.CopyFrom(numpy_helper.from_array(
-            s.astype(np.float32).reshape(tuple(s_init.dims)), s_init.name))
+def by_matrix(hessians: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """input_hessians' per-scope arrays keyed by matrix name (quantize.matrix_names')."""
+    from scredge.export.quantize import matrix_name
+
+    return {matrix_name(scope): h for scope, h in hessians.items()}

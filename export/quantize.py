@@ -1,43 +1,49 @@
-"""Weight-only int8 / int4 graphs (SCR_SPEC section 4), made by onnxruntime's own quantizer.
+"""Weight-only int8 / int4 graphs (SCR_SPEC section 4, v3: a precision per matrix).
 
 The float graph's weight matrices (every MatMul whose second input is a constant: q, k, v,
-o, gate, up, down, SCR `proj`, the output head) are quantized per block of `block_size`
-rows by `onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`; nothing
-here computes a scale. Embeddings (Gather), norms and every `Realign` input stay float32.
+o, gate, up, down, SCR `proj`, the output head) are each held at the precision a plan gives
+them (export/mixed.py): int4, int8 or float. Integers, scales and zero points come from
+export/qgrid.py (round-to-nearest) or export/gptq.py (GPTQ), per block of `block_size`
+rows; norms and every `Realign` input stay float32; a tied embedding may read the quantized
+head's table (`share_tied_embedding`).
 
-Two graphs come out:
-- the onnxruntime form: `com.microsoft.MatMulNBits`, as the quantizer writes it;
+Two graphs come out, each with its own plan (each must pass the tier on its own):
+- the onnxruntime form: `com.microsoft.MatMulNBits`, laid out as onnxruntime's quantizer
+  writes it (names, packing), int4 on the grid the spec names: asymmetric with float zero
+  points by default (`asym_float`; chosen by measurement, docs/quantization-quality.md),
+  or with integer zero points (`asym`), or symmetric; int8 symmetric;
 - the TensorRT form: standard blocked `DequantizeLinear` (opset 21, INT4/INT8, no zero
   point: TensorRT's weight-only GEMMs take symmetric weights) feeding the original
-  `MatMul`. It is rewritten *from* the MatMulNBits nodes: the same integers and scales,
-  except that TensorRT takes only positive scales (see `positive_scales`).
+  `MatMul`, rewritten from a symmetric MatMulNBits graph of its plan (positive scales only,
+  see `positive_scales`). A matrix that needs more than symmetric int4 is int8 there.
 
-Methods: `rtn` (round-to-nearest, symmetric: both graphs), `hqq` (onnxruntime's
-half-quadratic quantizer, int4, no calibration data; it stores float zero points, which
-`DequantizeLinear` cannot express, so its TensorRT form is the `rtn` quantization and the
-config says so per graph) and `gptq` (activation-aware, with a calibration text: GPTQ's
-integers and scales on onnxruntime's symmetric grid, export/gptq.py; both graphs).
+Methods: `rtn` (round-to-nearest), `gptq` (activation-aware, with a calibration text),
+`hqq` (onnxruntime's own half-quadratic quantizer, int4, uniform; its TensorRT form `rtn`).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from scredge.config import SCRConfig
-from scredge.contract import ORT_DOMAIN, TRT_ONNX_FILE
+from scredge.contract import ORT_DOMAIN, TRT_ONNX_FILE  # noqa: F401 (imported from here)
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph_match import drop_unused
-from scredge.export.ort_fusions import MIN_ONNXRUNTIME, FusionCounts, fuse_for_onnxruntime
+from scredge.export.qgrid import GRIDS
 
 QUANT_BITS = (8, 4)
 QUANT_METHODS = ("rtn", "hqq", "gptq")
 CALIBRATED_METHODS = ("gptq",)
+# the command line's defaults, chosen by measurement (docs/quantization-quality.md)
+DEFAULT_METHOD = {8: "rtn", 4: "rtn"}
+DEFAULT_GRID = "asym_float"
+MIXED_CHOICES = ("auto", "off")
 DEFAULT_BLOCK_SIZE = 32
 QUANT_OPSET = 21  # blocked DequantizeLinear and INT4 tensors
 # MatMulNBits' accuracy_level 4: onnxruntime's CPU kernels quantize activations to int8 per
@@ -47,6 +53,9 @@ QUANT_OPSET = 21  # blocked DequantizeLinear and INT4 tensors
 ORT_ACCURACY_LEVEL = 4
 ORT_FORMAT = "MatMulNBits"
 TRT_FORMAT = "DequantizeLinear+MatMul"
+QUANTIZER = "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
+HEAD = "lm_head"  # the output head's matrix name
+TIED_HEAD_SUFFIX = ".head_T"  # the tied head's own [D, V] copy (materialize_tied_head)
 _HQQ_BITS = (4,)  # onnxruntime's CPU MatMulNBits refuses 8-bit weights with float zero points
 
 
@@ -55,22 +64,38 @@ class QuantSpec:
     bits: int
     block_size: int = DEFAULT_BLOCK_SIZE
     method: str = "rtn"
-    calibration: Path | None = None  # the text file of a calibrated method (gptq)
+    calibration: Path | None = None  # a calibration text file (None: the built-in one)
+    mixed: bool = False  # measured mixed precision (int4 only): promote until the tier passes
+    grid: str | None = None  # the onnxruntime form's int4 grid (qgrid.GRIDS); None: default
+    quantize_embedding: bool = False  # a tied embedding shares the quantized head's table
 
     @classmethod
     def parse(cls, text: str | int, block_size: int | None, method: str | None,
-              calibration: str | Path | None = None) -> QuantSpec:
-        """`int8` / `int4` (or 8 / 4) from the command line, checked; a calibration file is
+              calibration: str | Path | None = None, mixed: str | None = None,
+              grid: str | None = None, embedding: str | None = None) -> QuantSpec:
+        """`int8` / `int4` (or 8 / 4) from the command line, checked, with the command line's
+        defaults (DEFAULT_METHOD; measured mixed precision for int4); a calibration file is
         read and checked here too (the model is not needed for that)."""
         t = str(text).lower().removeprefix("int")
         if not t.isdigit() or int(t) not in QUANT_BITS:
             raise ScredgeError("unknown quantization", received=repr(text),
                                expected="int8 or int4")
-        spec = cls(int(t), DEFAULT_BLOCK_SIZE if block_size is None else block_size,
-                   method or "rtn", None if calibration is None else Path(calibration))
+        bits = int(t)
+        if mixed not in (None, *MIXED_CHOICES):
+            raise ScredgeError("unknown --mixed-precision", received=repr(mixed),
+                               expected=f"one of {list(MIXED_CHOICES)}")
+        method = method or DEFAULT_METHOD[bits]
+        spec = cls(bits, DEFAULT_BLOCK_SIZE if block_size is None else block_size, method,
+                   None if calibration is None else Path(calibration),
+                   mixed=bits == 4 and method != "hqq" and (mixed or "auto") == "auto",
+                   grid=grid, quantize_embedding=(embedding or "shared") == "shared")
         if spec.method not in QUANT_METHODS:
             raise ScredgeError("unknown quantization method", received=repr(spec.method),
                                expected=f"one of {list(QUANT_METHODS)}")
+        if spec.mixed and spec.method == "hqq":
+            raise ScredgeError("--mixed-precision auto is not offered with hqq",
+                               received="--quant-method hqq",
+                               expected="--mixed-precision off with hqq, or method gptq / rtn")
         spec.check_calibration()
         if spec.method == "hqq" and spec.bits not in _HQQ_BITS:
             raise ScredgeError("hqq is offered for int4 only", received=f"int{spec.bits} hqq",
@@ -83,19 +108,32 @@ class QuantSpec:
                                expected="a power of two >= 16 (default 32)")
         return spec
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the export runs the reference over a calibration text (GPTQ's Hessians,
+        the mixed-precision plan's sensitivities)."""
+        return self.method in CALIBRATED_METHODS or self.mixed
+
+    @property
+    def int4_grid(self) -> str:
+        """The onnxruntime form's int4 grid (the TensorRT form's is always symmetric)."""
+        if self.method == "hqq":
+            return "asym_float"
+        return self.grid or DEFAULT_GRID
+
     def check_calibration(self) -> None:
-        """A calibrated method needs its text, which must be readable and not the held-out
-        text; another method takes none."""
-        if self.method in CALIBRATED_METHODS and self.calibration is None:
-            raise ScredgeError(f"--quant-method {self.method} needs a calibration text",
-                               received="no --calibration",
-                               expected="--calibration FILE, UTF-8 text like the model will "
-                                        "see (at least a few thousand tokens)",
-                               fix="pass --calibration, or use --quant-method rtn or hqq")
-        if self.method not in CALIBRATED_METHODS and self.calibration is not None:
-            raise ScredgeError("--calibration is for an activation-aware method",
+        """A calibration file must be readable and not the held-out text; an export that
+        calibrates nothing takes none. Without a file, a calibrated export uses the prose
+        corpus's training part (export.heldout.training_text)."""
+        if self.grid is not None and self.grid not in GRIDS:
+            raise ScredgeError("unknown int4 grid", received=repr(self.grid),
+                               expected=f"one of {list(GRIDS)}")
+        if not self.calibrated and self.calibration is not None:
+            raise ScredgeError("--calibration is for an activation-aware method or measured "
+                               "mixed precision",
                                received=f"--quant-method {self.method} with --calibration",
-                               expected=f"--quant-method {' or '.join(CALIBRATED_METHODS)}",
+                               expected=f"--quant-method {' or '.join(CALIBRATED_METHODS)}, "
+                                        "or --quantize int4 with --mixed-precision auto",
                                fix="add --quant-method gptq, or drop --calibration")
         if self.calibration is not None:
             from scredge.export.gptq import calibration_text
@@ -121,17 +159,21 @@ class QuantSpec:
 
 
 def parse_quantize_args(text: str | None, block_size: int | None, method: str | None,
-                        dtype: str, calibration: str | Path | None = None) -> QuantSpec | None:
+                        dtype: str, calibration: str | Path | None = None,
+                        mixed: str | None = None, grid: str | None = None,
+                        embedding: str | None = None) -> QuantSpec | None:
     """The command line's --quantize / --block-size / --quant-method / --calibration, checked
     before any model is loaded or anything written."""
     if text is None:
         given = [f for f, v in (("--block-size", block_size), ("--quant-method", method),
-                                ("--calibration", calibration)) if v is not None]
+                                ("--calibration", calibration), ("--mixed-precision", mixed),
+                                ("--int4-grid", grid), ("--embedding", embedding))
+                 if v is not None]
         if given:
             raise ScredgeError("these options need --quantize", received=given,
                                expected="--quantize int8 or --quantize int4 with them")
         return None
-    spec = QuantSpec.parse(text, block_size, method, calibration)
+    spec = QuantSpec.parse(text, block_size, method, calibration, mixed, grid, embedding)
     if dtype != "float32":
         raise ScredgeError("--quantize needs a float32 export", received=f"--dtype {dtype}",
                            expected="--dtype float32 (the default)",
@@ -162,7 +204,7 @@ def materialize_tied_head(proto) -> None:
         perm = [a.ints for a in src.attribute if a.name == "perm"]
         if weight.ndim != 2 or (perm and list(perm[0]) != [1, 0]):
             continue
-        name = src.input[0] + ".head_T"
+        name = src.input[0] + TIED_HEAD_SUFFIX
         proto.graph.initializer.append(numpy_helper.from_array(
             np.ascontiguousarray(weight.T), name))
         node.input[1] = name
@@ -179,11 +221,14 @@ def weight_matmuls(proto) -> list[str]:
 def matrix_names(nodes: list[str]) -> list[str]:
     """`/model/layers.0/attn/q_proj/MatMul` -> `model.layers.0.attn.q_proj`; the head's
     MatMul (no module of its own when tied) is called `lm_head`."""
-    out = []
-    for name in nodes:
-        path = name.strip("/").rsplit("/", 1)[0].replace("/", ".")
-        out.append("lm_head" if path in ("model", "") else path)
-    return out
+    return [matrix_name(name.strip("/").rsplit("/", 1)[0]) for name in nodes]
+
+
+def matrix_name(scope: str) -> str:
+    """A module scope (`/model/layers.0/attn/q_proj`) -> its matrix's name
+    (`model.layers.0.attn.q_proj`); the head's scope (`/model`) -> `lm_head`."""
+    path = scope.strip("/").replace("/", ".")
+    return HEAD if path in ("model", "") else path
 
 
 def quantize_ort(proto, spec: QuantSpec, nodes: list[str]):
@@ -295,77 +340,3 @@ def to_dequantize_form(ort_proto):
         del proto.opset_import[:]
         proto.opset_import.extend(kept)
     return proto
-
-
-@dataclass(frozen=True)
-class QuantizedGraphs:
-    ort: object  # onnx.ModelProto, MatMulNBits + onnxruntime's fused kernels
-    trt: object  # onnx.ModelProto, DequantizeLinear + MatMul
-    matrices: list[str]
-    trt_method: str
-    fusions: FusionCounts
-
-
-def quantize_graphs(float_proto, spec: QuantSpec, config: SCRConfig,
-                    hessians: dict[str, np.ndarray] | None = None) -> QuantizedGraphs:
-    """Both quantized forms of `float_proto` (an opset >= 21 float32 decoder graph of
-    `config`); the onnxruntime form with onnxruntime's fused kernels (ort_fusions.py).
-    `gptq` needs `hessians` (export/gptq.py's input_hessians of the reference model)."""
-    onnx = require("onnx")
-    base = onnx.ModelProto()
-    base.CopyFrom(float_proto)
-    materialize_tied_head(base)
-    nodes = weight_matmuls(base)
-
-    def copy():
-        p = onnx.ModelProto()
-        p.CopyFrom(base)
-        return p
-
-    rtn_spec = QuantSpec(spec.bits, spec.block_size, "rtn")
-    if spec.method == "gptq":
-        if hessians is None:
-            raise ScredgeError("gptq needs the calibration activations", received="none",
-                               fix="pass hessians=input_hessians(model, calibration ids)")
-        from scredge.export.gptq import apply_gptq
-
-        ort = quantize_ort(copy(), rtn_spec, nodes)  # onnxruntime writes the nodes ...
-        weights = {i.name: i for i in base.graph.initializer}
-        numpy_helper = onnx.numpy_helper
-        apply_gptq(ort, lambda name: numpy_helper.to_array(weights[name]), hessians,
-                   spec.bits, spec.block_size)  # ... GPTQ chooses their numbers
-        rtn, trt_method = ort, "gptq"  # symmetric: the TensorRT form holds GPTQ's numbers
-    else:
-        ort = quantize_ort(copy(), spec, nodes)
-        rtn = ort if spec.method == "rtn" else quantize_ort(copy(), rtn_spec, nodes)
-        trt_method = "rtn"
-    trt = to_dequantize_form(rtn)  # a copy: `ort` may be `rtn`, and is rewritten next
-    for p in (ort, trt):
-        onnx.checker.check_model(p)
-    # after the checker: SimplifiedLayerNormalization is onnxruntime's, in the ONNX domain,
-    # which the checker does not know; onnxruntime loads and the tier runs the result
-    fusions = fuse_for_onnxruntime(ort, config)
-    return QuantizedGraphs(ort, trt, matrix_names(nodes), trt_method, fusions)
-
-
-QUANTIZER = "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
-
-
-def config_section(spec: QuantSpec, graphs: QuantizedGraphs, ort_file: str,
-                   calibration: dict | None = None) -> dict:
-    """config.json's `quantization` (SCR_SPEC section 4): what, how, and which graph each
-    backend reads; `calibration` is the calibration text's record (gptq)."""
-    return {
-        "bits": spec.bits, "block_size": spec.block_size, "method": spec.method,
-        "symmetric": spec.method != "hqq", "weights": "weight-only",
-        "matrices": graphs.matrices,
-        "float": ["embeddings", "norms", "Realign inputs (float32)"],
-        "quantizer": QUANTIZER if spec.method != "gptq"
-        else f"{QUANTIZER} (nodes), scredge.export.gptq (integers and scales)",
-        **({"calibration": calibration} if calibration is not None else {}),
-        "graphs": {
-            "ort": {"file": ort_file, "format": ORT_FORMAT, "method": spec.method,
-                    "fused": asdict(graphs.fusions), "min_onnxruntime": MIN_ONNXRUNTIME},
-            "trt": {"file": TRT_ONNX_FILE, "format": TRT_FORMAT, "method": graphs.trt_method},
-        },
-    }

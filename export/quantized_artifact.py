@@ -4,7 +4,9 @@ section 5. An artifact that misses the tier is refused (nothing is written)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,23 @@ from scredge.contract import (
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.heldout import record_heldout
-from scredge.export.quantize import QuantSpec, config_section, quantize_graphs
+from scredge.export.mixed import PROMOTE_STEPS, Plan, candidate_plans, matrix_costs
+from scredge.export.ort_fusions import FusionCounts
+from scredge.export.plan_graphs import (
+    SHARED_EMBEDDING,
+    MatrixNumbers,
+    config_section,
+    ort_form,
+    ort_grids,
+    prepared_base,
+    quantize_graphs,
+    trt_form,
+    trt_grids,
+)
+from scredge.export.qgrid import dequantize
+from scredge.export.quantize import HEAD, QuantSpec
 from scredge.quantized_tier import QuantizedReport, check_runner
+from scredge.tiers import quantized_thresholds
 from scredge.tokenizer_files import TokenizerFiles
 
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -47,43 +64,164 @@ def _save(proto, path: Path) -> None:
                     location=ONNX_DATA_FILE if path.name == ONNX_FILE else path.name + ".data")
 
 
-def verify_quantized(tmp: Path, model, spec: QuantSpec, heldout,
-                     log: Callable[[str], None],
-                     targets: tuple[str, ...] = BACKENDS) -> dict[str, QuantizedReport]:
-    """The graphs of `targets` in `tmp`, teacher-forced over the held-out text, judged by
-    the tier."""
+def check_graph(path: Path, model, heldout, bits: int, backend: str) -> QuantizedReport:
+    """One graph run teacher-forced over the held-out text, judged by the int`bits` tier."""
     from scredge.runtime.runners.ort_runner import OrtRunner
 
-    reports = {}
-    for backend, name in (("ort", ONNX_FILE), ("trt", TRT_ONNX_FILE)):
-        if backend not in targets:
-            continue
-        runner = OrtRunner(ort_session(tmp / name, dequantize_form=backend == "trt"),
-                           model.config, np.float32)
-        rep = check_runner(heldout, runner, spec.bits, name)
-        log("  " + rep.summary())
-        if not rep.passed:
-            raise ScredgeError(
-                f"quantized export refused: {name} misses the int{spec.bits} tier",
-                received="; ".join(rep.failures),
-                expected="SCR_SPEC section 5, quantized tier",
-                fix="nothing was written; try --quantize int8, a smaller --block-size, or "
-                    "another --quant-method")
-        reports[backend] = rep
-    return reports
+    runner = OrtRunner(ort_session(path, dequantize_form=backend == "trt"), model.config,
+                       np.float32)
+    return check_runner(heldout, runner, bits, path.name)
+
+
+@dataclass
+class Chosen:
+    """The plan a graph holds, its tier report, and the plans tried before it."""
+
+    plan: Plan
+    report: QuantizedReport
+    method: str
+    fusions: FusionCounts | None = None
+    tried: list[tuple[Plan, QuantizedReport]] = field(default_factory=list)
+    embedding: str = "float"  # or how the graph's embedding reads a quantized table
+
+
+def refuse(name: str, spec: QuantSpec, tried: list[tuple[Plan, QuantizedReport]]):
+    """No plan passed: nothing is written; the message names the best plan tried."""
+    plan, rep = min(tried, key=lambda t: (bool(t[1].failures and t[1].nonfinite), t[1].ratio,
+                                          -t[1].top1))
+    raise ScredgeError(
+        f"quantized export refused: {name} misses the int{rep.bits} tier",
+        received=f"{len(tried)} plan(s) tried; the best: {plan.summary()}: perplexity ratio "
+                 f"{rep.ratio:.4f}, top-1 {rep.top1:.2%} ({'; '.join(rep.failures)})",
+        expected="SCR_SPEC section 5, quantized tier",
+        fix="nothing was written; try --quantize int8, a calibration text like the model's "
+            "use (--calibration), a smaller --block-size"
+            + ("" if spec.mixed else ", or --mixed-precision auto"))
+
+
+class PlanSearch:
+    """The plans of one export (export/mixed.py) tried in turn on the real graphs: the
+    uniform int4 plan first, then (with spec.mixed) more and more matrices promoted to int8
+    in order of measured sensitivity, until a graph passes the quantized tier."""
+
+    def __init__(self, tmp: Path, float_proto, model, spec: QuantSpec, heldout,
+                 hessians: dict | None, cal_ids: np.ndarray | None, log):
+        self.tmp, self.model, self.spec, self.heldout, self.log = tmp, model, spec, heldout, log
+        self.base = prepared_base(float_proto)
+        self.numbers = MatrixNumbers(self.base, spec.block_size, hessians)
+        self.cal_ids, self._fisher = cal_ids, None
+
+    def plans(self, backend: str) -> Iterator[Plan]:
+        uniform = Plan.uniform(f"int{self.spec.bits}", self.numbers.sizes)
+        yield uniform
+        if not self.spec.mixed:
+            return
+        grids = ort_grids(self.spec) if backend == "ort" else trt_grids
+        if self._fisher is None:
+            from scredge.export.mixed import fisher_diagonals
+
+            self.log("measuring each matrix's sensitivity on the calibration text ...")
+            self._fisher = fisher_diagonals(self.model, self.cal_ids)
+        b = self.spec.block_size
+        costs = matrix_costs({m: self.numbers.weight[m]() for m in self.numbers.names},
+                             self._fisher,
+                             lambda m, p: dequantize(*self.numbers(m, grids(m, p)), b))
+        uniform.estimate = sum(c.sensitivity["int4"] for c in costs)
+        yield from candidate_plans(costs, PROMOTE_STEPS)
+
+    def choose(self, backend: str) -> Chosen:
+        """The first plan whose graph passes. After a failure, plans whose estimate, scaled
+        by the last failure's measured / estimated loss increase, still predicts a
+        perplexity ratio over the tier's are skipped (logged), not built; the most promoted
+        one is tried if nothing else is left, and once a plan passes, the plans skipped
+        just before it are tried by bisection (the least promoted that passes is kept)."""
+        name = ONNX_FILE if backend == "ort" else TRT_ONNX_FILE
+        tried, skipped = [], []
+        for plan in self.plans(backend):
+            limit = math.log(quantized_thresholds(plan.bits).ppl_ratio)
+            scale = _scale(tried[-1]) if tried else None
+            if scale is not None and plan.estimate * scale > limit:
+                self.log(f"  {backend} plan skipped (predicted ratio "
+                         f"{math.exp(plan.estimate * scale):.3f}): {plan.summary()}")
+                skipped.append(plan)
+                continue
+            rep = self.check(backend, plan, name)
+            if rep.passed:
+                return self._refine(backend, name, skipped, Chosen(
+                    plan, rep, self.spec.method, self._fusions, tried, self._embedding))
+            tried.append((plan, rep))
+            skipped = []  # less promoted than a plan that failed
+        if skipped:
+            plan = skipped.pop()
+            rep = self.check(backend, plan, name)
+            if rep.passed:
+                return self._refine(backend, name, skipped, Chosen(
+                    plan, rep, self.spec.method, self._fusions, tried, self._embedding))
+            tried.append((plan, rep))
+        refuse(name, self.spec, tried)
+
+    def _refine(self, backend: str, name: str, skipped: list[Plan], best: Chosen) -> Chosen:
+        """Bisect the skipped plans (least to most promoted, all below `best`'s) for the
+        least promoted that passes; its graph is the one left written."""
+        lo, hi, last_passed = 0, len(skipped), True
+        while lo < hi:
+            mid = (lo + hi) // 2
+            rep = self.check(backend, skipped[mid], name)
+            last_passed = rep.passed
+            if rep.passed:
+                best = Chosen(skipped[mid], rep, best.method, self._fusions, best.tried,
+                              self._embedding)
+                hi = mid
+            else:
+                best.tried.append((skipped[mid], rep))
+                lo = mid + 1
+        if not last_passed:  # rebuild the kept plan's graph (the same numbers, cached)
+            self.build(backend, best.plan, name)
+            self.log(f"  {backend} kept: {best.plan.summary()}")
+        return best
+
+    def build(self, backend: str, plan: Plan, name: str) -> None:
+        """Build and save the graph of `plan`."""
+        self._fusions = None
+        if backend == "ort":
+            proto, self._fusions = ort_form(self.base, plan.precision, self.spec,
+                                            self.numbers, self.model.config)
+        else:
+            proto = trt_form(self.base, plan.precision, self.spec, self.numbers)
+        self._embedding = next((f"{SHARED_EMBEDDING}, the head's int{plan.precision[HEAD][3:]} "
+                                "table" for n in proto.graph.node
+                                if n.op_type == SHARED_EMBEDDING), "float")
+        _save(proto, self.tmp / name)
+
+    def check(self, backend: str, plan: Plan, name: str) -> QuantizedReport:
+        """Build and save the graph of `plan`, and run the tier on it."""
+        self.build(backend, plan, name)
+        rep = check_graph(self.tmp / name, self.model, self.heldout, plan.bits, backend)
+        self.log(f"  {backend} plan: {plan.summary()}\n    {rep.summary()}")
+        return rep
+
+
+def _scale(failed: tuple[Plan, QuantizedReport]) -> float | None:
+    """Measured / estimated loss increase of a failed plan (None when not measurable)."""
+    plan, rep = failed
+    if plan.estimate > 0 and math.isfinite(rep.ratio) and rep.ratio > 1:
+        return math.log(rep.ratio) / plan.estimate
+    return None
 
 
 def calibrate(model, spec: QuantSpec, tokenizer: TokenizerFiles | None,
-              log: Callable[[str], None]) -> tuple[dict | None, dict | None]:
-    """For a calibrated method: (the per-scope input Hessians, the calibration record)."""
-    if spec.calibration is None:
-        return None, None
-    from scredge.export.gptq import Calibration, input_hessians
+              log: Callable[[str], None]):
+    """The calibration text (the given file, or the built-in one) in the model's tokens,
+    for an export that calibrates (GPTQ, mixed precision); None otherwise."""
+    if not spec.calibrated:
+        return None
+    from scredge.export.gptq import Calibration
 
-    cal = Calibration.load(spec.calibration, tokenizer, model.config.vocab_size)
-    log(f"running the reference over {cal.source['tokens']} calibration tokens "
-        f"({cal.source['file']}) ...")
-    return input_hessians(model, cal.ids), cal.source
+    size = model.config.vocab_size
+    cal = (Calibration.builtin(tokenizer, size) if spec.calibration is None
+           else Calibration.load(spec.calibration, tokenizer, size))
+    log(f"calibration text: {cal.source['file']} ({cal.source['tokens']} tokens)")
+    return cal
 
 
 def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
@@ -93,27 +231,48 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     """Replace tmp/model.onnx (the verified float graph) with the onnxruntime form, add the
     TensorRT form and the held-out reference; returns config.json's `quantization`.
     `tokenizer` encodes the calibration and held-out texts (bytes without one); `targets`:
-    the backends whose form is written (--target), the float graph removed either way."""
-    hessians, calibration = calibrate(model, spec, tokenizer, log)
-    how = "onnxruntime's MatMulNBitsQuantizer" + (", GPTQ" if spec.method == "gptq" else "")
-    log(f"quantizing weights to int{spec.bits} ({spec.method}, block {spec.block_size}) "
-        f"with {how} ...")
-    graphs = quantize_graphs(float_proto, spec, model.config, hessians)
-    for stale in (tmp / ONNX_DATA_FILE, tmp / ONNX_FILE):
-        stale.unlink(missing_ok=True)
-    if "ort" in targets:
-        _save(graphs.ort, tmp / ONNX_FILE)
-    if "trt" in targets:
-        _save(graphs.trt, tmp / TRT_ONNX_FILE)
-    log(f"  {len(graphs.matrices)} matrices quantized; onnxruntime form: "
-        f"{graphs.fusions.summary()}")
+    the backends whose form is written (--target). Each form is the first plan
+    (export/mixed.py) whose graph passes the quantized tier; none: refused."""
+    cal = calibrate(model, spec, tokenizer, log)
+    hessians = None
+    if spec.method == "gptq":
+        from scredge.export.gptq import by_matrix, input_hessians
+
+        log("running the reference over the calibration text (GPTQ's Hessians) ...")
+        hessians = by_matrix(input_hessians(model, cal.ids))
     log("recording the float32 reference over the held-out text ...")
     heldout = record_heldout(model, sha256_file(tmp / WEIGHTS_FILE), tokenizer=tokenizer)
-    log("checking both graphs against the quantized tier ...")
-    reports = verify_quantized(tmp, model, spec, heldout, log, targets)
+    for stale in (tmp / ONNX_DATA_FILE, tmp / ONNX_FILE):  # the float graph (in memory now)
+        stale.unlink(missing_ok=True)
+    if spec.method == "hqq":
+        chosen = _uniform_hqq(tmp, float_proto, model, spec, heldout, log, targets)
+    else:
+        search = PlanSearch(tmp, float_proto, model, spec, heldout, hessians,
+                            None if cal is None else cal.ids, log)
+        chosen = {b: search.choose(b) for b in ("ort", "trt") if b in targets}
     heldout.save(tmp / HELDOUT_FILE)
-    section = config_section(spec, graphs, ONNX_FILE, calibration)
-    section["graphs"] = {b: g for b, g in section["graphs"].items() if b in targets}
+    section = config_section(spec, chosen, ONNX_FILE, None if cal is None else cal.source)
     section["heldout"] = {"file": HELDOUT_FILE, **heldout.source}
-    section["verification"] = {b: r.to_json() for b, r in reports.items()}
     return section
+
+
+def _uniform_hqq(tmp: Path, float_proto, model, spec: QuantSpec, heldout, log,
+                 targets: tuple[str, ...] = BACKENDS) -> dict:
+    """HQQ: onnxruntime's own, one uniform plan (its TensorRT form rtn), judged as is."""
+    log(f"quantizing weights to int{spec.bits} (hqq, block {spec.block_size}) with "
+        "onnxruntime's MatMulNBitsQuantizer ...")
+    graphs = quantize_graphs(float_proto, spec, model.config)
+    plan = Plan({m: f"int{spec.bits}" for m in graphs.matrices})
+    out = {}
+    for backend, proto, name in (("ort", graphs.ort, ONNX_FILE),
+                                 ("trt", graphs.trt, TRT_ONNX_FILE)):
+        if backend not in targets:
+            continue
+        _save(proto, tmp / name)
+        rep = check_graph(tmp / name, model, heldout, spec.bits, backend)
+        log("  " + rep.summary())
+        if not rep.passed:
+            refuse(name, spec, [(plan, rep)])
+        method = "hqq" if backend == "ort" else "rtn"
+        out[backend] = Chosen(plan, rep, method, graphs.fusions if backend == "ort" else None)
+    return out

@@ -135,7 +135,8 @@ def test_gptq_artifact_passes_the_tier_and_beats_round_to_nearest(
     folder = pipeline.export_artifact(model, tmp_path / "g", quantize=QuantSpec(
         4, method="gptq", calibration=calibration_file))
     q = json.loads((folder / "config.json").read_text())["quantization"]
-    assert (q["method"], q["symmetric"], q["graphs"]["trt"]["method"]) == ("gptq", True, "gptq")
+    assert (q["method"], q["symmetric"], q["graphs"]["trt"]["method"]) == ("gptq", False, "gptq")
+    assert q["graphs"]["trt"]["symmetric"] and not q["graphs"]["ort"]["symmetric"]
     assert q["calibration"]["file"] == "calibration.txt"
     assert q["calibration"]["tokens"] == 32768 and q["calibration"]["tokenizer"] == "bytes"
     assert all(r["passed"] for r in q["verification"].values())
@@ -165,8 +166,8 @@ def _write(tmp_path, name, data: bytes):
 
 
 @pytest.mark.parametrize("make, extra, message", [
-    (None, ["--quant-method", "gptq"], "needs a calibration text"),
-    (lambda d: _write(d, "c.txt", b"text " * 1000), ["--quant-method", "rtn"],
+    (lambda d: _write(d, "c.txt", b"text " * 1000),
+     ["--quant-method", "rtn", "--mixed-precision", "off"],
      "--calibration is for an activation-aware method"),
     (lambda d: str(d / "missing.txt"), ["--quant-method", "gptq"],
      "calibration text not found"),
@@ -247,9 +248,10 @@ def test_a_hugging_face_model_is_calibrated_and_scored_in_its_own_tokens(
 
 
 def test_a_quant_spec_built_in_code_is_checked_before_any_work(tiny_opset21, tmp_path):
-    """export_artifact's own check (not only the command line's): gptq without a calibration
-    text is refused before the graph is exported, and nothing is written."""
+    """export_artifact's own check (not only the command line's): a calibration file that
+    does not exist is refused before the graph is exported, and nothing is written."""
     model, _ = tiny_opset21
-    with pytest.raises(ScredgeError, match="needs a calibration text"):
-        pipeline.export_artifact(model, tmp_path / "a", quantize=QuantSpec(4, method="gptq"))
+    with pytest.raises(ScredgeError, match="calibration text not found"):
+        pipeline.export_artifact(model, tmp_path / "a", quantize=QuantSpec(
+            4, method="gptq", calibration=tmp_path / "missing.txt"))
     assert list(tmp_path.iterdir()) == []
