@@ -20,6 +20,7 @@ from scredge.contract import (
     FORMAT_VERSION,
     GRAPH_VERSION,
     GRAPH_VERSION_KEY,
+    GRAPH_VERSION_V3,
     MANIFEST_FILE,
     WEIGHTS_FILE,
 )
@@ -293,7 +294,7 @@ def read_config(folder: str | Path) -> tuple[SCRConfig, dict]:
 
 def check_graph_version(folder: Path, settings: dict) -> None:
     found = settings.get(GRAPH_VERSION_KEY, 1)
-    if found == GRAPH_VERSION:
+    if found in (GRAPH_VERSION, GRAPH_VERSION_V3):  # v3: the same graph, or its shared form
         return
     export = settings.get("export", {})
     redo = (f"scredge export --weights {folder / WEIGHTS_FILE} --dtype "
