@@ -21,11 +21,18 @@ from __future__ import annotations
 from scredge.config import SCRConfig
 from scredge.contract import (
     ATTENTION_MASK,
+    CACHE_CONCAT,
+    CACHE_FORMS,
+    CACHE_KEY,
+    CACHE_SHARED,
     CAPACITY,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
     ORT_DOMAIN,
     QUERY_SEQLENS,
     SEQLENS_K,
     TOTAL_SEQUENCE_LENGTH,
+    TRT_ONNX_FILE,
     is_kv,
 )
 from scredge.deps import require
@@ -83,8 +90,8 @@ def _gqa_nodes(g: Graph, config: SCRConfig):
 
 
 def _retype_io(proto, config: SCRConfig) -> None:
-    """Graph inputs: the three length inputs in (attention_mask goes after the rewrite); every KV cache (input
-    and output) [batch, Hk, cache_capacity, Dh]."""
+    """Graph inputs: the three length inputs in (attention_mask goes after the rewrite);
+    every KV cache (input and output) [batch, Hk, cache_capacity, Dh]."""
     onnx = require("onnx")
     helper, TP = onnx.helper, onnx.TensorProto
     graph = proto.graph
@@ -137,3 +144,63 @@ def to_shared_cache(proto, config: SCRConfig) -> int:
     if not any(o.domain == ORT_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(require("onnx").helper.make_opsetid(ORT_DOMAIN, 1))
     return len(found)
+
+
+def check_cache_option(cache: str, dtype: str) -> None:
+    """Refuse an unknown `--cache` or one this form was not verified for, before any work."""
+    if cache not in CACHE_FORMS:
+        raise ScredgeError("unknown KV-cache form", received=repr(cache),
+                           expected=f"one of {list(CACHE_FORMS)}")
+    if cache == CACHE_SHARED and dtype != "float32":
+        raise ScredgeError("the shared KV-cache form is verified for float32 graphs only",
+                           received=f"--dtype {dtype} --cache shared",
+                           expected="--dtype float32 (quantized or not) with --cache shared",
+                           fix="drop --cache shared, or export float32")
+
+
+def shared_graph(float_proto, config: SCRConfig):
+    """The shared-cache onnxruntime form of a float graph: a copy, fused, then rewritten;
+    -> (proto, fusion counts)."""
+    from scredge.export.ort_fusions import fuse_for_onnxruntime
+
+    onnx = require("onnx")
+    proto = onnx.ModelProto()
+    proto.CopyFrom(float_proto)
+    counts = fuse_for_onnxruntime(proto, config)
+    to_shared_cache(proto, config)
+    return proto, counts
+
+
+def graph_entries(fused: dict | None) -> dict:
+    """config.json's record of a shared-form artifact's graphs (SCR_SPEC v3 sections 3-4):
+    onnxruntime reads the shared form, TensorRT the concat form."""
+    ort = {"file": ONNX_FILE, CACHE_KEY: CACHE_SHARED, "min_onnxruntime": MIN_ONNXRUNTIME_SHARED}
+    if fused is not None:
+        ort["fused"] = fused
+    return {"ort": ort, "trt": {"file": TRT_ONNX_FILE, CACHE_KEY: CACHE_CONCAT}}
+
+
+def write_float_shared(tmp, float_proto, model, dtype: str, log) -> dict:
+    """In the export's temporary folder: the verified float graph moves to the TensorRT
+    file (concat form), model.onnx becomes the shared form, verified against the
+    reference like the first; returns config.json's `graphs` section."""
+    from dataclasses import asdict
+
+    from scredge.export.quantized_artifact import _save
+    from scredge.export.verify import verify_onnx
+
+    proto, counts = shared_graph(float_proto, model.config)
+    for stale in (tmp / ONNX_FILE, tmp / ONNX_DATA_FILE):
+        stale.unlink(missing_ok=True)
+    _save(float_proto, tmp / TRT_ONNX_FILE)
+    _save(proto, tmp / ONNX_FILE)
+    log(f"  shared KV-cache form (GroupQueryAttention in place): {counts.summary()}")
+    report = verify_onnx(tmp / ONNX_FILE, model, dtype)
+    for line in report.lines():
+        log("  shared form: " + line)
+    if not report.passed:
+        raise ScredgeError(
+            "export verification failed: the shared-cache graph misses the logits tier",
+            received=report.failures(), expected="SCR_SPEC section 5, logits tier",
+            fix="nothing was written; export with --cache concat and report this")
+    return graph_entries(asdict(counts))

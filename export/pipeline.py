@@ -35,6 +35,7 @@ from scredge.contract import (
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
+from scredge.export.ort_shared_cache import check_cache_option, write_float_shared
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.export.quantized_artifact import quantize_artifact
 from scredge.export.verify import verify_onnx
@@ -221,12 +222,14 @@ def _artifact_config(c, dtype: str, opset: int, source: dict | None, large: bool
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
-                    quantize: QuantSpec | None = None,
+                    quantize: QuantSpec | None = None, cache: str = "concat",
                     log: Callable[[str], None] = lambda s: None) -> Path:
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
     Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
     `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
-    quantized tier (section 5) in both of its graphs."""
+    quantized tier (section 5) in both of its graphs; with `cache="shared"` the onnxruntime
+    graph is the in-place KV-cache form (SCR_SPEC v3 section 3, export/ort_shared_cache.py)
+    and TensorRT reads the concat form from model.trt.onnx."""
     from scredge.ref import save_checkpoint
 
     onnx = require("onnx")
@@ -235,6 +238,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     opset = default_opset(quantize) if opset is None else opset
     check_options(out, dtype, opset, force, c.window)
     check_quantize(quantize, dtype, opset, c)
+    check_cache_option(cache, dtype)
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
@@ -276,7 +280,11 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
         if quantize is not None:
             config[contract.QUANT_CONFIG_KEY] = quantize_artifact(tmp, proto, model, quantize,
-                                                                  log, tokenizer)
+                                                                  log, tokenizer, cache)
+        elif cache == contract.CACHE_SHARED:
+            config[contract.GRAPHS_KEY] = write_float_shared(tmp, proto, model, dtype, log)
+        if cache == contract.CACHE_SHARED:
+            config[GRAPH_VERSION_KEY] = contract.GRAPH_VERSION_V3
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         write_manifest(tmp)
         for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private files

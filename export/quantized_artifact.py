@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from scredge.artifact import sha256_file
-from scredge.contract import HELDOUT_FILE, ONNX_DATA_FILE, ONNX_FILE, TRT_ONNX_FILE, WEIGHTS_FILE
+from scredge.contract import (
+    CACHE_SHARED,
+    HELDOUT_FILE,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
+    TRT_ONNX_FILE,
+    WEIGHTS_FILE,
+)
 from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.export.heldout import record_heldout
@@ -77,15 +84,20 @@ def calibrate(model, spec: QuantSpec, tokenizer: TokenizerFiles | None,
 
 def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
                       log: Callable[[str], None],
-                      tokenizer: TokenizerFiles | None = None) -> dict:
+                      tokenizer: TokenizerFiles | None = None, cache: str = "concat") -> dict:
     """Replace tmp/model.onnx (the verified float graph) with the onnxruntime form, add the
     TensorRT form and the held-out reference; returns config.json's `quantization`.
-    `tokenizer` encodes the calibration and held-out texts (bytes without one)."""
+    `tokenizer` encodes the calibration and held-out texts (bytes without one); `cache`
+    "shared": the onnxruntime form gets the in-place KV cache (export/ort_shared_cache.py)."""
     hessians, calibration = calibrate(model, spec, tokenizer, log)
     how = "onnxruntime's MatMulNBitsQuantizer" + (", GPTQ" if spec.method == "gptq" else "")
     log(f"quantizing weights to int{spec.bits} ({spec.method}, block {spec.block_size}) "
         f"with {how} ...")
     graphs = quantize_graphs(float_proto, spec, model.config, hessians)
+    if cache == CACHE_SHARED:
+        from scredge.export.ort_shared_cache import to_shared_cache
+
+        to_shared_cache(graphs.ort, model.config)
     for stale in (tmp / ONNX_DATA_FILE,):
         stale.unlink(missing_ok=True)
     _save(graphs.ort, tmp / ONNX_FILE)
@@ -98,6 +110,12 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     reports = verify_quantized(tmp, model, spec, heldout, log)
     heldout.save(tmp / HELDOUT_FILE)
     section = config_section(spec, graphs, ONNX_FILE, calibration)
+    if cache == CACHE_SHARED:
+        from scredge.export.ort_shared_cache import graph_entries
+
+        shared = graph_entries(None)
+        for backend in ("ort", "trt"):
+            section["graphs"][backend].update(shared[backend])
     section["heldout"] = {"file": HELDOUT_FILE, **heldout.source}
     section["verification"] = {b: r.to_json() for b, r in reports.items()}
     return section

@@ -15,7 +15,17 @@ import numpy as np
 
 from scredge.artifact import read_config, verify_manifest
 from scredge.config import SCRConfig
-from scredge.contract import CONFIG_FILE, MANIFEST_FILE, ONNX_DATA_FILE, ONNX_FILE, QUANT_CONFIG_KEY
+from scredge.contract import (
+    CACHE_CONCAT,
+    CACHE_FORMS,
+    CACHE_KEY,
+    CONFIG_FILE,
+    GRAPHS_KEY,
+    MANIFEST_FILE,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
+    QUANT_CONFIG_KEY,
+)
 from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
 from scredge.errors import ScredgeError
@@ -62,8 +72,16 @@ class Artifact:
         return self.graph_entry(backend).get("file", ONNX_FILE)
 
     def graph_entry(self, backend: str) -> dict:
-        """config.json's record of the graph `backend` reads ({} for a float artifact)."""
-        return self.quantization.get("graphs", {}).get(backend, {})
+        """config.json's record of the graph `backend` reads: a quantized artifact's in its
+        `quantization` section, a float one's (v3, when its graphs differ) at the top
+        level; {} for a float artifact with one graph."""
+        graphs = self.quantization.get(GRAPHS_KEY) or self.settings.get(GRAPHS_KEY) or {}
+        return graphs.get(backend, {})
+
+    def cache_form(self, backend: str) -> str:
+        """The KV-cache form of `backend`'s graph (SCR_SPEC v3 section 3): 'concat' or
+        'shared'."""
+        return self.graph_entry(backend).get(CACHE_KEY, CACHE_CONCAT)
 
 
 def open_artifact(folder: str | Path) -> Artifact:
@@ -92,7 +110,15 @@ def open_artifact(folder: str | Path) -> Artifact:
                            received="config.json says the graph has external data",
                            expected=f"{ONNX_DATA_FILE} listed and hashed",
                            fix=f"re-export the folder: scredge export ... --out {folder} --force")
-    return Artifact(folder, config, settings, manifest)
+    artifact = Artifact(folder, config, settings, manifest)
+    for backend in ("ort", "trt"):
+        if artifact.cache_form(backend) not in CACHE_FORMS:
+            raise ScredgeError(f"config.json names an unknown KV-cache form for {backend}",
+                               received=repr(artifact.cache_form(backend))[:80],
+                               expected=f"one of {list(CACHE_FORMS)}",
+                               fix=f"re-export the folder: scredge export ... --out {folder} "
+                                   "--force")
+    return artifact
 
 
 def artifact_summary(folder: str | Path) -> dict:
@@ -102,6 +128,7 @@ def artifact_summary(folder: str | Path) -> dict:
     a = open_artifact(folder)
     return {"folder": str(folder), "precision": a.precision,
             "graphs": {b: a.graph_file(b) for b in ("ort", "trt")},
+            "cache": {b: a.cache_form(b) for b in ("ort", "trt")},
             "ort_fused": a.graph_entry("ort").get("fused", {}),
             "calibration": a.quantization.get("calibration", {}),
             "engines": sorted(a.engines)}
@@ -197,5 +224,6 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
                            expected="an ONNX graph written by scredge export / build",
                            fix=f"re-export the folder: scredge export ... --out "
                                f"{artifact.folder} --force") from exc
-    check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder)
+    check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder,
+                      artifact.cache_form("ort"))
     return OrtRunner(session, artifact.config, artifact.kv_dtype)
