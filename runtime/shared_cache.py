@@ -138,8 +138,12 @@ class SharedDecoder(Decoder):
                                expected=self.batch)
         room = self._capacity - (0 if self._c.window is None else self._c.window - 1)
         if self._c.window is not None and T > room:  # a long prompt: chunks that fit
-            parts = [self.step(ids[:, s:s + room], positions[:, s:s + room])
-                     for s in range(0, T, room)]
+            parts, extras = [], []
+            for s in range(0, T, room):
+                parts.append(self.step(ids[:, s:s + room], positions[:, s:s + room]).copy())
+                extras.append(self.last_extra)
+            self.last_extra = {n: np.concatenate([e[n] for e in extras], axis=1)
+                               for n in self.extra_outputs}
             return np.concatenate(parts, axis=1)
         self._make_room(T)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
