@@ -13,8 +13,13 @@ parity of each form is the test suite's and `scredge parity`'s job):
 Then each (graph, context) runs in its own process, alternating graphs and repeating, with
 the same thread count: prefill `context` tokens, decode `--steps` tokens; the median step.
 
+A graph named `genai:FOLDER` is an onnxruntime-genai model built from the same Hugging Face
+folder (python -m onnxruntime_genai.models.builder -i DIR/hf -o FOLDER -p int4 -e cpu),
+run in `--genai-python` (a Python with onnxruntime-genai installed) by its own loop.
+
 Usage: python benchmarks/bench_kv_cache.py --dir DIR [--prepare] [--contexts 16,1024]
        [--threads 2] [--repeat 3] [--steps 32] [--graphs fp32-concat,fp32-shared,...]
+       [--genai-python PY]
 """
 
 from __future__ import annotations
@@ -50,16 +55,21 @@ def prepare(folder: Path) -> None:
     src = select_source(llama=hf)
     model = src.model
     (folder / "config.json").write_text(json.dumps(model.config.to_dict()))
-    t0 = time.perf_counter()
-    plain = export_graph(cast_for_export(model, "float32"), QUANT_OPSET)
-    print(f"torch export {time.perf_counter() - t0:.0f} s", flush=True)
 
-    def save(proto, name):
-        onnx.save_model(proto, str(folder / f"{name}.onnx"), save_as_external_data=True,
+    def save(proto, name):  # a copy: saving moves the tensors of the proto it is given out
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        onnx.save_model(copy, str(folder / f"{name}.onnx"), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=f"{name}.onnx.data")
         print("wrote", name, flush=True)
 
-    save(plain, "fp32-concat")
+    if (folder / "fp32-concat.onnx").exists():  # an earlier --prepare's torch export
+        plain = onnx.load(str(folder / "fp32-concat.onnx"))
+    else:
+        t0 = time.perf_counter()
+        plain = export_graph(cast_for_export(model, "float32"), QUANT_OPSET)
+        print(f"torch export {time.perf_counter() - t0:.0f} s", flush=True)
+        save(plain, "fp32-concat")
     save(shared_graph(plain, model.config)[0], "fp32-shared")
     for bits in (8, 4):
         ort = quantize_graphs(plain, QuantSpec(bits), model.config).ort
@@ -92,6 +102,52 @@ def child(folder: Path, graph: str, context: int, steps: int, threads: int) -> d
     return {"graph": graph, "context": context, "ms": 1e3 * statistics.median(times[3:])}
 
 
+def genai_child(folder: Path, context: int, steps: int, threads: int) -> dict:
+    """The same measurement through onnxruntime-genai (its own loop: GroupQueryAttention
+    over a buffer shared by past and present), greedy, `threads` intra-op threads."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.clear_providers()
+    model = og.Model(config)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=context + steps + 8, do_sample=False)
+    gen = og.Generator(model, params)
+    vocab = json.loads((folder / "genai_config.json").read_text())["model"]["vocab_size"]
+    gen.append_tokens(np.random.default_rng(0).integers(0, vocab, context).astype(np.int32))
+    times = []
+    for _ in range(steps + 3):
+        t0 = time.perf_counter()
+        gen.generate_next_token()
+        times.append(time.perf_counter() - t0)
+    return {"graph": folder.name, "context": context, "ms": 1e3 * statistics.median(times[3:])}
+
+
+def set_genai_threads(folder: Path, threads: int) -> None:
+    """Pin a built onnxruntime-genai model to `threads` intra-op threads (its config)."""
+    path = folder / "genai_config.json"
+    config = json.loads(path.read_text())
+    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = (
+        threads)
+    path.write_text(json.dumps(config, indent=2))
+
+
+def _run_child(a, graph: str, context: int) -> dict:
+    if graph.startswith("genai:"):
+        folder = Path(graph[len("genai:"):])
+        set_genai_threads(folder, a.threads)
+        cmd = [a.genai_python, __file__, "--dir", str(folder), "--threads", str(a.threads),
+               "--steps", str(a.steps), "--child", "genai", str(context)]
+    else:
+        cmd = [sys.executable, __file__, "--dir", str(a.dir), "--threads", str(a.threads),
+               "--steps", str(a.steps), "--child", graph, str(context)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["graph"] = graph
+    return r
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, required=True)
@@ -101,10 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--graphs", default=",".join(GRAPHS))
+    p.add_argument("--genai-python", default=sys.executable,
+                   help="the Python with onnxruntime-genai, for graphs named genai:FOLDER")
     p.add_argument("--child", nargs=2, metavar=("GRAPH", "CONTEXT"))
     a = p.parse_args(argv)
     if a.child:
-        print(json.dumps(child(a.dir, a.child[0], int(a.child[1]), a.steps, a.threads)))
+        run = genai_child if a.child[0] == "genai" else (
+            lambda d, c, s, t: child(d, a.child[0], c, s, t))
+        print(json.dumps(run(a.dir, int(a.child[1]), a.steps, a.threads)))
         return
     if a.prepare:
         prepare(a.dir)
@@ -113,13 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     for rep in range(a.repeat):
         for context in contexts:
             for graph in a.graphs.split(","):  # alternating processes
-                out = subprocess.run(
-                    [sys.executable, __file__, "--dir", str(a.dir), "--threads",
-                     str(a.threads), "--steps", str(a.steps), "--child", graph, str(context)],
-                    capture_output=True, text=True, check=True)
-                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r = _run_child(a, graph, context)
                 results.setdefault((graph, context), []).append(r["ms"])
-                print(f"rep {rep} {graph:12s} context {context:5d}: {r['ms']:.2f} ms/token",
+                print(f"rep {rep} {graph:14s} context {context:5d}: {r['ms']:.2f} ms/token",
                       flush=True)
     print(f"\nmedian of {a.repeat} processes, {a.threads} threads, ms/token:")
     print("| graph | " + " | ".join(f"context {c}" for c in contexts) + " | ratio |")

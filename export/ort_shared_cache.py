@@ -26,6 +26,7 @@ from scredge.contract import (
     CACHE_KEY,
     CACHE_SHARED,
     CAPACITY,
+    INPUT_IDS,
     ONNX_DATA_FILE,
     ONNX_FILE,
     ORT_DOMAIN,
@@ -98,7 +99,7 @@ def _retype_io(proto, config: SCRConfig) -> None:
     kept = list(graph.input)
     batch = "batch"
     for i in kept:
-        if i.name == "input_ids":
+        if i.name == INPUT_IDS:
             batch = i.type.tensor_type.shape.dim[0].dim_param or batch
     kept += [helper.make_tensor_value_info(SEQLENS_K, TP.INT32, [batch]),
              helper.make_tensor_value_info(TOTAL_SEQUENCE_LENGTH, TP.INT32, []),
