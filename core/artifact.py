@@ -305,7 +305,7 @@ def check_graph_version(folder: Path, settings: dict) -> None:
         f"artifact graph version {found} is {'older than' if older else 'not'} what this "
         f"scredge runs", received=f"{GRAPH_VERSION_KEY} {found} in {folder / CONFIG_FILE}",
         expected=f"{GRAPH_VERSION_KEY} {GRAPH_VERSION} (SCR_SPEC section 3: the graph takes "
-                 "attention_mask)",
+                 f"attention_mask) or {GRAPH_VERSION_V3} (v3: its shared-cache form)",
         fix=f"export it again: {redo}" if older else "use the scredge version that wrote it")
 
 

@@ -160,6 +160,6 @@ def test_an_older_graph_is_refused_with_the_reexport_command(artifact, tmp_path)
         write_manifest(old)
         with pytest.raises(ScredgeError, match=needle) as err:
             Engine.load(old)
-        if found != 3:
+        if found != 4:
             assert (f"scredge export --weights {old / 'model.safetensors'} --dtype float32 "
                     f"--opset 18 --out {old} --force") in str(err.value)
