@@ -8,6 +8,7 @@ loaded. Never torch.
     print(engine.generate("Hello", max_new_tokens=32, temperature=0).text)
 """
 
+from scredge.runtime.batch import Batch, Event, LogitsProcessor, Request, Row
 from scredge.runtime.engine import Engine, GenerationResult
 from scredge.runtime.generation import Generator, decode_step, prefill, sample
 from scredge.runtime.loaders import Artifact, load_ort, open_artifact
@@ -16,7 +17,8 @@ from scredge.runtime.tokenizer import ByteTokenizer, StreamDecoder
 from scredge.sampling import GREEDY, Sampler, SamplingParams
 
 __all__ = [
-    "GREEDY", "Artifact", "ByteTokenizer", "Decoder", "Engine", "GenerationResult", "Generator",
-    "Runner", "Sampler", "SamplingParams", "StreamDecoder", "TensorMeta", "decode_step",
-    "load_ort", "open_artifact", "prefill", "sample",
+    "GREEDY", "Artifact", "Batch", "ByteTokenizer", "Decoder", "Engine", "Event",
+    "GenerationResult", "Generator", "LogitsProcessor", "Request", "Row", "Runner", "Sampler",
+    "SamplingParams", "StreamDecoder", "TensorMeta", "decode_step", "load_ort",
+    "open_artifact", "prefill", "sample",
 ]

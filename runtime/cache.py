@@ -1,11 +1,13 @@
 """KV and SCR state as named host arrays (SCR_SPEC section 3): the empty state for a first
 call, the next call's inputs from a call's outputs, and (v2) the cache's attention mask with
-the join that puts rows of unequal length into one batch. Torch-free."""
+the join that puts rows of unequal length into one batch; and `BatchCache`, the interface
+the batching core (runtime/batch.py) holds a decoder's state by. Torch-free."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -87,3 +89,29 @@ def select_rows(state: HostState, rows: Sequence[int]) -> HostState:
             a = a[:, :, first:]
         arrays[name] = np.ascontiguousarray(a)
     return HostState(arrays, np.ascontiguousarray(mask[:, first:]))
+
+
+class BatchCache(Protocol):
+    """What the batching core (runtime/batch.py) asks of a decoder's state: run a chunk,
+    and change which rows the batch holds between two calls. `Decoder` implements it with
+    the concat form (join left-pads and concatenates host copies, select slices them); an
+    in-place shared cache (SCR_SPEC v3 section 3: rows from slot 0 with their own lengths,
+    a join writing into a free row) implements the same four calls without the core
+    changing."""
+
+    batch: int
+
+    def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """ids, positions [B,T] -> logits [B,T,V]; the state moves on by T per row."""
+
+    def join(self, *others: BatchCache) -> None:
+        """Append the rows of `others` (same runner) after these; they are released."""
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep the rows `rows`, in that order; the others are never computed again."""
+
+    def release(self) -> None:
+        """Done with it: the runner may reuse its buffers."""
+
+    def close(self) -> None:
+        """Free it now (after a failure)."""

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from scredge.errors import ScredgeError
-from scredge.runtime.generation import Generator, check_max_new_tokens
+from scredge.runtime.batch import Batch, Request
+from scredge.runtime.decoding import check_max_new_tokens
+from scredge.runtime.generation import Generator
 from scredge.runtime.loaders import Artifact, load_ort, open_artifact
 from scredge.runtime.runners.base import Runner
-from scredge.runtime.stop_text import StopText
 from scredge.runtime.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from scredge.runtime.trt_loader import find_engine, load_trt_runner
-from scredge.sampling import SamplingParams
+from scredge.sampling import SamplingParams, row_seeds
 
 RUNTIME_BACKENDS = ("ort", "trt")  # what runs a graph: onnxruntime, or a TensorRT engine
 LOAD_CHOICES = ("auto", *RUNTIME_BACKENDS)
@@ -184,6 +185,24 @@ class Engine:
             gen.append(rows if len({len(r) for r in rows}) > 1 else np.asarray(rows, np.int64))
         return gen
 
+    def requests(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                 seed=0, stop: Sequence[str | int] = (), ignore_eos: bool = False,
+                 tag: object = None) -> list[Request]:
+        """The batching core's requests for `prompt` (one per prompt), as generate() reads
+        its arguments: what a caller driving `runtime.batch.Batch` itself admits."""
+        n = check_max_new_tokens(max_new_tokens)
+        stop_ids, stop_texts = self._stops(stop, ignore_eos)
+        rows = self.encode_rows(prompt)
+        params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+        seeds = row_seeds(seed, len(rows))
+        return [Request(row, params, s, n, stop_ids, stop_texts, tag=tag)
+                for row, s in zip(rows, seeds)]
+
+    def batch(self) -> Batch:
+        """An empty batch of the batching core on this engine's runner and tokenizer."""
+        return Batch(self.runner, self.tokenizer)
+
     def generate(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                  seed=0, stop: Sequence[str | int] = (),
@@ -193,10 +212,13 @@ class Engine:
         Every row equals its prompt generated alone with its seed (`seed` for every row, or
         a list of one per prompt); a row that finishes leaves the batch, so it costs
         nothing more. Generation stops at a stop id or string (excluded from the result),
-        and at the tokenizer's eos ids unless ignore_eos."""
-        results = list(self._run(prompt, max_new_tokens, temperature, top_k, top_p,
-                                 repetition_penalty, seed, stop, ignore_eos, stream=False))
-        return results[-1] if _is_batch(prompt) else results[-1][0]
+        and at the tokenizer's eos ids unless ignore_eos. A result's text is exactly the
+        concatenation of the pieces stream() gives for it."""
+        requests = self.requests(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, repetition_penalty=repetition_penalty,
+                                 seed=seed, stop=stop, ignore_eos=ignore_eos)
+        results = list(self._run(requests, stream=False))[-1]
+        return results if _is_batch(prompt) else results[0]
 
     def stream(self, prompt, max_new_tokens: int = 128, *, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
@@ -204,85 +226,44 @@ class Engine:
                ignore_eos: bool = False) -> Iterator[str]:
         """Text pieces of one prompt's continuation, never splitting a UTF-8 character."""
         self._need_tokenizer("streamed text")
-        for piece in self._run(prompt, max_new_tokens, temperature, top_k, top_p,
-                               repetition_penalty, seed, stop, ignore_eos, stream=True):
+        requests = self.requests(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, repetition_penalty=repetition_penalty,
+                                 seed=seed, stop=stop, ignore_eos=ignore_eos)
+        if len(requests) != 1:
+            raise ScredgeError("stream() takes one prompt", received=f"{len(requests)} prompts",
+                               fix="use generate() for batches")
+        for piece in self._run(requests, stream=True):
             if isinstance(piece, str):
                 yield piece
 
-    def _run(self, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-             seed, stop, ignore_eos, stream: bool):
-        n = check_max_new_tokens(max_new_tokens)
-        stop_ids, stop_texts = self._stops(stop, ignore_eos)
-        rows = self.encode_rows(prompt)
-        if stream and len(rows) != 1:
-            raise ScredgeError("stream() takes one prompt", received=f"{len(rows)} prompts",
-                               fix="use generate() for batches")
+    def _run(self, requests: list[Request], stream: bool):
+        """The batching core's loop: text pieces (stream), then the list of results."""
         t0 = time.perf_counter()
-        gen = self.generator(None, temperature=temperature, top_k=top_k, top_p=top_p,
-                             repetition_penalty=repetition_penalty, seed=seed,
-                             max_new_tokens=max(n, 1))  # stops are handled below, per row
+        batch = self.batch()
         try:
-            gen.append(rows if len({len(r) for r in rows}) > 1 else np.asarray(rows, np.int64))
-            t_prefill = time.perf_counter() - t0
-            B = len(rows)
-            out: list[list[int]] = [[] for _ in range(B)]
-            # rows as text, only when text is needed before the end (stream, stop strings)
-            texts = ([StopText(self.tokenizer.stream_decoder(), stop_texts) for _ in range(B)]
-                     if stream or stop_texts else None)
-            reason = ["length"] * B
-            live = np.ones(B, dtype=bool)
-            slots = list(range(B))  # the prompt of each row of the running batch
-            ttft = None
-            for _ in range(n):
-                token = gen.next_token()
-                ttft = ttft if ttft is not None else time.perf_counter() - t0
-                for i, b in enumerate(slots):
-                    t = int(token[i])
-                    if t in stop_ids:
-                        live[b], reason[b] = False, "stop"
-                    elif texts is None:
-                        out[b].append(t)
-                    else:
-                        if texts[b].push(t):
-                            live[b], reason[b] = False, "stop"
-                        piece = texts[b].release() if stream else ""
-                        if piece:
-                            yield piece
-                if not live.any():
+            events = batch.admit(requests)
+            ttft = time.perf_counter() - t0
+            rows = list(batch.rows)
+            while True:
+                if stream:
+                    yield from (ev.text for ev in events if ev.text)
+                batch.retire()  # a finished row leaves: its slot is not decoded further
+                if not batch.rows:
                     break
-                finished = [i for i, b in enumerate(slots) if not live[b]]
-                if finished:  # a finished row leaves: its slot is not decoded further
-                    gen.leave(finished)
-                    slots = [b for b in slots if live[b]]
-            if texts is not None:
-                for b, row in enumerate(texts):
-                    row.finish()
-                    out[b] = row.ids
-                if stream and (piece := texts[0].release_all()):
-                    yield piece
-            total = time.perf_counter() - t0
-            new_tokens = gen.generated
-            timing = {"ttft_s": ttft or 0.0, "prefill_s": t_prefill, "total_s": total,
-                      "decode_s": total - t_prefill,
-                      "decode_tokens_per_s": (new_tokens - 1) / (total - (ttft or total))
-                      if new_tokens > 1 and ttft is not None and total > ttft else 0.0}
-            yield [GenerationResult(out[b], self._text(out[b], texts[b] if texts else None),
-                                    reason[b], len(rows[b]), timing) for b in range(B)]
+                events = batch.step()
         except GeneratorExit:  # the caller stopped reading a stream: the decoder is sound
-            gen.close()
+            batch.close()
             raise
         except BaseException:  # a failed call may leave it unsound: free it, do not reuse
-            gen.close(reuse=False)
+            batch.close(reuse=False)
             raise
-        else:
-            gen.close()
-
-    def _text(self, ids: list[int], row: StopText | None) -> str:
-        """The result's text: the tokenizer's decode of its ids (what transformers decodes),
-        or the text cut exactly at a stop string."""
-        if row is not None and row.stopped:
-            return row.text
-        return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
+        total = time.perf_counter() - t0
+        new_tokens = batch.steps + 1
+        timing = {"ttft_s": ttft, "prefill_s": ttft, "total_s": total, "decode_s": total - ttft,
+                  "decode_tokens_per_s": (new_tokens - 1) / (total - ttft)
+                  if new_tokens > 1 and total > ttft else 0.0}
+        yield [GenerationResult(r.ids, r.text, r.finish_reason, len(r.prompt), timing)
+               for r in rows]
 
     # ---- chat -----------------------------------------------------------------------
     def render_chat(self, messages, **template_kwargs) -> str:

@@ -86,9 +86,10 @@ class HFStreamDecoder:
 
     Decoding ids[prefix:] against ids[prefix:read] gives the new text with the context a
     decoder needs (a SentencePiece-style decoder drops the leading space of a sequence's
-    first piece); text ending in U+FFFD is an incomplete character and waits. `flush` ends
-    the stream with whatever the full decode holds beyond the text already given, so the
-    pieces add up to `decode(ids)`."""
+    first piece); text ending in U+FFFD is an incomplete character and waits. When the
+    tokenizer cleans up tokenization spaces, the pieces go through the same clean-up
+    (`StreamCleanUp`). `flush` ends the stream with whatever the full decode holds beyond
+    the text already given, so the pieces add up to `decode(ids)`."""
 
     def __init__(self, tokenizer: HFTokenizer) -> None:
         self._tok = tokenizer
@@ -96,6 +97,7 @@ class HFStreamDecoder:
         self._prefix = 0
         self._read = 0
         self._given: list[str] = []
+        self._clean = StreamCleanUp() if tokenizer._clean_up else None
 
     def push(self, token: int) -> str:
         self._ids.append(int(token))
@@ -106,24 +108,55 @@ class HFStreamDecoder:
             return ""
         piece = after[len(before):]
         self._prefix, self._read = self._read, len(self._ids)
+        if self._clean is not None:
+            piece = self._clean.push(piece)
         self._given.append(piece)
         return piece
 
     def flush(self) -> str:
-        given = "".join(self._given)
+        tail = self._clean.flush() if self._clean is not None else ""
+        given = "".join(self._given) + tail
         full = self._tok.decode(self._ids)
-        rest = full[len(given):] if full.startswith(given) else ""
+        rest = tail + (full[len(given):] if full.startswith(given) else "")
         self._given.append(rest)
         return rest
 
 
+# transformers' clean-up of tokenization spaces (for WordPiece-style decoders), in order
+CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+            (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_CLEAN_UP_CHARS = frozenset("".join(old for old, _ in CLEAN_UP))
+
+
 def clean_up_tokenization(text: str) -> str:
     """transformers' clean-up of tokenization spaces (for WordPiece-style decoders)."""
-    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                     (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
-                     (" 're", "'re")):
+    for old, new in CLEAN_UP:
         text = text.replace(old, new)
     return text
+
+
+class StreamCleanUp:
+    """`clean_up_tokenization` over a stream of pieces, giving exactly the clean-up of
+    their concatenation. Text is released up to the last split no replacement can cross:
+    before a space whose preceding character is in none of the patterns (every match that
+    crossed it would contain that character, in any of the passes); the rest waits."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def push(self, piece: str) -> str:
+        self._held += piece
+        k = self._held.rfind(" ")
+        while k > 0 and self._held[k - 1] in _CLEAN_UP_CHARS:
+            k = self._held.rfind(" ", 0, k)
+        if k <= 0:
+            return ""
+        out, self._held = self._held[:k], self._held[k:]
+        return clean_up_tokenization(out)
+
+    def flush(self) -> str:
+        out, self._held = self._held, ""
+        return clean_up_tokenization(out)
 
 
 def _read(folder: Path, manifest: dict, name: str) -> dict:

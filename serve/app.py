@@ -88,139 +88,162 @@ def fit_context(req: ParsedRequest, n_prompt: int, limit: int | None) -> int:
 
 
 def create_app(engine, config: ServerConfig):
-    """The ASGI app; its lifespan starts and stops the scheduler thread."""
+    """The ASGI app; its lifespan starts and stops the scheduler thread. The handlers
+    below find the engine, the config and the scheduler on `request.app.state`."""
     require("starlette")  # a clear error when the `serve` extra is missing
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
-
-    scheduler = Scheduler(engine, config.max_batch, config.max_queue)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        scheduler.start()
-        log.info("serving %s (%s backend, max batch %d)", config.model_name, engine.backend,
-                 config.max_batch)
-        try:
-            yield
-        finally:
-            scheduler.stop()
-
-    def error(exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    async def health(request):
-        ok = scheduler.alive and not scheduler.draining
-        body = {"status": "ok" if ok else "draining" if scheduler.draining else "down",
-                "model": config.model_name, "running": scheduler.running,
-                "queued": scheduler.queued}
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    async def models(request):
-        return JSONResponse({"object": "list", "data": [
-            {"id": config.model_name, "object": "model", "created": 0, "owned_by": "scredge"}]})
-
-    async def generate(request, parse) -> object:
-        try:
-            try:
-                body = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise bad(f"the request body is not valid JSON: {exc}") from None
-            req = parse(body)
-            if req.model != config.model_name:
-                raise ApiError(404, f"The model '{req.model}' does not exist; this server "
-                                    f"serves '{config.model_name}'", param="model",
-                               code="model_not_found")
-            ids = prompt_ids(engine, req)
-            max_tokens = fit_context(req, len(ids), config.max_context)
-            if max_tokens == 0:
-                log.info("%s %s: 0 tokens asked", req.kind, req.id)
-                return JSONResponse(full_response(req, "", "length", usage(len(ids), 0)))
-            ticket = Ticket(ids, req.params, req.seed, max_tokens, req.stop,
-                            asyncio.get_running_loop(), config.timeout_s)
-            scheduler.submit(ticket)
-        except ApiError as exc:
-            log.info("%s refused (%d): %s", request.url.path, exc.status, exc.message)
-            return error(exc)
-        if req.stream:
-            return StreamingResponse(sse(req, ticket), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return await collect(req, ticket, request)
-
-    async def sse(req: ParsedRequest, ticket: Ticket):
-        outcome = "cancelled (client gone)"
-        try:
-            if req.kind == "chat":
-                yield _event(chunk(req, None, first=True))
-            while True:
-                ev = await ticket.events.get()
-                if ev[0] == "delta":
-                    yield _event(chunk(req, ev[1]))
-                    continue
-                if ev[0] == "done":
-                    outcome = ev[1]
-                    yield _event(chunk(req, None, ev[1], ev[2]))
-                else:
-                    outcome = f"cut: {ev[1].message}"
-                    yield _event(ev[1].body())
-                break
-            yield b"data: [DONE]\n\n"
-        finally:  # also when the client went away: its row leaves the batch
-            ticket.cancel()
-            _log_timing(req, ticket, outcome)
-
-    async def collect(req: ParsedRequest, ticket: Ticket, request):
-        parts: list[str] = []
-        outcome = "cancelled (client gone)"
-        next_check = time.perf_counter() + DISCONNECT_POLL_S
-        try:
-            while True:
-                try:
-                    ev = await asyncio.wait_for(ticket.events.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
-                    ev = None
-                if time.perf_counter() >= next_check:  # deltas keep coming: check by time
-                    next_check = time.perf_counter() + DISCONNECT_POLL_S
-                    if await request.is_disconnected():
-                        return JSONResponse({}, status_code=499)  # nobody reads it
-                if ev is None:
-                    continue
-                if ev[0] == "delta":
-                    parts.append(ev[1])
-                elif ev[0] == "done":
-                    outcome = ev[1]
-                    return JSONResponse(full_response(req, "".join(parts), ev[1], ev[2]))
-                else:
-                    outcome = f"cut: {ev[1].message}"
-                    return error(ev[1])
-        finally:
-            ticket.cancel()
-            _log_timing(req, ticket, outcome)
-
-    async def completions(request):
-        return await generate(request, parse_completion)
-
-    async def chat(request):
-        return await generate(request, parse_chat)
-
-    async def http_error(request, exc: HTTPException):
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error(ApiError(exc.status_code, f"{request.method} {request.url.path}: "
-                                               f"{exc.detail}", type_))
-
-    async def server_error(request, exc: Exception):
-        log.exception("unhandled error")
-        return error(ApiError(500, f"internal error: {type(exc).__name__}", "server_error"))
 
     routes = [Route("/health", health), Route("/v1/models", models),
               Route("/v1/completions", completions, methods=["POST"]),
               Route("/v1/chat/completions", chat, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error, Exception: server_error})
-    app.state.scheduler = scheduler
+    app.state.engine = engine
     app.state.config = config
+    app.state.scheduler = Scheduler(engine, config.max_batch, config.max_queue)
     return app
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    scheduler, config = app.state.scheduler, app.state.config
+    scheduler.start()
+    log.info("serving %s (%s backend, max batch %d)", config.model_name,
+             app.state.engine.backend, config.max_batch)
+    try:
+        yield
+    finally:
+        scheduler.stop()
+
+
+def _json(body: dict, status: int = 200):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(body, status_code=status)
+
+
+def _error(exc: ApiError):
+    return _json(exc.body(), exc.status)
+
+
+async def health(request):
+    scheduler, config = request.app.state.scheduler, request.app.state.config
+    ok = scheduler.alive and not scheduler.draining
+    body = {"status": "ok" if ok else "draining" if scheduler.draining else "down",
+            "model": config.model_name, "running": scheduler.running,
+            "queued": scheduler.queued}
+    return _json(body, 200 if ok else 503)
+
+
+async def models(request):
+    return _json({"object": "list", "data": [
+        {"id": request.app.state.config.model_name, "object": "model", "created": 0,
+         "owned_by": "scredge"}]})
+
+
+async def completions(request):
+    return await _generate(request, parse_completion)
+
+
+async def chat(request):
+    return await _generate(request, parse_chat)
+
+
+async def _generate(request, parse) -> object:
+    """Parse, check and queue one request; its answer is a stream or a whole response."""
+    state = request.app.state
+    try:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad(f"the request body is not valid JSON: {exc}") from None
+        req = parse(body)
+        if req.model != state.config.model_name:
+            raise ApiError(404, f"The model '{req.model}' does not exist; this server "
+                                f"serves '{state.config.model_name}'", param="model",
+                           code="model_not_found")
+        ids = prompt_ids(state.engine, req)
+        max_tokens = fit_context(req, len(ids), state.config.max_context)
+        if max_tokens == 0:
+            log.info("%s %s: 0 tokens asked", req.kind, req.id)
+            return _json(full_response(req, "", "length", usage(len(ids), 0)))
+        ticket = Ticket(ids, req.params, req.seed, max_tokens, req.stop,
+                        asyncio.get_running_loop(), state.config.timeout_s)
+        state.scheduler.submit(ticket)
+    except ApiError as exc:
+        log.info("%s refused (%d): %s", request.url.path, exc.status, exc.message)
+        return _error(exc)
+    if req.stream:
+        from starlette.responses import StreamingResponse
+
+        return StreamingResponse(_sse(req, ticket), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    return await _collect(req, ticket, request)
+
+
+async def _sse(req: ParsedRequest, ticket: Ticket):
+    outcome = "cancelled (client gone)"
+    try:
+        if req.kind == "chat":
+            yield _event(chunk(req, None, first=True))
+        while True:
+            ev = await ticket.events.get()
+            if ev[0] == "delta":
+                yield _event(chunk(req, ev[1]))
+                continue
+            if ev[0] == "done":
+                outcome = ev[1]
+                yield _event(chunk(req, None, ev[1], ev[2]))
+            else:
+                outcome = f"cut: {ev[1].message}"
+                yield _event(ev[1].body())
+            break
+        yield b"data: [DONE]\n\n"
+    finally:  # also when the client went away: its row leaves the batch
+        ticket.cancel()
+        _log_timing(req, ticket, outcome)
+
+
+async def _collect(req: ParsedRequest, ticket: Ticket, request):
+    parts: list[str] = []
+    outcome = "cancelled (client gone)"
+    next_check = time.perf_counter() + DISCONNECT_POLL_S
+    try:
+        while True:
+            try:
+                ev = await asyncio.wait_for(ticket.events.get(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                ev = None
+            if time.perf_counter() >= next_check:  # deltas keep coming: check by time
+                next_check = time.perf_counter() + DISCONNECT_POLL_S
+                if await request.is_disconnected():
+                    return _json({}, 499)  # nobody reads it
+            if ev is None:
+                continue
+            if ev[0] == "delta":
+                parts.append(ev[1])
+            elif ev[0] == "done":
+                outcome = ev[1]
+                return _json(full_response(req, "".join(parts), ev[1], ev[2]))
+            else:
+                outcome = f"cut: {ev[1].message}"
+                return _error(ev[1])
+    finally:
+        ticket.cancel()
+        _log_timing(req, ticket, outcome)
+
+
+async def http_error(request, exc):
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return _error(ApiError(exc.status_code, f"{request.method} {request.url.path}: "
+                                            f"{exc.detail}", type_))
+
+
+async def server_error(request, exc: Exception):
+    log.exception("unhandled error")
+    return _error(ApiError(500, f"internal error: {type(exc).__name__}", "server_error"))
 
 
 def _event(obj: dict) -> bytes:

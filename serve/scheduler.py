@@ -1,15 +1,13 @@
-"""Continuous batching: one decode loop per engine, on its own thread.
+"""Continuous batching: one thread per engine drives the runtime's batching core.
 
-Requests arrive on a thread-safe queue. Each step the loop admits waiting requests (their
-prompts prefilled, equal lengths together, and joined to the running batch: SCR_SPEC v2
-section 3, shorter caches left-padded with mask 0), decodes one token for every row,
-hands each row's token to its request (`loop.call_soon_threadsafe` into the request's
-asyncio queue), and drops at once the rows that finished (stop, end of sequence,
-max_tokens), whose client went away, or that ran out of time.
-
-Every row samples with its own parameters and its own random stream seeded by its seed,
-exactly as `Engine.generate` samples a prompt alone (`RowSampler` on a batch of one), so a
-request's output does not depend on what else shares the batch.
+Requests arrive on a thread-safe queue. Each iteration the loop admits waiting requests
+into the core's running `Batch` (their prompts prefilled, equal lengths together, and
+joined: SCR_SPEC section 3), retires the rows that finished, whose client went away or
+that ran out of time, and runs one `step`; each row's events become its request's
+events (`loop.call_soon_threadsafe` into the request's asyncio queue, once per loop and
+iteration). Sampling, stops and text are the core's (runtime/batch.py), exactly as
+`Engine.generate` runs a prompt alone, so a request's output does not depend on what else
+shares the batch. This module is transport only: tickets, the queue, errors, drain.
 """
 
 from __future__ import annotations
@@ -24,10 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scredge.errors import ScredgeError
-from scredge.runtime.generation import check_ids, decode_step, prefill, prefill_rows
-from scredge.runtime.runners.base import Decoder
-from scredge.runtime.stop_text import StopText
-from scredge.sampling import RowSampler, SamplingParams, mark_seen, seen_mask
+from scredge.runtime.batch import Batch, Event, Request, Row, check_ids
+from scredge.sampling import SamplingParams
 from scredge.serve.protocol import ApiError, usage
 
 log = logging.getLogger("scredge.serve")
@@ -60,17 +56,6 @@ class Ticket:
         self.cancelled.set()
 
 
-@dataclass
-class _Row:
-    ticket: Ticket
-    sampler: RowSampler
-    seen: np.ndarray | None  # [1,V] for the repetition penalty, else None
-    position: int  # absolute position of the token fed next
-    text: StopText
-    token: int = -1  # sampled, not yet fed
-    finished: bool = False
-
-
 class Scheduler:
     def __init__(self, engine, max_batch: int = 16, max_queue: int = 64) -> None:
         if max_batch < 1 or max_queue < 0:
@@ -78,16 +63,13 @@ class Scheduler:
                                received=f"max_batch {max_batch}, max_queue {max_queue}",
                                expected="max_batch >= 1, max_queue >= 0")
         self.engine = engine
-        self.runner = engine.runner
-        self.vocab_size = engine.config.vocab_size
         tok = engine.tokenizer
         self.stop_ids = frozenset(int(t) for t in tok.eos_ids) if tok is not None else frozenset()
         self.max_batch, self.max_queue = max_batch, max_queue
         self._queue: queue.Queue[Ticket] = queue.Queue()
         self._waiting = 0  # submitted, not yet admitted
         self._lock = threading.Lock()
-        self._rows: list[_Row] = []
-        self._batch: Decoder | None = None
+        self._batch: Batch = engine.batch()
         self._stop = threading.Event()
         self._cut_at: float | None = None  # set by drain(): in-flight work is cut then
         self._thread: threading.Thread | None = None
@@ -98,7 +80,7 @@ class Scheduler:
     # ---- the server's side ----------------------------------------------------------
     @property
     def running(self) -> int:
-        return len(self._rows)
+        return len(self._batch.rows)
 
     @property
     def queued(self) -> int:
@@ -138,7 +120,7 @@ class Scheduler:
                      self.queued, grace_s)
 
     def idle(self) -> bool:
-        return not self._rows and self._waiting == 0
+        return not self._batch.rows and self._waiting == 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -152,26 +134,26 @@ class Scheduler:
                 try:
                     self._admit()
                     self._retire()
-                    if self._rows:
+                    if self._batch.rows:
                         self._step()
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the server:
                     log.exception("scheduler step failed")  # fail this batch, go on
-                    for row in self._rows:
-                        self._send(row.ticket, ("error", _internal(exc)))
-                    self._rows = []
-                    self._free_batch(reuse=False)
+                    self._fail_batch(_internal(exc))
                 finally:
                     self._flush()
         finally:  # whatever ended the loop, no request is left waiting forever
             cut = ApiError(503, "the server stopped before this request finished",
                            "server_error", code="server_shutting_down")
-            for row in self._rows:
-                self._send(row.ticket, ("error", cut))
-            self._rows = []
-            self._free_batch(reuse=False)
+            self._fail_batch(cut)
             for ticket in self._take(block=False, limit=None):
                 self._send(ticket, ("error", cut))
             self._flush()
+
+    def _fail_batch(self, err: ApiError) -> None:
+        """Every running request fails with `err`; the batch's state is freed, not reused."""
+        for row in self._batch.rows:
+            self._send(row.tag, ("error", err))
+        self._batch.close(reuse=False)
 
     def _send(self, ticket: Ticket, event: tuple) -> None:
         """Queue an event for its request; `_flush` hands them over after the step."""
@@ -207,102 +189,56 @@ class Scheduler:
             out.append(ticket)
         return out
 
+    def _request(self, t: Ticket) -> Request:
+        return Request(t.prompt_ids, t.params, t.seed, t.max_tokens, self.stop_ids,
+                       [s for s in t.stop if s], tag=t)
+
     def _admit(self) -> None:
-        room = self.max_batch - len(self._rows)
+        """Waiting requests join the running batch, their first tokens sampled; when the
+        backend refuses the group (ScredgeError), each is tried alone and the one it
+        refuses gets a 400."""
+        room = self.max_batch - len(self._batch.rows)
         if room <= 0:
             return
-        tickets = [t for t in self._take(block=not self._rows, limit=room) if self._alive(t)]
+        tickets = [t for t in self._take(block=not self._batch.rows, limit=room)
+                   if self._alive(t)]
         if not tickets:
             return
         now = time.perf_counter()
         for t in tickets:
             t.t_admitted = now
         try:
-            decoder, logits = prefill_rows(self.runner, [np.asarray(t.prompt_ids, np.int64)
-                                                         for t in tickets])
-        except ScredgeError:  # one prompt the backend refuses: prefill each alone
+            self._deliver(self._batch.admit([self._request(t) for t in tickets]))
+        except ScredgeError:  # one prompt the backend refuses: each alone
             for t in tickets:
                 self._admit_alone(t)
-            return
         except Exception as exc:  # noqa: BLE001 - the server stays up; these requests fail
             log.exception("prefill failed")
             for t in tickets:
                 self._send(t, ("error", _internal(exc)))
-            return
-        self._add(decoder, [self._start(t, logits[i:i + 1]) for i, t in enumerate(tickets)])
 
     def _admit_alone(self, ticket: Ticket) -> None:
-        decoder = self.runner.decoder(1)
         try:
-            logits = prefill(decoder, np.asarray([ticket.prompt_ids], np.int64))
+            self._deliver(self._batch.admit([self._request(ticket)]))
         except ScredgeError as exc:
-            decoder.close()
             self._send(ticket, ("error", ApiError(400, str(exc).replace("\n", "; "))))
-            return
         except Exception as exc:  # noqa: BLE001
-            decoder.close()
             log.exception("prefill failed")
             self._send(ticket, ("error", _internal(exc)))
-            return
-        self._add(decoder, [self._start(ticket, logits)])
 
-    def _start(self, ticket: Ticket, logits: np.ndarray) -> _Row:
-        """A prefilled request's row, its first token sampled from the prompt's logits."""
-        prompt = np.asarray([ticket.prompt_ids], np.int64)
-        sampler = RowSampler(ticket.params, [ticket.seed])
-        seen = (seen_mask(prompt, self.vocab_size)
-                if ticket.params.repetition_penalty != 1.0 else None)
-        row = _Row(ticket, sampler, seen, len(ticket.prompt_ids),
-                   StopText(self.engine.tokenizer.stream_decoder(),  # the app refused none
-                            [s for s in ticket.stop if s]))
-        self._deliver(row, self._sample(row, logits))
-        return row
-
-    def _add(self, decoder: Decoder, rows: list[_Row]) -> None:
-        """Join the new rows (in `decoder`) after the running batch's rows."""
-        if self._batch is None:
-            self._batch, self._rows = decoder, rows
-        else:
-            try:
-                self._batch.join(decoder)
-            except BaseException:  # the new rows fail with the batch (the loop's handler)
-                decoder.close()
-                self._rows += rows
-                raise
-            self._rows += rows
-
-    @staticmethod
-    def _sample(row: _Row, logits: np.ndarray) -> int:
-        """The row's next token from its logits [1,V], as `Generator.next_token` samples."""
-        token = int(row.sampler(logits, row.seen)[0])
-        mark_seen(row.seen, np.array([token]))
-        return token
-
-    def _deliver(self, row: _Row, token: int) -> None:
-        """Tell the row's request about its new token; finish it when it ends there."""
-        row.token = token
-        t = row.ticket
-        t.completion_tokens += 1
-        if t.t_first is None:
-            t.t_first = time.perf_counter()
-        if token in self.stop_ids:
-            return self._finish(row, "stop")
-        stopped = row.text.push(token)
-        if piece := row.text.release():
-            self._send(t, ("delta", piece))
-        if stopped:
-            return self._finish(row, "stop")
-        if t.completion_tokens >= t.max_tokens:
-            return self._finish(row, "length")
-        return None
-
-    def _finish(self, row: _Row, reason: str) -> None:
-        row.text.finish()
-        if tail := row.text.release_all():
-            self._send(row.ticket, ("delta", tail))
-        row.finished = True
-        t = row.ticket
-        self._send(t, ("done", reason, usage(len(t.prompt_ids), t.completion_tokens)))
+    def _deliver(self, events: list[Event]) -> None:
+        """Each row's event to its request: its new text, and its end."""
+        now = time.perf_counter()
+        for ev in events:
+            t: Ticket = ev.tag
+            t.completion_tokens = ev.row.generated
+            if t.t_first is None and ev.accepted:
+                t.t_first = now
+            if ev.text:
+                self._send(t, ("delta", ev.text))
+            if ev.finished:
+                self._send(t, ("done", ev.finish_reason,
+                               usage(len(t.prompt_ids), t.completion_tokens)))
 
     def _alive(self, ticket: Ticket) -> bool:
         """False (and the request told why) when it must not take another step."""
@@ -323,43 +259,24 @@ class Scheduler:
 
     def _retire(self) -> None:
         """Rows that finished, were cancelled or timed out leave the batch now."""
-        keep = [i for i, r in enumerate(self._rows) if not r.finished and self._alive(r.ticket)]
-        if len(keep) == len(self._rows):
-            return
-        if not keep:
-            self._rows = []
-            self._free_batch(reuse=True)
-            return
-        self._batch.select(keep)
-        self._rows = [self._rows[i] for i in keep]
+        gone: list[Row] = [r for r in self._batch.rows if r.finished or not self._alive(r.tag)]
+        if gone:
+            self._batch.retire(gone)
 
     def _step(self) -> None:
-        rows = self._rows
-        tokens = np.array([r.token for r in rows], dtype=np.int64)
-        positions = np.array([r.position for r in rows], dtype=np.int64)
+        """One decode for every running row; a failing step fails its batch (400 for a
+        ScredgeError, else 500) and the server goes on."""
+        rows = len(self._batch.rows)
         try:
-            logits = decode_step(self._batch, tokens, positions)
+            events = self._batch.step()
         except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
             log.exception("decode step failed; the batch's requests fail")
-            err = (ApiError(400, str(exc).replace("\n", "; "))
-                   if isinstance(exc, ScredgeError) else _internal(exc))
-            for r in rows:
-                self._send(r.ticket, ("error", err))
-            self._rows = []
-            self._free_batch(reuse=False)
+            self._fail_batch(ApiError(400, str(exc).replace("\n", "; "))
+                             if isinstance(exc, ScredgeError) else _internal(exc))
             return
         self.steps += 1
-        self.peak_batch = max(self.peak_batch, len(rows))
-        greedy = logits.argmax(axis=-1)  # what a greedy row's sampler would return
-        for i, r in enumerate(rows):
-            r.position += 1
-            plain_greedy = r.ticket.params.greedy and r.seen is None
-            self._deliver(r, int(greedy[i]) if plain_greedy else self._sample(r, logits[i:i + 1]))
-
-    def _free_batch(self, reuse: bool) -> None:
-        if self._batch is not None:
-            batch, self._batch = self._batch, None
-            (batch.release if reuse else batch.close)()
+        self.peak_batch = max(self.peak_batch, rows)
+        self._deliver(events)
 
 
 def _put_all(items: list[tuple[Ticket, tuple]]) -> None:

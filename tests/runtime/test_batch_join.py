@@ -83,12 +83,15 @@ def test_a_finished_row_leaves_the_batch(small_window_artifact):
     assert 3 in decode  # and before that the joined batch of three ran
 
 
-def test_join_mid_run_equals_each_alone(engine):
+@pytest.mark.parametrize("newcomer_params", [SAMPLED, dict(temperature=0.7, top_p=0.8)],
+                         ids=["same-params", "own-params"])
+def test_join_mid_run_equals_each_alone(engine, newcomer_params):
     """A server's path: a request joins a running batch after 6 tokens, another one
-    leaves later. Oracle: each prompt alone (sampled, its own seed)."""
+    leaves later; the newcomer samples with the batch's parameters or its own. Oracle:
+    each prompt alone (sampled, its own seed and parameters)."""
     gen = engine.generator(PROMPTS[2], seed=7, **SAMPLED)
     got = {0: [int(gen.next_token()[0]) for _ in range(6)], 1: []}
-    newcomer = engine.generator(PROMPTS[1], seed=8, **SAMPLED)
+    newcomer = engine.generator(PROMPTS[1], seed=8, **newcomer_params)
     gen.join(newcomer)
     assert gen.batch == 2 and gen.decoder.padded
     for _ in range(12):
@@ -99,7 +102,7 @@ def test_join_mid_run_equals_each_alone(engine):
     got[1] += [int(gen.next_token()[0]) for _ in range(5)]
     gen.close()
     assert got[0] == engine.generate(PROMPTS[2], 18, seed=7, **SAMPLED).ids
-    assert got[1] == engine.generate(PROMPTS[1], 17, seed=8, **SAMPLED).ids
+    assert got[1] == engine.generate(PROMPTS[1], 17, seed=8, **newcomer_params).ids
 
 
 def test_decoder_join_select_and_state(engine):
@@ -136,14 +139,13 @@ def test_join_and_leave_refusals(engine):
     from scredge.errors import ScredgeError
 
     gen = engine.generator(PROMPTS[0], temperature=0)
-    other = engine.generator(PROMPTS[1], temperature=0.5, seed=1)
-    with pytest.raises(ScredgeError, match="same parameters"):
+    other = engine.generator(temperature=0.5, seed=1)  # no prompt yet
+    with pytest.raises(ScredgeError, match="two started generators"):
         gen.join(other)
-    assert gen.batch == 1 and other.batch == 1 and not gen.decoder.padded
+    assert gen.batch == 1 and other.batch is None and not gen.decoder.padded
     with pytest.raises(ScredgeError, match="outside the batch"):
         gen.leave([1])
     with pytest.raises(ScredgeError, match="join\\(\\) takes other decoders"):
         gen.decoder.join(gen.decoder)
     gen.leave([0])  # every row gone: the generation ends, its decoder handed back
     assert gen.is_done() and gen.decoder is None
-    other.close()

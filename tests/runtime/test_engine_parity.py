@@ -111,7 +111,7 @@ def test_appending_after_the_steady_phase(small_window_artifact):
     fed += [7, 8, 9]
     with torch.no_grad():
         logits, _ = model(torch.tensor([fed]), torch.arange(len(fed)).view(1, -1))
-    np.testing.assert_allclose(gen._logits[0], logits[0, -1].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(gen.logits[0], logits[0, -1].numpy(), atol=1e-4, rtol=0)
 
 
 def test_float16_artifact_through_the_runtime(small_window_artifact, tmp_path):

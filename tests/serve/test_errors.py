@@ -139,17 +139,23 @@ def test_a_failing_decode_step_fails_its_batch_and_the_server_stays_up(client, e
                                                                        monkeypatch):
     """A backend failure in one decode step (injected once): that batch's request gets a
     500 server_error, the scheduler keeps running, and the next request equals alone."""
-    from scredge.serve import scheduler as sched
+    make, calls = engine.runner.decoder, []
 
-    real, calls = sched.decode_step, []
+    def decoder(batch):  # the backend's decoders, their 3rd decode call failing
+        dec = make(batch)
+        step = dec.step
 
-    def failing_once(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("injected backend failure")
-        return real(*args)
+        def failing_once(ids, positions):
+            if ids.shape[1] == 1:
+                calls.append(1)
+                if len(calls) == 3:
+                    raise RuntimeError("injected backend failure")
+            return step(ids, positions)
 
-    monkeypatch.setattr(sched, "decode_step", failing_once)
+        dec.step = failing_once
+        return dec
+
+    monkeypatch.setattr(engine.runner, "decoder", decoder)
     err = _status_error(lambda: client.completions.create(model=MODEL, prompt="boom",
                                                           max_tokens=20))
     assert (err.status_code, err.body["type"]) == (500, "server_error")
