@@ -175,3 +175,17 @@ def test_decode_step_copies_no_cache(windowed):
     assert np.array_equal(dec._kv[name][:, :, :3], before)  # old keys untouched
     assert np.abs(dec._kv[name][:, :, 3:8]).sum() > 0  # the new ones written in place
     assert dec.lengths.tolist() == [8, 8]
+
+
+def test_batching_core_over_shared_cache(windowed):
+    """The batching core (Engine over runtime/batch.py) on the shared runner: prompts of
+    unequal length past the window, greedy, each row's ids equal its prompt alone."""
+    from scredge.runtime.engine import Engine
+
+    _, _, runner, _ = windowed
+    engine = Engine(runner)
+    prompts = ["ab", "a longer prompt, past the window", "xyz12"]
+    together = engine.generate(prompts, max_new_tokens=20, temperature=0.0)
+    assert isinstance(runner.decoder(1), SharedDecoder)
+    for prompt, row in zip(prompts, together):
+        assert row.ids == engine.generate(prompt, max_new_tokens=20, temperature=0.0).ids
