@@ -56,10 +56,16 @@ TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
 QUERY_SEQLENS = "query_seqlens"
 LENGTH_INPUTS = (SEQLENS_K, TOTAL_SEQUENCE_LENGTH, QUERY_SEQLENS)
 CAPACITY = "cache_capacity"  # the symbolic C of a shared cache's shape
-CACHE_KEY = "cache"  # a graph entry's form in config.json: "concat" or "shared"
+# config.json: a float artifact's top-level "cache" maps each backend to its graph's form,
+# {"ort": "shared", "trt": "concat"}; a quantized one's `quantization.graphs.<backend>`
+# entry holds "cache" itself. Absent: "concat".
+CACHE_KEY = "cache"
 CACHE_CONCAT, CACHE_SHARED = "concat", "shared"
 CACHE_FORMS = (CACHE_CONCAT, CACHE_SHARED)
-GRAPHS_KEY = "graphs"  # config.json: the graph each backend reads, {backend: {file, cache}}
+# config.json: the graph file each backend reads, {backend: file} (a float artifact whose
+# backends read different graphs; a quantized one names them in its `quantization` section)
+GRAPHS_KEY = "graphs"
+SHARED_MIN_ONNXRUNTIME = "1.32"  # GroupQueryAttention with query_seqlens, window as verified
 CARRY = ("num", "den")
 _PAST_KV, _PRESENT_KV = "past_key_values.", "present."
 _PAST_SCR, _PRESENT_SCR = "scr_past.", "scr_present."

@@ -26,12 +26,14 @@ from scredge.contract import (
     CACHE_KEY,
     CACHE_SHARED,
     CAPACITY,
+    GRAPHS_KEY,
     INPUT_IDS,
     ONNX_DATA_FILE,
     ONNX_FILE,
     ORT_DOMAIN,
     QUERY_SEQLENS,
     SEQLENS_K,
+    SHARED_MIN_ONNXRUNTIME,
     TOTAL_SEQUENCE_LENGTH,
     TRT_ONNX_FILE,
     is_kv,
@@ -42,7 +44,7 @@ from scredge.export.graph_match import Graph, attr, rewrite
 
 # the onnxruntime whose GroupQueryAttention takes `query_seqlens` (rows of unequal length
 # with several new tokens each) and that this form was verified with
-MIN_ONNXRUNTIME_SHARED = "1.32"
+MIN_ONNXRUNTIME_SHARED = SHARED_MIN_ONNXRUNTIME
 _QUERY_SEQLENS_INPUT = 16  # GroupQueryAttention's input index of query_seqlens
 
 
@@ -172,19 +174,25 @@ def shared_graph(float_proto, config: SCRConfig):
     return proto, counts
 
 
-def graph_entries(fused: dict | None) -> dict:
-    """config.json's record of a shared-form artifact's graphs (SCR_SPEC v3 sections 3-4):
-    onnxruntime reads the shared form, TensorRT the concat form."""
-    ort = {"file": ONNX_FILE, CACHE_KEY: CACHE_SHARED, "min_onnxruntime": MIN_ONNXRUNTIME_SHARED}
-    if fused is not None:
-        ort["fused"] = fused
-    return {"ort": ort, "trt": {"file": TRT_ONNX_FILE, CACHE_KEY: CACHE_CONCAT}}
+def graph_entries() -> dict:
+    """A quantized shared-form artifact's additions to its `quantization.graphs` entries
+    (SCR_SPEC v3 sections 3-4): onnxruntime reads the shared form, TensorRT the concat."""
+    return {"ort": {CACHE_KEY: CACHE_SHARED, "min_onnxruntime": MIN_ONNXRUNTIME_SHARED},
+            "trt": {CACHE_KEY: CACHE_CONCAT}}
+
+
+def float_sections(fused: dict) -> dict:
+    """A float shared-form artifact's config.json sections: the file each backend reads
+    ({backend: file}), each graph's cache form, and what the onnxruntime graph fuses."""
+    return {GRAPHS_KEY: {"ort": ONNX_FILE, "trt": TRT_ONNX_FILE},
+            CACHE_KEY: {"ort": CACHE_SHARED, "trt": CACHE_CONCAT},
+            "ort_fused": fused}
 
 
 def write_float_shared(tmp, float_proto, model, dtype: str, log) -> dict:
     """In the export's temporary folder: the verified float graph moves to the TensorRT
     file (concat form), model.onnx becomes the shared form, verified against the
-    reference like the first; returns config.json's `graphs` section."""
+    reference like the first; returns config.json's sections that say so."""
     from dataclasses import asdict
 
     from scredge.export.quantized_artifact import _save
@@ -204,4 +212,4 @@ def write_float_shared(tmp, float_proto, model, dtype: str, log) -> dict:
             "export verification failed: the shared-cache graph misses the logits tier",
             received=report.failures(), expected="SCR_SPEC section 5, logits tier",
             fix="nothing was written; export with --cache concat and report this")
-    return graph_entries(asdict(counts))
+    return float_sections(asdict(counts))

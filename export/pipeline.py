@@ -282,7 +282,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             config[contract.QUANT_CONFIG_KEY] = quantize_artifact(tmp, proto, model, quantize,
                                                                   log, tokenizer, cache)
         elif cache == contract.CACHE_SHARED:
-            config[contract.GRAPHS_KEY] = write_float_shared(tmp, proto, model, dtype, log)
+            config.update(write_float_shared(tmp, proto, model, dtype, log))
         if cache == contract.CACHE_SHARED:
             config[GRAPH_VERSION_KEY] = contract.GRAPH_VERSION_V3
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

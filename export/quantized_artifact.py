@@ -113,7 +113,7 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     if cache == CACHE_SHARED:
         from scredge.export.ort_shared_cache import graph_entries
 
-        shared = graph_entries(None)
+        shared = graph_entries()
         for backend in ("ort", "trt"):
             section["graphs"][backend].update(shared[backend])
     section["heldout"] = {"file": HELDOUT_FILE, **heldout.source}

@@ -19,12 +19,14 @@ from scredge.contract import (
     CACHE_CONCAT,
     CACHE_FORMS,
     CACHE_KEY,
+    CACHE_SHARED,
     CONFIG_FILE,
     GRAPHS_KEY,
     MANIFEST_FILE,
     ONNX_DATA_FILE,
     ONNX_FILE,
     QUANT_CONFIG_KEY,
+    SHARED_MIN_ONNXRUNTIME,
 )
 from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
@@ -68,20 +70,28 @@ class Artifact:
 
     def graph_file(self, backend: str) -> str:
         """The ONNX graph a backend ('ort' or 'trt') reads: a quantized artifact holds one
-        per backend (SCR_SPEC section 4), a float one `model.onnx` for both."""
-        return self.graph_entry(backend).get("file", ONNX_FILE)
+        per backend (SCR_SPEC section 4), a float one `model.onnx` for both unless its
+        top-level `graphs` maps them apart (v3: a shared onnxruntime form)."""
+        entry = self.graph_entry(backend).get("file")
+        return entry or (self.settings.get(GRAPHS_KEY) or {}).get(backend, ONNX_FILE)
 
     def graph_entry(self, backend: str) -> dict:
-        """config.json's record of the graph `backend` reads: a quantized artifact's in its
-        `quantization` section, a float one's (v3, when its graphs differ) at the top
-        level; {} for a float artifact with one graph."""
-        graphs = self.quantization.get(GRAPHS_KEY) or self.settings.get(GRAPHS_KEY) or {}
-        return graphs.get(backend, {})
+        """config.json's record of the graph `backend` reads ({} for a float artifact)."""
+        return self.quantization.get("graphs", {}).get(backend, {})
 
     def cache_form(self, backend: str) -> str:
         """The KV-cache form of `backend`'s graph (SCR_SPEC v3 section 3): 'concat' or
-        'shared'."""
-        return self.graph_entry(backend).get(CACHE_KEY, CACHE_CONCAT)
+        'shared' (a quantized graph's entry says, else the top-level `cache` map)."""
+        form = self.graph_entry(backend).get(CACHE_KEY)
+        top = self.settings.get(CACHE_KEY)
+        return form or (top.get(backend) if isinstance(top, dict) else None) or CACHE_CONCAT
+
+    @property
+    def min_onnxruntime(self) -> str | None:
+        """The oldest onnxruntime with every kernel of the onnxruntime graph, if recorded."""
+        need = self.graph_entry("ort").get("min_onnxruntime")
+        return need or (SHARED_MIN_ONNXRUNTIME if self.cache_form("ort") == CACHE_SHARED
+                        else None)
 
 
 def open_artifact(folder: str | Path) -> Artifact:
@@ -188,7 +198,7 @@ def _check_onnxruntime_version(artifact: Artifact, installed: str) -> None:
     """A quantized onnxruntime form names the oldest onnxruntime with all its kernels."""
     from packaging.version import Version  # onnxruntime's own dependency
 
-    need = artifact.graph_entry("ort").get("min_onnxruntime")
+    need = artifact.min_onnxruntime
     if need and Version(installed).release < Version(need).release:
         raise ScredgeError("this artifact's onnxruntime graph needs a newer onnxruntime",
                            received=f"onnxruntime {installed}",

@@ -41,8 +41,8 @@ def test_shared_artifact_names_its_forms(both_forms):
     _, shared = both_forms
     config = json.loads((shared / "config.json").read_text())
     assert config[GRAPH_VERSION_KEY] == 3
-    assert config[GRAPHS_KEY]["ort"]["cache"] == "shared"
-    assert config[GRAPHS_KEY]["trt"] == {"file": "model.trt.onnx", "cache": "concat"}
+    assert config[GRAPHS_KEY] == {"ort": "model.onnx", "trt": "model.trt.onnx"}
+    assert config["cache"] == {"ort": "shared", "trt": "concat"}
     artifact = open_artifact(shared)
     assert artifact.cache_form("ort") == "shared" and artifact.graph_file("trt") == (
         "model.trt.onnx")
