@@ -66,6 +66,10 @@ def add(sub) -> None:
                         "tokenizer")
     p.add_argument("--target", default="all", choices=["all", "ort", "trt"],
                    help="the backends whose graphs the folder holds (default all)")
+    p.add_argument("--cache", choices=["concat", "shared"], default="concat",
+                   help="the onnxruntime graph's KV cache: concat (default: whole caches in "
+                        "and out) or shared (SCR_SPEC v3: one in-place buffer per layer, "
+                        "GroupQueryAttention; float32 and quantized; onnxruntime >= 1.32)")
     p.add_argument("--out", required=True, help="the artifact folder to create")
     p.add_argument("--force", action="store_true",
                    help="replace an existing artifact folder (or an empty one); never another")
@@ -73,6 +77,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scredge.export.ort_shared_cache import check_cache_option
     from scredge.export.pipeline import check_options, default_opset, export_artifact
     from scredge.export.quantize import parse_quantize_args
     from scredge.export.sources import select_source
@@ -84,13 +89,14 @@ def run(args: argparse.Namespace) -> int:
                                 args.embedding)
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
+    check_cache_option(args.cache, args.dtype)
     src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
                         run=args.from_run, gguf=args.from_gguf,
                         config=args.config, weights=args.weights, scr_layers=args.scr_layers,
                         seed=args.seed)
     path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,
-                           force=args.force, source=src.description, tokenizer=src.tokenizer,
-                           log=lambda s: print(s, flush=True),
+                           cache=args.cache, force=args.force, source=src.description,
+                           tokenizer=src.tokenizer, log=lambda s: print(s, flush=True),
                            keep_reference=args.keep_reference, target=args.target)
     print(f"wrote {path}")
     return 0

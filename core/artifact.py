@@ -17,6 +17,7 @@ from scredge.contract import (
     FORMAT_VERSION,
     GRAPH_VERSION,
     GRAPH_VERSION_KEY,
+    GRAPH_VERSION_V3,
     KEEP_REFERENCE_FLAG,
     MANIFEST_FILE,
     QUANT_CONFIG_KEY,
@@ -333,7 +334,7 @@ def reference_weights(folder: str | Path, manifest: dict, needed_by: str) -> Pat
 
 def check_graph_version(folder: Path, settings: dict) -> None:
     found = settings.get(GRAPH_VERSION_KEY, 1)
-    if found == GRAPH_VERSION:
+    if found in (GRAPH_VERSION, GRAPH_VERSION_V3):  # v3: the same graph, or its shared form
         return
     export = settings.get("export", {})
     redo = (f"scredge export --weights {folder / WEIGHTS_FILE} --dtype "
@@ -344,7 +345,7 @@ def check_graph_version(folder: Path, settings: dict) -> None:
         f"artifact graph version {found} is {'older than' if older else 'not'} what this "
         f"scredge runs", received=f"{GRAPH_VERSION_KEY} {found} in {folder / CONFIG_FILE}",
         expected=f"{GRAPH_VERSION_KEY} {GRAPH_VERSION} (SCR_SPEC section 3: the graph takes "
-                 "attention_mask)",
+                 f"attention_mask) or {GRAPH_VERSION_V3} (v3: its shared-cache form)",
         fix=f"export it again: {redo}" if older else "use the scredge version that wrote it")
 
 

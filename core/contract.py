@@ -44,6 +44,28 @@ TOKEN_INPUTS = (INPUT_IDS, POSITION_IDS)
 GRAPH_VERSION_KEY = "graph_version"
 GRAPH_VERSION = 2
 KV = ("key", "value")
+# v3 (SCR_SPEC section 3): the shared ("in-place") KV-cache form of the onnxruntime graph.
+# Its caches are [B, Hk, C, Dh] buffers of capacity C that the graph updates in place
+# (past and present bound to the same memory); instead of `attention_mask` it reads each
+# row's length: `seqlens_k` [B] int32 = cached tokens after the call minus 1,
+# `total_sequence_length` [] int32 = the longest row's count after the call, and
+# `query_seqlens` [B] int32 = the new tokens of each row in this call.
+GRAPH_VERSION_V3 = 3  # written only by an artifact that uses a v3 feature
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
+QUERY_SEQLENS = "query_seqlens"
+LENGTH_INPUTS = (SEQLENS_K, TOTAL_SEQUENCE_LENGTH, QUERY_SEQLENS)
+CAPACITY = "cache_capacity"  # the symbolic C of a shared cache's shape
+# config.json: a float artifact's top-level "cache" maps each backend to its graph's form,
+# {"ort": "shared", "trt": "concat"}; a quantized one's `quantization.graphs.<backend>`
+# entry holds "cache" itself. Absent: "concat".
+CACHE_KEY = "cache"
+CACHE_CONCAT, CACHE_SHARED = "concat", "shared"
+CACHE_FORMS = (CACHE_CONCAT, CACHE_SHARED)
+# config.json: the graph file each backend reads, {backend: file} (a float artifact whose
+# backends read different graphs; a quantized one names them in its `quantization` section)
+GRAPHS_KEY = "graphs"
+SHARED_MIN_ONNXRUNTIME = "1.32"  # GroupQueryAttention with query_seqlens, window as verified
 CARRY = ("num", "den")
 _PAST_KV, _PRESENT_KV = "past_key_values.", "present."
 _PAST_SCR, _PRESENT_SCR = "scr_past.", "scr_present."

@@ -45,6 +45,7 @@ from scredge.deps import require
 from scredge.destination import destination_lock, recover_hidden, replace_folder
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
+from scredge.export.ort_shared_cache import check_cache_option, write_float_shared
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.export.quantized_artifact import quantize_artifact
 from scredge.export.verify import verify_onnx
@@ -353,21 +354,24 @@ def write_reference(model, path: Path) -> None:
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
-                    quantize: QuantSpec | None = None,
+                    quantize: QuantSpec | None = None, cache: str = "concat",
                     log: Callable[[str], None] = lambda s: None,
                     keep_reference: bool = True, target: str = "all") -> Path:
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
     Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
     `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
-    quantized tier (section 5) in both of its graphs. `keep_reference`: keep the float32
-    reference weights (model.safetensors; the CLI's default is a slim folder without them);
-    `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds."""
+    quantized tier (section 5) in both of its graphs; with `cache="shared"` the onnxruntime
+    graph is the in-place KV-cache form (SCR_SPEC v3 section 3, export/ort_shared_cache.py)
+    and TensorRT reads the concat form from model.trt.onnx. `keep_reference`: keep the
+    float32 reference weights (model.safetensors; the CLI's default is a slim folder without
+    them); `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds."""
     out = Path(out).absolute()
     c = model.config
     opset = default_opset(quantize) if opset is None else opset
     check_options(out, dtype, opset, force, c.window)
     check_quantize(quantize, dtype, opset, c)
     targets = check_target(target)
+    check_cache_option(cache, dtype, targets)
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
@@ -378,7 +382,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     try:
         t0 = time.perf_counter()
         log(f"exporting {dtype} graph (opset {opset}) ...")
-        proto, large, nodes = write_graph(model, dtype, opset, tmp, quantize is None, log)
+        proto, large, nodes = write_graph(model, dtype, opset, tmp,
+                                          quantize is None and cache != contract.CACHE_SHARED, log)
         write_reference(model, tmp / WEIGHTS_FILE)
         reference = {"sha256": sha256_file(tmp / WEIGHTS_FILE), "kept": keep_reference}
         config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
@@ -405,9 +410,14 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
         config[GRAPHS_KEY] = {b: ONNX_FILE for b in targets}
         if quantize is not None:
-            section = quantize_artifact(tmp, proto, model, quantize, log, tokenizer, targets)
+            section = quantize_artifact(tmp, proto, model, quantize, log, tokenizer, targets,
+                                        cache)
             config[contract.QUANT_CONFIG_KEY] = section
             config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
+        elif cache == contract.CACHE_SHARED:
+            config.update(write_float_shared(tmp, proto, model, dtype, log, targets))
+        if cache == contract.CACHE_SHARED:
+            config[GRAPH_VERSION_KEY] = contract.GRAPH_VERSION_V3
         finish_reference(tmp, model, reference["sha256"], keep_reference, quantize is not None,
                          log)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

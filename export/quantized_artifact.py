@@ -14,6 +14,7 @@ import numpy as np
 from scredge.artifact import sha256_file
 from scredge.contract import (
     BACKENDS,
+    CACHE_SHARED,
     HELDOUT_FILE,
     ONNX_DATA_FILE,
     ONNX_FILE,
@@ -105,8 +106,9 @@ class PlanSearch:
     in order of measured sensitivity, until a graph passes the quantized tier."""
 
     def __init__(self, tmp: Path, float_proto, model, spec: QuantSpec, heldout,
-                 hessians: dict | None, cal_ids: np.ndarray | None, log):
+                 hessians: dict | None, cal_ids: np.ndarray | None, log, cache: str = "concat"):
         self.tmp, self.model, self.spec, self.heldout, self.log = tmp, model, spec, heldout, log
+        self.cache = cache
         self.base = prepared_base(float_proto)
         self.numbers = MatrixNumbers(self.base, spec.block_size, hessians)
         self.cal_ids, self._fisher = cal_ids, None
@@ -186,6 +188,10 @@ class PlanSearch:
         if backend == "ort":
             proto, self._fusions = ort_form(self.base, plan.precision, self.spec,
                                             self.numbers, self.model.config)
+            if self.cache == CACHE_SHARED:
+                from scredge.export.ort_shared_cache import to_shared_cache
+
+                to_shared_cache(proto, self.model.config)
         else:
             proto = trt_form(self.base, plan.precision, self.spec, self.numbers)
         self._embedding = next((f"{SHARED_EMBEDDING}, the head's int{plan.precision[HEAD][3:]} "
@@ -227,12 +233,13 @@ def calibrate(model, spec: QuantSpec, tokenizer: TokenizerFiles | None,
 def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
                       log: Callable[[str], None],
                       tokenizer: TokenizerFiles | None = None,
-                      targets: tuple[str, ...] = BACKENDS) -> dict:
+                      targets: tuple[str, ...] = BACKENDS, cache: str = "concat") -> dict:
     """Replace tmp/model.onnx (the verified float graph) with the onnxruntime form, add the
     TensorRT form and the held-out reference; returns config.json's `quantization`.
     `tokenizer` encodes the calibration and held-out texts (bytes without one); `targets`:
     the backends whose form is written (--target). Each form is the first plan
-    (export/mixed.py) whose graph passes the quantized tier; none: refused."""
+    (export/mixed.py) whose graph passes the quantized tier; none: refused. `cache`
+    "shared": the onnxruntime form gets the in-place KV cache (export/ort_shared_cache.py)."""
     cal = calibrate(model, spec, tokenizer, log)
     hessians = None
     if spec.method == "gptq":
@@ -245,23 +252,33 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     for stale in (tmp / ONNX_DATA_FILE, tmp / ONNX_FILE):  # the float graph (in memory now)
         stale.unlink(missing_ok=True)
     if spec.method == "hqq":
-        chosen = _uniform_hqq(tmp, float_proto, model, spec, heldout, log, targets)
+        chosen = _uniform_hqq(tmp, float_proto, model, spec, heldout, log, targets, cache)
     else:
         search = PlanSearch(tmp, float_proto, model, spec, heldout, hessians,
-                            None if cal is None else cal.ids, log)
+                            None if cal is None else cal.ids, log, cache)
         chosen = {b: search.choose(b) for b in ("ort", "trt") if b in targets}
     heldout.save(tmp / HELDOUT_FILE)
     section = config_section(spec, chosen, ONNX_FILE, None if cal is None else cal.source)
+    if cache == CACHE_SHARED:
+        from scredge.export.ort_shared_cache import graph_entries
+
+        shared = graph_entries()
+        for backend, entry in section["graphs"].items():
+            entry.update(shared[backend])
     section["heldout"] = {"file": HELDOUT_FILE, **heldout.source}
     return section
 
 
 def _uniform_hqq(tmp: Path, float_proto, model, spec: QuantSpec, heldout, log,
-                 targets: tuple[str, ...] = BACKENDS) -> dict:
+                 targets: tuple[str, ...] = BACKENDS, cache: str = "concat") -> dict:
     """HQQ: onnxruntime's own, one uniform plan (its TensorRT form rtn), judged as is."""
     log(f"quantizing weights to int{spec.bits} (hqq, block {spec.block_size}) with "
         "onnxruntime's MatMulNBitsQuantizer ...")
     graphs = quantize_graphs(float_proto, spec, model.config)
+    if cache == CACHE_SHARED:
+        from scredge.export.ort_shared_cache import to_shared_cache
+
+        to_shared_cache(graphs.ort, model.config)
     plan = Plan({m: f"int{spec.bits}" for m in graphs.matrices})
     out = {}
     for backend, proto, name in (("ort", graphs.ort, ONNX_FILE),

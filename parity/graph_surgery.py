@@ -37,6 +37,11 @@ def hidden_value_names(model) -> list[str]:
     for l in range(n_layers):
         scope = f"/model/layers.{l + 1}/input_layernorm/" if l + 1 < n_layers else "/model/norm/"
         first = next((n for n in model.graph.node if n.name.startswith(scope)), None)
+        fused = next((n for n in model.graph.node if n.name.startswith(scope)
+                      and n.op_type == "SkipSimplifiedLayerNormalization"), None)
+        if fused is not None:  # the onnxruntime form: the residual sum is its 4th output
+            names.append(fused.output[3])
+            continue
         if first is None:
             raise ScredgeError("cannot find the layer outputs in this graph",
                                received=f"no node named {scope}*",

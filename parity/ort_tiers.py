@@ -17,6 +17,7 @@ import numpy as np
 
 from scredge.contract import (
     ATTENTION_MASK,
+    CACHE_SHARED,
     INPUT_IDS,
     LOGITS,
     ONNX_FILE,
@@ -74,16 +75,21 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
     c = artifact.config
     B = golden.steps_ids[0].shape[0]
     state = empty_state(c, B, artifact.kv_dtype)
+    shared = _shared_decoder(artifact, session, B)
     start, first, worst_layer = 0, None, (1.0, 0.0)
     logit_reports = []
     for k, (ids, ref_logits, ref_hidden) in enumerate(zip(
             golden.steps_ids, golden.steps_logits, golden.steps_hidden)):
         T = ids.shape[1]
         pos = positions(start, B, T)
-        P = state[past_kv(0, "key")].shape[2]
-        feed = {INPUT_IDS: ids, POSITION_IDS: pos,
-                ATTENTION_MASK: np.ones((B, P + T), np.int64), **state}
-        out = dict(zip(names, session.run(None, feed)))
+        if shared is not None:  # the shared form: its own decoder, fetching the hidden states
+            out = {LOGITS: shared.step(ids, pos).copy(), **shared.last_extra}
+            feed = None  # no single-call repro of an in-place cache
+        else:
+            P = state[past_kv(0, "key")].shape[2]
+            feed = {INPUT_IDS: ids, POSITION_IDS: pos,
+                    ATTENTION_MASK: np.ones((B, P + T), np.int64), **state}
+            out = dict(zip(names, session.run(None, feed)))
         phase = "prefill" if k == 0 else f"decode {k}"
         for l in range(c.n_layers):
             cos, norm = hidden_metrics(ref_hidden[l], out[hidden_output(l)])
@@ -91,15 +97,15 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
             if first is None and (cos < th.layer_cosine or norm > th.layer_norm_tol):
                 first = {"step": k, "phase": phase, "layer": l, "tier": "layer",
                          "cosine": cos, "norm_ratio_error": norm}
-                if dump is not None:
+                if dump is not None and feed is not None:
                     write_repro(dump, artifact, feed, k, l)
         report = compare_logits(ref_logits, out[LOGITS], th.logits)
         logit_reports.append(report)
         if first is None and not report.passed:  # logits diverge with every layer in bounds
             first = {"step": k, "phase": phase, "layer": c.n_layers - 1, "tier": "logits"}
-            if dump is not None:
+            if dump is not None and feed is not None:
                 write_repro(dump, artifact, feed, k, c.n_layers - 1)
-        state = state_from_outputs(out)
+        state = shared.state() if shared is not None else state_from_outputs(out)
         start += T
     layer_ok = worst_layer[0] >= th.layer_cosine and worst_layer[1] <= th.layer_norm_tol
     tiers = [
@@ -111,6 +117,20 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
         *logits_tiers(logit_reports, state_error(state, golden)),
     ]
     return tiers, first
+
+
+def _shared_decoder(artifact: Artifact, session, batch: int):
+    """For a shared-cache graph (SCR_SPEC v3 section 3): a SharedDecoder over `session` (the
+    graph with every layer's hidden state as an output) that fetches those outputs too;
+    None for the concat form."""
+    if artifact.cache_form("ort") != CACHE_SHARED:
+        return None
+    from scredge.runtime.runners.ort_runner import OrtRunner
+    from scredge.runtime.shared_cache import SharedDecoder
+
+    dec = SharedDecoder(OrtRunner(session, artifact.config, artifact.kv_dtype), batch)
+    dec.extra_outputs = [hidden_output(layer) for layer in range(artifact.config.n_layers)]
+    return dec
 
 
 def state_error(state: dict[str, np.ndarray], golden: Golden) -> float:

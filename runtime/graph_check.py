@@ -20,12 +20,17 @@ from scredge.config import SCRConfig
 from scredge.contract import (
     ATTENTION_MASK,
     BATCH,
+    CACHE_CONCAT,
+    CACHE_SHARED,
+    CAPACITY,
     INPUT_IDS,
+    LENGTH_INPUTS,
     LOGITS,
     MASK_LENGTH,
     POSITION_IDS,
     SEQUENCE,
     TOKEN_INPUTS,
+    TOTAL_SEQUENCE_LENGTH,
     WINDOW_METADATA,
     GraphIO,
     is_carry,
@@ -41,7 +46,7 @@ N_TOKEN_INPUTS = len((*TOKEN_INPUTS, ATTENTION_MASK))
 
 PROBE_BYTES = 64 << 20  # the window probe's zero KV cache, all layers; above it, skipped
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-              "tensor(int64)": np.int64}
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def _refuse(folder, what: str, received: str, expected: str) -> ScredgeError:
@@ -60,11 +65,14 @@ def _names_differ(config: SCRConfig, inputs: list[str], outputs: list[str]) -> s
     return None
 
 
-def check_ort_session(session, config: SCRConfig, kv_dtype, folder) -> None:
+def check_ort_session(session, config: SCRConfig, kv_dtype, folder,
+                      cache: str = CACHE_CONCAT) -> None:
     """Refuse a session whose inputs/outputs, static dims, dtypes or window differ from
-    `config` (the artifact's config.json)."""
+    `config` (the artifact's config.json); `cache` is the form config.json names."""
     ins = {i.name: i for i in session.get_inputs()}
     outs = {o.name: o for o in session.get_outputs()}
+    if cache == CACHE_SHARED:
+        return _check_shared(session, config, kv_dtype, folder, ins, outs)
     differ = _names_differ(config, list(ins), list(outs))
     if differ:
         n_in = N_TOKEN_INPUTS + 2 * config.n_layers + 2 * len(config.scr_layers)
@@ -91,6 +99,37 @@ def check_ort_session(session, config: SCRConfig, kv_dtype, folder) -> None:
         probe_window(session, config, kv_dtype, folder)
     elif recorded != str(config.window):
         raise _refuse(folder, "window", f"the graph was exported with window {recorded}",
+                      f"window {config.window} as config.json says")
+
+
+def _check_shared(session, config: SCRConfig, kv_dtype, folder, ins: dict, outs: dict) -> None:
+    """The shared-cache form (SCR_SPEC v3 section 3): the concat form's names less
+    attention_mask plus the length inputs (int32), caches [B, Hk, C, Dh], and the window
+    recorded in the graph (the probe needs the concat form's feed)."""
+    io = GraphIO.for_config(config)
+    want_in = {*(n for n in io.inputs if n != ATTENTION_MASK), *LENGTH_INPUTS}
+    if set(ins) != want_in or set(outs) != set(io.outputs):
+        raise _refuse(folder, "other inputs/outputs (shared cache form)",
+                      f"graph inputs {sorted(set(ins) ^ want_in)[:6]} differ",
+                      f"{len(want_in)} inputs for n_layers {config.n_layers}, "
+                      f"scr_layers {list(config.scr_layers)}")
+    for name, arg in [*ins.items(), *outs.items()]:
+        if name in LENGTH_INPUTS:
+            want, dtype = ((), np.int32) if name == TOTAL_SEQUENCE_LENGTH else ((BATCH,),
+                                                                               np.int32)
+        else:
+            want = (state_shape(config, name, past=CAPACITY) if is_kv(name)
+                    else _expected_shape(config, name))
+            dtype = tensor_dtype(name, kv_dtype)
+        got = list(arg.shape)
+        if len(got) != len(want) or any(
+                isinstance(w, int) and g != w for g, w in zip(got, want)):
+            raise _refuse(folder, f"shape of {name}", str(got), f"{want} from config.json")
+        if _ORT_TYPES.get(arg.type) != np.dtype(dtype):
+            raise _refuse(folder, f"dtype of {name}", arg.type, str(np.dtype(dtype)))
+    recorded = session.get_modelmeta().custom_metadata_map.get(WINDOW_METADATA)
+    if recorded != str(config.window):
+        raise _refuse(folder, "window", f"the graph records window {recorded}",
                       f"window {config.window} as config.json says")
 
 

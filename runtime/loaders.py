@@ -17,12 +17,17 @@ from scredge.artifact import read_config, read_listed_bytes, reference_sha256, v
 from scredge.config import SCRConfig
 from scredge.contract import (
     BACKENDS,
+    CACHE_CONCAT,
+    CACHE_FORMS,
+    CACHE_KEY,
+    CACHE_SHARED,
     CONFIG_FILE,
     GRAPHS_KEY,
     MANIFEST_FILE,
     ONNX_DATA_FILE,
     ONNX_FILE,
     QUANT_CONFIG_KEY,
+    SHARED_MIN_ONNXRUNTIME,
 )
 from scredge.deps import require
 from scredge.device import cuda_device_count, gpu_unavailable_reason
@@ -98,6 +103,20 @@ class Artifact:
         """config.json's record of the graph `backend` reads ({} for a float artifact)."""
         return self.quantization.get("graphs", {}).get(backend, {})
 
+    def cache_form(self, backend: str) -> str:
+        """The KV-cache form of `backend`'s graph (SCR_SPEC v3 section 3): 'concat' or
+        'shared' (a quantized graph's entry says, else the top-level `cache` map)."""
+        form = self.graph_entry(backend).get(CACHE_KEY)
+        top = self.settings.get(CACHE_KEY)
+        return form or (top.get(backend) if isinstance(top, dict) else None) or CACHE_CONCAT
+
+    @property
+    def min_onnxruntime(self) -> str | None:
+        """The oldest onnxruntime with every kernel of the onnxruntime graph, if recorded."""
+        need = self.graph_entry("ort").get("min_onnxruntime")
+        return need or (SHARED_MIN_ONNXRUNTIME if self.cache_form("ort") == CACHE_SHARED
+                        else None)
+
 
 def open_artifact(folder: str | Path) -> Artifact:
     if not isinstance(folder, (str, os.PathLike)):
@@ -126,7 +145,15 @@ def open_artifact(folder: str | Path) -> Artifact:
                            received="config.json says the graph has external data",
                            expected=f"{ONNX_DATA_FILE} listed and hashed",
                            fix=f"re-export the folder: scredge export ... --out {folder} --force")
-    return Artifact(folder, config, settings, manifest)
+    artifact = Artifact(folder, config, settings, manifest)
+    for backend in ("ort", "trt"):
+        if artifact.cache_form(backend) not in CACHE_FORMS:
+            raise ScredgeError(f"config.json names an unknown KV-cache form for {backend}",
+                               received=repr(artifact.cache_form(backend))[:80],
+                               expected=f"one of {list(CACHE_FORMS)}",
+                               fix=f"re-export the folder: scredge export ... --out {folder} "
+                                   "--force")
+    return artifact
 
 
 def _check_graphs(folder: Path, settings: dict, manifest: dict) -> None:
@@ -155,6 +182,7 @@ def artifact_summary(folder: str | Path) -> dict:
     a = open_artifact(folder)
     return {"folder": str(folder), "precision": a.precision,
             "graphs": a.graphs,
+            "cache": {b: a.cache_form(b) for b in a.graphs},
             "ort_fused": a.graph_entry("ort").get("fused", {}),
             "calibration": a.quantization.get("calibration", {}),
             "engines": sorted(a.engines)}
@@ -245,7 +273,7 @@ def _check_onnxruntime_version(artifact: Artifact, installed: str) -> None:
     """A quantized onnxruntime form names the oldest onnxruntime with all its kernels."""
     from packaging.version import Version  # onnxruntime's own dependency
 
-    need = artifact.graph_entry("ort").get("min_onnxruntime")
+    need = artifact.min_onnxruntime
     if need and Version(installed).release < Version(need).release:
         raise ScredgeError("this artifact's onnxruntime graph needs a newer onnxruntime",
                            received=f"onnxruntime {installed}",
@@ -290,5 +318,6 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
                            expected="an ONNX graph written by scredge export / build",
                            fix=f"re-export the folder: scredge export ... --out "
                                f"{artifact.folder} --force") from exc
-    check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder)
+    check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder,
+                      artifact.cache_form("ort"))
     return OrtRunner(session, artifact.config, artifact.kv_dtype, realign)

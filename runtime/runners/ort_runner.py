@@ -14,7 +14,16 @@ from collections.abc import Mapping
 import numpy as np
 
 from scredge.config import SCRConfig
-from scredge.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_name
+from scredge.contract import (
+    ATTENTION_MASK,
+    CACHE_CONCAT,
+    CACHE_SHARED,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+    SEQLENS_K,
+    past_name,
+)
 from scredge.runtime.cache import HostState, empty_state, feed_mask
 from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
 
@@ -35,11 +44,17 @@ class OrtRunner(Runner):
         self._inputs = {i.name: TensorMeta(np.dtype(_ORT_TYPES[i.type]), tuple(i.shape))
                         for i in session.get_inputs()}
         self._outputs = [o.name for o in session.get_outputs()]
+        # which KV-cache form the graph has (SCR_SPEC v3 section 3): seen from its inputs
+        self.cache = CACHE_SHARED if SEQLENS_K in self._inputs else CACHE_CONCAT
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._outputs, self.session.run(None, dict(feed))))
 
-    def decoder(self, batch: int) -> OrtDecoder:
+    def decoder(self, batch: int) -> Decoder:
+        if self.cache == CACHE_SHARED:
+            from scredge.runtime.shared_cache import SharedDecoder
+
+            return SharedDecoder(self, batch)
         return OrtDecoder(self, batch)
 
 

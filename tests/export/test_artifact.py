@@ -149,7 +149,7 @@ def test_an_older_graph_is_refused_with_the_reexport_command(artifact, tmp_path)
 
     _, out = artifact
     for found, needle in ((None, "graph version 1 is older"), (1, "graph version 1 is older"),
-                          (3, "graph version 3 is not")):
+                          (4, "graph version 4 is not")):  # 3 is valid: SCR_SPEC v3
         old = tmp_path / f"v{found}"
         shutil.copytree(out, old)
         config = json.loads((old / "config.json").read_text())
@@ -160,6 +160,6 @@ def test_an_older_graph_is_refused_with_the_reexport_command(artifact, tmp_path)
         write_manifest(old)
         with pytest.raises(ScredgeError, match=needle) as err:
             Engine.load(old)
-        if found != 3:
+        if found != 4:
             assert (f"scredge export --weights {old / 'model.safetensors'} --dtype float32 "
                     f"--opset 18 --out {old} --force") in str(err.value)

@@ -1,0 +1,101 @@
+"""The shared KV-cache form of quantized graphs and its export option (SCR_SPEC v3 sections
+3-5; export/ort_shared_cache.py).
+
+Oracles: the concat onnxruntime form of the same quantized graph (the same MatMulNBits
+bytes, fused by ort_fusions.py), run by its own decoder on the same ids and positions, at
+float activations (accuracy_level 0, see test_ort_fusions.py for why) within 1e-4; the
+quantized tier of section 5, which export and `scredge parity` apply to the artifact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from scredge.cli import main
+from scredge.config import SCRConfig
+from scredge.errors import ScredgeError
+from scredge.export.graph import export_graph
+from scredge.export.ort_shared_cache import check_cache_option, to_shared_cache
+from scredge.export.quantize import QUANT_OPSET, QuantSpec, quantize_graphs
+from scredge.ref import build_model
+from scredge.runtime.generation import positions
+from scredge.runtime.loaders import ort_session
+from scredge.runtime.runners.ort_runner import OrtDecoder, OrtRunner
+from scredge.runtime.shared_cache import SharedDecoder
+
+W8 = SCRConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+               window=8, scr_layers=(0, 1))
+
+
+def _float_activations(proto) -> None:
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if node.op_type == "MatMulNBits" and a.name == "accuracy_level":
+                a.i = 0
+
+
+@pytest.fixture(scope="module")
+def w8_graph():
+    model = build_model(W8, seed=5).eval()
+    return export_graph(model, QUANT_OPSET)
+
+
+@pytest.mark.parametrize("bits", [pytest.param(8, marks=pytest.mark.slow), 4])
+def test_quantized_shared_equals_quantized_concat(bits, w8_graph):
+    """60 positions of a W = 8 model (a prefill of 5, steps, a chunk of 12): the shared
+    quantized graph's logits equal the concat quantized graph's at every call."""
+    concat = quantize_graphs(w8_graph, QuantSpec(bits), W8).ort
+    _float_activations(concat)
+    shared = onnx.ModelProto()
+    shared.CopyFrom(concat)
+    assert to_shared_cache(shared, W8) == W8.n_layers
+    ops = [n.op_type for n in shared.graph.node]
+    assert ops.count("GroupQueryAttention") == 2 and "MatMulNBits" in ops
+
+    def runner(proto):
+        return OrtRunner(ort_session(proto.SerializeToString(), "cpu", threads=1), W8,
+                         np.float32)
+
+    a, b = runner(concat).decoder(2), SharedDecoder(runner(shared), 2, capacity=16)
+    assert isinstance(a, OrtDecoder)
+    ids = np.random.default_rng(0).integers(0, 256, (2, 60))
+    s = 0
+    while s < 60:
+        e = s + {0: 5, 30: 12}.get(s, 1)
+        x, pos = ids[:, s:e], positions(s, 2, e - s)
+        assert np.abs(a.step(x, pos) - b.step(x, pos)).max() <= 1e-4, (s, e)
+        s = e
+
+
+@pytest.mark.slow
+def test_quantized_shared_artifact(tiny_opset21, tmp_path, monkeypatch, capsys):
+    """`export --quantize int4 --cache shared` (tiny): the export's quantized tier passes on
+    the shared graph, config.json names both forms, and `scredge parity` passes on it."""
+    from scredge.export import pipeline
+
+    model, proto = tiny_opset21
+
+    def graph(_model, _opset):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        return copy
+
+    monkeypatch.setattr(pipeline, "export_graph", graph)
+    out = pipeline.export_artifact(model, tmp_path / "int4", quantize=QuantSpec(4),
+                                   cache="shared")
+    config = json.loads((out / "config.json").read_text())
+    graphs = config["quantization"]["graphs"]
+    assert config["graph_version"] == 3
+    assert graphs["ort"]["cache"] == "shared" and graphs["trt"]["cache"] == "concat"
+    assert main(["parity", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"]
+
+
+def test_cache_option_refused_before_work():
+    with pytest.raises(ScredgeError, match="unknown KV-cache form"):
+        check_cache_option("paged", "float32")
+    with pytest.raises(ScredgeError, match="float32 graphs only"):
+        check_cache_option("shared", "float16")
