@@ -19,7 +19,8 @@ from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.export.graph import export_graph
 from scredge.export.ort_shared_cache import check_cache_option, to_shared_cache
-from scredge.export.quantize import QUANT_OPSET, QuantSpec, quantize_graphs
+from scredge.export.plan_graphs import quantize_graphs
+from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.ref import build_model
 from scredge.runtime.generation import positions
 from scredge.runtime.loaders import ort_session
