@@ -290,15 +290,16 @@ def config_section(spec: QuantSpec, chosen: dict, ort_file: str,
         "symmetric": Grid(4, spec.int4_grid).symmetric if spec.bits == 4 else True,
         "mixed_precision": "auto" if spec.mixed else "off",
         "weights": "weight-only",
-        "matrices": list(chosen["ort"].plan.precision),
+        "matrices": list(next(iter(chosen.values())).plan.precision),
         "float": ["embeddings (unless a graph's `embedding` says otherwise)", "norms",
                   "Realign inputs (float32)"],
         "quantizer": QUANTIZER if spec.method == "hqq" else
         "scredge.export.qgrid (rtn) / scredge.export.gptq (gptq), MatMulNBits laid out as "
         f"{QUANTIZER} writes it",
         **({"calibration": calibration} if calibration is not None else {}),
-        "graphs": {"ort": graph("ort", ort_file, ORT_FORMAT),
-                   "trt": graph("trt", TRT_ONNX_FILE, TRT_FORMAT)},
+        "graphs": {b: graph(b, *files) for b, files in (
+            ("ort", (ort_file, ORT_FORMAT)), ("trt", (TRT_ONNX_FILE, TRT_FORMAT)))
+            if b in chosen},  # the targeted forms (--target)
         "verification": {b: c.report.to_json() for b, c in chosen.items()},
     }
 
