@@ -111,19 +111,31 @@ def _compile(kind: list[str], out: Path, archs) -> Path:
                            fix="pass --arch with an arch listed by `nvcc --list-gpu-code`")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    def command(tmp: Path) -> list[str]:
+        cmd = [nvcc, *kind, *NVCC_FLAGS, *gencode_flags(build), "-o", str(tmp), str(SOURCE)]
+        log.info("building sm_%s: %s", ",".join(build), " ".join(cmd))
+        return cmd
+
+    compile_atomically(out, command, "nvcc failed to build the Realign kernels")
+    return out
+
+
+def compile_atomically(out: Path, command, failure: str) -> list[str]:
+    """Run the compiler command `command(tmp)` writing a temporary file beside `out`, then
+    rename it to `out`: the library is there whole or not at all. A failed compile is a
+    ScredgeError `failure` with the compiler's output; returns the command run."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder: os.replace is atomic
-    cmd = [nvcc, *kind, *NVCC_FLAGS, *gencode_flags(build), "-o", str(tmp), str(SOURCE)]
-    log.info("building sm_%s: %s", ",".join(build), " ".join(cmd))
+    cmd = command(tmp)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            raise ScredgeError("nvcc failed to build the Realign kernels",
-                               received=(done.stderr or done.stdout)[-2000:],
+            raise ScredgeError(failure, received=(done.stderr or done.stdout)[-2000:],
                                expected="a clean compile", fix=" ".join(cmd))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return out
+    return cmd
 
 
 def build_fatbin(out: Path, archs=None) -> Path:

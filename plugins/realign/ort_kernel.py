@@ -164,17 +164,10 @@ def build_library(out: Path | None = None, cuda: bool = False, api: int | None =
     include = fetch_headers()
     out = Path(out) if out else library_path(cuda)
     _mkdir(out.parent)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    cmd = compile_command(tmp, include, cuda, api)
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ScredgeError("building the Realign onnxruntime kernel failed",
-                               received=(done.stderr or done.stdout)[-2000:],
-                               expected="a clean compile", fix=" ".join(cmd))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from scredge.plugins.realign.build_kernels import compile_atomically
+
+    cmd = compile_atomically(out, lambda tmp: compile_command(tmp, include, cuda, api),
+                             "building the Realign onnxruntime kernel failed")
     stamp = {"sources_sha256": sources_digest(), "ort_api": api or api_version(include),
              "headers": str(include), "cuda": cuda, "command": cmd[0]}
     stamp_path(out).write_text(json.dumps(stamp, indent=1) + "\n")
