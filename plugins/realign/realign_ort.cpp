@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef SCR_REALIGN_ORT_CUDA
@@ -136,73 +137,90 @@ bool cpu_has_fma()
 }
 #endif
 
-struct Inputs
+// Every entry point onnxruntime calls returns a status, never throws: one conversion.
+template <typename F>
+OrtStatusPtr guarded(F&& body) noexcept
 {
-    Ort::ConstValue v[kInputs];
-    Shape shape[kInputs];
-};
-
-Inputs read_inputs(Ort::KernelContext& ctx)
-{
-    Inputs in;
-    for (size_t i = 0; i < kInputs; ++i)
+    try
     {
-        in.v[i] = ctx.GetInput(i);
-        in.shape[i] = in.v[i].GetTensorTypeAndShapeInfo().GetShape();
+        body();
+        return nullptr;
     }
-    return in;
+    catch (const Ort::Exception& e)
+    {
+        return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+    }
+    catch (const std::exception& e)
+    {
+        return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+    }
 }
 
-template <typename X>
-struct CpuKernel
+// One node's call as every kernel (CPU and CUDA, float32 and float16) sees it: the eight
+// inputs with their shapes checked against SCR_SPEC, the three outputs allocated (m as h,
+// num_out as num_in, den_out as den_in), and B, T, D.
+struct Call
 {
-    float kappa;
+    Ort::ConstValue in[kInputs];
+    Ort::UnownedValue m, num, den;
+    int64_t B = 0, T = 0, D = 0;
+
+    Call(Ort::KernelContext& ctx, const std::string& node)
+    {
+        Shape shape[kInputs];
+        for (size_t i = 0; i < kInputs; ++i)
+        {
+            in[i] = ctx.GetInput(i);
+            shape[i] = in[i].GetTensorTypeAndShapeInfo().GetShape();
+        }
+        const Shape btd = check_shapes(node, shape);
+        B = btd[0], T = btd[1], D = btd[2];
+        m = ctx.GetOutput(0, shape[0]);
+        num = ctx.GetOutput(1, shape[2]);
+        den = ctx.GetOutput(2, shape[3]);
+    }
+
+    const float* f32(size_t i) const { return in[i].GetTensorData<float>(); }
+};
+
+// What onnxruntime calls on a kernel object: `Kernel::run(ctx, call)` under `guarded`.
+template <typename Kernel>
+struct KernelBase
+{
+    float kappa = kDefaultKappa;
     std::string node;
-    std::vector<float> scratch;
 
     OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept
     {
-        try
-        {
-            run(raw);
-            return nullptr;
-        }
-        catch (const Ort::Exception& e)
-        {
-            return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-        }
-        catch (const std::exception& e)
-        {
-            return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-        }
+        return guarded([&] {
+            Ort::KernelContext ctx(raw);
+            Call call(ctx, node);
+            static_cast<Kernel*>(this)->run(ctx, call);
+        });
     }
+};
 
-    void run(OrtKernelContext* raw)
+template <typename X>
+struct CpuKernel : KernelBase<CpuKernel<X>>
+{
+    std::vector<float> scratch;
+
+    void run(Ort::KernelContext&, Call& c)
     {
-        Ort::KernelContext ctx(raw);
-        Inputs in = read_inputs(ctx);
-        const Shape btd = check_shapes(node, in.shape);
-        const int64_t B = btd[0], T = btd[1], D = btd[2];
-        auto m = ctx.GetOutput(0, in.shape[0]);
-        auto num = ctx.GetOutput(1, in.shape[2]);
-        auto den = ctx.GetOutput(2, in.shape[3]);
-        if (B == 0)
+        if (c.B == 0)
             return;
-        scratch.resize(3 * static_cast<size_t>(D));
-        const X* h = T ? in.v[0].GetTensorData<X>() : nullptr;
-        const X* mp = T ? in.v[1].GetTensorData<X>() : nullptr;
-        X* mo = T ? m.GetTensorMutableData<X>() : nullptr;
-        const float br = in.v[5].GetTensorData<float>()[0];
-        const float bg = in.v[7].GetTensorData<float>()[0];
+        scratch.resize(3 * static_cast<size_t>(c.D));
+        const X* h = c.T ? c.in[0].GetTensorData<X>() : nullptr;
+        const X* mp = c.T ? c.in[1].GetTensorData<X>() : nullptr;
+        X* mo = c.T ? c.m.GetTensorMutableData<X>() : nullptr;
         auto rows = &rows_portable<X>;
 #if defined(__x86_64__) && defined(__GNUC__)
         if (cpu_has_fma())
             rows = &rows_fma<X>;
 #endif
-        rows(h, mp, in.v[2].GetTensorData<float>(), in.v[3].GetTensorData<float>(),
-            in.v[4].GetTensorData<float>(), br, in.v[6].GetTensorData<float>(), bg, mo,
-            num.GetTensorMutableData<float>(), den.GetTensorMutableData<float>(), B, T, D, kappa,
-            scratch.data());
+        rows(h, mp, c.f32(2), c.f32(3), c.f32(4), c.f32(5)[0], c.f32(6), c.f32(7)[0], mo,
+            c.num.GetTensorMutableData<float>(), c.den.GetTensorMutableData<float>(), c.B, c.T,
+            c.D, this->kappa, scratch.data());
     }
 };
 
@@ -210,38 +228,11 @@ struct CpuKernel
 // ---- CUDA: the TensorRT plugin's launcher on onnxruntime's stream ----
 
 template <typename X>
-struct CudaKernel
+struct CudaKernel : KernelBase<CudaKernel<X>>
 {
-    float kappa;
-    std::string node;
-
-    OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept
+    void run(Ort::KernelContext& ctx, Call& c)
     {
-        try
-        {
-            run(raw);
-            return nullptr;
-        }
-        catch (const Ort::Exception& e)
-        {
-            return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-        }
-        catch (const std::exception& e)
-        {
-            return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-        }
-    }
-
-    void run(OrtKernelContext* raw)
-    {
-        Ort::KernelContext ctx(raw);
-        Inputs in = read_inputs(ctx);
-        const Shape btd = check_shapes(node, in.shape);
-        const int B = static_cast<int>(btd[0]), T = static_cast<int>(btd[1]);
-        const int D = static_cast<int>(btd[2]);
-        auto m = ctx.GetOutput(0, in.shape[0]);
-        auto num = ctx.GetOutput(1, in.shape[2]);
-        auto den = ctx.GetOutput(2, in.shape[3]);
+        const int B = static_cast<int>(c.B), T = static_cast<int>(c.T), D = static_cast<int>(c.D);
         const size_t bytes = scr_realign_workspace_bytes(B, T, D);
         void* ws = nullptr;
         int device = 0;
@@ -254,17 +245,15 @@ struct CudaKernel
         // freed after the launch: onnxruntime's CUDA provider runs its kernels on one stream,
         // so a later user of this block is ordered after our kernels
         const int rc = scr_realign_enqueue(std::is_same<X, float>::value ? SCR_FLOAT32 : SCR_FLOAT16,
-            T ? in.v[0].GetTensorRawData() : nullptr, T ? in.v[1].GetTensorRawData() : nullptr,
-            in.v[2].GetTensorData<float>(), in.v[3].GetTensorData<float>(),
-            in.v[4].GetTensorData<float>(), in.v[5].GetTensorData<float>(),
-            in.v[6].GetTensorData<float>(), in.v[7].GetTensorData<float>(),
-            T ? m.GetTensorMutableRawData() : nullptr, num.GetTensorMutableData<float>(),
-            den.GetTensorMutableData<float>(), B, T, D, kappa, ws,
+            T ? c.in[0].GetTensorRawData() : nullptr, T ? c.in[1].GetTensorRawData() : nullptr,
+            c.f32(2), c.f32(3), c.f32(4), c.f32(5), c.f32(6), c.f32(7),
+            T ? c.m.GetTensorMutableRawData() : nullptr, c.num.GetTensorMutableData<float>(),
+            c.den.GetTensorMutableData<float>(), B, T, D, this->kappa, ws,
             static_cast<cudaStream_t>(ctx.GetGPUComputeStream()));
         if (ws)
             alloc.Free(ws);
         if (rc != 0)
-            throw Ort::Exception("scr.Realign node '" + node + "': CUDA launch failed: "
+            throw Ort::Exception("scr.Realign node '" + this->node + "': CUDA launch failed: "
                                      + cudaGetErrorString(static_cast<cudaError_t>(rc)), ORT_FAIL);
     }
 };
@@ -284,22 +273,13 @@ struct RealignOp : Ort::CustomOpBase<RealignOp<X, Kernel>, Kernel<X>, true>
 
     OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** out) const noexcept
     {
-        try
-        {
+        return guarded([&] {
+            const float kappa = read_kappa(info);  // may throw: before anything is allocated
             auto* k = new Kernel<X>();
-            k->kappa = read_kappa(info);
+            k->kappa = kappa;
             k->node = Ort::ConstKernelInfo(info).GetNodeName();
             *out = k;
-            return nullptr;
-        }
-        catch (const Ort::Exception& e)
-        {
-            return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-        }
-        catch (const std::exception& e)
-        {
-            return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-        }
+        });
     }
 
     const char* GetName() const { return kOpName; }
