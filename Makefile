@@ -34,7 +34,9 @@ test-all: venv kernels
 # The scr.Realign onnxruntime custom-op kernel (docs/realign-kernel.md): the CPU library,
 # built when a C++ compiler and onnxruntime's headers (fetched once from npm into
 # ~/.cache/scredge) are there, skipped with the reason otherwise; a no-op when up to date.
-# The runtime uses it where built, else the graph's function body.
+# The same entry the package build runs (tools/package_build.py), so `make venv`'s editable
+# install has usually built it already. The runtime uses it where built, else the graph's
+# function body.
 kernels: venv
 	$(PY) -m scredge.plugins.realign.ort_kernel --if-possible
 

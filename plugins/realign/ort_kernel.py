@@ -12,9 +12,13 @@ at any onnxruntime `include/` folder). Nothing fetched is committed or installed
 
     python -m scredge.plugins.realign.ort_kernel [--cuda] [--out PATH]   # what `make kernels` runs
 
-Libraries go to `plugins/realign/build/` (ignored by git) beside a stamp (`.json`) naming
-the sources' sha256 and the onnxruntime API version compiled against; `find_library` only
-returns a library whose stamp matches the current sources.
+`main` is the one build entry: `make kernels` runs it, and so does the package build
+(`tools/package_build.py`, for `pip install .` and `pip install -e .`). Libraries go to
+`build/` beside these sources (`plugins/realign/build/` in a checkout, ignored by git;
+`scredge/plugins/realign/build/` inside a wheel and so in site-packages) with a stamp
+(`.json`) naming the sources' sha256 and the onnxruntime API version compiled against;
+`find_library` only returns a library whose stamp matches the current sources. A skipped
+`--if-possible` build leaves a stamp saying why, which the runtime's reason repeats.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -41,7 +46,7 @@ NPM_HEADERS = ("package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/"
                "onnxruntime.framework/Headers/")
 ENV_INCLUDE = "SCREDGE_ORT_INCLUDE_DIR"  # use these onnxruntime headers instead of fetching
 ENV_LIB = "SCREDGE_REALIGN_ORT_LIB"  # use this library instead of the default build
-BUILD_COMMAND = "make kernels"
+BUILD_COMMAND = "make kernels, or python -m scredge.plugins.realign.ort_kernel in an install"
 CXX_FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra",
              "-Wl,--no-undefined")  # no onnxruntime to link: an unresolved symbol fails here
 CUDA_ARCHS = ("80", "86", "89", "90", "120")  # as the CMake build of the plugin (x86_64)
@@ -52,12 +57,16 @@ def cache_root() -> Path:
     return Path(base) / "scredge"
 
 
+def default_library(package: Path = HERE, cuda: bool = False) -> Path:
+    """The library's place in a copy of this package's folder `package`: build/ beside the
+    sources (in the source tree, or in a wheel's and so site-packages' copy)."""
+    return package / "build" / ("libscr_realign_ort_cuda.so" if cuda else "libscr_realign_ort.so")
+
+
 def library_path(cuda: bool = False) -> Path:
     """Where the runtime looks: $SCREDGE_REALIGN_ORT_LIB, else build/ beside the sources."""
     env = os.environ.get(ENV_LIB)
-    if env:
-        return Path(env)
-    return HERE / "build" / ("libscr_realign_ort_cuda.so" if cuda else "libscr_realign_ort.so")
+    return Path(env) if env else default_library(HERE, cuda)
 
 
 def sources_digest() -> str:
@@ -139,12 +148,7 @@ def compile_command(out: Path, include: Path, cuda: bool, api: int | None) -> li
     """g++ for the CPU library; nvcc (realign_kernel.cu + realign_ort.cpp) for the CUDA one."""
     defines = [f"-DSCR_REALIGN_ORT_API={api}"] if api is not None else []
     if not cuda:
-        cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-        if cxx is None:
-            raise ScredgeError("no C++ compiler to build the Realign onnxruntime kernel",
-                               received="no g++ / c++ on PATH", expected="g++ >= 9 or clang++",
-                               fix="apt install g++ (the runtime uses the function body meanwhile)")
-        return [cxx, *CXX_FLAGS, *defines, "-I", str(HERE), "-isystem", str(include),
+        return [*find_cxx(), *CXX_FLAGS, *defines, "-I", str(HERE), "-isystem", str(include),
                 str(SOURCE), "-o", str(out)]
     from scredge.plugins.realign.build_kernels import _require_nvcc, gencode_flags, select_archs
 
@@ -157,10 +161,27 @@ def compile_command(out: Path, include: Path, cuda: bool, api: int | None) -> li
             str(HERE / "realign_kernel.cu"), str(SOURCE), "-o", str(out)]
 
 
+def find_cxx() -> list[str]:
+    """$CXX (program and its own arguments) when set, else g++ or c++ from PATH. A $CXX that
+    names no program is refused, not replaced: it was asked for."""
+    env = os.environ.get("CXX", "").strip()
+    words = shlex.split(env) if env else []
+    found = shutil.which(words[0]) if words else shutil.which("g++") or shutil.which("c++")
+    if found is None:
+        raise ScredgeError("no C++ compiler to build the Realign onnxruntime kernel",
+                           received=f"CXX={env}: not found" if env else "no g++ / c++ on PATH",
+                           expected="g++ >= 9 or clang++",
+                           fix="apt install g++, or set CXX (the runtime uses the function body "
+                               "meanwhile)")
+    return [found, *words[1:]]
+
+
 def build_library(out: Path | None = None, cuda: bool = False, api: int | None = None) -> Path:
     """Compile the library into `out` (default `library_path(cuda)`), whole or not at all,
     with its stamp. `api` asks onnxruntime for another API version than the headers' (tests
     use it to build a library the installed onnxruntime must refuse)."""
+    if not cuda:
+        find_cxx()  # no compiler: say so before fetching anything
     include = fetch_headers()
     out = Path(out) if out else library_path(cuda)
     _mkdir(out.parent)
@@ -185,37 +206,72 @@ def read_stamp(lib: Path) -> dict:
         return {}
 
 
+def is_current(lib: Path) -> bool:
+    """`lib` is there and its stamp names the current sources."""
+    return lib.is_file() and read_stamp(lib).get("sources_sha256") == sources_digest()
+
+
 def find_library(cuda: bool = False) -> tuple[Path | None, str]:
     """(the built library, '') when it is there and built from the current sources, else
     (None, why not). $SCREDGE_REALIGN_ORT_LIB is taken as it is (no stamp needed)."""
     lib = library_path(cuda)
     if not lib.is_file():
-        return None, f"no kernel library at {lib} (build it: {BUILD_COMMAND})"
+        skipped = read_stamp(lib).get("skipped")
+        return None, (f"no kernel library at {lib}"
+                      + (f"; its build was skipped: {skipped}" if skipped else "")
+                      + f"; build it: {BUILD_COMMAND}")
     if os.environ.get(ENV_LIB):
         return lib, ""
-    if read_stamp(lib).get("sources_sha256") != sources_digest():
+    if not is_current(lib):
         return None, f"{lib.name} was built from other sources (rebuild: {BUILD_COMMAND})"
     return lib, ""
+
+
+def skip_reason(err: ScredgeError) -> str:
+    """One line for a build that could not be done: what, and the telling line of what was
+    received (a compiler's first error line, npm's first line)."""
+    lines = [ln.strip() for ln in str(err.received or "").splitlines() if ln.strip()]
+    telling = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+    return f"{err.what} ({telling[:240]})" if telling else err.what
+
+
+def record_skip(lib: Path, reason: str) -> None:
+    """No library of ours at `lib`, and a stamp saying why (the runtime's reason repeats it)."""
+    try:
+        if read_stamp(lib):  # an older build of ours, not of these sources; others' files stay
+            lib.unlink(missing_ok=True)
+        _mkdir(lib.parent)
+        stamp_path(lib).write_text(json.dumps({"skipped": reason}, indent=1) + "\n")
+    except OSError:  # a read-only place: the printed line is the record
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scredge.plugins.realign.ort_kernel",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--cuda", action="store_true", help="the CUDA build (nvcc), CPU op included")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"library to write (default {default_library()})")
     ap.add_argument("--if-possible", action="store_true",
-                    help="exit 0 with the reason when no compiler or headers are available")
+                    help="when it cannot be built (no compiler, no headers, a failed compile): "
+                         "exit 0 with one line saying why, kept in a stamp beside the library")
     ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
     args = ap.parse_args(argv)
-    current, _ = find_library(args.cuda)
-    if current is not None and args.out is None and not args.force:
-        print(f"{current} is up to date (onnxruntime API {read_stamp(current).get('ort_api')})")
+    # the default place, never $SCREDGE_REALIGN_ORT_LIB's: that one is the user's to replace
+    target = args.out or default_library(HERE, args.cuda)
+    if is_current(target) and not args.force:
+        print(f"{target} is up to date (onnxruntime API {read_stamp(target).get('ort_api')})")
         return 0
     try:
-        out = build_library(args.out, cuda=args.cuda)
+        out = build_library(target, cuda=args.cuda)
     except ScredgeError as err:
-        print(f"{'skipped' if args.if_possible else 'error'}: {err}")
-        return 0 if args.if_possible else 1
+        if not args.if_possible:
+            print(f"error: {err}")
+            return 1
+        reason = skip_reason(err)
+        record_skip(target, reason)
+        print(f"skipped: {reason}; the runtime runs scr.Realign as the graph's function body")
+        return 0
     print(f"wrote {out} (onnxruntime API {read_stamp(out)['ort_api']}"
           f"{', CPU + CUDA' if args.cuda else ', CPU'})")
     return 0
