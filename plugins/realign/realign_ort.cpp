@@ -19,6 +19,7 @@
 
 #include "realign_math.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -47,7 +48,17 @@ constexpr float kDefaultKappa = 8.0f;
 constexpr size_t kInputs = 8;   // h, m_prev, num_in, den_in, w_r, b_r, w_g, b_g
 constexpr size_t kOutputs = 3;  // m, num_out, den_out
 
-using Shape = std::vector<int64_t>;
+// A shape: onnxruntime's own array of an input (not copied), or one of ours (at most 3 dims).
+struct Dims
+{
+    const int64_t* d = nullptr;
+    size_t n = 0;
+
+    bool operator==(const Dims& o) const
+    {
+        return n == o.n && std::equal(d, d + n, o.d);
+    }
+};
 
 template <typename X>
 constexpr ONNXTensorElementDataType elem_type()
@@ -56,11 +67,11 @@ constexpr ONNXTensorElementDataType elem_type()
                                          : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
 }
 
-std::string dims(const Shape& s)
+std::string dims(Dims s)
 {
     std::string out = "[";
-    for (size_t i = 0; i < s.size(); ++i)
-        out += (i ? "," : "") + std::to_string(s[i]);
+    for (size_t i = 0; i < s.n; ++i)
+        out += (i ? "," : "") + std::to_string(s.d[i]);
     return out + "]";
 }
 
@@ -70,22 +81,24 @@ std::string dims(const Shape& s)
 }
 
 // The shapes of SCR_SPEC section 2: h, m_prev [B,T,D]; num_in [B,D]; den_in [B,1];
-// w_r, w_g [D]; b_r, b_g [1]. Returns {B, T, D}.
-Shape check_shapes(const std::string& node, const Shape (&s)[kInputs])
+// w_r, w_g [D]; b_r, b_g [1]. Nothing is allocated unless a shape is wrong: this runs once
+// per node and token at decode, where a few µs are the whole op.
+void check_shapes(const std::string& node, const Dims (&s)[kInputs])
 {
     static const char* names[kInputs] = {"h", "m_prev", "num_in", "den_in", "w_r", "b_r", "w_g",
         "b_g"};
-    if (s[0].size() != 3)
+    if (s[0].n != 3)
         fail(node, "h must be [B,T,D], received " + dims(s[0]));
-    const int64_t B = s[0][0], T = s[0][1], D = s[0][2];
-    const Shape want[kInputs] = {{B, T, D}, {B, T, D}, {B, D}, {B, 1}, {D}, {1}, {D}, {1}};
+    const int64_t B = s[0].d[0], D = s[0].d[2], one = 1;
+    const int64_t bd[2] = {B, D}, b1[2] = {B, one};
+    const Dims want[kInputs] = {s[0], s[0], {bd, 2}, {b1, 2}, {&D, 1}, {&one, 1}, {&D, 1},
+        {&one, 1}};
     for (size_t i = 1; i < kInputs; ++i)
-        if (s[i] != want[i])
+        if (!(s[i] == want[i]))
             fail(node, std::string(names[i]) + " must be " + dims(want[i]) + ", received "
                            + dims(s[i]));
-    if (D < 1 || B > INT32_MAX || T > INT32_MAX || D > INT32_MAX)
+    if (D < 1 || B > INT32_MAX || s[0].d[1] > INT32_MAX || D > INT32_MAX)
         fail(node, "sizes out of range: h " + dims(s[0]));
-    return {B, T, D};
 }
 
 float read_kappa(const OrtKernelInfo* info)
@@ -167,17 +180,22 @@ struct Call
 
     Call(Ort::KernelContext& ctx, const std::string& node)
     {
-        Shape shape[kInputs];
+        const OrtApi& api = Ort::GetApi();
+        Dims shape[kInputs];
         for (size_t i = 0; i < kInputs; ++i)
         {
             in[i] = ctx.GetInput(i);
-            shape[i] = in[i].GetTensorTypeAndShapeInfo().GetShape();
+            ONNXTensorElementDataType type;  // checked by onnxruntime against the op's types
+            // onnxruntime's own shape array (API 24+): GetTensorTypeAndShapeInfo would
+            // allocate an info object and a vector per input and call
+            Ort::ThrowOnError(api.GetTensorElementTypeAndShapeDataReference(in[i], &type,
+                &shape[i].d, &shape[i].n));
         }
-        const Shape btd = check_shapes(node, shape);
-        B = btd[0], T = btd[1], D = btd[2];
-        m = ctx.GetOutput(0, shape[0]);
-        num = ctx.GetOutput(1, shape[2]);
-        den = ctx.GetOutput(2, shape[3]);
+        check_shapes(node, shape);
+        B = shape[0].d[0], T = shape[0].d[1], D = shape[0].d[2];
+        m = ctx.GetOutput(0, shape[0].d, shape[0].n);
+        num = ctx.GetOutput(1, shape[2].d, shape[2].n);
+        den = ctx.GetOutput(2, shape[3].d, shape[3].n);
     }
 
     const float* f32(size_t i) const { return in[i].GetTensorData<float>(); }
