@@ -97,3 +97,17 @@ def test_wheel_without_a_compiler_skips_the_kernel(tmp_path):
     assert wheel.name.endswith("-any.whl")
     _, kind, reason = _runtime_choice(wheel, tmp_path)
     assert kind == "function" and "skipped: no C++ compiler" in reason
+
+
+def test_sdist_carries_the_build_hook(tmp_path):
+    """pyproject names tools/package_build.py as setuptools' build_py: an sdist without it
+    could not be built into a wheel (MANIFEST.in includes it)."""
+    import tarfile
+
+    src, out = _tree(tmp_path), tmp_path / "sdist"
+    code = f"from setuptools import build_meta as b; print(b.build_sdist({str(out)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=src, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    with tarfile.open(out / done.stdout.strip().splitlines()[-1]) as tar:
+        assert [n for n in tar.getnames() if n.endswith("/tools/package_build.py")]
