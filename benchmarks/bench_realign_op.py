@@ -5,8 +5,12 @@
    µs, is in both).
 2. Per-node cost in a graph: a chain of 41 vs 1 Realign nodes (kernel), and of 41 vs 1 Add
    nodes of the same [1,1,D] shape, graph optimisations off: (t41 - t1) / 40.
+3. With `--compare LIB`: that per-node cost with the built library and with LIB (another
+   build of the kernel, e.g. of an earlier commit), alternating for `--rounds` rounds;
+   medians and their ratio.
 
-Usage: python benchmarks/bench_realign_op.py [--runs 400]   (needs `make kernels`)
+Usage: python benchmarks/bench_realign_op.py [--runs 400] [--compare LIB [--rounds 6]]
+       (needs `make kernels`)
 """
 
 from __future__ import annotations
@@ -86,9 +90,29 @@ def _chain(n: int, op: str, D: int, with_function: bool, T: int = 1) -> bytes:
                              ).SerializeToString()
 
 
+def _per_node(op: str, library, feed, runs: int, D: int = 128) -> float:
+    """µs of CPU time per `op` node: a chain of 41 minus a chain of 1, over 40."""
+    cost = [_cpu_us(_session(_chain(n, op, D, False), library, optimize=False), feed, runs)
+            for n in (1, 41)]
+    return (cost[1] - cost[0]) / 40
+
+
+def _compare(library, other, runs: int, rounds: int) -> None:
+    feed = _inputs(1, 1, 128)
+    got = {library: [], other: []}
+    for r in range(rounds):  # alternating, so drift on a shared machine hits both
+        for lib in (library, other) if r % 2 == 0 else (other, library):
+            got[lib].append(_per_node("Realign", lib, feed, runs))
+    this, that = (statistics.median(got[lib]) for lib in (library, other))
+    print(f"per Realign node (D 128, T 1), median of {rounds} alternating rounds: "
+          f"{this:.2f} µs ({library}) vs {that:.2f} µs ({other}) -> x{this / that:.2f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=400)
+    ap.add_argument("--compare", default=None, help="another build of the kernel library")
+    ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args(argv)
     from scredge.plugins.realign.ort_kernel import find_library
 
@@ -104,12 +128,12 @@ def main(argv=None) -> None:
         function = _cpu_us(_session(model, None), feed, runs)
         print(f"B{B} T{T:<4} D{D:<4} one node: kernel {kernel:7.1f} µs, function body "
               f"{function:7.1f} µs (median thread CPU time per run)")
-    D = 128
-    feed = _inputs(1, 1, D)
+    feed = _inputs(1, 1, 128)
     for op in ("Add", "Realign"):
-        cost = [_cpu_us(_session(_chain(n, op, D, False), library, optimize=False), feed,
-                        args.runs) for n in (1, 41)]
-        print(f"per {op} node in a chain (D {D}, T 1): {(cost[1] - cost[0]) / 40:.2f} µs")
+        print(f"per {op} node in a chain (D 128, T 1): "
+              f"{_per_node(op, library, feed, args.runs):.2f} µs")
+    if args.compare:
+        _compare(library, args.compare, args.runs, args.rounds)
 
 
 if __name__ == "__main__":
