@@ -9,13 +9,11 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 import numpy as np
 
 from scredge.errors import ScredgeError
+from scredge.limits import PREFILL_CHUNK  # re-exported: the core's callers import it here
 from scredge.runtime.runners.base import Decoder, Runner
 from scredge.sampling import Sampler, mark_seen
 
 MAX_NEW_TOKENS = 100_000_000  # beyond this a request is a mistake, not a plan
-# Long prompts go in chunks of this many positions: bounded attention memory per call, and
-# the points where a prefill can be cut (a client gone, a deadline passed)
-PREFILL_CHUNK = 512
 
 
 def check_ids(rows: np.ndarray, vocab_size: int, what: str = "prompt") -> np.ndarray:
