@@ -11,7 +11,6 @@ import shutil
 
 import pytest
 
-from scredge.cli import main
 from scredge.contract import GOLDEN_FILE, ONNX_FILE, WEIGHTS_FILE
 from scredge.errors import ScredgeError
 from scredge.golden_file import Golden
@@ -19,14 +18,6 @@ from scredge.runtime.loaders import open_artifact
 from scredge.tiers import tier_thresholds
 
 CHANGED = "changed after the folder was opened"
-
-
-@pytest.fixture(scope="module")
-def recorded(small_window_artifact, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("verified") / "a"
-    shutil.copytree(small_window_artifact[1], folder)
-    assert main(["parity", str(folder), "--record"]) == 0
-    return folder
 
 
 @pytest.fixture
