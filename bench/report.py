@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scredge.artifact import reference_weights
+from scredge.artifact import reference_weights, verified_reference_weights
 from scredge.bench import latency
 from scredge.errors import ScredgeError
 from scredge.runtime.engine import check_backend_options
@@ -29,8 +29,8 @@ def run_bench(folder: str | Path, *, backend: str = "ort", device: str = "auto",
     check_settings(prompt_len=prompt_len, gen_len=gen_len, batch=batch, repeat=repeat)
     check_backend_options(backend, cuda_graph)
     artifact = open_artifact(folder)
-    weights = (reference_weights(folder, artifact.manifest, "bench --compare torch")
-               if compare_torch else None)
+    if compare_torch:  # a slim folder is refused before the benchmark runs
+        reference_weights(folder, artifact.manifest, "bench --compare torch")
     if backend == "trt":
         from scredge.runtime.trt_loader import load_trt_runner
 
@@ -52,7 +52,9 @@ def run_bench(folder: str | Path, *, backend: str = "ort", device: str = "auto",
     if compare_torch:
         from scredge.ref import load_checkpoint
 
-        model = load_checkpoint(weights, artifact.config)
+        with verified_reference_weights(folder, artifact.manifest,
+                                        "bench --compare torch") as path:
+            model = load_checkpoint(path, artifact.config)  # the bytes the manifest lists
         ref = latency.measure(latency.torch_stepper(model), prompt_len,
                               vocab_size=artifact.config.vocab_size, **settings)
         ratios = {"decode_tokens_per_s": result["decode_tokens_per_s"]

@@ -16,7 +16,7 @@ def twin_without_scr(folder: Path, out: Path) -> Path:
     """Export the artifact in `folder` again to `out` with `scr_layers = []`: every other
     tensor identical."""
     require("torch")
-    from scredge.artifact import reference_weights
+    from scredge.artifact import verified_reference_weights
     from scredge.export.pipeline import export_artifact
     from scredge.ref import load_checkpoint
     from scredge.ref.model import SCRForCausalLM
@@ -24,8 +24,8 @@ def twin_without_scr(folder: Path, out: Path) -> Path:
 
     artifact = open_artifact(folder)
     load_ort(artifact, device="cpu")  # config.json checked against the graph first
-    weights = reference_weights(folder, artifact.manifest, "bench --scr-overhead")
-    model = load_checkpoint(weights, artifact.config)
+    with verified_reference_weights(folder, artifact.manifest, "bench --scr-overhead") as path:
+        model = load_checkpoint(path, artifact.config)  # the bytes the manifest lists
     plain = SCRForCausalLM(artifact.config.with_(scr_layers=()))
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".scr." not in k})
     return export_artifact(plain.eval(), out, dtype=artifact.dtype,

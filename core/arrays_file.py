@@ -4,6 +4,7 @@ pickle. Torch-free."""
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from collections.abc import Iterator
@@ -77,12 +78,14 @@ def check_array(z: CheckedArrays, name: str, ndim: int, kind: str,
 
 
 @contextmanager
-def open_arrays(path: Path, what: str, fix: str) -> Iterator[tuple[dict, CheckedArrays]]:
-    """(meta, arrays) of a file written by `save_arrays`. Anything unreadable, a missing
-    array or metadata key, a malformed or oversized array included, is a ScredgeError
-    naming `what` and `fix`; pickled arrays are never loaded."""
+def open_arrays(path: Path, what: str, fix: str,
+                data: bytes | None = None) -> Iterator[tuple[dict, CheckedArrays]]:
+    """(meta, arrays) of a file written by `save_arrays`: `data`, its bytes already read
+    and verified (artifact.read_listed_bytes), else read from `path`. Anything unreadable,
+    a missing array or metadata key, a malformed or oversized array included, is a
+    ScredgeError naming `what` and `fix`; pickled arrays are never loaded."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as npz:
             arrays = CheckedArrays(npz)
             raw = arrays[META]
             if raw.nbytes > MAX_JSON_BYTES:

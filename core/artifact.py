@@ -8,6 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import scredge
@@ -330,6 +334,33 @@ def reference_weights(folder: str | Path, manifest: dict, needed_by: str) -> Pat
         expected=f"a folder exported with {KEEP_REFERENCE_FLAG}",
         fix=f"export it again with {KEEP_REFERENCE_FLAG}: scredge export ... "
             f"{KEEP_REFERENCE_FLAG} --out {folder} --force")
+
+
+@contextmanager
+def verified_copies(folder: str | Path, manifest: dict, names: Sequence[str]) -> Iterator[Path]:
+    """A private temporary folder holding the listed files `names` of the artifact, each
+    written from the bytes `read_listed_bytes` verified: for the readers that take only a
+    path (torch's checkpoint loader, transformers), which then read exactly what was
+    hashed, never a file swapped into the folder after it was opened. Removed on exit."""
+    staging = Path(tempfile.mkdtemp(prefix=".scredge-verified-"))  # mode 0700
+    try:
+        for name in names:
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(read_listed_bytes(folder, manifest, name, name))
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def verified_reference_weights(folder: str | Path, manifest: dict,
+                               needed_by: str) -> Iterator[Path]:
+    """The path of a verified private copy of the folder's reference weights (see
+    `verified_copies`); a slim folder is refused as `reference_weights` says."""
+    reference_weights(folder, manifest, needed_by)
+    with verified_copies(folder, manifest, [WEIGHTS_FILE]) as staging:
+        yield staging / WEIGHTS_FILE
 
 
 def check_graph_version(folder: Path, settings: dict) -> None:

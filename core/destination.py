@@ -116,3 +116,53 @@ def recover_hidden(out: Path) -> None:
                        received=", ".join(str(p) for p in hidden),
                        expected="nothing hidden beside the output",
                        fix="look through it and remove it (or move it back over the output)")
+
+
+class FolderLock:
+    """An exclusive lock on a folder that a command writes file by file over its whole run
+    (a training run: its checkpoints stay in place for --resume, so the folder cannot be
+    built aside and swapped in by `replace_folder`). A second run into the same folder is
+    refused at once rather than interleaving its files with this one's, and `check()`,
+    called before each write, refuses a folder moved away or replaced meanwhile (its path
+    no longer names the locked folder), so nothing is written over what is there now."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._fd: int | None = None
+        self._id: tuple[int, int] | None = None
+
+    def __enter__(self) -> FolderLock:
+        try:
+            self._fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise ScredgeError("cannot open the output folder", received=f"{self.folder}: "
+                               f"{exc.strerror}", fix="choose another output") from exc
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ScredgeError("another scredge run is writing this folder",
+                               received=str(self.folder), expected="one run per folder",
+                               fix="wait for that run to end, or choose another output") from None
+        st = os.fstat(self._fd)
+        self._id = (st.st_dev, st.st_ino)
+        return self
+
+    def check(self) -> None:
+        try:
+            st = os.lstat(self.folder)
+            same = (st.st_dev, st.st_ino) == self._id
+        except OSError:
+            same = False
+        if not same:
+            raise ScredgeError("the output folder was moved or replaced while this run wrote "
+                               "it; nothing was written over what is there now",
+                               received=str(self.folder),
+                               expected="the folder this run started in",
+                               fix="find the moved folder (its last checkpoint resumes "
+                                   "there), or start again with a new output")
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

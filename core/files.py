@@ -62,7 +62,7 @@ def parse_json(data: bytes | str, source: str, what: str, fix: str | None = None
         raise ScredgeError(f"{what} is malformed (not valid JSON)",
                            received=f"{source}: {exc}"[:300], expected=expected,
                            fix=fix) from exc
-    problem = _check_json_value(value)
+    problem = check_json_value(value)
     if problem:
         raise ScredgeError(f"{what} is malformed (data scredge does not accept)",
                            received=f"{source}: {problem}"[:300], expected=expected, fix=fix)
@@ -76,7 +76,7 @@ def read_json_limited(path: str | Path, what: str, limit: int = MAX_JSON_BYTES,
     return parse_json(data, str(path), what, fix, expected)
 
 
-def _check_json_value(value: object) -> str | None:
+def check_json_value(value: object) -> str | None:
     """The first problem of parsed JSON: too deep, or a string with a lone surrogate."""
     stack = [(value, 0)]
     while stack:

@@ -47,10 +47,11 @@ class Golden:
         save_arrays(path, meta, arrays)
 
     @classmethod
-    def load(cls, path: Path) -> Golden:
-        """`path` comes from `parity.run.listed_golden`: listed, hashed, inside the folder."""
+    def load(cls, path: Path, data: bytes | None = None) -> Golden:
+        """The golden file at `path`; in an artifact, `data` is its verified bytes
+        (`parity.run.listed_golden`), so what is parsed is what the manifest lists."""
         fix = f"re-record it: scredge parity {path.parent.parent} --record"
-        with open_arrays(path, "golden reference file", fix) as (meta, z):
+        with open_arrays(path, "golden reference file", fix, data) as (meta, z):
             n, ops = meta["steps"], meta["op_cases"]
             vocab = meta["config"]["vocab_size"]
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0

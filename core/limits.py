@@ -36,6 +36,12 @@ MAX_PARAMETERS = 1 << 38  # the whole model's parameter count (275 billion)
 MAX_TEMPERATURE = 100.0  # above this every distribution is uniform to float precision
 REPETITION_PENALTY_RANGE = (1e-2, 1e2)  # CTRL/HF penalty; 1 = off
 
+# ---- generation --------------------------------------------------------------------------
+# A long prompt is prefilled in calls of at most this many positions: bounded attention
+# memory per call, and the points where a prefill can be cut (the server: a client gone,
+# --timeout passed, a shutdown's grace over). Batch(prefill_chunk=...) sets another.
+PREFILL_CHUNK = 512
+
 # ---- the HTTP server (scredge serve) ---------------------------------------------------
 MAX_REQUEST_BODY_BYTES = 8 << 20  # one request body; past it 413 (--max-body-bytes)
 SCHEDULER_STALL_S = 120.0  # /health says 503 when work waits this long with no progress

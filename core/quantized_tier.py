@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from scredge.arrays_file import check_array, open_arrays, save_arrays
-from scredge.artifact import listed_member
+from scredge.artifact import listed_member, read_listed_bytes
 from scredge.contract import HELDOUT_FILE
 from scredge.errors import ScredgeError
 from scredge.tiers import QuantizedThresholds, decisive_top1, quantized_thresholds
@@ -122,12 +122,13 @@ class Heldout:
                      "ref_top1": self.ref.top1, "ref_margin": self.ref.margin, **topk})
 
     @classmethod
-    def load(cls, path: Path, vocab_size: int | None = None) -> Heldout:
-        """`path` comes from `listed_member`: listed, hashed, inside the folder. The ids
-        are 1-d (in 0..vocab_size-1 when given); the reference statistics one per predicted
-        position."""
+    def load(cls, path: Path, vocab_size: int | None = None,
+             data: bytes | None = None) -> Heldout:
+        """The held-out file at `path`; in an artifact, `data` is its verified bytes
+        (read_listed_bytes). The ids are 1-d (in 0..vocab_size-1 when given); the reference
+        statistics one per predicted position."""
         with open_arrays(path, f"held-out reference ({HELDOUT_FILE})",
-                         "export the artifact again with --quantize") as (meta, z):
+                         "export the artifact again with --quantize", data) as (meta, z):
             bounds = None if vocab_size is None else (0, vocab_size)
             ids = check_array(z, "ids", 1, "i", bounds)
             stats = [check_array(z, name, 1, kind) for name, kind in (
@@ -232,7 +233,8 @@ def run_quantized_parity(artifact, runner, graph: str) -> QuantizedReport:
         raise ScredgeError("no held-out reference in the quantized artifact",
                            received=f"manifest.json does not list {HELDOUT_FILE}",
                            fix="export the artifact again with --quantize")
-    heldout = Heldout.load(path, artifact.config.vocab_size)
+    heldout = Heldout.load(path, artifact.config.vocab_size, read_listed_bytes(
+        artifact.folder, artifact.manifest, HELDOUT_FILE, "held-out reference"))
     actual = artifact.reference_sha256
     if heldout.weights_sha256 != actual:
         raise ScredgeError("the held-out reference was recorded for another model",

@@ -26,6 +26,7 @@ import numpy as np
 
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.gguf_file import check_gguf_header
 from scredge.hf_config import FAMILIES, llama_config
 
 # the tensor types `gguf.quants` dequantizes that we accept (SCR_SPEC: a float reference)
@@ -65,6 +66,7 @@ def open_gguf(path: Path):
     if not path.is_file():
         raise ScredgeError("GGUF file not found", received=str(path),
                            expected="a .gguf file (llama.cpp's format)")
+    check_gguf_header(path)  # before the reader walks what the header claims
     try:
         reader = gguf.GGUFReader(str(path))
     except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError,

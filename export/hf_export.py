@@ -24,8 +24,8 @@ from pathlib import Path
 from scredge import contract
 from scredge.artifact import (
     listed_member,
-    read_listed_bytes,
     sha256_file,
+    verified_copies,
     verify_manifest,
 )
 from scredge.config import SCRConfig
@@ -177,13 +177,8 @@ def verified_run(run: Path) -> Iterator[Path]:
     reference_weights(run, manifest, "export-hf")  # a slim folder: names --keep-reference
     names = [contract.WEIGHTS_FILE, contract.CONFIG_FILE, *(n for n in contract.TOKENIZER_FILES
                                       if listed_member(run, manifest, n, "tokenizer file"))]
-    staging = Path(tempfile.mkdtemp(prefix=".scredge-export-hf-"))
-    try:
-        for name in names:
-            (staging / name).write_bytes(read_listed_bytes(run, manifest, name, name))
+    with verified_copies(run, manifest, names) as staging:
         yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _export_hf(source: Path, run: Path, out: Path, dtype: str, force: bool) -> HFExport:

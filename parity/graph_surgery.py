@@ -8,8 +8,6 @@ by name, in whatever graph the folder holds, faults included.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from scredge.contract import (
     BATCH,
     DOMAIN,
@@ -51,10 +49,12 @@ def hidden_value_names(model) -> list[str]:
     return names
 
 
-def with_hidden_outputs(onnx_path: Path) -> bytes:
-    """model.onnx with outputs hidden.0 .. hidden.{L-1} ([B,T,D], model dtype) appended."""
+def with_hidden_outputs(graph: bytes) -> bytes:
+    """model.onnx (its verified bytes: runtime.loaders.verified_graph; external data stays
+    a reference, handed to onnxruntime from memory) with outputs hidden.0 .. hidden.{L-1}
+    ([B,T,D], model dtype) appended."""
     onnx = require("onnx")
-    model = onnx.load(str(onnx_path))
+    model = onnx.load_from_string(graph)
     elem = next(i.type.tensor_type.elem_type for i in model.graph.input if is_kv(i.name))
     for l, value in enumerate(hidden_value_names(model)):
         model.graph.node.append(onnx.helper.make_node(
@@ -64,15 +64,16 @@ def with_hidden_outputs(onnx_path: Path) -> bytes:
     return model.SerializeToString()
 
 
-def realign_alone(onnx_path: Path, kappa: float) -> bytes:
-    """A one-node model: the artifact's own `scr.Realign` function applied to fresh inputs."""
+def realign_alone(graph: bytes, kappa: float) -> bytes:
+    """A one-node model: the artifact's own `scr.Realign` function (from model.onnx's
+    verified bytes) applied to fresh inputs."""
     onnx = require("onnx")
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = onnx.load_from_string(graph)
     if not model.functions:
         raise ScredgeError("the graph carries no scr.Realign function",
-                           received=str(onnx_path), fix="re-export the artifact")
+                           received="model.onnx without functions", fix="re-export the artifact")
     elem = next(i.type.tensor_type.elem_type for i in model.graph.input if is_kv(i.name))
     f32 = TensorProto.FLOAT
     D = next(d.dim_value for i in model.graph.input if is_carry(i.name)

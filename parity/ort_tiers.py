@@ -29,7 +29,7 @@ from scredge.parity.graph_surgery import hidden_output, realign_alone, with_hidd
 from scredge.parity.report import ParityReport, TierResult
 from scredge.runtime.cache import empty_state, state_from_outputs
 from scredge.runtime.generation import positions
-from scredge.runtime.loaders import Artifact, ort_session
+from scredge.runtime.loaders import Artifact, ort_session, verified_graph
 from scredge.tiers import Thresholds, compare_logits, hidden_metrics
 
 
@@ -37,7 +37,8 @@ def op_tier(artifact: Artifact, golden: Golden, th: Thresholds, device: str) -> 
     """The artifact's own `Realign` function alone, in onnxruntime."""
     if not artifact.config.scr_layers:
         return plain_op_tier()
-    session = ort_session(realign_alone(artifact.folder / ONNX_FILE, golden.kappa), device)
+    graph, _ = verified_graph(artifact, ONNX_FILE)  # the bytes the manifest lists
+    session = ort_session(realign_alone(graph, golden.kappa), device)
     return op_tier_with(lambda feed: session.run(None, feed), artifact, golden, th)
 
 
@@ -70,7 +71,9 @@ def op_tier_with(run_case, artifact: Artifact, golden: Golden, th: Thresholds,
 def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str,
                  dump: Path | None = None) -> tuple[list[TierResult], dict | None]:
     """Layer, logits and teacher-forced decode tiers, and the first divergence."""
-    session = ort_session(with_hidden_outputs(artifact.folder / ONNX_FILE), device)
+    graph, external = verified_graph(artifact, ONNX_FILE)  # the bytes the manifest lists
+    session = ort_session(with_hidden_outputs(graph), device, external_data=external,
+                          external_folder=artifact.folder)
     names = [o.name for o in session.get_outputs()]
     c = artifact.config
     B = golden.steps_ids[0].shape[0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from scredge.artifact import add_to_manifest, reference_weights
+from scredge.artifact import add_to_manifest, verified_reference_weights
 from scredge.contract import GOLDEN_FILE
 from scredge.golden_file import Golden
 from scredge.runtime.loaders import Artifact
@@ -18,8 +18,9 @@ def record_golden(artifact: Artifact, **kwargs) -> Golden:
     from scredge.ref import load_checkpoint
     from scredge.ref.golden import golden_from_model
 
-    path = reference_weights(artifact.folder, artifact.manifest, "recording a golden reference")
-    model = load_checkpoint(path, artifact.config)
+    with verified_reference_weights(artifact.folder, artifact.manifest,
+                                    "recording a golden reference") as path:
+        model = load_checkpoint(path, artifact.config)  # the bytes the manifest lists
     return golden_from_model(model, artifact.reference_sha256, **kwargs)
 
 

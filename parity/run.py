@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from scredge.artifact import listed_member
+from scredge.artifact import listed_member, read_listed_bytes
 from scredge.contract import GOLDEN_FILE
 from scredge.errors import ScredgeError
 from scredge.golden_file import Golden
@@ -69,7 +69,8 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
 
         golden = record_golden(artifact)
     else:
-        golden = Golden.load(listed_golden(artifact))
+        golden = Golden.load(listed_golden(artifact), read_listed_bytes(
+            artifact.folder, artifact.manifest, GOLDEN_FILE, "golden reference"))
     th: Thresholds = with_overrides(tier_thresholds(dtype or artifact.dtype),
                                     **(overrides or {}))
     runner = _runner(artifact, backend, device, cuda_graph)

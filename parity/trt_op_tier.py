@@ -17,7 +17,7 @@ from scredge.deps import require
 from scredge.errors import ScredgeError
 from scredge.golden_file import Golden
 from scredge.parity.graph_surgery import realign_alone
-from scredge.runtime.loaders import Artifact
+from scredge.runtime.loaders import Artifact, verified_graph
 
 IN_NAMES, OUT_NAMES = INPUTS, OUTPUTS
 
@@ -36,7 +36,8 @@ def build_realign_engine(trt, artifact: Artifact, golden: Golden, backend: str,
     from scredge.builder.trt_build import build_model_bytes
 
     onnx = require("onnx")
-    model = onnx.load_from_string(realign_alone(artifact.folder / ONNX_FILE, golden.kappa))
+    graph, _ = verified_graph(artifact, ONNX_FILE)  # the bytes the manifest lists
+    model = onnx.load_from_string(realign_alone(graph, golden.kappa))
     engine, _ = build_model_bytes(trt, model, backend, "plugin",
                                   [realign_profile(golden, artifact.config.d_model)], cc,
                                   None, 0, lambda s: None, expected_plugin_layers=1)

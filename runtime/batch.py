@@ -15,7 +15,8 @@ A row (`Row`, made from a `Request`) carries its own sampling parameters and ran
 (seeded by its seed: a row draws exactly what its prompt alone would draw, whatever shares
 the batch), its repetition-penalty state (a [1,V] seen mask, only when the penalty is on),
 its stop ids and stop strings, its token budget and its finish reason. `admit` prefills
-new prompts (equal lengths together, SCR_SPEC section 3) and joins them into the running
+new prompts (equal lengths together, SCR_SPEC section 3; `prefill_chunk` positions a call,
+and between chunks a request's `cancelled` can cut its row) and joins them into the running
 batch; `step` runs one decode for every row, samples each row's token (the rows that are
 plain greedy in one vectorised argmax, the others each with its own sampler) and turns
 tokens into per-row events (`Event`: the row's new text, and its finish reason when it
@@ -41,7 +42,7 @@ Seams, so the next features plug in here rather than into a second loop:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,8 +52,10 @@ from scredge.errors import ScredgeError
 from scredge.runtime.cache import BatchCache
 from scredge.runtime.decoding import (
     MAX_NEW_TOKENS,
+    PREFILL_CHUNK,
     check_ids,
     check_max_new_tokens,
+    check_prefill_chunk,
     check_stop_ids,
     decode_step,
     prefill,
@@ -104,6 +107,9 @@ class Request:
     stop_texts: Sequence[str] = ()
     logits_processor: LogitsProcessor | None = None
     tag: object = None
+    # asked between the chunks of its prompt's prefill: True cuts the row there (finish
+    # 'cancelled', it never joins the batch): a client gone, a deadline passed
+    cancelled: Callable[[], bool] | None = None
 
 
 class Row:
@@ -186,7 +192,8 @@ class Row:
 @dataclass(frozen=True, slots=True)
 class Event:
     """What a row did in one admit/step: `text`, its new piece ('' when none is final yet);
-    `finish_reason` ('stop' | 'length') when it finished there; `accepted`, the tokens it
+    `finish_reason` ('stop' | 'length', or 'cancelled': cut during its prefill by its
+    request's `cancelled`, never joined) when it finished there; `accepted`, the tokens it
     took (a multi-token step may offer more)."""
 
     row: Row
@@ -212,8 +219,9 @@ class Batch:
     callers that take each step's `tokens` themselves (constant memory however long)."""
 
     def __init__(self, runner: Runner, tokenizer: Tokenizer | None = None,
-                 keep: bool = True, speculation=None) -> None:
+                 keep: bool = True, speculation=None, prefill_chunk: int = PREFILL_CHUNK) -> None:
         self.runner = runner
+        self.prefill_chunk = check_prefill_chunk(prefill_chunk)
         # runtime/speculative.py's Speculation: multi-token steps while rows wait with
         # chosen tokens (None: one token a step)
         self.speculation = speculation
@@ -223,6 +231,7 @@ class Batch:
         self.rows: list[Row] = []
         self.decoder: BatchCache | None = None
         self.steps = 0  # decode calls run
+        self.prefill_chunks = 0  # prefill calls run (a group's chunk of up to prefill_chunk)
         self._position = np.zeros(0, dtype=np.int64)  # [B] absolute position fed next
         self._fast = np.zeros(0, dtype=bool)  # [B] plain greedy rows
         self._pending: np.ndarray | None = None  # [B] chosen, not yet fed
@@ -247,7 +256,13 @@ class Batch:
         if not new:
             return []
         part = Batch(self.runner, self.tokenizer, self.keep)
-        part.decoder, part._logits = prefill_rows(self.runner, [r.prompt for r in new])
+        part.decoder, part._logits = prefill_rows(
+            self.runner, [r.prompt for r in new], self.prefill_chunk, self._cutter(new))
+        cut = [Event(r, r.finish("cancelled"), "cancelled") for r in new
+               if r.finish_reason == "cancelled"]
+        new = [r for r in new if r.finish_reason != "cancelled"]
+        if not new:
+            return cut
         part.rows = new
         part._position = np.array([len(r.prompt) for r in new], dtype=np.int64)
         part._fast = np.array([r.fast for r in new], dtype=bool)
@@ -260,7 +275,19 @@ class Batch:
         except BaseException:
             part.close(reuse=False)
             raise
-        return done + events
+        return cut + done + events
+
+    def _cutter(self, rows: list[Row]):
+        """The prefill's cancellation check over `rows` (each request's `cancelled`), which
+        also counts the chunks that run."""
+        def cut(members: list[int]) -> list[int]:
+            gone = [i for i in members if rows[i].request.cancelled is not None
+                    and rows[i].request.cancelled()]
+            for i in gone:
+                rows[i].finish_reason = "cancelled"
+            self.prefill_chunks += len(gone) < len(members)
+            return gone
+        return cut
 
     def step(self) -> list[Event]:
         """One decode for every row (finished rows too, until they are retired: a batch

@@ -19,13 +19,13 @@ beyond the tokenizer's last id; a smaller one cuts the mask.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.files import check_json_value, parse_json
 
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "lark")
 # any JSON object: what OpenAI's {"type": "json_object"} promises
@@ -212,11 +212,13 @@ def _schema(source) -> dict:
         if len(source) > _MAX_GRAMMAR_CHARS:
             raise ScredgeError("JSON Schema too long", received=f"{len(source)} characters",
                                expected=f"at most {_MAX_GRAMMAR_CHARS}")
-        try:
-            source = json.loads(source)
-        except ValueError as exc:
-            raise ScredgeError("the JSON Schema is not JSON", received=str(exc)[:200],
-                               fix="pass the schema as a JSON object") from exc
+        source = parse_json(source, "the schema", "the JSON Schema",
+                            fix="pass the schema as a JSON object")
+    elif isinstance(source, dict) and (problem := check_json_value(source)):
+        # the same bounds as a schema given as text (the server's body, a --json-schema
+        # file): llguidance walks the schema recursively
+        raise ScredgeError("invalid JSON Schema", received=problem,
+                           fix="pass the schema as a JSON object")
     if not isinstance(source, (dict, bool)):
         raise ScredgeError("invalid JSON Schema", received=type(source).__name__,
                            expected="a JSON object (dict)")

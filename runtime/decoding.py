@@ -4,16 +4,16 @@ The batching core (runtime/batch.py) and the `Generator` are built on these."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import numpy as np
 
 from scredge.errors import ScredgeError
+from scredge.limits import PREFILL_CHUNK  # re-exported: the core's callers import it here
 from scredge.runtime.runners.base import Decoder, Runner
 from scredge.sampling import Sampler, mark_seen
 
 MAX_NEW_TOKENS = 100_000_000  # beyond this a request is a mistake, not a plan
-PREFILL_CHUNK = 512  # long prompts go in chunks: bounded attention memory per call
 
 
 def check_ids(rows: np.ndarray, vocab_size: int, what: str = "prompt") -> np.ndarray:
@@ -75,11 +75,20 @@ def decode_step(decoder: Decoder, tokens: np.ndarray, position) -> np.ndarray:
     return decoder.step(tokens.reshape(-1, 1), positions(position, len(tokens), 1))[:, -1]
 
 
-def prefill_rows(runner: Runner, rows: Sequence[np.ndarray]) -> tuple[Decoder, np.ndarray]:
+def prefill_rows(runner: Runner, rows: Sequence[np.ndarray], chunk: int = PREFILL_CHUNK,
+                 cut: Callable[[list[int]], Collection[int]] | None = None,
+                 ) -> tuple[Decoder | None, np.ndarray]:
     """Prompts of any lengths -> one decoder holding them all, rows in the given order, and
     the logits of each prompt's last position [B,V]. Prompts of equal length are prefilled
-    together, each group alone; the groups are then joined (SCR_SPEC section 3: shorter
-    caches left-padded, mask 0 there), so every row continues exactly as it would alone."""
+    together, each group alone, `chunk` positions a call; the groups are then joined
+    (SCR_SPEC section 3: shorter caches left-padded, mask 0 there), so every row continues
+    exactly as it would alone.
+
+    `cut` (cancellation): called before each chunk of a group with the rows (indices into
+    `rows`) still being prefilled; the ones it returns leave now, their prefill not run to
+    the end (a client gone, a deadline passed). The result then holds only the rows never
+    cut, in order (None and [0,V] logits when every row was cut)."""
+    check_prefill_chunk(chunk)
     groups: dict[int, list[int]] = {}
     for b, row in enumerate(rows):
         groups.setdefault(len(row), []).append(b)
@@ -88,17 +97,51 @@ def prefill_rows(runner: Runner, rows: Sequence[np.ndarray]) -> tuple[Decoder, n
         for members in groups.values():
             dec = runner.decoder(len(members))
             decoders.append(dec)
-            logits.append(prefill(dec, np.stack([rows[b] for b in members])))
+            ids = np.stack([rows[b] for b in members])
+            last, members = _prefill_group(dec, ids, members, chunk, cut)
+            if not members:
+                decoders.pop().release()
+                continue
+            logits.append(last)
             order += members
+        if not decoders:
+            return None, np.zeros((0, runner.config.vocab_size), np.float32)
         first = decoders[0]
         if len(decoders) > 1:
             first.join(*decoders[1:])
+        if order != sorted(order):
             first.select(np.argsort(order))  # back to the callers' order
     except BaseException:
         for dec in decoders:
             dec.close()
         raise
     return first, np.concatenate(logits)[np.argsort(order)]
+
+
+def _prefill_group(dec: Decoder, ids: np.ndarray, members: list[int], chunk: int,
+                   cut) -> tuple[np.ndarray | None, list[int]]:
+    """One group of equal-length prompts from position 0, chunk by chunk, its rows cut
+    between chunks as `cut` says: (last-position logits of the rows left, those rows)."""
+    T = ids.shape[1]
+    for s in range(0, T, chunk):
+        gone = set(cut(list(members))) if cut is not None else ()
+        if gone:
+            keep = [i for i, m in enumerate(members) if m not in gone]
+            members = [members[i] for i in keep]
+            if not members:
+                return None, []
+            dec.select(keep)
+            ids = ids[keep]
+        part = ids[:, s:s + chunk]
+        logits = dec.step(part, positions(s, len(members), part.shape[1]))
+    return logits[:, -1], members
+
+
+def check_prefill_chunk(chunk: object) -> int:
+    if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
+        raise ScredgeError("invalid prefill chunk", received=repr(chunk),
+                           expected="a positive number of tokens per prefill call")
+    return int(chunk)
 
 
 def sample(sampler: Sampler, logits: np.ndarray, seen: np.ndarray | None) -> np.ndarray:

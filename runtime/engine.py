@@ -31,7 +31,13 @@ from scredge.runtime.decoding import check_max_new_tokens
 from scredge.runtime.generation import Generator
 from scredge.runtime.loaders import Artifact, load_ort, open_artifact
 from scredge.runtime.runners.base import Runner
-from scredge.runtime.speculative import DEFAULT_K, Speculation, SpeculativeSpec, check_draft
+from scredge.runtime.speculative import (
+    DEFAULT_K,
+    Speculation,
+    SpeculativeSpec,
+    check_draft,
+    check_k,
+)
 from scredge.runtime.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from scredge.runtime.trt_loader import find_engine, load_trt_runner
 from scredge.sampling import SamplingParams, row_seeds
@@ -254,7 +260,9 @@ class Engine:
     def speculation(self, speculative, k: int = DEFAULT_K) -> SpeculativeSpec | None:
         """What `speculative=` names: None, 'ngram' (prompt lookup), a draft model (an
         Engine, or its artifact folder, loaded once on this engine's backend) with this
-        engine's tokenizer and vocabulary, or a SpeculativeSpec as it is."""
+        engine's tokenizer and vocabulary, or a SpeculativeSpec as it is. `k` is checked
+        even when nothing speculates (a bad value is refused, never ignored)."""
+        check_k(k)
         if speculative is None or isinstance(speculative, SpeculativeSpec):
             return speculative
         if isinstance(speculative, str) and speculative == "ngram":

@@ -62,14 +62,21 @@ class SpeculativeSpec:
         if self.method not in ("ngram", "draft"):
             raise ScredgeError("unknown speculative method", received=repr(self.method),
                                expected="'ngram', or a draft model (an Engine or its folder)")
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= MAX_K:
-            raise ScredgeError("invalid speculative k", received=repr(self.k),
-                               expected=f"an integer in 1..{MAX_K}")
+        check_k(self.k)
         if not 1 <= self.min_n <= self.max_n:
             raise ScredgeError("invalid n-gram sizes", received=(self.min_n, self.max_n),
                                expected="1 <= min_n <= max_n")
         if self.method == "draft" and self.draft is None:
             raise ScredgeError("a draft model is needed", fix="pass the draft's Engine")
+
+
+def check_k(k: object) -> int:
+    """Tokens proposed a step: an integer in 1..MAX_K (checked even where nothing
+    speculates, so a bad value is never silently ignored)."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise ScredgeError("invalid speculative k", received=repr(k)[:80],
+                           expected=f"an integer in 1..{MAX_K}")
+    return k
 
 
 def check_draft(target_config, target_tokenizer, draft_config, draft_tokenizer,

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from scredge.config import SCRConfig
 from scredge.contract import TOKENIZER_FILES, TOKENIZER_KEY, WEIGHTS_FILE
-from scredge.destination import atomic_write
+from scredge.destination import FolderLock, atomic_write
 from scredge.errors import ScredgeError
 from scredge.ref.checkpoint import save_checkpoint
 from scredge.ref.corpus import sha256
@@ -154,7 +154,7 @@ def train(
                 "units": "bytes" if isinstance(data_train, bytes) else "tokens"}
     tokenizer = init.tokenizer if init is not None else None
 
-    with _deterministic():
+    with _deterministic(), FolderLock(out_dir) as lock:  # one run per folder
         model = _initial_model(model_config, cfg.seed, init, device, trainable)
         optimizer = make_optimizer(model, cfg)
         rng = np.random.default_rng(cfg.seed)
@@ -174,7 +174,7 @@ def train(
         val = val_windows(val_arr, cfg.eval_batches * cfg.batch_size, cfg.seq_len).to(device)
         run = _Run(model, optimizer, rng, cfg, log, out_dir, say, device, val,
                    positions=torch.arange(cfg.seq_len, device=device).expand(cfg.batch_size, -1),
-                   wall_before=log["wall_time_s"], t0=time.perf_counter())
+                   wall_before=log["wall_time_s"], t0=time.perf_counter(), lock=lock)
         if step == 0:
             _first_evaluation(run, model_config.vocab_size, est)
         model.train()
@@ -185,6 +185,7 @@ def train(
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 log["wall_time_s"] = run.wall()
                 log["tokens_per_s"] = run.tokens_per_s()
+                lock.check()  # still the folder this run started in
                 save_state(state_path, model, optimizer, rng, step, cfg, log)
             if stopping:
                 log["status"] = "stopped"
@@ -264,6 +265,7 @@ class _Run:
     compute_s: float = 0.0
     steps_here: int = 0
     window_losses: list[float] = field(default_factory=list)
+    lock: FolderLock | None = None  # the run's folder, checked before each write
 
     def evaluate(self) -> float:
         return validation_loss(self.model, self.val, self.positions, self.cfg.batch_size,
@@ -329,6 +331,7 @@ def _finish(run: _Run) -> TrainResult:
         log["tokens_per_s"] = run.tokens_per_s()
     log["final_val_loss"] = log["evals"][-1]["val_loss"]
     log["status"] = "finished"
+    run.lock.check()
     save_checkpoint(run.model, run.out_dir / MODEL_FILE)
     _write_json(run.out_dir / LOG_FILE, log)
     return TrainResult(run.model.eval(), log, finished=True)

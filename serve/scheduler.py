@@ -2,10 +2,11 @@
 
 Requests arrive on a thread-safe queue. Each iteration the loop admits waiting requests
 into the core's running `Batch` (their prompts prefilled, equal lengths together, and
-joined: SCR_SPEC section 3), retires the rows that finished, whose client went away or
-that ran out of time, and runs one `step`; each row's events become its request's
-events (`loop.call_soon_threadsafe` into the request's asyncio queue, once per loop and
-iteration). Sampling, stops and text are the core's (runtime/batch.py), exactly as
+joined: SCR_SPEC section 3; a long prompt in chunks, and a request whose client went away
+or whose time ran out is cut between two of them), retires the rows that finished, whose
+client went away or that ran out of time, and runs one `step`; each row's events become
+its request's events (`loop.call_soon_threadsafe` into the request's asyncio queue, once
+per loop and iteration). Sampling, stops and text are the core's (runtime/batch.py), exactly as
 `Engine.generate` runs a prompt alone, so a request's output does not depend on what else
 shares the batch. This module is transport only: tickets, the queue, errors, drain.
 """
@@ -80,6 +81,7 @@ class Scheduler:
         self.peak_batch = 0  # most rows decoded together so far
         self.prefills = 0  # admit groups prefilled
         self.skipped = 0  # requests dropped before their prefill (client gone, timed out)
+        self.cut_prefills = 0  # requests cut during their prefill (between two chunks)
         self.beat = time.perf_counter()  # the loop's last sign of progress
         self.admitting = 0  # requests taken from the queue, not yet in the batch
         self.died: str | None = None  # why the loop ended, when not asked to
@@ -214,7 +216,15 @@ class Scheduler:
     def _request(self, t: Ticket) -> Request:
         processor = None if t.grammar is None else self.engine.constraint(t.grammar)
         return Request(t.prompt_ids, t.params, t.seed, t.max_tokens, self.stop_ids,
-                       [s for s in t.stop if s], logits_processor=processor, tag=t)
+                       [s for s in t.stop if s], logits_processor=processor, tag=t,
+                       cancelled=lambda: self._cut_prefill(t))
+
+    def _cut_prefill(self, ticket: Ticket) -> bool:
+        """Asked by the core between the chunks of a prompt's prefill: a chunk is progress
+        (/health), and a request whose client left or whose time ran out is cut there
+        (told why by `_alive`), so a long prefill stops instead of running to its end."""
+        self.beat = time.perf_counter()
+        return not self._alive(ticket)
 
     def _admit(self) -> None:
         """Waiting requests join the running batch, their first tokens sampled, one group
@@ -281,6 +291,9 @@ class Scheduler:
         now = time.perf_counter()
         for ev in events:
             t: Ticket = ev.tag
+            if ev.finish_reason == "cancelled":  # cut in its prefill: `_alive` told it why
+                self.cut_prefills += 1
+                continue
             t.completion_tokens = ev.row.generated
             if t.t_first is None and ev.accepted:
                 t.t_first = now

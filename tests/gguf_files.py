@@ -96,6 +96,19 @@ def write_gguf(path: Path, model, arch: str, types: dict[str, str], tokenizer=No
     return held
 
 
+def write_other_architecture(path: Path, arch: str = "gpt2") -> None:
+    """A well-formed GGUF of an architecture --from-gguf does not map (one tensor)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def _encode(value: np.ndarray, qtype, seed: int) -> np.ndarray:
     import gguf
 

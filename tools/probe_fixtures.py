@@ -9,7 +9,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,46 +255,6 @@ def _export_to(work: Path, out: str, *extra: str) -> list[str]:
     return ["scredge", "export", "--config", "micro.json", "--out", out, *extra]
 
 
-def _wait_for_partial(work: Path, out_name: str, infix: str, limit: float = 120) -> bool:
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        if list((work / "cases").glob(f".{out_name}{infix}*")):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-# the hostile chat templates (class 1)
-TEMPLATES = {
-    "range_1e9": "{% for i in range(10**9) %}x{% endfor %}",
-    "nested_loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
-                    "{% endfor %}",
-    "loops_over_lists": "{% set l = range(100000)|list %}{% for a in l %}{% for b in l %}"
-                        "{% endfor %}{% endfor %}",
-    "recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
-    "recursive_loop": "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}",
-    "huge_string": "{{ 'a' * 10**10 }}",
-    "namespace_doubling": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
-                          "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
-    "macro_doubling": "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% endif %}"
-                      "{% endmacro %}{{ f('ab', 60) }}",
-    "shared_refs": "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}"
-                   "{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l }}",
-    "shared_refs_tojson": "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}"
-                          "{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l|tojson }}",
-    "big_power": "{{ 9 ** (9 ** 9) }}",  # jinja's ** is left-associative
-    "center": "{{ 'a'|center(10**9) }}",
-    "percent_width": "{{ '%0999999999d' % 1 }}",
-    "format_width": "{{ '{:>999999999}'.format(1) }}",
-    "replace_blowup": "{% set s = 'a' * 1000000 %}{{ s.replace('a', s) }}",
-    "set_block_text": "{% set x %}{% for i in range(100000) %}{% for j in range(100000) %}"
-                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa{% endfor %}{% endfor %}"
-                      "{% endset %}{{ x|length }}",
-    "join_blowup": "{{ range(100000)|list|join('x' * 100000) }}",
-    "tojson_indent": "{{ messages|tojson(indent=100000000) }}",
-    "slice_many": "{{ range(100000)|list|slice(10000000)|list|length }}",
-    "dict_fromkeys_loop": "{% set d = dict.fromkeys(range(100000)) %}{% for a in d %}"
-                          "{% for b in d %}{% endfor %}{% endfor %}",
-    "type_error": "{{ 1 + 'a' }}",
-    "zero_division": "{{ 1 // 0 }}",
-}
+# the hostile chat templates (class 1): one list, shared with the tests
+sys.path.insert(0, str(ROOT / "tests"))
+from hostile_templates import HOSTILE as TEMPLATES  # noqa: E402,F401 - tests/ is no package

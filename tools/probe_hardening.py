@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_features import feature_cases  # noqa: E402
 from probe_fixtures import (  # noqa: E402 - the tools folder is not a package
     API,
     HF_CONFIG,
@@ -42,7 +43,6 @@ from probe_fixtures import (  # noqa: E402 - the tools folder is not a package
     _index_case,
     _json_edit,
     _messages_case,
-    _wait_for_partial,
     _weights_case,
     art,
     build,
@@ -52,21 +52,6 @@ from probe_fixtures import (  # noqa: E402 - the tools folder is not a package
     write_safetensors,
 )
 from probe_server import class7, stop_server  # noqa: E402
-
-# ---- fixtures ---------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 # ---- cases ------------------------------------------------------------------------------
 
@@ -87,8 +72,6 @@ def template_case(name: str, template: str, via: str = "cli", expect: str = "err
     return Case(f"template {name} ({via})", 1, argv, expect, setup)
 
 
-
-
 def cases() -> list[Case]:
     out = [template_case(n, t) for n, t in TEMPLATES.items()]
     out += [template_case("api_" + n, TEMPLATES[n], via="api")
@@ -96,13 +79,8 @@ def cases() -> list[Case]:
     out += [template_case("good_template", "{% for m in messages %}{{ m.content }}"
                           "{% endfor %}", expect="ok")]
     out += class2() + class3() + class4() + class5() + class6() + class7()
+    out += feature_cases()
     return out
-
-
-
-
-
-
 
 
 def class2() -> list[Case]:
@@ -156,10 +134,6 @@ def class2() -> list[Case]:
     return out
 
 
-
-
-
-
 def class3() -> list[Case]:
     f32 = ("F32", [4], b"\0" * 16)
     out = [
@@ -203,10 +177,6 @@ def class3() -> list[Case]:
     return out
 
 
-
-
-
-
 def class4() -> list[Case]:
     base = ["scredge", "generate", "base", "--prompt", "hi", "--max-new-tokens", "4"]
     out = [Case(f"sampling {flag} {value}", 4, [*base, flag, value])
@@ -229,26 +199,11 @@ def class4() -> list[Case]:
     return out
 
 
-
-
-
-
 def class5() -> list[Case]:
-    def appear_during(work, proc, name="race_new", infix=".partial-"):
-        if _wait_for_partial(work, name, infix):
-            (work / "cases" / name).mkdir(exist_ok=True)
-            (work / "cases" / name / "mine.txt").write_text("user data")
-
-    def write_into_empty(work, proc):
-        if _wait_for_partial(work, "hf_empty", ".export-hf-partial-"):
-            (work / "cases" / "hf_empty" / "mine.txt").write_text("user data")
-
-    def add_unlisted(work, proc):
-        if _wait_for_partial(work, "race_force", ".partial-"):
-            (work / "cases" / "race_force" / "notes.txt").write_text("user data")
-
     def kept(name, file):
         def check(work):
+            if not (work / "cases" / f"{name}.fired").exists():
+                return "not exercised: the user's write never ran"
             hits = [p for p in (work / "cases").rglob(file)
                     if p.read_text() == "user data" and name in str(p)]
             return None if hits else f"{file} lost"
@@ -279,16 +234,20 @@ def class5() -> list[Case]:
         shutil.rmtree(work / "cases" / "twice", ignore_errors=True)
 
     return [
-        Case("export: --out made with a file during the run", 5,
-             _export_to(None, "cases/race_new"), "error",
-             lambda work: shutil.rmtree(work / "cases" / "race_new", ignore_errors=True),
-             kept("race_new", "mine.txt"), appear_during, timeout=300),
-        Case("export --force: an unlisted file added during the run", 5,
-             _export_to(None, "cases/race_force", "--force"), "error", prep_force,
-             kept("race_force", "notes.txt"), add_unlisted, timeout=300),
-        Case("export-hf: a file written into the empty OUT during the run", 5,
-             ["scredge", "export-hf", "base", "cases/hf_empty"], "error", prep_empty,
-             kept("hf_empty", "mine.txt"), write_into_empty, timeout=300),
+        Case("export: --out made with a file during the run", 5, at_replace(
+             "export.pipeline", _export_to(None, "cases/race_new"), "race_new", "mine.txt"),
+             "error", lambda work: _unfire(work, "race_new"), kept("race_new", "mine.txt"),
+             timeout=300),
+        Case("export --force: an unlisted file added during the run", 5, at_replace(
+             "export.pipeline", _export_to(None, "cases/race_force", "--force"),
+             "race_force", "notes.txt"), "error", lambda work: (_unfire(work, "race_force"),
+                                                                prep_force(work)),
+             kept("race_force", "notes.txt"), timeout=300),
+        Case("export-hf: a file written into the empty OUT during the run", 5, at_replace(
+             "export.hf_export", ["scredge", "export-hf", "base", "cases/hf_empty"],
+             "hf_empty", "mine.txt"), "error", lambda work: (_unfire(work, "hf_empty"),
+                                                             prep_empty(work)),
+             kept("hf_empty", "mine.txt"), timeout=300),
         Case("export: previous folder hidden by a kill is restored", 5,
              _export_to(None, "cases/killed"), "error", prep_hidden,
              lambda work: None if (work / "cases" / "killed" / "notes.txt").is_file()
@@ -298,6 +257,28 @@ def class5() -> list[Case]:
                           f"& {SCREDGE} export --config micro.json --out cases/twice;"
                           " wait"], "one-wins", two_writers, timeout=400),
     ]
+
+
+def at_replace(module: str, argv: list[str], name: str, file: str) -> list[str]:
+    """The command run in-process with the user's write made at a fixed point of the run:
+    just before the command's `replace_folder` (after its start checks, before its final
+    re-check), so the race is exercised every time, not only when a watcher is fast
+    enough. The hook lives here, in the probe: the product is run unchanged. It leaves
+    cases/NAME.fired, so a run that never reached the point reads "not exercised"."""
+    return ["py", f"import sys\nfrom pathlib import Path\nimport scredge.{module} as m\n"
+                  "from scredge.cli import main\nreal = m.replace_folder\n"
+                  "def hooked(tmp, out, check):\n"
+                  "    Path(out).mkdir(exist_ok=True)\n"
+                  f"    (Path(out) / {file!r}).write_text('user data')\n"
+                  f"    Path('cases/{name}.fired').touch()\n"
+                  "    return real(tmp, out, check)\n"
+                  f"m.replace_folder = hooked\nsys.exit(main({argv[1:]!r}))\n"]
+
+
+def _unfire(work: Path, name: str) -> None:
+    (work / "cases" / f"{name}.fired").unlink(missing_ok=True)
+    if name == "race_new":
+        shutil.rmtree(work / "cases" / name, ignore_errors=True)
 
 
 def class6() -> list[Case]:
@@ -349,8 +330,6 @@ def class6() -> list[Case]:
     ]
 
 
-
-
 # ---- running ----------------------------------------------------------------------------
 def run_case(case: Case, work: Path) -> tuple[str, str]:
     if case.setup is not None:
@@ -377,6 +356,8 @@ def run_case(case: Case, work: Path) -> tuple[str, str]:
     first = next((line for line in err.splitlines() if "error" in line.lower()), err[-200:])
     if "Traceback" in err:
         return "traceback", err.strip().splitlines()[-1][:150]
+    if lost and lost.startswith("not exercised"):
+        return "not exercised", lost
     if lost:
         return "lost", lost
     if case.expect == "one-wins":
@@ -410,7 +391,21 @@ def main() -> int:
     finally:
         stop_server(work)
     print(f"\n{len(rows)} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print_classes(rows)
     return 0 if set(counts) <= {"clean"} else 1
+
+
+VERDICTS = ("clean", "traceback", "hang", "silent", "lost", "not exercised")
+
+
+def print_classes(rows: list) -> None:
+    """The table per class: cases and each verdict's count."""
+    print("\n| class | cases | " + " | ".join(VERDICTS) + " |")
+    print("|---" * (len(VERDICTS) + 2) + "|")
+    for cls in sorted({r[0] for r in rows}):
+        mine = [r[2] for r in rows if r[0] == cls]
+        print(f"| {cls} | {len(mine)} | " + " | ".join(str(mine.count(v)) for v in VERDICTS)
+              + " |")
 
 
 def run_all(work: Path, only: str | None) -> tuple[list, dict]:

@@ -122,13 +122,9 @@ def test_truncated_or_corrupt_gguf_is_refused(llama_gguf, tmp_path, case, capsys
 
 
 def test_other_architecture_is_refused_by_name(tmp_path, capsys):
-    w = gguf.GGUFWriter(str(tmp_path / "gpt2.gguf"), "gpt2")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    from gguf_files import write_other_architecture
+
+    write_other_architecture(tmp_path / "gpt2.gguf")
     assert main(["export", "--from-gguf", str(tmp_path / "gpt2.gguf"),
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

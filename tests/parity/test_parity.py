@@ -21,14 +21,6 @@ from scredge.errors import ScredgeError
 from scredge.tiers import tier_thresholds
 
 
-@pytest.fixture(scope="module")
-def recorded(small_window_artifact, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("parity") / "a"
-    shutil.copytree(small_window_artifact[1], folder)
-    assert main(["parity", str(folder), "--record"]) == 0
-    return folder
-
-
 def test_record_lists_the_golden_file_and_passes(recorded, capsys):
     manifest = json.loads((recorded / "manifest.json").read_text())
     assert GOLDEN_FILE in manifest["files"]

@@ -42,3 +42,30 @@ def test_out_a_folder_of_other_things(tmp_path, micro):
     with pytest.raises(ScredgeError, match=r"not a training run's folder(.|\n)*notes.txt"):
         train(micro, TrainConfig(steps=2, **FAST), *DATA, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_one_run_per_folder_and_a_folder_replaced_mid_run(tmp_path, micro):
+    """Issue 30, class 5 for train --out (a run folder written in place, core/destination's
+    FolderLock). Oracles: the files on disk. A second run into a folder another run holds
+    is refused before it writes anything; a run whose folder is moved away and replaced by
+    another folder mid-run (from its progress callback) stops with a ScredgeError and
+    writes nothing into the new folder; its checkpoints stay in the moved one."""
+    from scredge.destination import FolderLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with FolderLock(out), pytest.raises(ScredgeError, match="another scredge run"):
+        train(micro, TrainConfig(steps=2, **FAST), *DATA, out)
+    assert list(out.iterdir()) == []
+
+    def swap(line: str) -> None:
+        if "step" in line and not (tmp_path / "moved").exists() and (out / "last.pt").exists():
+            out.rename(tmp_path / "moved")
+            out.mkdir()
+            (out / "mine.txt").write_text("mine\n")
+
+    cfg = TrainConfig(steps=8, checkpoint_every=2, **FAST)
+    with pytest.raises(ScredgeError, match="moved or replaced"):
+        train(micro, cfg, *DATA, out, progress=swap)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert (tmp_path / "moved" / "last.pt").is_file()

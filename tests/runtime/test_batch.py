@@ -121,6 +121,46 @@ def test_stop_id_max_tokens_zero_and_a_refused_admit(engine):
     assert rows[1].ids == [] and rows[1].generated == 0
 
 
+class CutAfter:
+    """A request's `cancelled`: False for the first `n` questions, True from then on."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.asked = n, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked > self.n
+
+
+def test_a_prefill_is_cut_between_chunks_and_the_others_go_on(engine):
+    """Oracle: each request generated alone, and the chunk count (a 40-token prompt in
+    chunks of 8 is 5 calls). Into a running batch come three prompts: one (in a group with
+    a companion of its length) cut after 2 chunks, one alone cut before its first: both
+    end 'cancelled' and never join; the companion, the running row and a later request
+    equal each alone; a batch whose every new row is cut stays as it was."""
+    long = list(range(40, 80))
+    batch = Batch(engine.runner, engine.tokenizer, prefill_chunk=8)
+    batch.admit([Request(PROMPTS[2], max_tokens=30, tag="running")])
+    batch.step()
+    cut, gone = CutAfter(2), CutAfter(0)
+    events = batch.admit([Request(long, max_tokens=30, tag="cut", cancelled=cut),
+                          Request(long[::-1], max_tokens=30, tag="companion",
+                                  cancelled=CutAfter(99)),
+                          Request(PROMPTS[1], max_tokens=30, tag="gone", cancelled=gone)])
+    assert {ev.tag: ev.finish_reason for ev in events if ev.finished} == {
+        "cut": "cancelled", "gone": "cancelled"}
+    assert cut.asked == 3 and gone.asked == 1  # cut before its 3rd chunk, before its 1st
+    assert batch.prefill_chunks == 3 + 5  # the running 22-token prompt in 3, the companion in 5
+    assert [r.tag for r in batch.rows] == ["running", "companion"]
+    assert batch.admit([Request(long, tag="x", cancelled=CutAfter(1))])[0].finish_reason \
+        == "cancelled"
+    assert [r.tag for r in batch.rows] == ["running", "companion"]
+    rows = list(batch.rows)
+    _drive(batch)
+    assert rows[0].ids == engine.generate(PROMPTS[2], 30, temperature=0).ids
+    assert rows[1].ids == engine.generate(long[::-1], 30, temperature=0).ids
+
+
 class ForceProcessor:
     """A logits processor that allows only `allowed` (as a grammar's mask would)."""
 

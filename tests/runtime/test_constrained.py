@@ -92,9 +92,20 @@ def test_padded_vocabulary_is_masked(byte_grammars):
     assert np.isinf(logits[256:]).all() and np.isfinite(logits[ord("q")])
 
 
+def _nested(depth: int) -> dict:
+    schema: dict = {}
+    for _ in range(depth):
+        schema = {"items": schema}
+    return schema
+
+
 @pytest.mark.parametrize("bad", [Grammar.regex("(["), Grammar.lark("start: undefined_rule"),
                                  Grammar.json_schema({"type": "nonsense"}),
                                  Grammar.json_schema("{not json"),
+                                 # nested 5000 deep, as text and as a dict (before: a
+                                 # RecursionError traceback); MAX_JSON_DEPTH bounds both
+                                 Grammar.json_schema('{"items": ' * 5000 + "{}" + "}" * 5000),
+                                 Grammar.json_schema(_nested(5000)),
                                  Grammar.lark('start: <|no_such_token|> "a"'),
                                  Grammar("xml", "<a/>")])
 def test_bad_grammars_are_refused(byte_grammars, bad):

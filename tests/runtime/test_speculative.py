@@ -210,8 +210,9 @@ def test_engine_sampled_is_reproducible_and_per_row(small_window_artifact):
 
 def test_engine_refuses_bad_speculation(tiny_artifact, bpe_tokenizer):
     """Oracle: the documented refusals, each a ScredgeError naming what differs: an unknown
-    method, a draft of another vocabulary (through Engine.generate), a draft whose
-    tokenizer.json differs at the same vocabulary size (a BPE trained on less text)."""
+    method, a k outside 1..MAX_K, a draft of another vocabulary (through Engine.generate),
+    a draft whose tokenizer.json differs at the same vocabulary size (a BPE trained on less
+    text)."""
     from hf_models import train_bpe
 
     from scredge.runtime import Engine
@@ -221,6 +222,9 @@ def test_engine_refuses_bad_speculation(tiny_artifact, bpe_tokenizer):
     engine = Engine.load(tiny_artifact[1])
     with pytest.raises(ScredgeError, match="speculative"):
         engine.generate([1, 2, 3], 4, speculative="medusa")
+    for k in (0, -3, 10**9, True):  # refused even where nothing speculates (was ignored)
+        with pytest.raises(ScredgeError, match="invalid speculative k"):
+            engine.generate([1, 2, 3], 4, speculative_k=k)
     other = Engine(engine.runner)
     other.config = engine.config.with_(vocab_size=300)
     with pytest.raises(ScredgeError, match="another vocabulary"):

@@ -1,6 +1,7 @@
 """Issue #30 class 7: what a hostile or careless client can do to the server. Bodies are
 bounded (413) and parsed by scredge's bounded JSON parser (400s), prompts are prepared off
-the event loop, prefill is skipped for requests already gone, and /health sees a stall."""
+the event loop, prefill is skipped for requests already gone and cut between its chunks for
+those that go during it, and /health sees a stall."""
 
 from __future__ import annotations
 
@@ -191,6 +192,52 @@ def test_prefill_is_skipped_for_a_client_gone_and_a_request_timed_out(guarded, e
     _wait(lambda: sched.skipped == skipped + 2)
     assert results["late"] == 504 and results["first"] in (200, 504)
     assert blocked.prompts == [b"held back"]
+    out = httpx.post(f"{url}/completions", json={"model": MODEL, "prompt": "after",
+                                                   "max_tokens": 3, "temperature": 0},
+                     timeout=30).json()
+    assert out["choices"][0]["text"] == reference(engine, "after", 3, temperature=0).text
+
+
+def test_a_running_prefill_is_cut_when_its_client_leaves_or_its_time_runs_out(
+        guarded, engine, monkeypatch):
+    """Oracle: the prefill calls the backend ran (a recording double) against the prompt's
+    chunk count (3000 tokens are 6 chunks of PREFILL_CHUNK = 512). With the first chunk
+    held, a streaming client that leaves, and then a request whose 1 s timeout passes:
+    each prefill stops after that one chunk (cut between chunks), the timed-out one gets
+    504, /health is 200 afterwards and the next request equals Engine.generate alone."""
+    from scredge.runtime.decoding import PREFILL_CHUNK
+    from scredge.serve.scheduler import Ticket
+
+    sched, url = guarded.scheduler, guarded.base_url
+    prompt = "A" * 3000
+    assert -(-len(engine.tokenizer.encode(prompt)) // PREFILL_CHUNK) >= 6
+    left, cancel = threading.Event(), Ticket.cancel
+    monkeypatch.setattr(Ticket, "cancel", lambda self: (cancel(self), left.set()))
+    cut = sched.cut_prefills
+
+    blocked = BlockedPrefill(engine, monkeypatch)
+    with httpx.Client(timeout=30) as http, http.stream("POST", f"{url}/completions", json={
+            "model": MODEL, "prompt": prompt, "max_tokens": 2, "stream": True}):
+        assert blocked.entered.wait(20)
+    assert left.wait(20)  # the server saw the client go
+    blocked.gate.set()
+    _wait(lambda: sched.cut_prefills == cut + 1)
+    assert len(blocked.prompts) == 1, "prefill went on after the client left"
+
+    blocked = BlockedPrefill(engine, monkeypatch)
+    status: list[int] = []
+    t = threading.Thread(target=lambda: status.append(httpx.post(
+        f"{url}/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2},
+        timeout=30).status_code))
+    t.start()
+    assert blocked.entered.wait(20)
+    time.sleep(1.1)  # past the 1 s timeout, inside the first chunk
+    blocked.gate.set()
+    t.join(30)
+    assert status == [504] and sched.cut_prefills == cut + 2
+    assert len(blocked.prompts) == 1, "prefill went on past the timeout"
+    _wait(lambda: httpx.get(f"http://{guarded.host}:{guarded.port}/health",
+                            timeout=10).status_code == 200)
     out = httpx.post(f"{url}/completions", json={"model": MODEL, "prompt": "after",
                                                    "max_tokens": 3, "temperature": 0},
                      timeout=30).json()
