@@ -262,18 +262,18 @@ async def _sse(req: ParsedRequest, ticket: Ticket):
     outcome = "cancelled (client gone)"
     try:
         if req.kind == "chat":
-            yield _event(chunk(req, None, first=True))
+            yield sse_event(chunk(req, None, first=True))
         while True:
             ev = await ticket.events.get()
             if ev[0] == "delta":
-                yield _event(chunk(req, ev[1]))
+                yield sse_event(chunk(req, ev[1]))
                 continue
             if ev[0] == "done":
                 outcome = ev[1]
-                yield _event(chunk(req, None, ev[1], ev[2]))
+                yield sse_event(chunk(req, None, ev[1], ev[2]))
             else:
                 outcome = f"cut: {ev[1].message}"
-                yield _event(ev[1].body())
+                yield sse_event(ev[1].body())
             break
         yield b"data: [DONE]\n\n"
     finally:  # also when the client went away: its row leaves the batch
@@ -321,7 +321,8 @@ async def server_error(request, exc: Exception):
     return _error(ApiError(500, f"internal error: {type(exc).__name__}", "server_error"))
 
 
-def _event(obj: dict) -> bytes:
+def sse_event(obj: dict) -> bytes:
+    """One server-sent event: `data: {json}` and the blank line."""
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
