@@ -122,6 +122,12 @@ class ScredgeReplica:
         scheduler.drain(grace_s)
         return scheduler.running + scheduler.queued
 
+    def stats(self) -> dict:
+        """This replica's scheduler counters (through `handle.broadcast("stats")`)."""
+        s = self.server_app.state.scheduler
+        return {"steps": s.steps, "peak_batch": s.peak_batch, "running": s.running,
+                "queued": s.queued}
+
     def check_health(self) -> None:
         """Ray's periodic health check: a scheduler that died, or that has work and makes
         no progress, fails it and Ray replaces this replica."""
