@@ -53,12 +53,17 @@ def serve_on_ray(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, 
     try:
         stop.install()  # again: ray.init installs its own SIGTERM handler in the driver
         started_serve = not _serve_running(ray)
-        _deploy(serve, app, name, host, port, ray_address is None)
+        if ray_address is None:
+            check_resources(ray, scale)
+        _deploy(serve, app, name, host, port)
         log.info("listening on http://%s:%d/v1 (Ray Serve application '%s', %s)", host, port,
                  name, _scale_text(scale))
         stop.wait()
         log.info("draining every replica (grace %.0f s)", shutdown_grace_s)
         _drain(serve, name, shutdown_grace_s)
+    except KeyboardInterrupt:  # a second signal: no grace, shut down now
+        if stop.signum is None:
+            raise
     finally:
         _shut_down(ray, serve, name, started_serve, started_ray)
     stop.reraise()
@@ -106,14 +111,29 @@ def _init_ray(ray, address: str | None) -> bool:
     return address is None
 
 
+def check_resources(ray, scale: RayScale) -> None:
+    """On a local cluster (no autoscaler adds nodes) the replicas must fit its CPUs and
+    GPUs, else Ray would wait for them forever."""
+    count = scale.replicas if scale.autoscale is None else max(scale.autoscale[0], 1)
+    have = ray.cluster_resources()
+    for what, each in (("CPU", scale.num_cpus), ("GPU", scale.num_gpus)):
+        if count * each > have.get(what, 0) + 1e-9:
+            raise ScredgeError(f"the replicas need more {what}s than this machine's Ray "
+                               "cluster has", received=f"{count} x {each:g} {what}",
+                               expected=f"at most {have.get(what, 0):g} {what}s in all",
+                               fix=f"lower --replica-{what.lower()}s (fractions are "
+                                   "allowed) or the number of replicas")
+
+
 def _serve_running(ray) -> bool:
     return any(a.get("name") == SERVE_CONTROLLER and a.get("namespace") == SERVE_NAMESPACE
                for a in ray.util.list_named_actors(all_namespaces=True))
 
 
-def _deploy(serve, app, name: str, host: str, port: int, local: bool) -> None:
-    if local:  # this process started the cluster: Serve's HTTP proxy listens here
-        serve.start(http_options={"host": host, "port": port})
+def _deploy(serve, app, name: str, host: str, port: int) -> None:
+    # Serve's HTTP proxy listens here, unless Serve already runs on a joined cluster
+    # (then Ray keeps its options and says so)
+    serve.start(http_options={"host": host, "port": port})
     if name in serve.status().applications:
         raise ScredgeError("the Ray cluster already runs an application of this name",
                            received=name, fix="stop it (`serve delete " + name + "`) first")

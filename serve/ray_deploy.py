@@ -18,6 +18,7 @@ from pathlib import Path
 
 from scredge.deps import require
 from scredge.errors import ScredgeError
+from scredge.limits import MAX_REQUEST_BODY_BYTES
 from scredge.serve.app import ServerConfig, create_app, sse_event
 from scredge.serve.protocol import ApiError
 from scredge.serve.server import SHUTDOWN_BACKSTOP_S, load_engine
@@ -146,7 +147,7 @@ def ray_app(folder: str | Path, *, replicas: int = 1, autoscale: tuple[int, int]
             max_queue: int = 64, timeout_s: float = 600.0, max_context: int | None = None,
             shutdown_grace_s: float = 30.0, model_name: str | None = None,
             backend: str = "auto", device: str = "auto", speculative: str | None = None,
-            speculative_k: int = 4, max_body_bytes: int | None = None):
+            speculative_k: int = 4, max_body_bytes: int = MAX_REQUEST_BODY_BYTES):
     """The server for `folder` as a bound Ray Serve application (`serve.run(app)`, or an
     `import_path` of `serve run`). The folder is checked here, on the caller's machine;
     every node that runs a replica must see it at the same absolute path."""
@@ -155,8 +156,7 @@ def ray_app(folder: str | Path, *, replicas: int = 1, autoscale: tuple[int, int]
     check_folder(folder)
     config = ServerConfig(model_name or folder.name, max_batch, max_queue, timeout_s,
                           max_context, shutdown_grace_s, speculative, speculative_k,
-                          **({} if max_body_bytes is None else
-                             {"max_body_bytes": max_body_bytes}))
+                          max_body_bytes)
     check_config(config)
     serve = require("ray.serve")
     deployment = serve.deployment(serve.ingress()(ScredgeReplica), name="ScredgeReplica")

@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import sys
+import types
 
 import pytest
 from serving import MODEL
@@ -150,3 +151,15 @@ def test_guard_ends_a_cut_stream_with_an_error_event():
     # a complete answer passes untouched
     whole = [start, {"type": "http.response.body", "body": b"data: [DONE]\n\n"}]
     assert _guarded(whole) == whole
+
+
+def test_a_local_cluster_must_fit_the_replicas():
+    """Ray would wait forever for replicas a local cluster cannot hold: refused first."""
+    from scredge.serve.ray_cluster import check_resources
+
+    two_cpus = types.SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    check_resources(two_cpus, RayScale(replicas=4, num_cpus=0.5))
+    with pytest.raises(ScredgeError, match="more CPUs"):
+        check_resources(two_cpus, RayScale(replicas=3))
+    with pytest.raises(ScredgeError, match="more GPUs"):
+        check_resources(two_cpus, RayScale(num_gpus=1))
