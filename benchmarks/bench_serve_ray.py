@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         folder = Path(tempfile.mkdtemp(prefix="scredge-bench-ray-")) / args.preset
         src = from_preset(args.preset, seed=0)
         export_artifact(src.model, folder, source=src.description)
-    print(f"medians of {args.repeat}; {args.tokens} tokens per streaming request; local Ray "
-          f"cluster of {CPUS} CPUs on this machine", flush=True)
+    print(f"medians of {args.repeat}; {args.tokens} tokens per streaming request; a local Ray "
+          f"cluster on this machine, {CPUS} CPUs per application's replicas", flush=True)
     return bench(folder, args.clients, args.replicas, args.tokens, args.repeat)
 
 
