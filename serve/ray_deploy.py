@@ -154,6 +154,8 @@ def ray_app(folder: str | Path, *, replicas: int = 1, autoscale: tuple[int, int]
     scale = RayScale(replicas, autoscale, num_cpus, num_gpus)
     folder = Path(folder).absolute()
     check_folder(folder)
+    if speculative not in (None, "ngram"):  # a draft folder: replicas run elsewhere
+        speculative = str(Path(speculative).absolute())
     config = ServerConfig(model_name or folder.name, max_batch, max_queue, timeout_s,
                           max_context, shutdown_grace_s, speculative, speculative_k,
                           max_body_bytes)
