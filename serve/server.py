@@ -71,13 +71,10 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
     the signal, so the process ends as that signal says (the usual for a service)."""
     require("starlette")
     require("uvicorn")
-    if max_body_bytes < 1:
-        raise ScredgeError("invalid --max-body-bytes", received=max_body_bytes,
-                           expected="a positive number of bytes")
-    engine = load_engine(folder, backend, device)
     config = ServerConfig(model_name or Path(folder).resolve().name, max_batch, max_queue,
                           timeout_s, max_context, shutdown_grace_s, speculative, speculative_k,
-                          max_body_bytes)
+                          max_body_bytes)  # its limits checked before the engine loads
+    engine = load_engine(folder, backend, device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(engine, config)
     sock = listen_socket(host, port)
