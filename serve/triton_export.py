@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from scredge.contract import MANIFEST_FILE
-from scredge.destination import replace_folder
+from scredge.destination import check_folder_place, replace_folder
 from scredge.errors import ScredgeError
 from scredge.serve.triton_model import INPUTS, OUTPUTS, PARAMETERS
 
@@ -87,12 +87,7 @@ def config_pbtxt(name: str, instances: int, kind: str, params: dict) -> str:
 
 def check_out(out: Path) -> None:
     """OUT is new or an empty folder (checked at the start and again at the rename)."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ScredgeError("OUT exists and is not a folder", received=str(out),
-                           fix="choose another OUT")
-    if not out.parent.is_dir():
-        raise ScredgeError("OUT's parent folder does not exist", received=str(out.parent),
-                           fix=f"create it first: mkdir -p {out.parent}")
+    check_folder_place(out)
     if out.exists() and any(out.iterdir()):
         raise ScredgeError("OUT is not empty; export-triton writes only a new or empty "
                            "folder", received=str(out),
