@@ -17,6 +17,7 @@ from scredge.cli import (
     chat,
     export,
     export_hf,
+    export_triton,
     generate,
     info,
     parity,
@@ -26,7 +27,8 @@ from scredge.cli import (
 from scredge.cli.common import check_text_args, printable
 from scredge.errors import ScredgeError
 
-COMMANDS = (info, export, export_hf, generate, chat, build, parity, train, bench, serve)
+COMMANDS = (info, export, export_hf, export_triton, generate, chat, build, parity, train, bench,
+            serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "transformers": ("hf", "`scredge export-hf` (and the Hugging Face oracle in tests)"),
     "starlette": ("serve", "`scredge serve`, the HTTP server"),
     "uvicorn": ("serve", "`scredge serve`, the HTTP server"),
+    "ray": ("ray", "`scredge serve --ray`, the server on Ray Serve replicas"),
     "matplotlib": ("plot", "the latency plot of `scredge bench --sweep --plot`"),
     "cuda": ("gpu", "launching the Realign kernel from the Python plugin (cuda-python)"),
 }

@@ -76,6 +76,16 @@ def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_folder_place(out: Path) -> None:
+    """OUT can become a folder: it is not a file or a link, and its parent exists."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ScredgeError("OUT exists and is not a folder", received=str(out),
+                           fix="choose another OUT")
+    if not out.parent.is_dir():
+        raise ScredgeError("OUT's parent folder does not exist", received=str(out.parent),
+                           fix=f"create it first: mkdir -p {out.parent}")
+
+
 OLD_INFIX = ".old-"  # `.NAME.old-PID`: the previous folder during a replacement
 KEPT_INFIX = ".kept-"  # `.NAME.kept-PID`: a previous folder that changed, kept for the user
 

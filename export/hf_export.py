@@ -30,7 +30,12 @@ from scredge.artifact import (
 )
 from scredge.config import SCRConfig
 from scredge.deps import require
-from scredge.destination import destination_lock, recover_hidden, replace_folder
+from scredge.destination import (
+    check_folder_place,
+    destination_lock,
+    recover_hidden,
+    replace_folder,
+)
 from scredge.errors import ScredgeError
 from scredge.files import read_json_limited
 from scredge.hf_config import FAMILIES, llama_config
@@ -251,12 +256,7 @@ def readme(arch: str, gamma: float, config: SCRConfig, run: Path, dtype: str) ->
 def check_out(out: Path, force: bool) -> None:
     """`out` is new, an empty folder, or (with force) an earlier export-hf output holding
     only the files its record lists."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ScredgeError("OUT exists and is not a folder", received=str(out),
-                           fix="choose another OUT")
-    if not out.parent.is_dir():
-        raise ScredgeError("OUT's parent folder does not exist", received=str(out.parent),
-                           fix=f"create it first: mkdir -p {out.parent}")
+    check_folder_place(out)
     if not out.exists() or not any(out.iterdir()):
         return
     found = sorted(p.name for p in out.iterdir())

@@ -31,7 +31,7 @@ from scredge.serve.protocol import (
     parse_completion,
     usage,
 )
-from scredge.serve.scheduler import Scheduler, Ticket, check_prompt
+from scredge.serve.scheduler import Scheduler, Ticket, check_limits, check_prompt
 
 log = logging.getLogger("scredge.serve")
 DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is there
@@ -49,6 +49,13 @@ class ServerConfig:
     speculative_k: int = 4  # tokens proposed a step
     max_body_bytes: int = MAX_REQUEST_BODY_BYTES  # a larger request body: 413
     stall_s: float = SCHEDULER_STALL_S  # work waiting, no progress this long: /health 503
+
+    def __post_init__(self) -> None:
+        """Refused before any engine loads or replica starts."""
+        check_limits(self.max_batch, self.max_queue)
+        if self.max_body_bytes < 1:
+            raise ScredgeError("invalid --max-body-bytes", received=self.max_body_bytes,
+                               expected="a positive number of bytes")
 
 
 def chat_prompt_text(engine, messages: list[dict]) -> str:
@@ -262,18 +269,18 @@ async def _sse(req: ParsedRequest, ticket: Ticket):
     outcome = "cancelled (client gone)"
     try:
         if req.kind == "chat":
-            yield _event(chunk(req, None, first=True))
+            yield sse_event(chunk(req, None, first=True))
         while True:
             ev = await ticket.events.get()
             if ev[0] == "delta":
-                yield _event(chunk(req, ev[1]))
+                yield sse_event(chunk(req, ev[1]))
                 continue
             if ev[0] == "done":
                 outcome = ev[1]
-                yield _event(chunk(req, None, ev[1], ev[2]))
+                yield sse_event(chunk(req, None, ev[1], ev[2]))
             else:
                 outcome = f"cut: {ev[1].message}"
-                yield _event(ev[1].body())
+                yield sse_event(ev[1].body())
             break
         yield b"data: [DONE]\n\n"
     finally:  # also when the client went away: its row leaves the batch
@@ -321,7 +328,8 @@ async def server_error(request, exc: Exception):
     return _error(ApiError(500, f"internal error: {type(exc).__name__}", "server_error"))
 
 
-def _event(obj: dict) -> bytes:
+def sse_event(obj: dict) -> bytes:
+    """One server-sent event: `data: {json}` and the blank line."""
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 

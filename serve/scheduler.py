@@ -61,10 +61,7 @@ class Ticket:
 class Scheduler:
     def __init__(self, engine, max_batch: int = 16, max_queue: int = 64,
                  speculative=None) -> None:
-        if max_batch < 1 or max_queue < 0:
-            raise ScredgeError("invalid serving limits",
-                               received=f"max_batch {max_batch}, max_queue {max_queue}",
-                               expected="max_batch >= 1, max_queue >= 0")
+        check_limits(max_batch, max_queue)
         self.engine = engine
         tok = engine.tokenizer
         self.stop_ids = frozenset(int(t) for t in tok.eos_ids) if tok is not None else frozenset()
@@ -358,3 +355,11 @@ def check_prompt(ids: list[int], vocab_size: int) -> None:
         check_ids(np.asarray([ids]), vocab_size)
     except ScredgeError as exc:
         raise ApiError(400, str(exc).replace("\n", "; "), param="prompt") from None
+
+
+def check_limits(max_batch: int, max_queue: int) -> None:
+    """The scheduler's limits: at least one row, a queue of zero or more."""
+    if max_batch < 1 or max_queue < 0:
+        raise ScredgeError("invalid serving limits",
+                           received=f"max_batch {max_batch}, max_queue {max_queue}",
+                           expected="max_batch >= 1, max_queue >= 0")

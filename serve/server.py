@@ -38,7 +38,7 @@ def _uvicorn_server(app, config: ServerConfig, log_level: str):
     return Server(ucfg)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -54,10 +54,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_engine(folder: str | Path, backend: str = "auto", device: str = "auto"):
+def load_engine(folder: str | Path, backend: str = "auto", device: str = "auto",
+                threads: int | None = None):
     from scredge.runtime import Engine
 
-    return Engine.load(folder, backend=backend, device=device)
+    return Engine.load(folder, backend=backend, device=device, threads=threads)
 
 
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
@@ -70,16 +71,13 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
     the signal, so the process ends as that signal says (the usual for a service)."""
     require("starlette")
     require("uvicorn")
-    if max_body_bytes < 1:
-        raise ScredgeError("invalid --max-body-bytes", received=max_body_bytes,
-                           expected="a positive number of bytes")
-    engine = load_engine(folder, backend, device)
     config = ServerConfig(model_name or Path(folder).resolve().name, max_batch, max_queue,
                           timeout_s, max_context, shutdown_grace_s, speculative, speculative_k,
-                          max_body_bytes)
+                          max_body_bytes)  # its limits checked before the engine loads
+    engine = load_engine(folder, backend, device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(engine, config)
-    sock = _bind(host, port)
+    sock = listen_socket(host, port)
     log.info("listening on http://%s:%d/v1 (model '%s')", host, sock.getsockname()[1],
              config.model_name)
     try:
@@ -101,7 +99,7 @@ class ServerThread:
                  port: int = 0, log_level: str = "warning") -> None:
         self.app = create_app(engine, config)
         self.server = _uvicorn_server(self.app, config, log_level)
-        self._sock = _bind(host, port)
+        self._sock = listen_socket(host, port)
         self.host, self.port = host, self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self.server.run,
                                         kwargs={"sockets": [self._sock]}, daemon=True,

@@ -10,8 +10,8 @@ import pytest
 from scredge.cli import build_parser, main
 from scredge.config import SCRConfig
 
-WORKING = {"info", "init", "export", "export-hf", "generate", "build", "parity", "bench", "train",
-           "serve", "chat"}
+WORKING = {"info", "init", "export", "export-hf", "export-triton", "generate", "build", "parity",
+           "bench", "train", "serve", "chat"}
 
 
 def test_help_lists_only_working_subcommands(capsys):

@@ -9,35 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from serving import MODEL, reference
-
-PROMPTS = ["a", "Once upon a time there was", "The quick brown fox jumps over the lazy dog",
-           "Hello, world", "x" * 40, "Why?", "Numbers: 1 2 3 4", "tea"]
-
-
-def _request(i: int) -> tuple[str, int, dict, bool]:
-    """The i-th of 16 requests: lengths, budgets and parameters all differ."""
-    kw: dict = {"seed": 100 + i}
-    if i % 4 == 0:
-        kw["temperature"] = 0
-    elif i % 4 == 1:
-        kw.update(temperature=0.8, top_p=0.9)
-    elif i % 4 == 2:
-        kw.update(temperature=1.1, extra_body={"top_k": 20, "repetition_penalty": 1.2})
-    else:
-        kw.update(temperature=0.6, stop=["e"])
-    return PROMPTS[i % len(PROMPTS)], 20 + 7 * i, kw, i % 2 == 0
-
-
-def _call(client, i: int) -> tuple[str, str, int]:
-    prompt, max_tokens, kw, stream = _request(i)
-    if not stream:
-        out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens, **kw)
-        return out.choices[0].text, out.choices[0].finish_reason, out.usage.prompt_tokens
-    events = list(client.completions.create(model=MODEL, prompt=prompt,
-                                            max_tokens=max_tokens, stream=True, **kw))
-    return ("".join(e.choices[0].text for e in events), events[-1].choices[0].finish_reason,
-            events[-1].usage.prompt_tokens)
+from serving import MODEL, reference, sixteen_clients
 
 
 def test_sixteen_concurrent_clients_each_equal_alone(client, engine, server):
@@ -45,13 +17,7 @@ def test_sixteen_concurrent_clients_each_equal_alone(client, engine, server):
     prompt lengths 1..43): each result equals its request generated alone, and the
     scheduler did decode several of them in one step."""
     before = server.scheduler.peak_batch
-    with ThreadPoolExecutor(16) as pool:
-        got = list(pool.map(lambda i: _call(client, i), range(16)))
-    for i, (text, finish, prompt_tokens) in enumerate(got):
-        prompt, max_tokens, kw, _ = _request(i)
-        ref = reference(engine, prompt, max_tokens, **kw)
-        assert (text, finish) == (ref.text, ref.finish_reason), f"request {i}"
-        assert prompt_tokens == len(prompt)
+    sixteen_clients(client, engine)
     assert server.scheduler.peak_batch > max(before, 1)  # they really shared decode steps
 
 
