@@ -29,7 +29,6 @@ from scredge.artifact import (
 from scredge.contract import (
     BACKENDS,
     CONFIG_FILE,
-    GOLDEN_FILE,
     GRAPH_VERSION,
     GRAPH_VERSION_KEY,
     GRAPHS_KEY,
@@ -52,7 +51,7 @@ from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
 from scredge.export.ort_shared_cache import check_cache_option, write_float_shared
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.export.quantized_artifact import quantize_artifact
-from scredge.export.reference_pass import GREEDY_TOKENS, record_reference
+from scredge.export.reference_pass import GREEDY_TOKENS, finish_reference, record_reference
 from scredge.export.stamp_apart import start_trace
 from scredge.export.verify import verify_onnx
 from scredge.tokenizer_files import TokenizerFiles
@@ -226,23 +225,6 @@ def check_target(target: str) -> tuple[str, ...]:
     return BACKENDS if target == "all" else (target,)
 
 
-def finish_reference(tmp: Path, golden, sha256: str, keep: bool, quantized: bool,
-                     log: Callable[[str], None]) -> None:
-    """A slim folder (`keep` False, SCR_SPEC section 4, v3) drops the reference weights; a
-    float one keeps the golden reference its reference pass recorded
-    (export/reference_pass.py), so `scredge parity` runs on it without them (a quantized
-    one has its held-out reference)."""
-    if keep:
-        return
-    if not quantized:
-        (tmp / GOLDEN_FILE).parent.mkdir(exist_ok=True)
-        golden.weights_sha256 = sha256
-        golden.save(tmp / GOLDEN_FILE)
-        log(f"  golden reference kept ({GOLDEN_FILE}, {len(golden.greedy_ids)} greedy tokens)")
-    (tmp / WEIGHTS_FILE).unlink(missing_ok=True)
-    log(f"  reference weights not kept (slim folder; --keep-reference keeps {WEIGHTS_FILE})")
-
-
 def config_json(c, export: dict) -> dict:
     """config.json (SCR_SPEC section 4) before verification: the model, the `export`
     settings, the graph's I/O and the tool versions."""
@@ -344,6 +326,21 @@ def write_reference(model, path: Path | None) -> dict:
                              release=(lambda name: None) if mapped is None else mapped.release)
 
 
+def check_all(out: Path, c, dtype: str, opset: int, force: bool, quantize, target: str,
+              cache: str, memory_check: bool) -> tuple[str, ...]:
+    """Every refusal before work starts; the backends whose graphs are written."""
+    check_options(out, dtype, opset, force, c.window)
+    check_quantize(quantize, dtype, opset, c)
+    targets = check_target(target)
+    check_cache_option(cache, dtype, targets)
+    if memory_check:
+        from scredge.export.memory_check import check_export_memory
+        from scredge.ref.train_memory import available_memory
+
+        check_export_memory(c, available_memory())
+    return targets
+
+
 def write_parts(model, tmp: Path, dtype: str, opset: int, stream: bool, slim_float: bool,
                 log: Callable[[str], None]):
     """The reference pass (its golden, export/reference_pass.py) beside the shallow trace,
@@ -369,7 +366,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
                     quantize: QuantSpec | None = None, cache: str = "concat",
                     log: Callable[[str], None] = lambda s: None,
-                    keep_reference: bool = True, target: str = "all") -> Path:
+                    keep_reference: bool = True, target: str = "all",
+                    memory_check: bool = True) -> Path:
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
     Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
     `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
@@ -377,14 +375,12 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     graph is the in-place KV-cache form (SCR_SPEC v3 section 3, export/ort_shared_cache.py)
     and TensorRT reads the concat form from model.trt.onnx. `keep_reference`: keep the
     float32 reference weights (model.safetensors; the CLI's default is a slim folder without
-    them); `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds."""
+    them); `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds;
+    `memory_check`: refuse a model the memory available cannot hold (export/memory_check.py)."""
     out = Path(out).absolute()
     c = model.config
     opset = default_opset(quantize) if opset is None else opset
-    check_options(out, dtype, opset, force, c.window)
-    check_quantize(quantize, dtype, opset, c)
-    targets = check_target(target)
-    check_cache_option(cache, dtype, targets)
+    targets = check_all(out, c, dtype, opset, force, quantize, target, cache, memory_check)
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from scredge.contract import GOLDEN_FILE, WEIGHTS_FILE
 from scredge.deps import require
 
 GREEDY_TOKENS = 256  # SCR_SPEC section 5, free-running greedy
@@ -101,6 +103,23 @@ def record_reference(model, greedy_tokens: int, log: Callable[[str], None]):
     else:
         log(f"  reference pass in {time.perf_counter() - t0:.1f} s")
     return golden
+
+
+def finish_reference(tmp: Path, golden, sha256: str, keep: bool, quantized: bool,
+                     log: Callable[[str], None]) -> None:
+    """A slim folder (`keep` False, SCR_SPEC section 4, v3) drops the reference weights; a
+    float one keeps the golden reference its reference pass recorded
+    (export/reference_pass.py), so `scredge parity` runs on it without them (a quantized
+    one has its held-out reference)."""
+    if keep:
+        return
+    if not quantized:
+        (tmp / GOLDEN_FILE).parent.mkdir(exist_ok=True)
+        golden.weights_sha256 = sha256
+        golden.save(tmp / GOLDEN_FILE)
+        log(f"  golden reference kept ({GOLDEN_FILE}, {len(golden.greedy_ids)} greedy tokens)")
+    (tmp / WEIGHTS_FILE).unlink(missing_ok=True)
+    log(f"  reference weights not kept (slim folder; --keep-reference keeps {WEIGHTS_FILE})")
 
 
 def replayed_reference(golden):
