@@ -38,7 +38,9 @@ def start_stamp(c: SCRConfig, dtype: str, opset: int,
         return result
     import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")
+    # fork: the child starts with torch and the exporter's modules already imported (a
+    # spawned one spends seconds importing them again); it runs torch on one thread only
+    ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(send, c.to_dict(), dtype, opset), daemon=True)
     child.start()
