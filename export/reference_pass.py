@@ -30,7 +30,9 @@ LOOKUP_K = 16  # most tokens proposed per call
 def lookup_greedy(model, prompt: list[int], n: int, k: int = LOOKUP_K,
                   stats: dict | None = None) -> list[int]:
     """The reference `model`'s first `n` greedy tokens after `prompt` (batch 1); `stats`
-    receives the number of calls and of proposed / accepted tokens."""
+    receives the number of calls and of proposed / accepted tokens. Up to `k` tokens are
+    proposed a call: twice as many after a proposal taken whole, one after a rejection
+    (text that does not repeat costs about one call a token)."""
     torch = require("torch")
     from scredge.runtime.speculative import NgramProposer
 
@@ -38,33 +40,48 @@ def lookup_greedy(model, prompt: list[int], n: int, k: int = LOOKUP_K,
         pos = torch.arange(start, start + len(tokens), dtype=torch.int64)[None]
         return model(torch.tensor([tokens], dtype=torch.int64), pos, state)
 
+    c = model.config
+    cut = not c.scr_layers and c.window is None  # else a rejection reruns the tokens kept
     counts = {"calls": 1, "proposed": 0, "accepted": 0}
+    size = min(4, k)
     with torch.no_grad():
         logits, state = call(list(prompt), 0, None)
         out = [int(logits[0, -1].argmax())]
         lookup = NgramProposer(list(prompt) + out)
         start = len(prompt)  # the position of the pending token out[-1]
         while len(out) < n:
-            drafts = periodic(lookup.propose(k)[0], min(k, n - len(out) - 1))
+            drafts = periodic(lookup.propose(size)[0], min(size, n - len(out) - 1))
             fed = [out[-1], *drafts]
             logits, after = call(fed, start, state)
             best = logits[0].argmax(-1).tolist()
             j = 0
             while j < len(drafts) and drafts[j] == best[j]:
                 j += 1
-            took = [*drafts[:j], best[j]]
-            if j < len(drafts):  # state of the tokens kept only
-                _, after = call(fed[:j + 1], start, state)
-                counts["calls"] += 1
+            if j < len(drafts):  # the state of the tokens kept only
+                after = (_cut(after, start + j + 1) if cut else
+                         call(fed[:j + 1], start, state)[1])
+                counts["calls"] += 0 if cut else 1
+            size = min(k, 2 * size) if drafts and j == len(drafts) else 1 if drafts else size
             counts["calls"] += 1
             counts["proposed"] += len(drafts)
             counts["accepted"] += j
             state, start = after, start + j + 1
-            out += took
-            lookup.push(took)
+            out += [*drafts[:j], best[j]]
+            lookup.push(out[-j - 1:])
     if stats is not None:
         stats.update(counts)
     return out[:n]
+
+
+def _cut(state, length: int):
+    """A state without SCR carries or window trimming, cut back to its first `length`
+    tokens (the KV cache holds one slot per token, in order)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        state, keys=[t[:, :, :length] for t in state.keys],
+        values=[t[:, :, :length] for t in state.values],
+        mask=None if state.mask is None else state.mask[:, :length])
 
 
 def periodic(drafts: list[int], k: int) -> list[int]:

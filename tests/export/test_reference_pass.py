@@ -24,10 +24,13 @@ def test_lookup_greedy_equals_one_token_a_call(window):
     assert stats["calls"] < 48 and stats["accepted"] > 0  # the lookup saved calls
 
 
-def test_rejected_proposals_keep_the_exact_state(monkeypatch):
+@pytest.mark.parametrize("scr_layers", [None, ()])
+def test_rejected_proposals_keep_the_exact_state(monkeypatch, scr_layers):
     """Oracle: generate(); every proposal is wrong from its second token on, so every call
-    is cut short and its state rebuilt from the tokens kept."""
-    model = build_model(SCRConfig(), seed=4)
+    is cut short and its state rebuilt from the tokens kept (rerun with SCR layers, the
+    KV cache cut without)."""
+    c = SCRConfig()
+    model = build_model(c if scr_layers is None else c.with_(scr_layers=scr_layers), seed=4)
     prompt = list(range(3, 15))
 
     def wrong(drafts, k):
