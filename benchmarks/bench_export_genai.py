@@ -10,6 +10,7 @@ builder makes), verification against the reference included; the builder:
 
 Usage: python benchmarks/bench_export_genai.py [--shapes smollm2-135m qwen2.5-0.5b]
        [--precisions fp32 fp16 int4] [--repeat 3] [--no-builder] [--work DIR] [--json]
+       [--scr-layers none|all]
        python benchmarks/bench_export_genai.py --decode [--contexts 16 1024] [--tokens 32]
 Decode: ms/token at each context (batch 1, one intra-op thread) of our float32 and int4
 artifacts of the smollm2-135m folder against onnxruntime-genai's fp32 and int4 builds of it,
@@ -111,9 +112,9 @@ def folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def ours_cmd(hf: Path, out: Path, precision: str) -> list[str]:
+def ours_cmd(hf: Path, out: Path, precision: str, scr_layers: str = "none") -> list[str]:
     return [str(Path(sys.executable).parent / "scredge"), "export", "--from-llama", str(hf),
-            "--scr-layers", "none", "--out", str(out), "--force", *OURS[precision]]
+            "--scr-layers", scr_layers, "--out", str(out), "--force", *OURS[precision]]
 
 
 def builder_cmd(hf: Path, out: Path, precision: str, cache: Path) -> list[str]:
@@ -131,7 +132,7 @@ def export_rows(args, work: Path) -> list[dict]:
                 for tool in ("scredge", "builder") if args.builder else ("scredge",):
                     out = work / f"{tool}-{shape}-{precision}"
                     shutil.rmtree(out, ignore_errors=True)
-                    cmd = (ours_cmd(hf, out, precision) if tool == "scredge" else
+                    cmd = (ours_cmd(hf, out, precision, args.scr_layers) if tool == "scredge" else
                            builder_cmd(hf, out, precision, work / "builder-cache"))
                     r = timed(cmd)
                     r["folder_mib"] = folder_mib(out)
@@ -211,6 +212,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-builder", dest="builder", action="store_false",
                     help="ours alone (a shape the builder's run does not fit in time)")
+    ap.add_argument("--scr-layers", default="none",
+                    help="ours: --scr-layers (default none, the model the builder makes; "
+                         "all: SCR on every layer, --from-llama's default)")
     ap.add_argument("--decode", action="store_true", help="decode ms/token instead")
     ap.add_argument("--contexts", nargs="+", type=int, default=[16, 1024])
     ap.add_argument("--tokens", type=int, default=32)

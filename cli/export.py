@@ -70,6 +70,9 @@ def add(sub) -> None:
                    help="the onnxruntime graph's KV cache: concat (default: whole caches in "
                         "and out) or shared (SCR_SPEC v3: one in-place buffer per layer, "
                         "GroupQueryAttention; float32 and quantized; onnxruntime >= 1.32)")
+    p.add_argument("--ignore-memory-check", action="store_true",
+                   help="export even when the estimate of the memory needed exceeds what "
+                        "is available (refused by default, before any work)")
     p.add_argument("--out", required=True, help="the artifact folder to create")
     p.add_argument("--force", action="store_true",
                    help="replace an existing artifact folder (or an empty one); never another")
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,
                            cache=args.cache, force=args.force, source=src.description,
                            tokenizer=src.tokenizer, log=lambda s: print(s, flush=True),
-                           keep_reference=args.keep_reference, target=args.target)
+                           keep_reference=args.keep_reference, target=args.target,
+                           memory_check=not args.ignore_memory_check)
     print(f"wrote {path}")
     return 0

@@ -26,7 +26,9 @@ def save_arrays(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         raise ValueError(f"'{META}' is reserved for the metadata")
     payload = {META: np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **payload))
+    # stored, not deflated: logits and hidden states are float noise to zlib, which spent
+    # 1.5 s of CPU on SmolLM2's golden to make it 8 % smaller (49 MB instead of 53)
+    atomic_write(path, lambda tmp: np.savez(tmp, **payload))
 
 
 class CheckedArrays:

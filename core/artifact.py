@@ -50,12 +50,17 @@ def _entry(path: Path) -> dict:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def write_manifest(folder: Path) -> dict:
-    """Hash every file in `folder` (recursively) into manifest.json."""
-    files = {
-        p.relative_to(folder).as_posix(): _entry(p) for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
-    }
+def write_manifest(folder: Path, known: dict[str, dict] | None = None) -> dict:
+    """Hash every file in `folder` (recursively) into manifest.json; `known`: entries of
+    files hashed as they were written (used when the file's size still agrees)."""
+    known = known or {}
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        name = p.relative_to(folder).as_posix()
+        if p.is_file() and p.name != MANIFEST_FILE:
+            entry = known.get(name)
+            files[name] = (entry if entry is not None and entry["bytes"] == p.stat().st_size
+                           else _entry(p))
     manifest = {"format_version": FORMAT_VERSION, "scredge_version": scredge.__version__,
                 "files": files}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

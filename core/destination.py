@@ -5,6 +5,7 @@ benchmarks' result files."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import os
@@ -32,6 +33,23 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def refuse_disk_full(exc: BaseException, out: Path) -> None:
+    """A full disk or quota (ENOSPC, EDQUOT) met while writing the folder for `out` as the
+    user error it is; called once the caller has removed what it wrote (any other error
+    is left to propagate as it is)."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    try:
+        free = f"{shutil.disk_usage(out.parent).free / 2**20:,.0f} MiB free there now"
+    except OSError:
+        free = "free space unknown"
+    raise ScredgeError("the disk filled up while the folder was written",
+                       received=f"{exc.strerror} under {out.parent} ({free})",
+                       expected="room for the whole folder beside it",
+                       fix="free some space or choose a folder on a larger disk; nothing was "
+                           "left behind (a folder already there is unchanged)") from exc
 
 
 def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:

@@ -24,13 +24,11 @@ from scredge import contract
 from scredge.artifact import (
     check_manifest,
     read_member_json,
-    sha256_file,
     write_manifest,
 )
 from scredge.contract import (
     BACKENDS,
     CONFIG_FILE,
-    GOLDEN_FILE,
     GRAPH_VERSION,
     GRAPH_VERSION_KEY,
     GRAPHS_KEY,
@@ -42,26 +40,26 @@ from scredge.contract import (
     GraphIO,
 )
 from scredge.deps import require
-from scredge.destination import destination_lock, recover_hidden, replace_folder
+from scredge.destination import (
+    destination_lock,
+    recover_hidden,
+    refuse_disk_full,
+    replace_folder,
+)
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
 from scredge.export.ort_shared_cache import check_cache_option, write_float_shared
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.export.quantized_artifact import quantize_artifact
+from scredge.export.reference_pass import GREEDY_TOKENS, finish_reference, record_reference
+from scredge.export.stamp_apart import start_trace
 from scredge.export.verify import verify_onnx
 from scredge.tokenizer_files import TokenizerFiles
 
 DTYPES = ("float32", "float16")
 TARGETS = ("all", *BACKENDS)  # --target: the backends whose graphs the folder holds
 EXTERNAL_DATA_BYTES = 1 << 30
-# above this many bytes of float32 weights the shallow trace runs in a child process, whose
-# exporter machinery then never stays resident beside the weights (export/stamp.py)
-TRACE_APART_BYTES = 256 << 20
 PARTIAL_INFIX = ".partial-"  # `.NAME.partial-XXXX`: an export in progress beside NAME
-# the greedy run of the golden reference an export records itself (a slim folder): shorter
-# than `parity --record`'s 256, as each token is a full reference step (seconds per 10
-# tokens at 0.5B on two cores)
-EXPORT_GREEDY_TOKENS = 32
 
 
 def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | None) -> None:
@@ -227,25 +225,6 @@ def check_target(target: str) -> tuple[str, ...]:
     return BACKENDS if target == "all" else (target,)
 
 
-def finish_reference(tmp: Path, model, sha256: str, keep: bool, quantized: bool,
-                     log: Callable[[str], None]) -> None:
-    """A slim folder (`keep` False, SCR_SPEC section 4, v3) drops the reference weights; a
-    float one first records its golden reference from the model in memory, so `scredge
-    parity` runs on it without them (a quantized one has its held-out reference)."""
-    if keep:
-        return
-    if not quantized:
-        from scredge.ref.golden import golden_from_model
-
-        t0 = time.perf_counter()
-        (tmp / GOLDEN_FILE).parent.mkdir(exist_ok=True)
-        golden_from_model(model, sha256, greedy_tokens=EXPORT_GREEDY_TOKENS).save(
-            tmp / GOLDEN_FILE)
-        log(f"  golden reference recorded in {time.perf_counter() - t0:.1f} s ({GOLDEN_FILE})")
-    (tmp / WEIGHTS_FILE).unlink()
-    log(f"  reference weights not kept (slim folder; --keep-reference keeps {WEIGHTS_FILE})")
-
-
 def config_json(c, export: dict) -> dict:
     """config.json (SCR_SPEC section 4) before verification: the model, the `export`
     settings, the graph's I/O and the tool versions."""
@@ -286,32 +265,27 @@ def _window_record(proto, window) -> None:
     record.key, record.value = contract.WINDOW_METADATA, str(window)
 
 
-def write_graph(model, dtype: str, opset: int, tmp: Path, stream: bool,
-                log: Callable[[str], None]) -> tuple[object | None, bool, int]:
+def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
+                log: Callable[[str], None]) -> tuple[object | None, bool, int, dict]:
     """The graph in `tmp` (ONNX_FILE, and ONNX_DATA_FILE when external): (the in-memory
-    proto when it was traced whole, else None; whether the weights are external; nodes).
+    proto when it was traced whole, else None; whether the weights are external; nodes;
+    manifest entries of the files hashed as written).
 
-    `stream`: stamp the graph out of a shallow trace (export/stamp.py) and write the
-    weights one at a time (export/stream_write.py); a model that cannot be stamped, and a
-    quantized export (whose quantizer takes the whole graph), are traced whole."""
+    `trace` (`start_trace`'s): stamp the graph out of the shallow trace and write the
+    weights one at a time (export/stream_write.py); a model that cannot be stamped, and
+    `trace` None, are traced whole."""
     onnx = require("onnx")
     from scredge.ref.mapped import release_all
 
     c = model.config
-    stamped = None
-    if stream:
-        from scredge.export.stamp import stamp_graph, stamp_graph_apart
-
-        weights = sum(p.numel() * 4 for p in model.parameters())
-        stamped = (stamp_graph_apart if weights > TRACE_APART_BYTES else stamp_graph)(
-            c, dtype, opset)
+    stamped = None if trace is None else trace()
     if stamped is None:
         proto = export_graph(cast_for_export(model, dtype), opset)
         _window_record(proto, c.window)
         large = proto.ByteSize() > EXTERNAL_DATA_BYTES
         onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
-        return proto, large, len(proto.graph.node)
+        return proto, large, len(proto.graph.node), {}
     from scredge.export.stream_write import dedup_small, trim_heap, write_onnx
 
     log(f"  stamped {c.n_layers} layers out of a {len(stamp_trace_layers(c))}-layer trace")
@@ -319,8 +293,8 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, stream: bool,
     params = model.state_dict()
     dedup_small(stamped, params)
     mapped = getattr(model, "mapped_weights", None)
-    write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE,
-               release=(lambda name: None) if mapped is None else mapped.release)
+    data = write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE,
+                      release=(lambda name: None) if mapped is None else mapped.release)
     release_all(model)
     onnx.checker.check_model(str(tmp / ONNX_FILE))
     nodes = len(stamped.proto.graph.node)
@@ -329,7 +303,7 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, stream: bool,
 
     gc.collect()
     trim_heap()
-    return None, True, nodes
+    return None, True, nodes, {ONNX_DATA_FILE: data}
 
 
 def stamp_trace_layers(c) -> list[int]:
@@ -339,16 +313,52 @@ def stamp_trace_layers(c) -> list[int]:
     return [] if plan is None else plan[1]
 
 
-def write_reference(model, path: Path) -> None:
+def write_reference(model, path: Path | None) -> dict:
     """The float32 reference checkpoint (scredge.ref.save_checkpoint's file), streamed one
-    tensor at a time."""
+    tensor at a time; its manifest entry (sha256, bytes). `path` None: hashed, not
+    written (a slim folder names the weights by their hash only)."""
     from scredge.export.stream_write import write_safetensors
     from scredge.ref.checkpoint import CONFIG_METADATA_KEY
 
     mapped = getattr(model, "mapped_weights", None)
     meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
-    write_safetensors(model.state_dict(), path, meta,
-                      release=(lambda name: None) if mapped is None else mapped.release)
+    return write_safetensors(model.state_dict(), path, meta,
+                             release=(lambda name: None) if mapped is None else mapped.release)
+
+
+def check_all(out: Path, c, dtype: str, opset: int, force: bool, quantize, target: str,
+              cache: str, memory_check: bool) -> tuple[str, ...]:
+    """Every refusal before work starts; the backends whose graphs are written."""
+    check_options(out, dtype, opset, force, c.window)
+    check_quantize(quantize, dtype, opset, c)
+    targets = check_target(target)
+    check_cache_option(cache, dtype, targets)
+    if memory_check:
+        from scredge.export.memory_check import check_export_memory
+        from scredge.ref.train_memory import available_memory
+
+        check_export_memory(c, available_memory())
+    return targets
+
+
+def write_parts(model, tmp: Path, dtype: str, opset: int, stream: bool, slim_float: bool,
+                log: Callable[[str], None]):
+    """The reference pass (its golden, export/reference_pass.py) beside the shallow trace,
+    then the graph and the reference weights: (golden, proto or None, external, nodes,
+    manifest entries of the files hashed as written, the reference weights' sha256). A
+    slim float folder names its reference weights by their hash: they are never written."""
+    trace = start_trace(model, dtype, opset, stream)
+    try:
+        golden = record_reference(model, GREEDY_TOKENS if slim_float else 0, log)
+        proto, large, nodes, known = write_graph(model, dtype, opset, tmp, trace, log)
+    except BaseException:
+        if trace is not None:
+            trace.cancel()  # the trace's child process ends with the export
+        raise
+    entry = write_reference(model, None if slim_float and stream else tmp / WEIGHTS_FILE)
+    if (tmp / WEIGHTS_FILE).exists():
+        known[WEIGHTS_FILE] = entry
+    return golden, proto, large, nodes, known, entry["sha256"]
 
 
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
@@ -356,7 +366,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
                     quantize: QuantSpec | None = None, cache: str = "concat",
                     log: Callable[[str], None] = lambda s: None,
-                    keep_reference: bool = True, target: str = "all") -> Path:
+                    keep_reference: bool = True, target: str = "all",
+                    memory_check: bool = True) -> Path:
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
     Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
     `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
@@ -364,14 +375,12 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     graph is the in-place KV-cache form (SCR_SPEC v3 section 3, export/ort_shared_cache.py)
     and TensorRT reads the concat form from model.trt.onnx. `keep_reference`: keep the
     float32 reference weights (model.safetensors; the CLI's default is a slim folder without
-    them); `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds."""
+    them); `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds;
+    `memory_check`: refuse a model the memory available cannot hold (export/memory_check.py)."""
     out = Path(out).absolute()
     c = model.config
     opset = default_opset(quantize) if opset is None else opset
-    check_options(out, dtype, opset, force, c.window)
-    check_quantize(quantize, dtype, opset, c)
-    targets = check_target(target)
-    check_cache_option(cache, dtype, targets)
+    targets = check_all(out, c, dtype, opset, force, quantize, target, cache, memory_check)
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
@@ -382,13 +391,12 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     try:
         t0 = time.perf_counter()
         log(f"exporting {dtype} graph (opset {opset}) ...")
-        proto, large, nodes = write_graph(model, dtype, opset, tmp,
-                                          quantize is None and cache != contract.CACHE_SHARED, log)
-        write_reference(model, tmp / WEIGHTS_FILE)
-        reference = {"sha256": sha256_file(tmp / WEIGHTS_FILE), "kept": keep_reference}
+        golden, proto, large, nodes, known, sha = write_parts(
+            model, tmp, dtype, opset, quantize is None and cache != contract.CACHE_SHARED,
+            not keep_reference and quantize is None, log)
         config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
                                  "external_data": large, "target": target,
-                                 REFERENCE_KEY: reference})
+                                 REFERENCE_KEY: {"sha256": sha, "kept": keep_reference}})
         if tokenizer is not None:
             tokenizer.copy_into(tmp)
             config[TOKENIZER_KEY] = tokenizer.describe()
@@ -398,7 +406,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         log(f"  graph written in {t1 - t0:.1f} s ({nodes} nodes)")
 
         log("verifying with onnxruntime against the reference ...")
-        report = verify_onnx(tmp / ONNX_FILE, model, dtype)
+        report = verify_onnx(tmp / ONNX_FILE, model, dtype, golden)
         for line in report.lines():
             log("  " + line)
         if not report.passed:
@@ -418,15 +426,15 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             config.update(write_float_shared(tmp, proto, model, dtype, log, targets))
         if cache == contract.CACHE_SHARED:
             config[GRAPH_VERSION_KEY] = contract.GRAPH_VERSION_V3
-        finish_reference(tmp, model, reference["sha256"], keep_reference, quantize is not None,
-                         log)
+        finish_reference(tmp, golden, sha, keep_reference, quantize is not None, log)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        write_manifest(tmp)
+        write_manifest(tmp, known)
         _share_permissions(tmp)
         log(f"  verified in {time.perf_counter() - t1:.1f} s")
         replace_folder(tmp, out, lambda o: check_destination(o, force))
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        refuse_disk_full(exc, out)
         raise
     finally:
         os.close(lock)

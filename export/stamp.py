@@ -194,28 +194,6 @@ def stamp_graph(c: SCRConfig, dtype: str, opset: int) -> StampedGraph | None:
         return None
 
 
-def stamp_graph_apart(c: SCRConfig, dtype: str, opset: int) -> StampedGraph | None:
-    """`stamp_graph` in a child process: the exporter's machinery (torch.export, the ONNX
-    translation and optimizer, about 400 MB resident once used) never loads into the
-    process that then writes and verifies the weights; the child's peak is the trace's."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    onnx = require("onnx")
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        got = pool.submit(_stamp_serialized, c.to_dict(), dtype, opset).result()
-    if got is None:
-        return None
-    proto = onnx.ModelProto()
-    proto.ParseFromString(got[0])
-    return StampedGraph(proto, got[1])
-
-
-def _stamp_serialized(config: dict, dtype: str, opset: int):
-    stamped = stamp_graph(SCRConfig.from_dict(config), dtype, opset)
-    return None if stamped is None else (stamped.proto.SerializeToString(), stamped.recipes)
-
-
 def _stamp(c: SCRConfig, tc: SCRConfig, real: list[int], model, traced) -> StampedGraph:
     s = _Stamper(traced, real, c.n_layers)
     found = _find_recipes(traced, model)

@@ -137,9 +137,10 @@ def dedup_small(stamped: StampedGraph, params: dict) -> int:
 
 
 def write_onnx(stamped: StampedGraph, params: dict, onnx_path: Path, data_name: str,
-               release=lambda name: None) -> int:
-    """Every weight of `stamped` into `data_name` beside `onnx_path`, one at a time, then
-    the graph; returns the bytes of weights written."""
+               release=lambda name: None) -> dict:
+    """Every weight of `stamped` into `data_name` beside `onnx_path`, one at a time (the
+    gaps that align them written as zeros), then the graph; returns the data file's
+    manifest entry (sha256 and bytes, hashed as it was written: scredge.artifact)."""
     onnx = require("onnx")
     g = stamped.proto.graph
     todo = [i for i in g.initializer if i.name in stamped.recipes]
@@ -147,11 +148,11 @@ def write_onnx(stamped: StampedGraph, params: dict, onnx_path: Path, data_name: 
                 for i in todo)
     bar = Progress("writing weights", total)
     offset = 0
-    with open(onnx_path.parent / data_name, "wb") as f:
+    with HashedFile(onnx_path.parent / data_name) as f:
         for init in todo:
             r = stamped.recipes[init.name]
-            offset = (offset + ALIGN - 1) // ALIGN * ALIGN
-            f.seek(offset)
+            f.write(bytes(-offset % ALIGN))
+            offset += -offset % ALIGN
             length = 0
             for chunk in recipe_chunks(r, params):
                 f.write(chunk.data)
@@ -164,19 +165,65 @@ def write_onnx(stamped: StampedGraph, params: dict, onnx_path: Path, data_name: 
                 entry.key, entry.value = key, value
             init.data_location = onnx.TensorProto.EXTERNAL
             offset += length
+            f.settle()  # hashed: its source pages can go
             release(r.param)
     bar.close()
     onnx.save_model(stamped.proto, str(onnx_path))
-    return total
+    return f.entry()
+
+
+class HashedFile:
+    """A file written in order and hashed as it is written (sha256, in a worker thread:
+    hashlib lets go of the GIL on large buffers, so hashing overlaps the next write);
+    `path` None: hashed only, nothing written. `entry()`: the manifest entry."""
+
+    def __init__(self, path: Path | None) -> None:
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.path, self.size = path, 0
+        self._hash = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1)
+        self._pending = None
+        self._f = None if path is None else open(path, "wb")
+
+    def __enter__(self) -> HashedFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.settle()
+        self._pool.shutdown()
+        if self._f is not None:
+            self._f.close()
+
+    def settle(self) -> None:
+        """Wait until what was written is hashed."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def write(self, data) -> None:
+        data = memoryview(data).cast("B")
+        self.settle()  # one buffer in flight: the caller may reuse the one before
+        self._pending = self._pool.submit(self._hash.update, data)
+        if self._f is not None:
+            self._f.write(data)
+        self.size += data.nbytes
+
+    def entry(self) -> dict:
+        self.settle()
+        return {"sha256": self._hash.hexdigest(), "bytes": self.size}
 
 
 _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
 
 
-def write_safetensors(params: dict, path: Path, metadata: dict[str, str],
-                      release=lambda name: None) -> None:
+def write_safetensors(params: dict, path: Path | None, metadata: dict[str, str],
+                      release=lambda name: None) -> dict:
     """A safetensors file of `params` (torch tensors), header first, then each tensor's
-    bytes in turn (the format of safetensors.torch.save_file, with sorted names)."""
+    bytes in turn (the format of safetensors.torch.save_file, with sorted names); returns
+    its manifest entry (sha256, bytes). `path` None: the file's hash only, nothing written
+    (the reference weights a slim folder names but does not keep)."""
     names = sorted(params)
     header: dict = {"__metadata__": metadata}
     offset = 0
@@ -188,13 +235,15 @@ def write_safetensors(params: dict, path: Path, metadata: dict[str, str],
         offset += n
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    bar = Progress("writing reference", offset)
-    with open(path, "wb") as f:
+    bar = Progress("writing reference" if path is not None else "hashing reference", offset)
+    with HashedFile(path) as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
         for name in names:
             a = params[name].detach().contiguous().numpy()
             f.write(a.data if a.ndim else a.tobytes())
             bar.update(a.nbytes)
+            f.settle()
             release(name)
     bar.close()
+    return f.entry()

@@ -52,12 +52,23 @@ def recorded_reference(model, vocab_size: int, dtype: str, **kwargs):
     return lambda ids, pos: next(replay)
 
 
-def verify_onnx(onnx_path: Path, model, dtype: str, **kwargs) -> TeacherForcedReport:
-    """Compare `onnx_path` run by onnxruntime (CPU) with `model`, the float32 reference."""
+def verify_onnx(onnx_path: Path, model, dtype: str, golden=None,
+                **kwargs) -> TeacherForcedReport:
+    """Compare `onnx_path` run by onnxruntime (CPU) with `model`, the float32 reference;
+    with `golden` (export/reference_pass.py), the reference's calls recorded there are
+    replayed (all of its decode steps) instead of run again."""
     from scredge.runtime.loaders import ort_session
 
     vocab = model.config.vocab_size
-    reference = recorded_reference(model, vocab, dtype, **kwargs)
+    if golden is not None:
+        from scredge.export.reference_pass import replayed_reference
+
+        reference = replayed_reference(golden)
+        kwargs = {"batch": golden.steps_ids[0].shape[0],
+                  "prompt_len": golden.steps_ids[0].shape[1],
+                  "decode_steps": len(golden.steps_ids) - 1, **kwargs}
+    else:
+        reference = recorded_reference(model, vocab, dtype, **kwargs)
     # unpacked weights: onnxruntime reads them where it mapped the file, no packed copy;
     # threads that sleep rather than spin between the few calls made here
     session = ort_session(onnx_path, "cpu", config_entries={

@@ -35,9 +35,13 @@ def _hidden_hooks(model, store: list):
 
 def golden_from_model(model, weights_sha256: str, *, batch: int = 2, prompt_len: int = 24,
                       decode_steps: int = 16, greedy_tokens: int = 256,
-                      seed: int = 0) -> Golden:
+                      seed: int = 0, greedy=None) -> Golden:
     """Run the float32 reference `model` and return the golden data, naming the weights by
-    `weights_sha256` (the sha256 of their model.safetensors)."""
+    `weights_sha256` (the sha256 of their model.safetensors). `greedy(model, prompt,
+    n)` -> the n greedy ids (default: `generation.generate`, one token a call); with
+    `greedy_tokens` 0 none are recorded. The teacher-forced calls are those of
+    `scredge.teacher_forced` with the same batch, prompt length, steps and seed (the export
+    verification replays them)."""
     torch = require("torch")
     from scredge.ref.generation import generate
     from scredge.ref.realign_op import realign
@@ -86,12 +90,16 @@ def golden_from_model(model, weights_sha256: str, *, batch: int = 2, prompt_len:
         op_inputs.append([a.numpy() for a in args])
         op_outputs.append([o.numpy() for o in out])
 
-    greedy = generate(model, prompt[0].tolist(), greedy_tokens)[0]
+    if greedy is None:
+        def greedy(m, p, n):
+            return generate(m, p, n)[0]
+
+    ids_greedy = greedy(model, prompt[0].tolist(), greedy_tokens) if greedy_tokens else []
     return Golden(
         weights_sha256=weights_sha256,
         config=c.to_dict(), steps_ids=steps_ids, steps_logits=steps_logits,
         steps_hidden=steps_hidden, final_state=final, op_inputs=op_inputs,
         op_outputs=op_outputs, kappa=c.kappa, greedy_prompt=prompt[0],
-        greedy_ids=np.asarray(greedy, dtype=np.int64))
+        greedy_ids=np.asarray(ids_greedy, dtype=np.int64))
 
 

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from scredge.artifact import sha256_file
 from scredge.config import SCRConfig
 from scredge.export.graph import export_graph
 from scredge.export.pipeline import cast_for_export
@@ -88,7 +89,8 @@ def test_stamped_graph_equals_the_full_trace(tmp_path, case, dtype):
     assert stamped is not None
     params = model.state_dict()
     dedup_small(stamped, params)
-    write_onnx(stamped, params, tmp_path / "stamped.onnx", "stamped.onnx.data")
+    entry = write_onnx(stamped, params, tmp_path / "stamped.onnx", "stamped.onnx.data")
+    assert entry["sha256"] == sha256_file(tmp_path / "stamped.onnx.data")  # hashed as written
     onnx.checker.check_model(str(tmp_path / "stamped.onnx"), full_check=True)
     got = onnx.load(str(tmp_path / "stamped.onnx"))
     a, b = canonical(full), canonical(got)

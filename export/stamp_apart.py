@@ -1,0 +1,88 @@
+"""The shallow trace of export/stamp.py started early, in a child process, while the
+exporting process runs the reference (issue 27): the trace needs only the config, and on
+two cores the two run side by side. The exporter's machinery (torch.export, the ONNX
+translation and optimizer, about 400 MB resident once used) never loads into the process
+that writes and verifies the weights; the child's peak is the trace's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scredge.config import SCRConfig
+from scredge.deps import require
+from scredge.export.stamp import StampedGraph, stamp_graph
+
+# above this many bytes of float32 weights the shallow trace runs in a child process, whose
+# exporter machinery then never stays resident beside the weights (export/stamp.py)
+TRACE_APART_BYTES = 256 << 20
+
+
+def start_trace(model, dtype: str, opset: int, stream: bool):
+    """`stream`: the shallow trace of `model`'s graph, started now (in a child process
+    above TRACE_APART_BYTES of weights); else None: the graph is traced whole (a quantized
+    export, whose quantizer takes the whole graph)."""
+    if not stream:
+        return None
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    return start_stamp(model.config, dtype, opset, weights > TRACE_APART_BYTES)
+
+
+def start_stamp(c: SCRConfig, dtype: str, opset: int,
+                apart: bool) -> Callable[[], StampedGraph | None]:
+    """A function that returns `stamp_graph(c, dtype, opset)`: with `apart`, computed
+    from now on in a child process (the function waits for it; its `cancel` ends the child
+    of an export that stops before); else computed when called."""
+    if not apart:
+        result = lambda: stamp_graph(c, dtype, opset)  # noqa: E731
+        result.cancel = lambda: None
+        return result
+    import multiprocessing
+
+    # fork: the child starts with torch and the exporter's modules already imported (a
+    # spawned one spends seconds importing them again); it runs torch on one thread only
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(send, c.to_dict(), dtype, opset), daemon=True)
+    child.start()
+    send.close()
+
+    def result() -> StampedGraph | None:
+        try:
+            kind, got = receive.recv()
+        except EOFError:
+            kind, got = "error", "it ended without an answer"
+        finally:
+            receive.close()
+            child.join()
+        if kind == "error":
+            raise RuntimeError(f"the graph trace failed in its child process: {got} "
+                               f"(exit code {child.exitcode})")
+        if got is None:
+            return None
+        proto = require("onnx").ModelProto()
+        proto.ParseFromString(got[0])
+        return StampedGraph(proto, got[1])
+
+    def cancel() -> None:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+        receive.close()
+
+    result.cancel = cancel
+    return result
+
+
+def _child(send, config: dict, dtype: str, opset: int) -> None:
+    # one thread: the exporting process runs the reference on the other core meanwhile
+    try:
+        require("torch").set_num_threads(1)
+        stamped = stamp_graph(SCRConfig.from_dict(config), dtype, opset)
+        send.send(("ok", None if stamped is None else
+                   (stamped.proto.SerializeToString(), stamped.recipes)))
+    except Exception:  # handed to the parent, which raises it
+        import traceback
+
+        send.send(("error", traceback.format_exc(limit=-3)))
+    finally:
+        send.close()
