@@ -292,8 +292,9 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, stream: bool,
     proto when it was traced whole, else None; whether the weights are external; nodes).
 
     `stream`: stamp the graph out of a shallow trace (export/stamp.py) and write the
-    weights one at a time (export/stream_write.py); a model that cannot be stamped, and a
-    quantized export (whose quantizer takes the whole graph), are traced whole."""
+    weights one at a time (export/stream_write.py); a model that cannot be stamped is
+    traced whole. A quantized export quantizes the written graph's weights one at a time
+    (export/quant_store.py)."""
     onnx = require("onnx")
     from scredge.ref.mapped import release_all
 
@@ -383,7 +384,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         t0 = time.perf_counter()
         log(f"exporting {dtype} graph (opset {opset}) ...")
         proto, large, nodes = write_graph(model, dtype, opset, tmp,
-                                          quantize is None and cache != contract.CACHE_SHARED, log)
+                                          cache != contract.CACHE_SHARED, log)
         write_reference(model, tmp / WEIGHTS_FILE)
         reference = {"sha256": sha256_file(tmp / WEIGHTS_FILE), "kept": keep_reference}
         config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
@@ -413,6 +414,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             section = quantize_artifact(tmp, proto, model, quantize, log, tokenizer, targets,
                                         cache)
             config[contract.QUANT_CONFIG_KEY] = section
+            config["export"]["external_data"] = (tmp / ONNX_DATA_FILE).is_file()
             config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
         elif cache == contract.CACHE_SHARED:
             config.update(write_float_shared(tmp, proto, model, dtype, log, targets))
