@@ -58,7 +58,9 @@ def test_the_lazy_float_graph_reads_the_values_the_whole_graph_holds(tmp_path, t
     from scredge.export.plan_graphs import prepared_base
 
     _, proto = tiny_opset21
-    onnx.save_model(proto, str(tmp_path / ONNX_FILE), save_as_external_data=True,
+    written = onnx.ModelProto()
+    written.CopyFrom(proto)  # save_model makes its tensors external in place
+    onnx.save_model(written, str(tmp_path / ONNX_FILE), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=ONNX_DATA_FILE,
                     size_threshold=INLINE_BYTES)
     light, source = FloatSource.open(tmp_path, ONNX_FILE, ONNX_DATA_FILE)
