@@ -108,18 +108,24 @@ class FloatSource:
     def check(self, proto) -> None:
         """onnx's checker on `proto`, its initializers still in the source (checked when
         the float graph was written; the checker would look for their file in the working
-        folder) standing as graph inputs of their type and shape."""
+        folder) standing as graph inputs of their type and shape meanwhile. Done in place
+        (those initializers are a few bytes each), not on a copy of the graph."""
         onnx = require("onnx")
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        g = copy.graph
-        for k in reversed(range(len(g.initializer))):
-            init = g.initializer[k]
-            if self.is_lazy(init):
-                g.input.append(onnx.helper.make_tensor_value_info(
-                    init.name, init.data_type, list(init.dims)))
-                del g.initializer[k]
-        onnx.checker.check_model(copy)
+        g = proto.graph
+        lazy = [k for k, init in enumerate(g.initializer) if self.is_lazy(init)]
+        held = [onnx.TensorProto() for _ in lazy]
+        for k, copy in zip(lazy, held):
+            copy.CopyFrom(g.initializer[k])
+        for k in reversed(lazy):
+            del g.initializer[k]
+        inputs = len(g.input)
+        g.input.extend(onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                       for i in held)
+        try:
+            onnx.checker.check_model(proto)
+        finally:
+            del g.input[inputs:]
+            g.initializer.extend(held)
 
     def read(self, init) -> np.ndarray:
         """The value of `init` (a float graph initializer), from the source when lazy."""

@@ -283,6 +283,7 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     the backends whose form is written (--target). Each form is the first plan
     (export/mixed.py) whose graph passes the quantized tier; none: refused. `cache`
     "shared": the onnxruntime form gets the in-place KV cache (export/ort_shared_cache.py)."""
+    _hand_back(model)  # what the float graph's verification left (its session, its heap)
     cal = calibrate(model, spec, tokenizer, log)
     hessians = None
     if spec.method == "gptq":
