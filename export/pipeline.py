@@ -411,9 +411,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
         config[GRAPHS_KEY] = {b: ONNX_FILE for b in targets}
         if quantize is not None:
-            section = quantize_artifact(tmp, proto, model, quantize, log, tokenizer, targets,
-                                        cache)
-            config[contract.QUANT_CONFIG_KEY] = section
+            config[contract.QUANT_CONFIG_KEY] = section = quantize_artifact(
+                tmp, proto, model, quantize, log, tokenizer, targets, cache)
             config["export"]["external_data"] = (tmp / ONNX_DATA_FILE).is_file()
             config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
         elif cache == contract.CACHE_SHARED:

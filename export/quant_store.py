@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from scredge.deps import require
-from scredge.export.stream_write import ALIGN, CHUNK_BYTES
+from scredge.export.stream_write import ALIGN, CHUNK_BYTES, set_external
 
 SOURCE_FILE = ".float-source.data"  # the float graph's data while a quantized export runs
 INLINE_BYTES = 1024  # smaller initializers stay in the graph (shape constants, scalars)
@@ -40,19 +40,6 @@ def _external(init) -> dict[str, str] | None:
     if init.data_location != onnx.TensorProto.EXTERNAL:
         return None
     return {e.key: e.value for e in init.external_data}
-
-
-def _set_external(init, location: str, offset: int, length: int) -> None:
-    onnx = require("onnx")
-    init.ClearField("raw_data")
-    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-        init.ClearField(field)
-    del init.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)),
-                       ("length", str(length))):
-        entry = init.external_data.add()
-        entry.key, entry.value = key, value
-    init.data_location = onnx.TensorProto.EXTERNAL
 
 
 def _nbytes(init) -> int:
@@ -82,7 +69,7 @@ class FloatSource:
         for init in proto.graph.initializer:
             ext = _external(init)
             if ext is not None:
-                _set_external(init, SOURCE_FILE, int(ext.get("offset", 0)),
+                set_external(init, SOURCE_FILE, int(ext.get("offset", 0)),
                               int(ext["length"]))
         return proto, cls(folder, {})
 
@@ -101,7 +88,7 @@ class FloatSource:
         init = onnx.TensorProto(name=name, data_type=table.data_type,
                                 dims=list(reversed(table.dims)))
         ext = _external(table)
-        _set_external(init, SOURCE_FILE, int(ext["offset"]), int(ext["length"]))
+        set_external(init, SOURCE_FILE, int(ext["offset"]), int(ext["length"]))
         proto.graph.initializer.append(init)
         self.transposed[name] = table.name
 
@@ -181,7 +168,7 @@ class TensorStore:
             for init in proto.graph.initializer:
                 lazy = self.source.is_lazy(init)
                 if lazy and init.name in self.shared:
-                    _set_external(init, *self.shared[init.name])
+                    set_external(init, *self.shared[init.name])
                     continue
                 if not lazy and (_external(init) is not None
                                  or len(init.raw_data) <= INLINE_BYTES):
@@ -194,7 +181,7 @@ class TensorStore:
                 for chunk in (self.source.chunks(init) if lazy else (init.raw_data,)):
                     f.write(chunk)
                     length += len(chunk)
-                _set_external(init, data_name, offset, length)
+                set_external(init, data_name, offset, length)
                 if lazy:
                     floats[init.name] = (data_name, offset, length)
                 offset += length

@@ -49,6 +49,12 @@ def test_both_forms_share_their_float_tensors_and_store_nothing_twice(tiny_quant
     assert not (folder / SOURCE_FILE).exists()
     for graph in (ONNX_FILE, TRT_ONNX_FILE):
         onnx.load(str(folder / graph))  # every external reference resolves
+    # and so from the verified bytes the TensorRT build parses (runtime.loaders)
+    from scredge.builder.trt_build import verified_onnx
+    from scredge.runtime.loaders import open_artifact
+
+    built = verified_onnx(open_artifact(folder), TRT_ONNX_FILE)
+    assert not any(i.data_location == onnx.TensorProto.EXTERNAL for i in built.graph.initializer)
 
 
 def test_the_lazy_float_graph_reads_the_values_the_whole_graph_holds(tmp_path, tiny_opset21):
