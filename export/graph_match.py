@@ -16,8 +16,11 @@ from scredge.deps import require
 class Graph:
     """Producers, consumers and constant values of one graph, for pattern matching."""
 
-    def __init__(self, graph) -> None:
+    def __init__(self, graph, read=None) -> None:
         self.graph = graph
+        # a constant's value: numpy_helper.to_array, or export/quant_store.FloatSource.read
+        # for a graph whose weights stay in a data file
+        self._read = read
         self.nodes = list(graph.node)  # one Python object per node: identities below hold
         self.producer = {o: n for n in self.nodes for o in n.output}
         self.consumers: dict[str, list] = defaultdict(list)
@@ -58,7 +61,8 @@ class Graph:
     def const(self, name: str) -> np.ndarray | None:
         """The value of constant `name` (an initializer or a Constant node), else None."""
         if name not in self._arrays and name in self._tensors:
-            self._arrays[name] = require("onnx").numpy_helper.to_array(self._tensors[name])
+            read = self._read or require("onnx").numpy_helper.to_array
+            self._arrays[name] = read(self._tensors[name])
         return self._arrays.get(name)
 
     def scalar(self, name: str) -> float | None:

@@ -20,7 +20,8 @@ estimate, decides); if none passes, the refusal names the best plan tried.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,31 +65,79 @@ def untied_copy(model):
     return model
 
 
+@contextmanager
+def _untied(model):
+    """`model` with its output head a parameter of its own that shares the table's storage
+    (no copy: the Fisher pass only reads weights), every parameter frozen but the matrices;
+    restored on exit."""
+    torch = require("torch")
+    frozen = {p: p.requires_grad for p in model.parameters()}
+    head = torch.nn.Parameter(model.output_weight.detach(), requires_grad=False)
+    cls = type(model)
+    model.__class__ = type(cls.__name__, (cls,), {"output_weight": property(lambda s: head)})
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        model.__class__ = cls
+        for p, flag in frozen.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
 def fisher_diagonals(model, ids: np.ndarray, tokens: int = FISHER_TOKENS,
                      seq: int = FISHER_SEQ) -> dict[str, np.ndarray]:
     """Per matrix, the empirical Fisher information of each weight ([N, K] float32): the
     squared gradient of a sequence's mean next-token loss, averaged over calibration
-    sequences and times `seq`. A tied head gets its own gradient (a separate copy of the
-    table stands in for it)."""
+    sequences and times `seq`. A tied head gets its own gradient (a parameter sharing the
+    table's storage stands in for it). Each gradient is squared into its sum as soon as
+    backward makes it and then freed: one matrix's gradient is held at a time, besides the
+    sums (as large as the matrices) and the model (not copied)."""
     torch = require("torch")
-    model = untied_copy(model)
-    mats = reference_matrices(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for w in mats.values():
-        w.requires_grad_(True)
-    sums = {k: torch.zeros_like(w) for k, w in mats.items()}
-    n = min(len(ids) - 1, tokens) // seq
-    for i in range(n):
-        x = torch.from_numpy(np.ascontiguousarray(ids[i * seq:(i + 1) * seq + 1]))
-        logits, _ = model(x[None, :-1], torch.arange(seq)[None])
-        loss = torch.nn.functional.cross_entropy(logits[0], x[1:])
-        grads = torch.autograd.grad(loss, list(mats.values()))
-        for k, g in zip(mats, grads):
-            sums[k].add_(g.square())
+    with _untied(model) as m:
+        mats = reference_matrices(m)
+        sums = {k: torch.zeros(w.shape, dtype=torch.float32) for k, w in mats.items()}
+        def square_into(total):
+            def hook(p) -> None:
+                total.addcmul_(p.grad, p.grad)
+                p.grad = None
+            return hook
+
+        hooks = []
+        for k, w in mats.items():
+            w.requires_grad_(True)
+            hooks.append(w.register_post_accumulate_grad_hook(square_into(sums[k])))
+        n = min(len(ids) - 1, tokens) // seq
+        try:
+            for i in range(n):
+                x = torch.from_numpy(np.ascontiguousarray(ids[i * seq:(i + 1) * seq + 1]))
+                logits, _ = m(x[None, :-1], torch.arange(seq)[None])
+                torch.nn.functional.cross_entropy(logits[0], x[1:]).backward()
+                del logits
+        finally:
+            for h in hooks:
+                h.remove()
     # a sequence's mean gradient over `seq` nearly independent tokens has about 1/seq of a
     # token's gradient variance: scaled back to the per-token Fisher information
-    return {k: (v * seq / max(n, 1)).numpy() for k, v in sums.items()}
+    return {k: v.mul_(seq / max(n, 1)).numpy() for k, v in sums.items()}
+
+
+class LazyWeights(Mapping):
+    """Matrix name -> its weight [N, K], read when asked for (one matrix in memory at a
+    time), from `loaders` (name -> a function returning the weight)."""
+
+    def __init__(self, loaders: dict[str, Callable[[], np.ndarray]]):
+        self.loaders = loaders
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.loaders[name]()
+
+    def __iter__(self):
+        return iter(self.loaders)
+
+    def __len__(self) -> int:
+        return len(self.loaders)
 
 
 @dataclass

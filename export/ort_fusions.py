@@ -277,14 +277,14 @@ def _pack_matmuls(g: Graph) -> tuple[list, set, list, int]:
     return new, dead, inits, packed
 
 
-def fuse_for_onnxruntime(proto, config: SCRConfig) -> FusionCounts:
+def fuse_for_onnxruntime(proto, config: SCRConfig, read=None) -> FusionCounts:
     """Rewrite `proto` (an onnxruntime-form graph of `config`, float32 activations) in
     place. The first pass's rewrites touch disjoint nodes; attention matches on its result
-    (the 4-D rotary nodes it made)."""
+    (the 4-D rotary nodes it made). `read`: how a constant's value is read (Graph)."""
     from scredge.export.ort_attention import fuse_attention
 
     onnx = require("onnx")
-    g = Graph(proto.graph)
+    g = Graph(proto.graph, read)
     norm_new, norm_dead, n_norm, n_skip = _fuse_rms_norms(g)
     rot = _fuse_rotaries(g, config.head_dim, INPUT_IDS)
     pack_new, pack_dead, pack_inits, n_packed = _pack_matmuls(g)

@@ -273,7 +273,8 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
 
     `trace` (`start_trace`'s): stamp the graph out of the shallow trace and write the
     weights one at a time (export/stream_write.py); a model that cannot be stamped, and
-    `trace` None, are traced whole."""
+    `trace` None, are traced whole. A quantized export then quantizes the written graph's
+    weights one at a time (export/quant_store.py)."""
     onnx = require("onnx")
     from scredge.ref.mapped import release_all
 
@@ -392,7 +393,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         t0 = time.perf_counter()
         log(f"exporting {dtype} graph (opset {opset}) ...")
         golden, proto, large, nodes, known, sha = write_parts(
-            model, tmp, dtype, opset, quantize is None and cache != contract.CACHE_SHARED,
+            model, tmp, dtype, opset, cache != contract.CACHE_SHARED,
             not keep_reference and quantize is None, log)
         config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
                                  "external_data": large, "target": target,
@@ -418,9 +419,12 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
         config[GRAPHS_KEY] = {b: ONNX_FILE for b in targets}
         if quantize is not None:
-            section = quantize_artifact(tmp, proto, model, quantize, log, tokenizer, targets,
-                                        cache)
-            config[contract.QUANT_CONFIG_KEY] = section
+            config[contract.QUANT_CONFIG_KEY] = section = quantize_artifact(
+                tmp, proto, model, quantize, log, tokenizer, targets, cache)
+            config["export"]["external_data"] = (tmp / ONNX_DATA_FILE).is_file()
+            # the float graph's data file was hashed as written, then replaced by the
+            # quantizer (export/quant_store.py): hash what is there now
+            known.pop(ONNX_DATA_FILE, None)
             config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
         elif cache == contract.CACHE_SHARED:
             config.update(write_float_shared(tmp, proto, model, dtype, log, targets))

@@ -41,12 +41,13 @@ class MatrixNumbers:
     the quantized matrix (round-to-nearest, or GPTQ with the matrix's input Hessian), each
     computed once: the plans tried at export share them."""
 
-    def __init__(self, base, block: int, hessians: dict[str, np.ndarray] | None = None):
-        numpy_helper = require("onnx").numpy_helper
+    def __init__(self, base, block: int, hessians: dict[str, np.ndarray] | None = None,
+                 read: Callable | None = None):
+        read = read or require("onnx").numpy_helper.to_array  # or FloatSource.read
         inits = {i.name: i for i in base.graph.initializer}
         nodes = {n.name: n for n in base.graph.node}
         self.names = matrix_names(weight_matmuls(base))
-        self.weight = {m: (lambda i=inits[nodes[n].input[1]]: numpy_helper.to_array(i).T)
+        self.weight = {m: (lambda i=inits[nodes[n].input[1]]: read(i).T)
                        for m, n in zip(self.names, weight_matmuls(base))}
         self.sizes = {m: int(np.prod(inits[nodes[n].input[1]].dims))
                       for m, n in zip(self.names, weight_matmuls(base))}
@@ -55,16 +56,31 @@ class MatrixNumbers:
     def __call__(self, name: str, grid: Grid):
         key = (name, grid)
         if key not in self._cache:
-            from scredge.export.qgrid import rtn
+            q, s, z = self.compute(name, grid)
+            if grid.bits == 4:  # kept two to a byte: half the memory of the search's cache
+                q = q[:, 0::2] | (q[:, 1::2] << 4)
+            self._cache[key] = q, s, z
+        q, s, z = self._cache[key]
+        if grid.bits == 4:
+            nibbles = np.empty((q.shape[0], q.shape[1] * 2), np.uint8)
+            nibbles[:, 0::2], nibbles[:, 1::2] = q & 15, q >> 4
+            q = nibbles
+        return q, s, z
 
-            w = self.weight[name]()
-            if self.hessians is None:
-                self._cache[key] = rtn(w, grid, self.block)
-            else:
-                from scredge.export.gptq import gptq_grid
+    def compute(self, name: str, grid: Grid):
+        """The numbers of `name` on `grid`, computed now and not kept (a cost estimate's)."""
+        from scredge.export.qgrid import rtn
 
-                self._cache[key] = gptq_grid(w, self.hessians[name], grid, self.block)
-        return self._cache[key]
+        w = self.weight[name]()
+        if self.hessians is None:
+            return rtn(w, grid, self.block)
+        from scredge.export.gptq import gptq_grid
+
+        return gptq_grid(w, self.hessians[name], grid, self.block)
+
+    def forget(self) -> None:
+        """Drop the numbers kept so far (the next graph's grids are its own)."""
+        self._cache.clear()
 
 
 def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
@@ -187,30 +203,39 @@ def trt_grids(name: str, precision: str) -> Grid:
 
 
 def ort_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers,
-             config: SCRConfig):
-    """The onnxruntime form of `plan`: MatMulNBits + onnxruntime's fused kernels."""
+             config: SCRConfig, source=None):
+    """The onnxruntime form of `plan`: MatMulNBits + onnxruntime's fused kernels. `source`:
+    the export/quant_store.FloatSource a base whose weights are not loaded reads them from
+    (and checks the graph with)."""
     proto = planned_graph(base, plan, ort_grids(spec), numbers, spec.block_size,
                           share_embedding=spec.quantize_embedding)
-    require("onnx").checker.check_model(proto)
+    (require("onnx").checker.check_model if source is None else source.check)(proto)
     # after the checker: SimplifiedLayerNormalization is onnxruntime's, in the ONNX domain,
     # which the checker does not know; onnxruntime loads and the tier runs the result
-    return proto, fuse_for_onnxruntime(proto, config)
+    return proto, fuse_for_onnxruntime(proto, config, None if source is None else source.read)
 
 
-def trt_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers):
-    """The TensorRT form of `plan`: symmetric weights, DequantizeLinear + MatMul."""
+def trt_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers,
+             source=None):
+    """The TensorRT form of `plan`: symmetric weights, DequantizeLinear + MatMul (`source`:
+    as in ort_form)."""
     proto = to_dequantize_form(planned_graph(base, plan, trt_grids, numbers,
                                              spec.block_size))
-    require("onnx").checker.check_model(proto)
+    (require("onnx").checker.check_model if source is None else source.check)(proto)
     return proto
 
 
-def prepared_base(float_proto):
-    """A copy of the float graph with its tied head materialized (quantizable)."""
+def prepared_base(float_proto, source=None):
+    """A copy of the float graph with its tied head materialized (quantizable); with a
+    `source` (export/quant_store.FloatSource) whose data holds the embedding, the head is
+    that table read transposed, not a copy."""
     onnx = require("onnx")
     base = onnx.ModelProto()
     base.CopyFrom(float_proto)
-    materialize_tied_head(base)
+    tie = None
+    if source is not None and any(source.is_lazy(i) for i in base.graph.initializer):
+        tie = source.tie_head
+    materialize_tied_head(base, tie)
     return base
 
 

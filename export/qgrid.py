@@ -81,22 +81,35 @@ def _f32(a: np.ndarray) -> np.ndarray:
 def rtn(w: np.ndarray, grid: Grid, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Round-to-nearest on `grid`: w [N,K] -> q [N,K] uint8, s [N,K/block] float32,
     z [N,K/block] float32 (integer-valued except for asym_float)."""
-    w = np.asarray(w, np.float64)
     n, k = w.shape
     if k % block:
         raise ScredgeError("block size does not divide K", received=f"K {k}, block {block}")
-    g = w.reshape(n * (k // block), block)
-    s, z = grid.params(g)
-    q = grid.quantize(g, s, z)
     kb = k // block
-    return (q.reshape(n, k).astype(np.uint8), s.reshape(n, kb).astype(np.float32),
-            z.reshape(n, kb).astype(np.float32))
+    q = np.empty((n, k), np.uint8)
+    s, z = np.empty((n, kb), np.float32), np.empty((n, kb), np.float32)
+    for r0, r1 in _row_chunks(n, k):  # float64 math a few MB at a time, not on all of w
+        g = np.asarray(w[r0:r1], np.float64).reshape((r1 - r0) * kb, block)
+        sc, zp = grid.params(g)
+        q[r0:r1] = grid.quantize(g, sc, zp).reshape(r1 - r0, k)
+        s[r0:r1], z[r0:r1] = sc.reshape(r1 - r0, kb), zp.reshape(r1 - r0, kb)
+    return q, s, z
+
+
+CHUNK_ELEMENTS = 1 << 20  # float64 temporaries of rtn / dequantize: 8 MB at a time
+
+
+def _row_chunks(n: int, k: int):
+    step = max(1, CHUNK_ELEMENTS // max(k, 1))
+    return ((r0, min(n, r0 + step)) for r0 in range(0, n, step))
 
 
 def dequantize(q: np.ndarray, s: np.ndarray, z: np.ndarray, block: int) -> np.ndarray:
     """[N,K] float32 weights of integers q with per-block s, z [N, K/block]."""
     rep = lambda a: np.repeat(a.astype(np.float64), block, axis=1)  # noqa: E731
-    return ((q.astype(np.float64) - rep(z)) * rep(s)).astype(np.float32)
+    out = np.empty(q.shape, np.float32)
+    for r0, r1 in _row_chunks(*q.shape):
+        out[r0:r1] = (q[r0:r1].astype(np.float64) - rep(z[r0:r1])) * rep(s[r0:r1])
+    return out
 
 
 def pack_weights(q: np.ndarray, bits: int, block: int) -> np.ndarray:

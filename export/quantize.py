@@ -188,9 +188,11 @@ def _quiet():
         logging.WARNING)
 
 
-def materialize_tied_head(proto) -> None:
+def materialize_tied_head(proto, tie=None) -> None:
     """A tied output head reads the embedding through Transpose; give the head its own
-    constant [D, V] copy so it can be quantized while the embedding (Gather) stays float."""
+    constant [D, V] copy so it can be quantized while the embedding (Gather) stays float.
+    `tie(proto, table, name)`, when given, adds that initializer instead (a graph whose
+    weights are not loaded: export/quant_store.py)."""
     numpy_helper = require("onnx").numpy_helper
     inits = {i.name: i for i in proto.graph.initializer}
     producers = {o: n for n in proto.graph.node for o in n.output}
@@ -200,13 +202,16 @@ def materialize_tied_head(proto) -> None:
         src = producers.get(node.input[1])
         if src is None or src.op_type != "Transpose" or src.input[0] not in inits:
             continue
-        weight = numpy_helper.to_array(inits[src.input[0]])
+        table = inits[src.input[0]]
         perm = [a.ints for a in src.attribute if a.name == "perm"]
-        if weight.ndim != 2 or (perm and list(perm[0]) != [1, 0]):
+        if len(table.dims) != 2 or (perm and list(perm[0]) != [1, 0]):
             continue
         name = src.input[0] + TIED_HEAD_SUFFIX
-        proto.graph.initializer.append(numpy_helper.from_array(
-            np.ascontiguousarray(weight.T), name))
+        if tie is not None:
+            tie(proto, table, name)
+        else:
+            proto.graph.initializer.append(numpy_helper.from_array(
+                np.ascontiguousarray(numpy_helper.to_array(table).T), name))
         node.input[1] = name
     drop_unused(proto)
 

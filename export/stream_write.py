@@ -136,6 +136,21 @@ def dedup_small(stamped: StampedGraph, params: dict) -> int:
     return len(alias)
 
 
+def set_external(init, location: str, offset: int, length: int) -> None:
+    """Point initializer `init` at `length` bytes at `offset` of the file `location` (its
+    own values, if any, dropped)."""
+    onnx = require("onnx")
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                  "uint64_data"):
+        init.ClearField(field)
+    del init.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(length))):
+        entry = init.external_data.add()
+        entry.key, entry.value = key, value
+    init.data_location = onnx.TensorProto.EXTERNAL
+
+
 def write_onnx(stamped: StampedGraph, params: dict, onnx_path: Path, data_name: str,
                release=lambda name: None) -> dict:
     """Every weight of `stamped` into `data_name` beside `onnx_path`, one at a time (the
@@ -158,12 +173,7 @@ def write_onnx(stamped: StampedGraph, params: dict, onnx_path: Path, data_name: 
                 f.write(chunk.data)
                 length += chunk.nbytes
                 bar.update(chunk.nbytes)
-            del init.external_data[:]
-            for key, value in (("location", data_name), ("offset", str(offset)),
-                               ("length", str(length))):
-                entry = init.external_data.add()
-                entry.key, entry.value = key, value
-            init.data_location = onnx.TensorProto.EXTERNAL
+            set_external(init, data_name, offset, length)
             offset += length
             f.settle()  # hashed: its source pages can go
             release(r.param)

@@ -259,13 +259,17 @@ def verified_graph(artifact: Artifact, name: str) -> tuple[bytes, dict[str, byte
     """(graph bytes, external data files by name) of the graph `name`, each read once
     through the manifest check (read_listed_bytes): onnxruntime loads exactly the bytes
     that were verified, never a file swapped in after the folder was opened. A graph's
-    external data is the listed file NAME.data beside it (what the exporter writes)."""
+    external data is the listed file NAME.data beside it (what the exporter writes), and
+    model.onnx.data when the graph names it: a quantized folder's TensorRT form reads the
+    float tensors it shares with the onnxruntime form there (SCR_SPEC v3 section 4, nothing
+    stored twice; export/quant_store.py)."""
     graph = read_listed_bytes(artifact.folder, artifact.manifest, name, f"graph {name}")
-    data_name = f"{name}.data"
     external = {}
-    if data_name in artifact.manifest["files"]:
-        external[data_name] = read_listed_bytes(artifact.folder, artifact.manifest, data_name,
-                                                f"graph data {data_name}")
+    shared = [ONNX_DATA_FILE] if ONNX_DATA_FILE.encode() in graph else []
+    for data_name in dict.fromkeys((f"{name}.data", *shared)):
+        if data_name in artifact.manifest["files"]:
+            external[data_name] = read_listed_bytes(artifact.folder, artifact.manifest,
+                                                    data_name, f"graph data {data_name}")
     return graph, external
 
 
