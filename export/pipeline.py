@@ -422,9 +422,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             config[contract.QUANT_CONFIG_KEY] = section = quantize_artifact(
                 tmp, proto, model, quantize, log, tokenizer, targets, cache)
             config["export"]["external_data"] = (tmp / ONNX_DATA_FILE).is_file()
-            # the float graph's data file was hashed as written, then replaced by the
-            # quantizer (export/quant_store.py): hash what is there now
-            known.pop(ONNX_DATA_FILE, None)
+            known.pop(ONNX_DATA_FILE, None)  # the quantizer replaced it: hash it anew
             config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
         elif cache == contract.CACHE_SHARED:
             config.update(write_float_shared(tmp, proto, model, dtype, log, targets))
