@@ -76,20 +76,9 @@ def add_tokenizer(folder: Path) -> Path:
     transformers beside the weights; its ids are a subset of every shape's vocabulary."""
     if (folder / "tokenizer.json").is_file():
         return folder
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from bench_quant import prose_bpe
 
-    from scredge.ref.corpus import prose_corpus
-
-    text = prose_corpus()[:200_000].decode("utf-8", errors="ignore")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text.split("\n\n"), trainers.BpeTrainer(
-        vocab_size=2000, special_tokens=["<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
-                                                eos_token="</s>", pad_token="<s>")
+    fast = prose_bpe(2000, "<s>", "</s>")
     fast.save_pretrained(folder)
     return folder
 

@@ -53,12 +53,9 @@ BOS, EOS = "<|endoftext|>", "<|im_end|>"
 SPEED_ONLY_MARKER = "speed_only.json"  # in a refused variant's speed-only graph folder
 
 
-def make_llama(folder: Path) -> Path:
-    """A seeded Llama of the issue's shape (D 512, L 8) and its BPE tokenizer, saved by
-    transformers (genai's builder reads tokenizer.json, scredge --from-llama too)."""
-    if (folder / "tokenizer.json").is_file():
-        return folder
-    import torch
+def prose_bpe(vocab_size: int, bos: str, eos: str):
+    """A byte-level BPE of `vocab_size` trained on scredge's prose corpus, as transformers'
+    fast tokenizer (onnxruntime-genai's builder needs a tokenizer.json beside the weights)."""
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -69,10 +66,21 @@ def make_llama(folder: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(text.split("\n\n"), trainers.BpeTrainer(
-        vocab_size=LLAMA["vocab_size"], special_tokens=[BOS, EOS], show_progress=False,
+        vocab_size=vocab_size, special_tokens=[bos, eos], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS,
-                                                eos_token=EOS, pad_token=BOS)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos,
+                                                eos_token=eos, pad_token=bos)
+
+
+def make_llama(folder: Path) -> Path:
+    """A seeded Llama of the issue's shape (D 512, L 8) and its BPE tokenizer, saved by
+    transformers (genai's builder reads tokenizer.json, scredge --from-llama too)."""
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    import torch
+    import transformers
+
+    fast = prose_bpe(LLAMA["vocab_size"], BOS, EOS)
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(**LLAMA, bos_token_id=fast.bos_token_id,
                                    eos_token_id=fast.eos_token_id)

@@ -10,13 +10,12 @@ import json
 
 import numpy as np
 import pytest
+from scripted_runner import ScriptedRunner
 
-from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.ref import generate as ref_generate
 from scredge.runtime import Engine
 from scredge.runtime.batch import Batch, Request
-from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
 from scredge.sampling import GREEDY, SamplingParams
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15, 16, 17], list(range(30, 52)), [77]]
@@ -192,39 +191,6 @@ def test_logits_processor_hook(engine):
 
 
 # ---- text: stops across pieces, and one text path ----------------------------------------
-class ScriptedRunner(Runner):
-    """Puts all the mass of call k (the prefill is call 0) on id script[k]."""
-
-    backend = "scripted"
-
-    def __init__(self, script: list[int], vocab_size: int = 256) -> None:
-        super().__init__(SCRConfig(vocab_size=vocab_size, d_model=8, n_layers=1, n_heads=1,
-                                   n_kv_heads=1, d_ff=8, scr_layers=()), np.float32)
-        self.script = script
-
-    input_metadata = property(lambda self: {"input_ids": TensorMeta(np.dtype(np.int64),
-                                                                    ("batch", "sequence"))})
-    output_names = property(lambda self: ["logits"])
-
-    def _infer(self, feed):
-        raise NotImplementedError
-
-    def decoder(self, batch):
-        return ScriptedDecoder(self, batch)
-
-
-class ScriptedDecoder(Decoder):
-    def __init__(self, runner, batch):
-        super().__init__(runner, batch)
-        self.calls = 0
-
-    def step(self, ids, positions):
-        logits = np.zeros((*ids.shape, self.runner.config.vocab_size), np.float32)
-        logits[:, -1, self.runner.script[self.calls % len(self.runner.script)]] = 10.0
-        self.calls += 1
-        return logits
-
-
 def test_stop_strings_across_pieces_and_ids():
     """A stop string arriving over several tokens (and inside a multi-byte character's
     neighbourhood) cuts the text before it; the pieces never show its start early and add

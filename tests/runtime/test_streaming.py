@@ -3,49 +3,12 @@ sequence, so the expected text is known exactly."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from scripted_runner import ScriptedRunner
 
-from scredge.config import SCRConfig
 from scredge.runtime import Engine
-from scredge.runtime.runners.base import Decoder, Runner, TensorMeta
 
 TEXT = "héllo wörld, 世界 🙂 ok"
-
-
-class ScriptedRunner(Runner):
-    """Emits the bytes of `script` in order, whatever it is fed."""
-
-    backend = "scripted"
-
-    def __init__(self, script: bytes) -> None:
-        super().__init__(SCRConfig(d_model=8, n_layers=1, n_heads=1, n_kv_heads=1, d_ff=8,
-                                   scr_layers=()), np.float32)
-        self.script = script
-
-    input_metadata = property(lambda self: {"input_ids": TensorMeta(np.dtype(np.int64),
-                                                                    ("batch", "sequence"))})
-    output_names = property(lambda self: ["logits"])
-
-    def _infer(self, feed):
-        raise NotImplementedError
-
-    def decoder(self, batch):
-        return ScriptedDecoder(self, batch)
-
-
-class ScriptedDecoder(Decoder):
-    """Call k (the prefill is call 0) puts all the mass on byte k of the script."""
-
-    def __init__(self, runner, batch):
-        super().__init__(runner, batch)
-        self.calls = 0
-
-    def step(self, ids, positions):
-        logits = np.zeros((*ids.shape, 256), np.float32)
-        logits[:, -1, self.runner.script[self.calls % len(self.runner.script)]] = 10.0
-        self.calls += 1
-        return logits
 
 
 def test_stream_never_splits_a_character():
