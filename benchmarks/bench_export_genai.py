@@ -12,6 +12,7 @@ Usage: python benchmarks/bench_export_genai.py [--shapes smollm2-135m qwen2.5-0.
        [--precisions fp32 fp16 int4] [--repeat 3] [--no-builder] [--work DIR] [--json]
        [--scr-layers none|all]
        python benchmarks/bench_export_genai.py --decode [--contexts 16 1024] [--tokens 32]
+       [--hf SMOLLM2_FOLDER]
 Decode: ms/token at each context (batch 1, one intra-op thread) of our float32 and int4
 artifacts of the smollm2-135m folder against onnxruntime-genai's fp32 and int4 builds of it,
 each measurement its own process (benchmarks/bench_quant.py's workers), alternating.
@@ -156,7 +157,7 @@ def line(row: dict) -> str:
 
 def decode_rows(args, work: Path) -> list[dict]:
     """ms/token of ours (fp32, int4) and onnxruntime-genai's (fp32, int4) on smollm2-135m."""
-    hf = save_folder("smollm2-135m", work / "hf-smollm2-135m")
+    hf = args.hf or save_folder("smollm2-135m", work / "hf-smollm2-135m")
     folders = {}
     for p in ("fp32", "int4"):
         out = work / f"scredge-smollm2-135m-{p}"
@@ -207,6 +208,9 @@ def main() -> None:
     ap.add_argument("--decode", action="store_true", help="decode ms/token instead")
     ap.add_argument("--contexts", nargs="+", type=int, default=[16, 1024])
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--hf", type=Path, default=None,
+                    help="--decode: this Hugging Face folder instead of the random one of "
+                         "SmolLM2's shape (the real model: benchmarks/smollm2_folder.py OUT)")
     ap.add_argument("--work", type=Path, help="keep folders here (reused: the HF folders)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
