@@ -47,9 +47,8 @@ def add(sub) -> None:
                         "every matrix int4")
     p.add_argument("--int4-grid", choices=["sym", "asym", "asym_float"],
                    help="--quantize int4: the onnxruntime form's grid (default asym_float: "
-                        "float zero points, which onnxruntime 1.32 runs on a slow CPU path; "
-                        "asym: integer zero points; sym); the TensorRT form is always "
-                        "symmetric")
+                        "float zero points; asym: integer zero points; sym); the TensorRT "
+                        "form is always symmetric")
     p.add_argument("--embedding", choices=["shared", "float"],
                    help="--quantize, tied embeddings: shared (default) reads the quantized "
                         "head's table in the onnxruntime form (GatherBlockQuantized); float "

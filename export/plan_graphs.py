@@ -102,7 +102,7 @@ def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
             continue
         grid = grids(by_node[node.name], precision)
         new, inits = _nbits_node(node, grid, *numbers(by_node[node.name], grid), block)
-        nodes.append(new)
+        nodes.extend(new)
         proto.graph.initializer.extend(inits)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
@@ -170,13 +170,44 @@ def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, b
     inits = [numpy_helper.from_array(pack_weights(q, grid.bits, block), f"{w}_Q{grid.bits}"),
              numpy_helper.from_array(np.ascontiguousarray(s.ravel().astype(np.float32)),
                                      f"{w}_scales")]
-    if not grid.symmetric:
+    fold = grid.kind == "asym_float" and grid.bits == 4 and k % block == 0
+    if not grid.symmetric and not fold:
         inits.append(numpy_helper.from_array(pack_zero_points(z, grid), f"{w}_zero_points"))
+    out = f"{node.output[0]}_nbits" if fold else node.output[0]
     new = helper.make_node("MatMulNBits", [node.input[0], *(i.name for i in inits)],
-                           list(node.output), name=f"{node.name}_Q{grid.bits}",
+                           [out], name=f"{node.name}_Q{grid.bits}",
                            domain=ORT_DOMAIN, K=k, N=n, bits=grid.bits, block_size=block,
                            accuracy_level=ORT_ACCURACY_LEVEL)
-    return new, inits
+    if not fold:
+        return [new], inits
+    more, extra = _zero_point_correction(node, out, s, z, block)
+    return [new, *more], inits + extra
+
+
+def _zero_point_correction(node, nbits_out: str, s: np.ndarray, z: np.ndarray, block: int):
+    """Float zero points without onnxruntime's slow path: its CPU MatMulNBits has no fast
+    kernel for them (benchmarks/bench_matmulnbits_zero_points.py: ~50x per node), so
+    (q - z) * s = (q - 8) * s + (8 - z) * s: MatMulNBits with the default zero point 8, plus
+    the activation's per-block sums [.., K/block] times C = ((8 - z) * s)^T [K/block, N]
+    (exactly the same numbers; the tier checks the rounding). Activations are [batch,
+    sequence, K], as every projection's in our graphs."""
+    helper, numpy_helper = require("onnx").helper, require("onnx").numpy_helper
+    n, blocks = s.shape
+    w, x, base = node.input[1], node.input[0], node.name
+    inits = [numpy_helper.from_array(np.array([0, 0, blocks, block], np.int64),
+                                     f"{w}_block_shape"),
+             numpy_helper.from_array(np.array([-1], np.int64), f"{w}_block_axis"),
+             numpy_helper.from_array(np.ascontiguousarray(((8.0 - z) * s).T.astype(np.float32)),
+                                     f"{w}_zero_point_correction")]
+    nodes = [helper.make_node("Reshape", [x, inits[0].name], [f"{base}_blocks"],
+                              name=f"{base}_zp/Reshape"),
+             helper.make_node("ReduceSum", [f"{base}_blocks", inits[1].name],
+                              [f"{base}_block_sums"], name=f"{base}_zp/ReduceSum", keepdims=0),
+             helper.make_node("MatMul", [f"{base}_block_sums", inits[2].name],
+                              [f"{base}_zp_term"], name=f"{base}_zp/MatMul"),
+             helper.make_node("Add", [nbits_out, f"{base}_zp_term"], list(node.output),
+                              name=f"{base}_zp/Add")]
+    return nodes, inits
 
 
 GridOf = Callable[[str, str], Grid]  # (matrix name, precision) -> its grid
