@@ -174,10 +174,12 @@ def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, b
     if not grid.symmetric and not fold:
         inits.append(numpy_helper.from_array(pack_zero_points(z, grid), f"{w}_zero_points"))
     out = f"{node.output[0]}_nbits" if fold else node.output[0]
+    # folded: float32 compute (level 0), the numbers the float zero points gave; level 4's
+    # int8 activations kept the tier on SmolLM2 but changed its greedy chat answers
     new = helper.make_node("MatMulNBits", [node.input[0], *(i.name for i in inits)],
                            [out], name=f"{node.name}_Q{grid.bits}",
                            domain=ORT_DOMAIN, K=k, N=n, bits=grid.bits, block_size=block,
-                           accuracy_level=ORT_ACCURACY_LEVEL)
+                           accuracy_level=0 if fold else ORT_ACCURACY_LEVEL)
     if not fold:
         return [new], inits
     more, extra = _zero_point_correction(node, out, s, z, block)

@@ -27,13 +27,12 @@ def _run(nodes, inits, k: int, n: int, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("k", [576, 1536])
-def test_float_zero_points_fold_into_a_block_sum_correction(monkeypatch, k):
+def test_float_zero_points_fold_into_a_block_sum_correction(k):
     """(q - z) * s = (q - 8) * s + (8 - z) * s: the MatMulNBits written for the float-zero-
     point grid takes no zero points (onnxruntime's fast kernel), and
-    the graph equals the dequantized weights' matmul (accuracy level 0: float32 compute, so
-    only rounding separates them)."""
+    the graph equals the dequantized weights' matmul (the node computes in float32,
+    accuracy level 0, so only rounding separates them)."""
     onnx = pytest.importorskip("onnx")
-    monkeypatch.setattr(plan_graphs, "ORT_ACCURACY_LEVEL", 0)
     rng = np.random.default_rng(0)
     n = 48
     w = rng.standard_normal((n, k)).astype(np.float32)
@@ -42,6 +41,7 @@ def test_float_zero_points_fold_into_a_block_sum_correction(monkeypatch, k):
     nodes, inits = plan_graphs._nbits_node(mm, Grid(4, "asym_float"), q, s, z, BLOCK)
     nbits = [nd for nd in nodes if nd.op_type == "MatMulNBits"]
     assert len(nbits) == 1 and len(nbits[0].input) == 3
+    assert {a.name: a.i for a in nbits[0].attribute}["accuracy_level"] == 0
     x = rng.standard_normal((2, 3, k)).astype(np.float32)
     expected = x.astype(np.float64) @ dequantize(q, s, z, BLOCK).T.astype(np.float64)
     got = _run(nodes, inits, k, n, x)
