@@ -94,7 +94,7 @@ def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
     proto = onnx.ModelProto()
     proto.CopyFrom(base)
     by_node = dict(zip(weight_matmuls(proto), matrix_names(weight_matmuls(proto))))
-    nodes = []
+    nodes, made = [], set()  # names made here: q/k/v (gate/up) share their block sums
     for node in proto.graph.node:
         precision = plan.get(by_node.get(node.name, ""), "float")
         if precision == "float":
@@ -102,8 +102,9 @@ def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
             continue
         grid = grids(by_node[node.name], precision)
         new, inits = _nbits_node(node, grid, *numbers(by_node[node.name], grid), block)
-        nodes.extend(new)
-        proto.graph.initializer.extend(inits)
+        nodes.extend(n for n in new if n.output[0] not in made)
+        proto.graph.initializer.extend(i for i in inits if i.name not in made)
+        made.update([*(n.output[0] for n in new), *(i.name for i in inits)])
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     if share_embedding:
@@ -196,16 +197,18 @@ def _zero_point_correction(node, nbits_out: str, s: np.ndarray, z: np.ndarray, b
     helper, numpy_helper = require("onnx").helper, require("onnx").numpy_helper
     n, blocks = s.shape
     w, x, base = node.input[1], node.input[0], node.name
+    # named by the activation, so matrices reading one activation share the sums
+    sums = f"{x}_sums_of_{block}"
     inits = [numpy_helper.from_array(np.array([0, 0, blocks, block], np.int64),
-                                     f"{w}_block_shape"),
-             numpy_helper.from_array(np.array([-1], np.int64), f"{w}_block_axis"),
+                                     f"block_shape_{blocks}x{block}"),
+             numpy_helper.from_array(np.array([-1], np.int64), "block_axis"),
              numpy_helper.from_array(np.ascontiguousarray(((8.0 - z) * s).T.astype(np.float32)),
                                      f"{w}_zero_point_correction")]
-    nodes = [helper.make_node("Reshape", [x, inits[0].name], [f"{base}_blocks"],
-                              name=f"{base}_zp/Reshape"),
-             helper.make_node("ReduceSum", [f"{base}_blocks", inits[1].name],
-                              [f"{base}_block_sums"], name=f"{base}_zp/ReduceSum", keepdims=0),
-             helper.make_node("MatMul", [f"{base}_block_sums", inits[2].name],
+    nodes = [helper.make_node("Reshape", [x, inits[0].name], [f"{x}_blocks_of_{block}"],
+                              name=f"{sums}/Reshape"),
+             helper.make_node("ReduceSum", [f"{x}_blocks_of_{block}", inits[1].name],
+                              [sums], name=f"{sums}/ReduceSum", keepdims=0),
+             helper.make_node("MatMul", [sums, inits[2].name],
                               [f"{base}_zp_term"], name=f"{base}_zp/MatMul"),
              helper.make_node("Add", [nbits_out, f"{base}_zp_term"], list(node.output),
                               name=f"{base}_zp/Add")]
