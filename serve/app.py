@@ -328,9 +328,19 @@ async def server_error(request, exc: Exception):
     return _error(ApiError(500, f"internal error: {type(exc).__name__}", "server_error"))
 
 
+# The characters JSON leaves raw (ensure_ascii=False) that Python's str.splitlines, and so
+# httpx's `Response.iter_lines`, takes for line ends: SSE ends lines at CR and LF only, but
+# raw inside an event they would cut it in two for such a client (a random model's byte
+# tokens make them). JSON escapes the C0 ones (\x0b, \x0c, \x1c-\x1e) itself, and these can
+# stand only inside a JSON string, where the escape reads back as the same character.
+_SPLITLINES_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
 def sse_event(obj: dict) -> bytes:
-    """One server-sent event: `data: {json}` and the blank line."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+    """One server-sent event: `data: {json}` and the blank line; one line whichever way a
+    client splits lines (_SPLITLINES_BREAKS)."""
+    text = json.dumps(obj, ensure_ascii=False).translate(_SPLITLINES_BREAKS)
+    return b"data: " + text.encode() + b"\n\n"
 
 
 def _one_line(exc: Exception) -> str:

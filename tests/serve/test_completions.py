@@ -4,8 +4,12 @@ sampled), and OpenAI's response format as the client parses it."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import openai
 import pytest
+from scripted_runner import ScriptedRunner
 from serving import MODEL, reference
 
 CASES = [  # prompt, max_tokens, OpenAI parameters (ours in extra_body)
@@ -78,3 +82,35 @@ def test_zero_max_tokens_is_an_empty_completion(client):
     out = client.completions.create(model=MODEL, prompt="abc", max_tokens=0)
     assert out.choices[0].text == ""
     assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (3, 0)
+
+
+# every character Python's str.splitlines ends a line at (so httpx's iter_lines too)
+LINE_BREAKS = "".join(c for c in map(chr, range(0x3000)) if len(f"a{c}b".splitlines()) == 2)
+
+
+def test_stream_events_stay_one_line_whatever_splits_lines():
+    """Streamed text holding each of LINE_BREAKS (a random byte model makes U+0085, U+2028
+    and U+2029 now and then): every event reads as one `data:` line of JSON through httpx's
+    iter_lines (which splits as str.splitlines does) and through the openai client's SSE
+    decoder (CR and LF only), and the pieces concatenate to the text. Oracle: the scripted
+    text itself; the line ends are str.splitlines' own."""
+    from scredge.runtime import Engine
+    from scredge.serve import ServerConfig, ServerThread
+
+    assert {"\x85", "\u2028", "\u2029", "\x1c", "\n"} <= set(LINE_BREAKS)
+    text = "".join(f"{c}{i}é" for i, c in enumerate(LINE_BREAKS))
+    data = text.encode()
+    body = {"model": MODEL, "prompt": "x", "max_tokens": len(data), "temperature": 0,
+            "stream": True}
+    with ServerThread(Engine(ScriptedRunner(data)), ServerConfig(MODEL)) as srv:
+        with httpx.Client(timeout=30) as http, http.stream(
+                "POST", f"{srv.base_url}/completions", json=body) as resp:
+            lines = [line for line in resp.iter_lines() if line]
+        client = openai.OpenAI(base_url=srv.base_url, api_key="-", max_retries=0, timeout=30)
+        events = list(client.completions.create(model=MODEL, prompt="x", max_tokens=len(data),
+                                                temperature=0, stream=True))
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+    assert "".join(e.choices[0].text for e in events) == text
+    assert events[-1].choices[0].finish_reason == "length"
