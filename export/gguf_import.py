@@ -33,7 +33,7 @@ from scredge.hf_config import FAMILIES, llama_config
 TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 PERMUTED_QK = ("llama", "mistral")  # archs whose q/k rows llama.cpp's converter permutes
 _LAYER = re.compile(r"blk\.(\d+)\.(.+)")
-_LAYER_NAMES = {  # GGUF tensor (in a block) -> Hugging Face Llama name (in a layer)
+LAYER_NAMES = {  # GGUF tensor (in a block) -> Hugging Face Llama name (in a layer)
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
@@ -43,18 +43,18 @@ _LAYER_NAMES = {  # GGUF tensor (in a block) -> Hugging Face Llama name (in a la
     "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-_TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
+TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
               "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
 _FIX = "export a Llama, Mistral or Qwen2 GGUF as llama.cpp's convert_hf_to_gguf.py writes it"
 
 
 def hf_name(name: str) -> str | None:
     """A GGUF tensor name -> its Hugging Face Llama name; None for one we do not know."""
-    if name in _TOP_NAMES:
-        return _TOP_NAMES[name]
+    if name in TOP_NAMES:
+        return TOP_NAMES[name]
     m = _LAYER.fullmatch(name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    if m and m.group(2) in LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{LAYER_NAMES[m.group(2)]}"
     return None
 
 

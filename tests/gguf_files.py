@@ -10,19 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-# GGUF name -> transformers name, per layer and at the top
-LAYER_TENSORS = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight", "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-TOP_TENSORS = {"token_embd.weight": "model.embed_tokens.weight",
-               "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+# the reader's own name table: the tests' oracle for the names is transformers' GGUF
+# loader, which reads these files with a table of its own
+from scredge.export.gguf_import import LAYER_NAMES, TOP_NAMES, hf_name
 
 
 def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -75,7 +65,7 @@ def write_gguf(path: Path, model, arch: str, types: dict[str, str], tokenizer=No
     held = {}
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     for name, value in _gguf_tensors(state, cfg.num_hidden_layers):
-        hf = _hf_name(name)
+        hf = hf_name(name)
         if arch in ("llama", "mistral") and name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = cfg.num_attention_heads if "attn_q" in name else cfg.num_key_value_heads
             value = llama_cpp_permute(value, heads)
@@ -122,20 +112,13 @@ def _encode(value: np.ndarray, qtype, seed: int) -> np.ndarray:
 
 
 def _gguf_tensors(state: dict, layers: int):
-    for gname, hname in TOP_TENSORS.items():
+    for gname, hname in TOP_NAMES.items():
         if hname in state:
             yield gname, state[hname]
     for i in range(layers):
-        for gname, hname in LAYER_TENSORS.items():
+        for gname, hname in LAYER_NAMES.items():
             if f"model.layers.{i}.{hname}" in state:
                 yield f"blk.{i}.{gname}", state[f"model.layers.{i}.{hname}"]
-
-
-def _hf_name(name: str) -> str:
-    if name in TOP_TENSORS:
-        return TOP_TENSORS[name]
-    _, i, rest = name.split(".", 2)
-    return f"model.layers.{i}.{LAYER_TENSORS[rest]}"
 
 
 def _add_tokenizer(w, tok, chat_template, bos, eos) -> None:
