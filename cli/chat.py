@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from scredge.cli.common import CUDA_GRAPH_HELP, add_folder
+from scredge.cli.common import CUDA_GRAPH_HELP, add_folder, add_sampling_args, sampling_kwargs
 
 PROMPT, REPLY = "you> ", "model> "
 HELP = "/reset clears the conversation, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply"
@@ -24,12 +24,7 @@ def add(sub) -> None:
     p.add_argument("--system", help="a system message opening the conversation (default: "
                                     "the template's own, if it has one)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="per reply (default 256)")
-    p.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
-    p.add_argument("--temperature", type=float, default=0.7, help="default 0.7")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=0.9, help="nucleus mass (default 0.9)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    add_sampling_args(p, temperature=0.7, top_p=0.9)
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "trt"])
     p.add_argument("--cuda-graph", action="store_true", help=CUDA_GRAPH_HELP)
     p.set_defaults(func=run)
@@ -41,9 +36,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine.load(args.folder, backend=args.backend, cuda_graph=args.cuda_graph)
     start = [{"role": "system", "content": args.system}] if args.system else []
     engine.render_chat([*start, {"role": "user", "content": "hi"}])  # a template, or refuse
-    kwargs = dict(max_new_tokens=args.max_new_tokens,
-                  temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    kwargs = dict(max_new_tokens=args.max_new_tokens, **sampling_kwargs(args))
     print(f"scredge chat: {args.folder} ({engine.backend}); {HELP}", flush=True)
     try:
         converse(engine, start, kwargs, _read_line)

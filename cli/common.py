@@ -31,6 +31,25 @@ def add_folder(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, help="an artifact folder written by `scredge export`")
 
 
+def add_sampling_args(p: argparse.ArgumentParser, temperature: float, top_p: float) -> None:
+    """--greedy, --temperature, --top-k, --top-p, --repetition-penalty, --seed; the
+    defaults of temperature and top-p are the command's (a chat samples more narrowly)."""
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
+    p.add_argument("--temperature", type=float, default=temperature,
+                   help=f"default {temperature}")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=top_p,
+                   help=f"nucleus mass in (0, 1] (default {top_p}; 1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The flags of add_sampling_args as Engine.generate / stream / chat_stream arguments."""
+    return dict(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
 def check_cuda_graph(args: argparse.Namespace) -> None:
     """--cuda-graph names the TensorRT runner: refuse it with --backend ort."""
     if args.cuda_graph and args.backend != "trt":

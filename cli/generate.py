@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from scredge.cli.common import CUDA_GRAPH_HELP, add_folder
+from scredge.cli.common import CUDA_GRAPH_HELP, add_folder, add_sampling_args, sampling_kwargs
 from scredge.errors import ScredgeError
 
 
@@ -22,13 +22,8 @@ def add(sub) -> None:
     p.add_argument("--ignore-eos", action="store_true",
                    help="do not stop at the tokenizer's end-of-sequence ids")
     p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
-    p.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    add_sampling_args(p, temperature=1.0, top_p=1.0)
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "trt"])
     p.add_argument("--cuda-graph", action="store_true", help=CUDA_GRAPH_HELP)
     fmt = p.add_mutually_exclusive_group()
@@ -62,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine.load(args.folder, backend=args.backend, cuda_graph=args.cuda_graph)
     prompt = args.prompt if messages is None else engine.chat_ids(messages)
     echo = args.prompt if messages is None else ""  # a chat prints the reply alone
-    kwargs = dict(max_new_tokens=args.max_new_tokens,
-                  temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+    kwargs = dict(max_new_tokens=args.max_new_tokens, **sampling_kwargs(args),
                   stop=args.stop or (), ignore_eos=args.ignore_eos,
                   grammar=grammar_arg(args), speculative=speculative_arg(args, engine),
                   speculative_k=args.speculative_k)

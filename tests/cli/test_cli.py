@@ -72,3 +72,22 @@ def test_init_malformed_config(tmp_path, capsys):
     bad.write_text("{ nope")
     assert main(["init", "--config", str(bad), "--out", str(tmp_path / "w.safetensors")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,temperature,top_p", [("generate", 1.0, 1.0),
+                                                       ("chat", 0.7, 0.9)])
+def test_sampling_flags(command, temperature, top_p):
+    """generate and chat read the same sampling flags, each with its own temperature and
+    top-p defaults; --greedy is temperature 0. Oracle: the documented defaults and the
+    values given on the command line."""
+    from scredge.cli.common import sampling_kwargs
+
+    parse = build_parser().parse_args
+    assert sampling_kwargs(parse([command, "f"])) == dict(
+        temperature=temperature, top_k=0, top_p=top_p, repetition_penalty=1.0, seed=0)
+    given = parse([command, "f", "--temperature", "0.3", "--top-k", "5", "--top-p", "0.5",
+                   "--repetition-penalty", "1.2", "--seed", "9"])
+    assert sampling_kwargs(given) == dict(temperature=0.3, top_k=5, top_p=0.5,
+                                          repetition_penalty=1.2, seed=9)
+    assert sampling_kwargs(parse([command, "f", "--greedy", "--temperature", "2"])) == dict(
+        temperature=0.0, top_k=0, top_p=top_p, repetition_penalty=1.0, seed=0)
