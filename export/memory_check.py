@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from scredge.errors import ScredgeError
+from scredge.memory import refuse_over_memory
 
 EXPORT_FIXED_BYTES = 1 << 30  # the exporting process beside the weights
 TRACE_CHILD_BYTES = 768 << 20  # the shallow trace's child process, at the same time
@@ -31,15 +31,11 @@ def export_memory_estimate(config) -> dict[str, int]:
 def check_export_memory(config, available: int | None) -> dict[str, int]:
     """Refuse an export whose estimate exceeds `available` bytes (None: not checked)."""
     est = export_memory_estimate(config)
-    if available is not None and est["total"] > available:
-        gib = 1 << 30
-        raise ScredgeError(
-            "the export would need more memory than is available",
-            received=f"estimate {est['total'] / gib:.2f} GiB: {est['weights'] / gib:.2f} GiB "
-                     f"of float32 weights + {EXPORT_FIXED_BYTES / gib:.2f} GiB for the "
-                     f"export + {TRACE_CHILD_BYTES / gib:.2f} GiB for the graph's trace",
-            expected=f"at most {available / gib:.2f} GiB (MemAvailable now)",
-            fix="close other programs or export on a machine with more memory, or pass "
-                "--ignore-memory-check (the weights are file pages the system can evict, so "
-                "it may still finish, slowly)")
+    refuse_over_memory(
+        "the export", {"of float32 weights": est["weights"], "for the export": EXPORT_FIXED_BYTES,
+                       "for the graph's trace": TRACE_CHILD_BYTES},
+        available, "MemAvailable now",
+        fix="close other programs or export on a machine with more memory",
+        ignore_note=" (the weights are file pages the system can evict, so it may still "
+                    "finish, slowly)")
     return est

@@ -4,12 +4,11 @@ refused before anything is allocated when it exceeds what is available."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
 from scredge.config import SCRConfig
-from scredge.errors import ScredgeError
+from scredge.memory import available_cpu_memory, refuse_over_memory
 from scredge.ref.train_config import TrainConfig
 
 # ---- memory -----------------------------------------------------------------------------
@@ -48,34 +47,23 @@ def estimate_memory(config: SCRConfig, cfg: TrainConfig,
 
 
 def available_memory(device: str = "cpu") -> int | None:
-    """Free memory in bytes: /proc/meminfo MemAvailable (CPU) or the CUDA device's; None
-    when it cannot be read (then nothing is checked)."""
+    """Free memory in bytes: the CPU's MemAvailable or the CUDA device's; None when it
+    cannot be read (then nothing is checked)."""
     if device.startswith("cuda"):
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return available_cpu_memory()
 
 
 def check_memory(config: SCRConfig, cfg: TrainConfig, available: int | None,
                  trainable: str = "all") -> dict[str, int]:
     """Refuse a run whose estimate exceeds `available` bytes before allocating anything."""
     est = estimate_memory(config, cfg, trainable)
-    if available is not None and est["total"] > available:
-        gib = 1 << 30
-        raise ScredgeError(
-            "training would need more memory than is available",
-            received=f"estimate {est['total'] / gib:.2f} GiB ({est['parameters']:,} parameters: "
-                     f"{est['weights_grads_adam'] / gib:.2f} GiB weights+grads+AdamW, "
-                     f"activations {est['activations'] / gib:.2f} GiB, "
-                     f"logits {est['logits'] / gib:.2f} GiB) at batch {cfg.batch_size} x "
-                     f"seq_len {cfg.seq_len}",
-            expected=f"at most {available / gib:.2f} GiB (available now)",
-            fix="lower --batch-size or --seq-len (activations grow with batch*seq_len and "
-                "attention with seq_len^2), or pass --ignore-memory-check",
-        )
+    parts = {f"weights+grads+AdamW ({est['parameters']:,} parameters, "
+             f"{est['trained_parameters']:,} trained)": est["weights_grads_adam"],
+             f"activations at batch {cfg.batch_size} x seq_len {cfg.seq_len}":
+                 est["activations"],
+             "logits": est["logits"], "allocator caches and buffers": _FIXED}
+    refuse_over_memory("training", parts, available, "available now",
+                       fix="lower --batch-size or --seq-len (activations grow with "
+                           "batch*seq_len and attention with seq_len^2)")
     return est
