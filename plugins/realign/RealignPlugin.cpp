@@ -196,13 +196,44 @@ std::string checkCounts(int32_t nbInputs, int32_t nbOutputs)
     return {};
 }
 
-// What configurePlugin (at the profile's largest shape) and onShapeChange (at the actual
-// shape) both check: types, then shapes, then the kernels' launch limits at `limit` [B,T,D].
-std::string checkCall(Dims const* dims, DataType const* types, Dims const& limit)
+// configurePlugin sees each input's description and the profile's range, whose largest
+// shape must launch; onShapeChange sees the description of the call it is about to run.
+PluginTensorDesc const& tensorDesc(DynamicPluginTensorDesc const& in)
 {
-    std::string problem = checkInputTypes(types, RealignPlugin::kNB_INPUTS);
+    return in.desc;
+}
+PluginTensorDesc const& tensorDesc(PluginTensorDesc const& in)
+{
+    return in;
+}
+Dims const& launchShape(DynamicPluginTensorDesc const& h)
+{
+    return h.max;
+}
+Dims const& launchShape(PluginTensorDesc const& h)
+{
+    return h.dims;
+}
+
+// What configurePlugin and onShapeChange both check: the counts, types, then shapes, then
+// the kernels' launch limits at h's launchShape.
+template <typename Desc>
+std::string checkCall(Desc const* in, int32_t nbInputs, int32_t nbOutputs)
+{
+    std::string problem = checkCounts(nbInputs, nbOutputs);
+    if (!problem.empty())
+        return problem;
+    Dims dims[RealignPlugin::kNB_INPUTS];
+    DataType types[RealignPlugin::kNB_INPUTS];
+    for (int32_t i = 0; i < RealignPlugin::kNB_INPUTS; ++i)
+    {
+        dims[i] = tensorDesc(in[i]).dims;
+        types[i] = tensorDesc(in[i]).type;
+    }
+    problem = checkInputTypes(types, RealignPlugin::kNB_INPUTS);
     if (problem.empty())
         problem = checkInputShapes(dims, RealignPlugin::kNB_INPUTS);
+    Dims const& limit = launchShape(in[0]);
     if (problem.empty())
         problem = checkLaunchLimits(limit.d[0], limit.d[1], limit.d[2]);
     return problem;
@@ -232,6 +263,14 @@ void RealignPlugin::reportError(std::string const& message) const noexcept
             // already logged above
         }
     }
+}
+
+int32_t RealignPlugin::failIf(std::string const& problem) const noexcept
+{
+    if (problem.empty())
+        return 0;
+    reportError(problem);
+    return -1;
 }
 
 IPluginCapability* RealignPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
@@ -286,11 +325,8 @@ int32_t RealignPlugin::getOutputDataTypes(
     std::string const problem = nbOutputs != kNB_OUTPUTS
         ? "expected 3 outputs (m, num_out, den_out); received " + std::to_string(nbOutputs)
         : checkInputTypes(inputTypes, nbInputs);
-    if (!problem.empty())
-    {
-        reportError(problem);
+    if (failIf(problem) != 0)
         return -1;
-    }
     outputTypes[0] = inputTypes[0];  // m in h's type
     outputTypes[1] = DataType::kFLOAT;
     outputTypes[2] = DataType::kFLOAT;
@@ -302,11 +338,8 @@ int32_t RealignPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs
 {
     try
     {
-        if (std::string const problem = checkCounts(nbInputs, nbOutputs); !problem.empty())
-        {
-            reportError(problem);
+        if (failIf(checkCounts(nbInputs, nbOutputs)) != 0)
             return -1;
-        }
         Dims known[kNB_INPUTS];  // the build-time constants; -1 where a dimension is dynamic
         for (int32_t i = 0; i < kNB_INPUTS; ++i)
         {
@@ -314,12 +347,8 @@ int32_t RealignPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs
             for (int32_t a = 0; a < inputs[i].nbDims && a < Dims::MAX_DIMS; ++a)
                 known[i].d[a] = inputs[i].d[a]->isConstant() ? inputs[i].d[a]->getConstantValue() : -1;
         }
-        std::string const problem = checkInputShapes(known, nbInputs);
-        if (!problem.empty())
-        {
-            reportError(problem);
+        if (failIf(checkInputShapes(known, nbInputs)) != 0)
             return -1;
-        }
         outputs[0] = inputs[0];  // m: [B,T,D]
         outputs[1].nbDims = 2;   // num_out: [B,D]
         outputs[1].d[0] = inputs[0].d[0];
@@ -357,24 +386,7 @@ int32_t RealignPlugin::configurePlugin(
 {
     try
     {
-        std::string problem = checkCounts(nbInputs, nbOutputs);
-        if (problem.empty())
-        {
-            Dims dims[kNB_INPUTS];
-            DataType types[kNB_INPUTS];
-            for (int32_t i = 0; i < kNB_INPUTS; ++i)
-            {
-                dims[i] = in[i].desc.dims;
-                types[i] = in[i].desc.type;
-            }
-            problem = checkCall(dims, types, in[0].max);  // the profile's largest shape
-        }
-        if (!problem.empty())
-        {
-            reportError(problem);
-            return -1;
-        }
-        return 0;
+        return failIf(checkCall(in, nbInputs, nbOutputs));
     }
     catch (std::exception const& e)
     {
@@ -400,24 +412,7 @@ int32_t RealignPlugin::onShapeChange(
 {
     try
     {
-        std::string problem = checkCounts(nbInputs, nbOutputs);
-        if (problem.empty())
-        {
-            Dims dims[kNB_INPUTS];
-            DataType types[kNB_INPUTS];
-            for (int32_t i = 0; i < kNB_INPUTS; ++i)
-            {
-                dims[i] = in[i].dims;
-                types[i] = in[i].type;
-            }
-            problem = checkCall(dims, types, dims[0]);  // the shape this call runs with
-        }
-        if (!problem.empty())
-        {
-            reportError(problem);
-            return -1;
-        }
-        return 0;
+        return failIf(checkCall(in, nbInputs, nbOutputs));
     }
     catch (std::exception const& e)
     {

@@ -65,6 +65,8 @@ public:
 private:
     // Log an error (and report it to the execution context's error recorder once attached).
     void reportError(std::string const& message) const noexcept;
+    // 0 for no problem (""); else the problem reported as above and -1, TensorRT's failure.
+    int32_t failIf(std::string const& problem) const noexcept;
 
     float mKappa;
     nvinfer1::IErrorRecorder* mRecorder{nullptr};
