@@ -84,17 +84,23 @@ def add_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def timed(cmd: list[str], env: dict | None = None) -> dict:
-    """Wall s, CPU s (user + sys) and peak RSS MiB of `cmd`, a child process of its own."""
+def timed(cmd: list[str], log: Path) -> dict:
+    """Wall s, CPU s (user + sys) and peak RSS MiB of `cmd`, a child process of its own,
+    its stdout and stderr kept in `log` (each line stamped with the seconds since the
+    start); a failed run stops the benchmark naming the log, with its last lines."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    out = proc.stdout.read()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        for text in proc.stdout:
+            out.write(f"{time.perf_counter() - t0:8.1f} {text}")
+            out.flush()
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.decode(errors='replace')[-3000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+    if os.waitstatus_to_exitcode(status):
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed; its output: {log}\n{tail}")
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
             "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
@@ -118,13 +124,13 @@ def export_rows(args, work: Path) -> list[dict]:
         hf = save_folder(shape, work / f"hf-{shape}")
         for precision in args.precisions:
             runs: dict[str, list[dict]] = {"scredge": [], "builder": []}
-            for _ in range(args.repeat):
+            for i in range(args.repeat):
                 for tool in ("scredge", "builder") if args.builder else ("scredge",):
                     out = work / f"{tool}-{shape}-{precision}"
                     shutil.rmtree(out, ignore_errors=True)
                     cmd = (ours_cmd(hf, out, precision, args.scr_layers) if tool == "scredge" else
                            builder_cmd(hf, out, precision, work / "builder-cache"))
-                    r = timed(cmd)
+                    r = timed(cmd, work / "logs" / f"{out.name}-{i}.log")
                     r["folder_mib"] = folder_mib(out)
                     runs[tool].append(r)
                     print(f"  {shape} {precision} {tool}: {r['wall_s']:.1f} s wall, "
@@ -162,12 +168,12 @@ def decode_rows(args, work: Path) -> list[dict]:
     for p in ("fp32", "int4"):
         out = work / f"scredge-smollm2-135m-{p}"
         if not (out / "manifest.json").is_file():
-            subprocess.run(ours_cmd(hf, out, p), check=True, stdout=subprocess.DEVNULL)
+            timed(ours_cmd(hf, out, p), work / "logs" / f"{out.name}.log")
         folders[f"scredge {p}"] = out
         gout = work / f"builder-smollm2-135m-{p}"
         if not (gout / "genai_config.json").is_file():
-            subprocess.run(builder_cmd(hf, gout, p, work / "builder-cache"), check=True,
-                           stdout=subprocess.DEVNULL)
+            timed(builder_cmd(hf, gout, p, work / "builder-cache"),
+                  work / "logs" / f"{gout.name}.log")
         cfg = json.loads((gout / "genai_config.json").read_text())
         cfg["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = 1
         (gout / "genai_config.json").write_text(json.dumps(cfg, indent=4))
@@ -181,7 +187,11 @@ def decode_rows(args, work: Path) -> list[dict]:
                        "--prompt", str(ctx), "--tokens", str(args.tokens), "--threads", "1"]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode:
-                    raise SystemExit(f"{name} worker failed:\n{proc.stderr[-3000:]}")
+                    log = work / "logs" / f"worker-{folder.name}-{ctx}.log"
+                    log.parent.mkdir(parents=True, exist_ok=True)
+                    log.write_text(proc.stdout + proc.stderr)
+                    raise SystemExit(f"{name} worker failed; its output: {log}\n"
+                                     f"{proc.stderr[-3000:]}")
                 tps = json.loads(proc.stdout.strip().splitlines()[-1])["decode_tokens_per_s"]
                 samples[name].append(1e3 / tps)
         row = {"context": ctx, **{k: statistics.median(v) for k, v in samples.items()},
@@ -211,7 +221,8 @@ def main() -> None:
     ap.add_argument("--hf", type=Path, default=None,
                     help="--decode: this Hugging Face folder instead of the random one of "
                          "SmolLM2's shape (the real model: benchmarks/smollm2_folder.py OUT)")
-    ap.add_argument("--work", type=Path, help="keep folders here (reused: the HF folders)")
+    ap.add_argument("--work", type=Path, help="keep folders here (reused: the HF folders) "
+                                              "and each run's output (logs/)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-export-genai-"))

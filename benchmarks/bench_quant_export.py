@@ -27,28 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tools"))
 
-from bench_export_genai import folder_mib  # noqa: E402
-
-
-def timed(cmd: list[str], log: Path) -> dict:
-    """Wall s, CPU s (user + sys) and peak RSS MiB of `cmd`, a child process of its own,
-    its output kept in `log` (each line stamped with the seconds since the start)."""
-    import os
-    import subprocess
-    import time
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")
-    with open(log, "w") as out:
-        for text in proc.stdout:
-            out.write(f"{time.perf_counter() - t0:8.1f} {text}")
-            out.flush()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{' '.join(cmd)} failed: see {log}")
-    return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mib": usage.ru_maxrss / 1024}
+from bench_export_genai import folder_mib, timed  # noqa: E402
 
 
 def files(folder: Path) -> dict[str, int]:

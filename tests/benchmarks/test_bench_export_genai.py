@@ -1,0 +1,24 @@
+"""benchmarks/bench_export_genai.py's `timed` (also bench_quant_export.py's): each run's
+output is kept in its log, and a failed run stops naming the log. Oracle: what the child
+printed, and its exit status."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from scripts import load_script
+
+
+def test_timed_keeps_the_output_and_a_failure_names_its_log(tmp_path):
+    bench = load_script("benchmarks/bench_export_genai.py")
+    ok = tmp_path / "logs" / "ok.log"
+    r = bench.timed([sys.executable, "-c", "import sys; print('out', flush=True); print('err', "
+                                           "file=sys.stderr)"], ok)
+    assert set(r) == {"wall_s", "cpu_s", "peak_rss_mib"} and r["peak_rss_mib"] > 0
+    assert [line.split(None, 1)[1] for line in ok.read_text().splitlines()] == ["out", "err"]
+    bad = tmp_path / "logs" / "bad.log"
+    with pytest.raises(SystemExit) as stop:
+        bench.timed([sys.executable, "-c", "print('the reason'); raise SystemExit(3)"], bad)
+    assert str(bad) in str(stop.value) and "the reason" in str(stop.value)
+    assert "the reason" in bad.read_text()
