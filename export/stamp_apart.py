@@ -39,7 +39,19 @@ def start_stamp(c: SCRConfig, dtype: str, opset: int,
     import multiprocessing
 
     # fork: the child starts with torch and the exporter's modules already imported (a
-    # spawned one spends seconds importing them again); it runs torch on one thread only
+    # spawned one spends seconds importing them again); it runs torch on one thread only.
+    # Python 3.12+ warns (a DeprecationWarning, shown under pytest or -W default) at every
+    # fork of a process with more than one OS thread, and this one has idle pool workers by
+    # now: numpy's OpenBLAS and torch's intra-op OpenMP (3 threads at this call in `scredge
+    # export --from-gguf` SmolLM2). Fork is safe here, so the warning is left as it is, not
+    # filtered: OpenBLAS stops its workers in its own pthread_atfork handler; the OpenMP
+    # workers wait idle at their pool (the main thread is here, not in a parallel region)
+    # and the child never reaches them, as it sets one torch thread before any torch op
+    # (at::parallel_for and MKL then run on the calling thread); logging and the import
+    # lock are reset by Python after a fork. spawn / forkserver would cost the child about
+    # 2 s more CPU of about 10 s (SmolLM2's shape, measured once under load) and would
+    # import the caller's __main__ again: a script calling export_artifact without an
+    # `if __name__ == "__main__":` guard would fail.
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(send, c.to_dict(), dtype, opset), daemon=True)
