@@ -144,11 +144,7 @@ class QuantSpec:
         """Refuse options that cannot make this artifact, before any work is done (again for
         the command line, which checked while parsing; first for a QuantSpec built in code)."""
         self.check_calibration()
-        if dtype != "float32":
-            raise ScredgeError("--quantize needs a float32 export", received=f"--dtype {dtype}",
-                               expected="--dtype float32 (the default)",
-                               fix="weight-only quantization keeps float32 activations; "
-                                   "drop --dtype")
+        check_float32(dtype)
         widths = {"d_model": config.d_model, "d_ff": config.d_ff}
         bad = {k: v for k, v in widths.items() if v % self.block_size}
         if bad:
@@ -156,6 +152,15 @@ class QuantSpec:
                                received=f"block {self.block_size}, {bad}",
                                expected="a block size dividing d_model and d_ff",
                                fix="pass --block-size 16 or 32 (a divisor of both widths)")
+
+
+def check_float32(dtype: str) -> None:
+    """Weight-only quantization keeps float32 activations: refuse another export dtype."""
+    if dtype != "float32":
+        raise ScredgeError("--quantize needs a float32 export", received=f"--dtype {dtype}",
+                           expected="--dtype float32 (the default)",
+                           fix="weight-only quantization keeps float32 activations; "
+                               "drop --dtype")
 
 
 def parse_quantize_args(text: str | None, block_size: int | None, method: str | None,
@@ -174,11 +179,7 @@ def parse_quantize_args(text: str | None, block_size: int | None, method: str | 
                                expected="--quantize int8 or --quantize int4 with them")
         return None
     spec = QuantSpec.parse(text, block_size, method, calibration, mixed, grid, embedding)
-    if dtype != "float32":
-        raise ScredgeError("--quantize needs a float32 export", received=f"--dtype {dtype}",
-                           expected="--dtype float32 (the default)",
-                           fix="weight-only quantization keeps float32 activations; "
-                               "drop --dtype")
+    check_float32(dtype)
     return spec
 
 

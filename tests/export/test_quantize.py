@@ -163,6 +163,15 @@ def test_bad_quantize_options_are_refused(argv, message, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+
+def test_a_quantspec_built_in_code_is_refused_the_same_way(tmp_path):
+    """The library's own check (QuantSpec.check, for a spec not from the command line)
+    refuses a float16 export with the command line's message. Oracle: that message."""
+    from scredge.config import SCRConfig
+
+    with pytest.raises(ScredgeError, match="needs a float32 export"):
+        QuantSpec(4).check("float16", SCRConfig())
+
 def test_parity_runs_without_torch(tiny_quantized):
     """Oracle: a child interpreter where `import torch` fails runs `scredge parity` on the
     int8 artifact from its stored held-out reference and passes (exit 0)."""
