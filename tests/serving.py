@@ -16,6 +16,16 @@ def reference(engine, prompt, max_tokens: int, **kw):
                            seed=kw.get("seed", 0), stop=[stop] if isinstance(stop, str) else stop)
 
 
+
+def wait_until(cond, timeout_s: float = 20.0) -> None:
+    """Poll `cond` until it holds; fail the test after `timeout_s`."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.002)
+
 PROMPTS = ["a", "Once upon a time there was", "The quick brown fox jumps over the lazy dog",
            "Hello, world", "x" * 40, "Why?", "Numbers: 1 2 3 4", "tea"]
 

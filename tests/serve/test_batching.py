@@ -5,11 +5,10 @@ scheduler's own counters (rows decoded together, rows running)."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from serving import MODEL, reference, sixteen_clients
+from serving import MODEL, reference, sixteen_clients, wait_until
 
 
 def test_sixteen_concurrent_clients_each_equal_alone(client, engine, server):
@@ -26,7 +25,7 @@ def test_late_request_joins_a_running_batch(client, engine, server):
     decoded together) and both equal their outputs alone."""
     with ThreadPoolExecutor(2) as pool:
         long = pool.submit(_collect_stream, client, "Long one", 400, 11)
-        _wait_for(lambda: server.scheduler.running == 1)
+        wait_until(lambda: server.scheduler.running == 1)
         short = client.completions.create(model=MODEL, prompt="Late", max_tokens=25,
                                           temperature=0.9, seed=12)
         assert not long.done()  # the late one came and went while the long one decoded
@@ -42,13 +41,6 @@ def _collect_stream(client, prompt: str, max_tokens: int, seed: int) -> str:
     return "".join(e.choices[0].text for e in events)
 
 
-def _wait_for(cond, timeout_s: float = 20.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.005)
-
-
 def test_client_gone_mid_stream_leaves_the_batch(client, engine, server):
     """A streaming client that disconnects after a few events: its row leaves the batch
     (nothing running) long before its 100,000 tokens, and the server serves the next
@@ -60,7 +52,7 @@ def test_client_gone_mid_stream_leaves_the_batch(client, engine, server):
         lines = resp.iter_lines()
         assert sum(1 for _, line in zip(range(5), lines) if line.startswith("data:")) >= 2
         assert server.scheduler.running == 1
-    _wait_for(lambda: server.scheduler.running == 0, timeout_s=5)
+    wait_until(lambda: server.scheduler.running == 0, timeout_s=5)
     out = client.completions.create(model=MODEL, prompt="after", max_tokens=10, temperature=0)
     assert out.choices[0].text == reference(engine, "after", 10, temperature=0).text
 
@@ -73,4 +65,4 @@ def test_client_gone_while_waiting_for_a_whole_completion(server):
         httpx.post(f"{server.base_url}/completions", json=body, timeout=0.5)
     except httpx.TimeoutException:
         pass
-    _wait_for(lambda: server.scheduler.running == 0, timeout_s=5)
+    wait_until(lambda: server.scheduler.running == 0, timeout_s=5)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import openai
 import pytest
-from serving import MODEL, reference
+from serving import MODEL, reference, wait_until
 
 from scredge.serve import ServerConfig, ServerThread
 
@@ -102,7 +101,7 @@ def test_full_queue_is_429(narrow, engine):
         lines = resp.iter_lines()  # kept: a dropped iterator closes the connection
         next(lines)
         second.start()
-        _wait(lambda: narrow.scheduler.queued == 1)
+        wait_until(lambda: narrow.scheduler.queued == 1)
         err = _status_error(lambda: client.completions.create(model=MODEL, prompt="x",
                                                               max_tokens=3))
         assert (err.status_code, err.body["code"]) == (429, "rate_limit_exceeded")
@@ -126,13 +125,6 @@ def test_timeout_cuts_with_a_clear_end(narrow):
     assert all(json.loads(e[5:])["choices"][0]["finish_reason"] is None for e in events[:-2])
     out = client.completions.create(model=MODEL, prompt="t", max_tokens=4)
     assert out.usage.completion_tokens == 4  # still serving
-
-
-def _wait(cond, timeout_s: float = 20.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.002)
 
 
 def test_a_failing_decode_step_fails_its_batch_and_the_server_stays_up(client, engine,

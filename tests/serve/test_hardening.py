@@ -11,7 +11,7 @@ import time
 import httpx
 import openai
 import pytest
-from serving import MODEL, reference
+from serving import MODEL, reference, wait_until
 
 from scredge.limits import MAX_JSON_DEPTH, MAX_REQUEST_BODY_BYTES
 from scredge.serve import ServerConfig, ServerThread
@@ -183,13 +183,13 @@ def test_prefill_is_skipped_for_a_client_gone_and_a_request_timed_out(guarded, e
     late.start()
     with httpx.Client(timeout=30) as http, http.stream("POST", f"{url}/completions", json={
             "model": MODEL, "prompt": "gone away", "max_tokens": 2, "stream": True}):
-        _wait(lambda: len(sched._queue.queue) == 2)
-    _wait(lambda: any(t.cancelled.is_set() for t in list(sched._queue.queue)))
+        wait_until(lambda: len(sched._queue.queue) == 2)
+    wait_until(lambda: any(t.cancelled.is_set() for t in list(sched._queue.queue)))
     time.sleep(1.1)  # the queued "too late!" passes its 1 s timeout
     blocked.gate.set()
     first.join(30)
     late.join(30)
-    _wait(lambda: sched.skipped == skipped + 2)
+    wait_until(lambda: sched.skipped == skipped + 2)
     assert results["late"] == 504 and results["first"] in (200, 504)
     assert blocked.prompts == [b"held back"]
     out = httpx.post(f"{url}/completions", json={"model": MODEL, "prompt": "after",
@@ -221,7 +221,7 @@ def test_a_running_prefill_is_cut_when_its_client_leaves_or_its_time_runs_out(
         assert blocked.entered.wait(20)
     assert left.wait(20)  # the server saw the client go
     blocked.gate.set()
-    _wait(lambda: sched.cut_prefills == cut + 1)
+    wait_until(lambda: sched.cut_prefills == cut + 1)
     assert len(blocked.prompts) == 1, "prefill went on after the client left"
 
     blocked = BlockedPrefill(engine, monkeypatch)
@@ -236,7 +236,7 @@ def test_a_running_prefill_is_cut_when_its_client_leaves_or_its_time_runs_out(
     t.join(30)
     assert status == [504] and sched.cut_prefills == cut + 2
     assert len(blocked.prompts) == 1, "prefill went on past the timeout"
-    _wait(lambda: httpx.get(f"http://{guarded.host}:{guarded.port}/health",
+    wait_until(lambda: httpx.get(f"http://{guarded.host}:{guarded.port}/health",
                             timeout=10).status_code == 200)
     out = httpx.post(f"{url}/completions", json={"model": MODEL, "prompt": "after",
                                                    "max_tokens": 3, "temperature": 0},
@@ -264,12 +264,5 @@ def test_health_is_503_while_the_scheduler_is_stalled(guarded, engine, monkeypat
     assert stalled.json()["status"] == "stalled"
     assert "no progress" in stalled.json()["reason"]
     t.join(30)
-    _wait(lambda: httpx.get(health, timeout=10).status_code == 200)
+    wait_until(lambda: httpx.get(health, timeout=10).status_code == 200)
     assert "not running" in Scheduler(engine).stalled(1.0)
-
-
-def _wait(cond, timeout_s: float = 20.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.005)
