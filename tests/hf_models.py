@@ -65,29 +65,42 @@ def save_tokenizer(folder: Path, tok, chat_template: str | None = CHAT_TEMPLATE)
     return fast
 
 
-def build_model(variant: str, vocab_size: int, seed: int = 0, std: float = 0.1,
-                eos_ids: list[int] | None = None):
-    """A random 2-layer model of `variant` (biases random too), eval mode. std 0.1 gives
-    decisive greedy choices (transformers' 0.02 gives near-ties)."""
-    import torch
+def family_classes(family: str):
+    """transformers' (config class, causal LM class) of `family`."""
     import transformers
 
-    family, overrides = VARIANTS[variant]
-    config_cls, model_cls = {
+    return {
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
     }[family]
-    cfg = config_cls(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                     max_position_embeddings=256, rope_theta=1000.0, initializer_range=std,
-                     **copy.deepcopy(overrides))
+
+
+def _seeded(model_cls, cfg, seed: int, bias_std: float):
+    """`model_cls(cfg)` from torch seed `seed`, eval mode, its biases random too (transformers
+    starts them at zero)."""
+    import torch
+
     torch.manual_seed(seed)
     model = model_cls(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
-                p.normal_(0, std)
+                p.normal_(0, bias_std)
+    return model
+
+
+def build_model(variant: str, vocab_size: int, seed: int = 0, std: float = 0.1,
+                eos_ids: list[int] | None = None):
+    """A random 2-layer model of `variant` (biases random too), eval mode. std 0.1 gives
+    decisive greedy choices (transformers' 0.02 gives near-ties)."""
+    family, overrides = VARIANTS[variant]
+    config_cls, model_cls = family_classes(family)
+    cfg = config_cls(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=256, rope_theta=1000.0, initializer_range=std,
+                     **copy.deepcopy(overrides))
+    model = _seeded(model_cls, cfg, seed, bias_std=std)
     model.generation_config.eos_token_id = eos_ids
     model.generation_config.pad_token_id = eos_ids[0] if eos_ids else None
     return model
@@ -96,24 +109,12 @@ def build_model(variant: str, vocab_size: int, seed: int = 0, std: float = 0.1,
 def save_family(folder, family: str, seed: int = 0, **overrides):
     """A tiny random model of one family (`llama`, `mistral`, `qwen2`; vocabulary 300, biases
     random too), saved with save_pretrained; returns the model in eval mode."""
-    import torch
-    import transformers
-
-    config_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-    }[family]
+    config_cls, model_cls = family_classes(family)
     cfg = config_cls(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
                      max_position_embeddings=256, rope_theta=500.0,
                      **copy.deepcopy(overrides))  # transformers edits rope dicts in place
-    torch.manual_seed(seed)
-    model = model_cls(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0, 0.5)
+    model = _seeded(model_cls, cfg, seed, bias_std=0.5)
     model.save_pretrained(folder, safe_serialization=True)
     return model
 
