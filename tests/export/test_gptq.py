@@ -12,7 +12,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
+from onnx_graphs import matmul_model
 
 from scredge.cli import main
 from scredge.errors import ScredgeError
@@ -38,13 +39,7 @@ K, N, BLOCK = 256, 96, 32
 
 def _ort_rtn(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime's MatMulNBits B and scales for one [K,N] weight."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "w"], ["y"], name="mm")], "g",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, K])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])],
-        [numpy_helper.from_array(w, "w")])
-    out = quantize_ort(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]),
-                       QuantSpec(bits, BLOCK), ["mm"])
+    out = quantize_ort(matmul_model(w), QuantSpec(bits, BLOCK), ["mm"])
     node = next(n for n in out.graph.node if n.op_type == "MatMulNBits")
     inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
     return inits[node.input[1]], inits[node.input[2]]

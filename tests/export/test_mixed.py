@@ -15,7 +15,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
+from onnx_graphs import matmul_model
 
 from scredge.errors import ScredgeError
 from scredge.export import pipeline, quantized_artifact
@@ -53,12 +54,7 @@ def test_integer_zero_points_are_onnxruntimes_asymmetric_quantization():
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     w = np.random.default_rng(1).normal(size=(K, N)).astype(np.float32)  # [K,N] as in a graph
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "w"], ["y"], name="mm")], "g",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, K])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])],
-        [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model = matmul_model(w)
     quantizer = mnq.MatMulNBitsQuantizer(model, nodes_to_include=["mm"], algo_config=(
         mnq.DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=False, bits=4)))
     quantizer.process()

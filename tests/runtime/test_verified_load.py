@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from artifact_tools import copy_artifact
+from onnx_graphs import external_matmul_artifact
 
-from scredge.artifact import read_listed_bytes, sha256_file
+from scredge.artifact import read_listed_bytes
 from scredge.errors import ScredgeError
-from scredge.runtime.loaders import Artifact, load_ort, open_artifact, ort_session, verified_graph
+from scredge.runtime.loaders import load_ort, open_artifact, ort_session, verified_graph
 
 
 @pytest.fixture
@@ -51,21 +52,9 @@ def test_external_data_runs_from_the_verified_bytes(tmp_path):
     """A graph with its weights in NAME.data: the session is built from the bytes read
     and hashed; the data file overwritten on disk afterwards changes nothing. Oracle:
     NumPy's x @ W."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.arange(12, dtype=np.float32).reshape(3, 4)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-        [numpy_helper.from_array(w, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.save_model(model, str(tmp_path / "g.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="g.onnx.data", size_threshold=0)
-    files = {n: {"sha256": sha256_file(tmp_path / n), "bytes": (tmp_path / n).stat().st_size}
-             for n in ("g.onnx", "g.onnx.data")}
-    artifact = Artifact(tmp_path, None, {}, {"files": files})
+    pytest.importorskip("onnx")
+    artifact, w = external_matmul_artifact(tmp_path)
+    files = artifact.manifest["files"]
     graph_bytes, external = verified_graph(artifact, "g.onnx")
     assert list(external) == ["g.onnx.data"]
     (tmp_path / "g.onnx.data").write_bytes(b"\0" * files["g.onnx.data"]["bytes"])
