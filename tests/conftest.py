@@ -87,21 +87,16 @@ def tiny_opset21():
 def tiny_quantized(tiny_opset21, tmp_path_factory):
     """{bits: folder}: int8 and int4 artifacts of `tiny` through export_artifact (SCR_SPEC
     section 4), with the session's float graph standing in for a second torch export."""
-    import onnx
+    from onnx_graphs import export_graph_stand_in
 
     from scredge.export import pipeline
     from scredge.export.quantize import QuantSpec
 
     model, proto = tiny_opset21
 
-    def graph(_model, _opset):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        return copy
-
     root = tmp_path_factory.mktemp("quantized")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "export_graph", graph)
+        mp.setattr(pipeline, "export_graph", export_graph_stand_in(proto))
         return {bits: pipeline.export_artifact(model, root / f"int{bits}",
                                                quantize=QuantSpec(bits)) for bits in (8, 4)}
 

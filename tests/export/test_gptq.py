@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from onnx_graphs import matmul_model
+from onnx_graphs import copy_model, export_graph_stand_in, matmul_model
 
 from scredge.cli import main
 from scredge.errors import ScredgeError
@@ -91,7 +91,7 @@ def test_hessians_are_the_reference_inputs_of_every_weight_matrix(tiny_opset21):
     ids = np.frombuffer((b"The quick brown fox jumps over the lazy dog. " * 24)[:1024],
                         np.uint8).astype(np.int64)  # two calibration sequences of 512
     hs = input_hessians(model, ids)
-    graph = _copy(proto)
+    graph = copy_model(proto)
     materialize_tied_head(graph)  # tiny's head is tied: its MatMul reads the embedding
     scopes = {n.rsplit("/", 1)[0] for n in weight_matmuls(graph)}
     assert scopes <= set(hs) and "/model" in scopes
@@ -126,7 +126,7 @@ def test_gptq_artifact_passes_the_tier_and_beats_round_to_nearest(
     below the rtn artifact's (1.0077 vs 1.0105 measured); config records the text and
     `scredge info` names it."""
     model, proto = tiny_opset21
-    monkeypatch.setattr(pipeline, "export_graph", lambda m, opset: _copy(proto))
+    monkeypatch.setattr(pipeline, "export_graph", export_graph_stand_in(proto))
     folder = pipeline.export_artifact(model, tmp_path / "g", quantize=QuantSpec(
         4, method="gptq", calibration=calibration_file))
     q = json.loads((folder / "config.json").read_text())["quantization"]
@@ -146,12 +146,6 @@ def test_gptq_artifact_passes_the_tier_and_beats_round_to_nearest(
     a, b = ({i.name: numpy_helper.to_array(i) for i in p.graph.initializer}[name]
             for p in (ours, theirs))
     assert a.shape == b.shape and not np.array_equal(a, b)
-
-
-def _copy(proto):
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
 
 
 def _write(tmp_path, name, data: bytes):

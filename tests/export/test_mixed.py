@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from onnx_graphs import matmul_model
+from onnx_graphs import export_graph_stand_in, matmul_model
 
 from scredge.errors import ScredgeError
 from scredge.export import pipeline, quantized_artifact
@@ -129,12 +129,6 @@ def test_fisher_estimate_ranks_matrices_as_the_measured_loss_does(tiny_fisher):
     assert 1 / 3 < sum(estimated) / sum(measured) < 3
 
 
-def _copy(proto):
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
-
-
 def test_the_search_keeps_the_first_plan_the_tier_passes(tiny_opset21, tmp_path,
                                                          monkeypatch):
     """Oracle: the verdict. With a verdict that fails every graph holding no int8 matrix,
@@ -143,7 +137,7 @@ def test_the_search_keeps_the_first_plan_the_tier_passes(tiny_opset21, tmp_path,
     / method, the mean bits per weight, and the plans tried; the tied embedding reads the
     quantized head's table (GatherBlockQuantized) in the onnxruntime form."""
     model, proto = tiny_opset21
-    monkeypatch.setattr(pipeline, "export_graph", lambda m, opset: _copy(proto))
+    monkeypatch.setattr(pipeline, "export_graph", export_graph_stand_in(proto))
     record = quantized_artifact.record_heldout
     monkeypatch.setattr(quantized_artifact, "record_heldout",
                         lambda m, sha, tokenizer: record(m, sha, 512, tokenizer))
@@ -187,7 +181,7 @@ def test_a_search_that_finds_no_plan_is_refused_naming_the_best(tiny_opset21, tm
     from scredge.tiers import QuantizedThresholds
 
     model, proto = tiny_opset21
-    monkeypatch.setattr(pipeline, "export_graph", lambda m, opset: _copy(proto))
+    monkeypatch.setattr(pipeline, "export_graph", export_graph_stand_in(proto))
     monkeypatch.setattr("scredge.quantized_tier.quantized_thresholds",
                         lambda bits: QuantizedThresholds(0.99, 0.9))
     monkeypatch.setattr("scredge.export.mixed.PROMOTE_STEPS", (0.25,))

@@ -16,9 +16,9 @@ it on the artifact's real graph."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
+from onnx_graphs import copy_model
 
 from scredge.config import RopeScaling, SCRConfig
 from scredge.contract import GraphIO
@@ -39,22 +39,16 @@ PLAIN = SCRConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=
                   rope_scaling=RopeScaling("linear", 2.0))
 
 
-def _copy(proto):
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
-
-
 def _forms(config, float_proto):
     """(unfused, fused, counts) onnxruntime forms of one int8 quantization."""
-    base = _copy(float_proto)
+    base = copy_model(float_proto)
     materialize_tied_head(base)
     unfused = quantize_ort(base, QuantSpec(8), weight_matmuls(base))
     for node in unfused.graph.node:  # float activations: see the module docstring
         for a in node.attribute:
             if node.op_type == "MatMulNBits" and a.name == "accuracy_level":
                 a.i = 0
-    fused = _copy(unfused)
+    fused = copy_model(unfused)
     counts = fuse_for_onnxruntime(fused, config)
     return unfused, fused, counts
 

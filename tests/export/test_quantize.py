@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from onnx_graphs import copy_model, export_graph_stand_in
 
 from scredge.cli import main
 from scredge.contract import HELDOUT_FILE, MANIFEST_FILE, ONNX_FILE, TRT_ONNX_FILE
@@ -23,12 +24,6 @@ from scredge.export.plan_graphs import quantize_graphs
 from scredge.export.quantize import QuantSpec
 from scredge.quantized_tier import run_quantized_parity
 from scredge.runtime.loaders import load_ort, open_artifact
-
-
-def _graph(proto):
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    return copy
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -89,7 +84,7 @@ def test_trt_form_holds_the_quantizers_numbers(tiny_opset21):
     name = next(n.input[1] for n in proto.graph.node if n.name.endswith("q_proj/MatMul"))
     algo = mnq.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=4,
                                             quant_format=QuantFormat.QDQ)
-    qdq = mnq.MatMulNBitsQuantizer(_graph(proto), algo_config=algo)
+    qdq = mnq.MatMulNBitsQuantizer(copy_model(proto), algo_config=algo)
     qdq.process()
     theirs = {i.name: numpy_helper.to_array(i) for i in qdq.model.model.graph.initializer}
     ours = {i.name: numpy_helper.to_array(i) for i in g.trt.graph.initializer}
@@ -135,7 +130,7 @@ def test_an_artifact_that_misses_the_tier_is_refused(tiny_opset21, tmp_path, mon
     from scredge.tiers import QuantizedThresholds
 
     model, proto = tiny_opset21
-    monkeypatch.setattr(pipeline, "export_graph", lambda m, opset: _graph(proto))
+    monkeypatch.setattr(pipeline, "export_graph", export_graph_stand_in(proto))
     monkeypatch.setattr("scredge.quantized_tier.quantized_thresholds",
                         lambda bits: QuantizedThresholds(0.99, 0.9))
     record = quantized_artifact.record_heldout  # a shorter text: the verdict is the oracle
@@ -161,7 +156,6 @@ def test_bad_quantize_options_are_refused(argv, message, tmp_path, capsys):
     assert main(["export", "--preset", "tiny", "--out", str(out), *argv]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
-
 
 
 def test_a_quantspec_built_in_code_is_refused_the_same_way(tmp_path):

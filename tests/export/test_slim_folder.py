@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-import onnx
 import pytest
+from onnx_graphs import export_graph_stand_in
 
 from scredge.artifact import read_config, sha256_file, verify_manifest
 from scredge.cli import main
@@ -120,13 +120,8 @@ def test_quantized_target_writes_one_form(tiny_opset21, tmp_path, target):
 
     model, proto = tiny_opset21
 
-    def graph(_model, _opset):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        return copy
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "export_graph", graph)
+        mp.setattr(pipeline, "export_graph", export_graph_stand_in(proto))
         folder = pipeline.export_artifact(model, tmp_path / target, quantize=QuantSpec(8),
                                           keep_reference=False, target=target)
     form = ONNX_FILE if target == "ort" else TRT_ONNX_FILE
