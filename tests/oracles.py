@@ -33,3 +33,16 @@ def random_inputs(rng, B, T, D, h_scale=1.0, w_scale=0.3, carry=True):
     w_r, w_g = rng.normal(size=D) * w_scale, rng.normal(size=D) * w_scale
     b_r, b_g = rng.normal(size=1), rng.normal(size=1)
     return [np.asarray(a, np.float32) for a in (h, m_prev, num, den, w_r, b_r, w_g, b_g)]
+
+
+def run_in_chunks(run, arrays, sizes):
+    """SCR_SPEC's chunking: `run(arrays) -> (m, num, den)` called on consecutive token chunks
+    of `sizes`, each call starting from the (num, den) the last one returned; (m of every
+    token, the last num, den), to compare with one call over all tokens."""
+    num, den, ms, start = arrays[2], arrays[3], [], 0
+    for size in sizes:
+        m, num, den = run([arrays[0][:, start:start + size], arrays[1][:, start:start + size],
+                           num, den, *arrays[4:]])
+        ms.append(m)
+        start += size
+    return np.concatenate(ms, 1), num, den

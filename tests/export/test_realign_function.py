@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from oracles import random_inputs, realign_spec_f64
+from oracles import random_inputs, realign_spec_f64, run_in_chunks
 from scredge.contract import REALIGN_INPUTS as INPUTS
 from scredge.contract import REALIGN_OUTPUTS as OUTPUTS
 from scredge.export.realign_onnx import realign_function
@@ -111,14 +111,8 @@ def test_chunked_calls_thread_the_carry():
     """SCR_SPEC's chunking invariant through the function: 1 + 6 + 1 tokens = 8 at once."""
     arrays = random_inputs(np.random.default_rng(8), 2, 8, 16, carry=False)
     whole = _run(arrays, 8.0)
-    num, den, ms, start = arrays[2], arrays[3], [], 0
-    for size in (1, 6, 1):
-        part = [arrays[0][:, start:start + size], arrays[1][:, start:start + size], num, den,
-                *arrays[4:]]
-        m, num, den = _run(part, 8.0)
-        ms.append(m)
-        start += size
-    np.testing.assert_allclose(np.concatenate(ms, 1), whole[0], rtol=1e-5, atol=1e-5)
+    m, num, den = run_in_chunks(lambda a: _run(a, 8.0), arrays, (1, 6, 1))
+    np.testing.assert_allclose(m, whole[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(num, whole[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(den, whole[2], rtol=1e-5, atol=0)
 
