@@ -10,7 +10,7 @@ builder makes), verification against the reference included; the builder:
 
 Usage: python benchmarks/bench_export_genai.py [--shapes smollm2-135m qwen2.5-0.5b]
        [--precisions fp32 fp16 int4] [--repeat 3] [--no-builder] [--work DIR] [--json]
-       [--scr-layers none|all]
+       [--scr-layers none|all] [--cache concat shared]
        python benchmarks/bench_export_genai.py --decode [--contexts 16 1024] [--tokens 32]
        [--hf SMOLLM2_FOLDER]
 Decode: ms/token at each context (batch 1, one intra-op thread) of our float32 and int4
@@ -108,9 +108,18 @@ def folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def ours_cmd(hf: Path, out: Path, precision: str, scr_layers: str = "none") -> list[str]:
+def ours_cmd(hf: Path, out: Path, precision: str, scr_layers: str = "none",
+             cache: str | None = None) -> list[str]:
     return [str(Path(sys.executable).parent / "scredge"), "export", "--from-llama", str(hf),
-            "--scr-layers", scr_layers, "--out", str(out), "--force", *OURS[precision]]
+            "--scr-layers", scr_layers, "--out", str(out), "--force", *OURS[precision],
+            *([] if cache is None else ["--cache", cache])]
+
+
+def tools(args) -> list[str]:
+    """The runs of one round, alternating: ours once per --cache form (`scredge` alone
+    when none is given: the CLI's default form), then the builder."""
+    ours = [f"scredge-{c}" for c in args.cache] if args.cache else ["scredge"]
+    return ours + (["builder"] if args.builder else [])
 
 
 def builder_cmd(hf: Path, out: Path, precision: str, cache: Path) -> list[str]:
@@ -123,13 +132,15 @@ def export_rows(args, work: Path) -> list[dict]:
     for shape in args.shapes:
         hf = save_folder(shape, work / f"hf-{shape}")
         for precision in args.precisions:
-            runs: dict[str, list[dict]] = {"scredge": [], "builder": []}
+            runs: dict[str, list[dict]] = {t: [] for t in tools(args)}
             for i in range(args.repeat):
-                for tool in ("scredge", "builder") if args.builder else ("scredge",):
+                for tool in runs:
                     out = work / f"{tool}-{shape}-{precision}"
                     shutil.rmtree(out, ignore_errors=True)
-                    cmd = (ours_cmd(hf, out, precision, args.scr_layers) if tool == "scredge" else
-                           builder_cmd(hf, out, precision, work / "builder-cache"))
+                    cache = tool.split("-", 1)[1] if tool.startswith("scredge-") else None
+                    cmd = (builder_cmd(hf, out, precision, work / "builder-cache")
+                           if tool == "builder" else
+                           ours_cmd(hf, out, precision, args.scr_layers, cache))
                     r = timed(cmd, work / "logs" / f"{out.name}-{i}.log")
                     r["folder_mib"] = folder_mib(out)
                     runs[tool].append(r)
@@ -148,13 +159,22 @@ def export_rows(args, work: Path) -> list[dict]:
 
 
 def line(row: dict) -> str:
-    s = row["scredge"]
-    text = (f"{row['shape']:<13} {row['precision']:<5} scredge {s['wall_s']:6.1f} s wall "
-            f"{s['cpu_s']:6.1f} s CPU {s['peak_rss_mib']:6.0f} MiB peak "
-            f"{s['folder_mib']:6.0f} MiB folder")
+    ours = [k for k in row if k.startswith("scredge")]
+    text = f"{row['shape']:<13} {row['precision']:<5}"
+    for k in ours:
+        s = row[k]
+        text += (f" {k} {s['wall_s']:6.1f} s wall {s['cpu_s']:6.1f} s CPU "
+                 f"{s['peak_rss_mib']:6.0f} MiB peak {s['folder_mib']:6.0f} MiB folder |")
+    s = row[ours[0]]
+    if len(ours) > 1:  # each form against the first, within this run
+        for k in ours[1:]:
+            t = row[k]
+            text += (f" {k} / {ours[0]}: wall {t['wall_s'] / s['wall_s']:.2f}x CPU "
+                     f"{t['cpu_s'] / s['cpu_s']:.2f}x memory "
+                     f"{t['peak_rss_mib'] / s['peak_rss_mib']:.2f}x |")
     b = row.get("builder")
     if b:
-        text += (f" | builder {b['wall_s']:6.1f} s wall {b['cpu_s']:6.1f} s CPU "
+        text += (f" builder {b['wall_s']:6.1f} s wall {b['cpu_s']:6.1f} s CPU "
                  f"{b['peak_rss_mib']:6.0f} MiB peak {b['folder_mib']:6.0f} MiB folder | "
                  f"ratio wall {s['wall_s'] / b['wall_s']:.2f}x CPU {s['cpu_s'] / b['cpu_s']:.2f}x"
                  f" memory {s['peak_rss_mib'] / b['peak_rss_mib']:.2f}x")
@@ -215,6 +235,9 @@ def main() -> None:
     ap.add_argument("--scr-layers", default="none",
                     help="ours: --scr-layers (default none, the model the builder makes; "
                          "all: SCR on every layer, --from-llama's default)")
+    ap.add_argument("--cache", nargs="+", choices=["concat", "shared"], default=None,
+                    help="ours: --cache, each form given a run of its own per round, "
+                         "alternating (default: the CLI's default form)")
     ap.add_argument("--decode", action="store_true", help="decode ms/token instead")
     ap.add_argument("--contexts", nargs="+", type=int, default=[16, 1024])
     ap.add_argument("--tokens", type=int, default=32)

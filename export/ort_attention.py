@@ -36,6 +36,9 @@ class _AttentionMatch:
     scale: float
     out: str  # [B, T, D] attention output (before o_proj)
     nodes: list
+    # the 4-D RotaryEmbedding nodes of q and k: their 3-D replacements take their names
+    # (hierarchical node names; the value names differ between a full trace and a stamp)
+    rotary_names: tuple[str, str]
 
 
 def _head_input(g: Graph, rot_out: str):
@@ -106,7 +109,8 @@ def _match_attention(g: Graph, sm) -> _AttentionMatch | None:
     nodes = [*q_head[1], *k_head[1], *v_head[1], k_cat, v_cat, kt, mm, where, sm, pv, tr,
              flat] + [n for n in (qg, mul, back) if n is not None]
     return _AttentionMatch(q_head[0], k_head[0], v_head[0], k_cat.input[0], v_cat.input[0],
-                           k_cat.output[0], v_cat.output[0], keep, scale, flat.output[0], nodes)
+                           k_cat.output[0], v_cat.output[0], keep, scale, flat.output[0], nodes,
+                           (q_head[1][0].name, k_head[1][0].name))
 
 
 def _ungrouped_mask(g: Graph, keep: str, groups: int):
@@ -155,9 +159,11 @@ def fuse_attention(proto, n_heads: int, n_kv_heads: int) -> int:
         rows, cos, sin = cache.input[1:4]
         q3, k3 = m.q_lin + "/rotary", m.k_lin + "/rotary"
         new = [*mask_nodes,
-               helper.make_node("RotaryEmbedding", [m.q_lin, rows, cos, sin], [q3], name=q3,
-                                domain=ORT_DOMAIN, interleaved=0, num_heads=n_heads),
-               helper.make_node("RotaryEmbedding", [m.k_lin, rows, cos, sin], [k3], name=k3,
+               helper.make_node("RotaryEmbedding", [m.q_lin, rows, cos, sin], [q3],
+                                name=m.rotary_names[0], domain=ORT_DOMAIN, interleaved=0,
+                                num_heads=n_heads),
+               helper.make_node("RotaryEmbedding", [m.k_lin, rows, cos, sin], [k3],
+                                name=m.rotary_names[1],
                                 domain=ORT_DOMAIN, interleaved=0, num_heads=n_kv_heads),
                helper.make_node("Attention", [q3, k3, m.v_lin, mask, m.past_k, m.past_v],
                                 [m.out, m.k_all, m.v_all], name=sm.name + "/Attention",

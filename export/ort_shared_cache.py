@@ -195,24 +195,51 @@ def float_sections(fused: dict, targets: tuple[str, ...] = ("ort", "trt")) -> di
             "ort_fused": fused}
 
 
+def stream_shared(tmp, config: SCRConfig, targets: tuple[str, ...] = ("ort", "trt")):
+    """The shared form of the streamed float graph in `tmp` (model.onnx, its weights in
+    model.onnx.data), made without loading the weights: the graph is read without its
+    data, fused and rewritten, and saved as model.onnx pointing at the same offsets of the
+    same data file; the concat graph becomes model.trt.onnx unchanged (with TensorRT among
+    `targets`), so both graphs read one copy of every weight. The fusions read only the
+    constants they match on (norm weights, scalars), from the data file; -> fusion counts."""
+    from scredge.export.ort_fusions import fuse_for_onnxruntime
+
+    onnx = require("onnx")
+    path = tmp / ONNX_FILE
+    proto = onnx.load(str(path), load_external_data=False)
+    counts = fuse_for_onnxruntime(
+        proto, config, lambda t: onnx.numpy_helper.to_array(t, base_dir=str(tmp)))
+    to_shared_cache(proto, config)
+    if "trt" in targets:
+        path.replace(tmp / TRT_ONNX_FILE)  # it names model.onnx.data as the data's file
+    onnx.save_model(proto, str(path))
+    return counts
+
+
 def write_float_shared(tmp, float_proto, model, dtype: str, log,
-                       targets: tuple[str, ...] = ("ort", "trt")) -> dict:
+                       targets: tuple[str, ...] = ("ort", "trt"), golden=None) -> dict:
     """In the export's temporary folder: the verified float graph moves to the TensorRT
     file (concat form), model.onnx becomes the shared form, verified against the
-    reference like the first; returns config.json's sections that say so."""
+    reference like the first (replaying `golden`, export/reference_pass.py, when given);
+    returns config.json's sections that say so. `float_proto` None: the float graph was
+    streamed to the folder, and is rewritten there (`stream_shared`)."""
     from dataclasses import asdict
 
     from scredge.export.quantized_artifact import _save
     from scredge.export.verify import verify_onnx
 
-    proto, counts = shared_graph(float_proto, model.config)
-    for stale in (tmp / ONNX_FILE, tmp / ONNX_DATA_FILE):
-        stale.unlink(missing_ok=True)
-    if "trt" in targets:
-        _save(float_proto, tmp / TRT_ONNX_FILE)
-    _save(proto, tmp / ONNX_FILE)
+    if float_proto is None:
+        counts = stream_shared(tmp, model.config, targets)
+    else:
+        proto, counts = shared_graph(float_proto, model.config)
+        for stale in (tmp / ONNX_FILE, tmp / ONNX_DATA_FILE):
+            stale.unlink(missing_ok=True)
+        if "trt" in targets:
+            _save(float_proto, tmp / TRT_ONNX_FILE)
+        _save(proto, tmp / ONNX_FILE)
+        del proto
     log(f"  shared KV-cache form (GroupQueryAttention in place): {counts.summary()}")
-    report = verify_onnx(tmp / ONNX_FILE, model, dtype)
+    report = verify_onnx(tmp / ONNX_FILE, model, dtype, golden)
     for line in report.lines():
         log("  shared form: " + line)
     if not report.passed:

@@ -342,13 +342,13 @@ def check_all(out: Path, c, dtype: str, opset: int, force: bool, quantize, targe
     return targets
 
 
-def write_parts(model, tmp: Path, dtype: str, opset: int, stream: bool, slim_float: bool,
+def write_parts(model, tmp: Path, dtype: str, opset: int, slim_float: bool,
                 log: Callable[[str], None]):
     """The reference pass (its golden, export/reference_pass.py) beside the shallow trace,
     then the graph and the reference weights: (golden, proto or None, external, nodes,
     manifest entries of the files hashed as written, the reference weights' sha256). A
     slim float folder names its reference weights by their hash: they are never written."""
-    trace = start_trace(model, dtype, opset, stream)
+    trace = start_trace(model, dtype, opset)
     try:
         golden = record_reference(model, GREEDY_TOKENS if slim_float else 0, log)
         proto, large, nodes, known = write_graph(model, dtype, opset, tmp, trace, log)
@@ -356,7 +356,7 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, stream: bool, slim_flo
         if trace is not None:
             trace.cancel()  # the trace's child process ends with the export
         raise
-    entry = write_reference(model, None if slim_float and stream else tmp / WEIGHTS_FILE)
+    entry = write_reference(model, None if slim_float else tmp / WEIGHTS_FILE)
     if (tmp / WEIGHTS_FILE).exists():
         known[WEIGHTS_FILE] = entry
     return golden, proto, large, nodes, known, entry["sha256"]
@@ -393,8 +393,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
         t0 = time.perf_counter()
         log(f"exporting {dtype} graph (opset {opset}) ...")
         golden, proto, large, nodes, known, sha = write_parts(
-            model, tmp, dtype, opset, cache != contract.CACHE_SHARED,
-            not keep_reference and quantize is None, log)
+            model, tmp, dtype, opset, not keep_reference and quantize is None, log)
         config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
                                  "external_data": large, "target": target,
                                  REFERENCE_KEY: {"sha256": sha, "kept": keep_reference}})
@@ -425,7 +424,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             known.pop(ONNX_DATA_FILE, None)  # the quantizer replaced it: hash it anew
             config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
         elif cache == contract.CACHE_SHARED:
-            config.update(write_float_shared(tmp, proto, model, dtype, log, targets))
+            config.update(write_float_shared(tmp, proto, model, dtype, log, targets, golden))
         if cache == contract.CACHE_SHARED:
             config[GRAPH_VERSION_KEY] = contract.GRAPH_VERSION_V3
         finish_reference(tmp, golden, sha, keep_reference, quantize is not None, log)

@@ -17,12 +17,11 @@ from scredge.export.stamp import StampedGraph, stamp_graph
 TRACE_APART_BYTES = 256 << 20
 
 
-def start_trace(model, dtype: str, opset: int, stream: bool):
-    """`stream`: the shallow trace of `model`'s graph, started now (in a child process
-    above TRACE_APART_BYTES of weights); else None: the graph is traced whole (a quantized
-    export, whose quantizer takes the whole graph)."""
-    if not stream:
-        return None
+def start_trace(model, dtype: str, opset: int):
+    """The shallow trace of `model`'s graph, started now (in a child process above
+    TRACE_APART_BYTES of weights). Every export streams: float and quantized, concat and
+    shared KV-cache forms (export/ort_shared_cache.stream_shared rewrites the streamed
+    graph); a model the stamp cannot make is traced whole (pipeline.write_graph)."""
     weights = sum(p.numel() * 4 for p in model.parameters())
     return start_stamp(model.config, dtype, opset, weights > TRACE_APART_BYTES)
 

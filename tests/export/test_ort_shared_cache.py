@@ -72,25 +72,25 @@ def test_quantized_shared_equals_quantized_concat(bits, w8_graph):
 
 
 @pytest.mark.slow
-def test_quantized_shared_artifact(tiny_opset21, tmp_path, monkeypatch, capsys):
-    """`export --quantize int4 --cache shared` (tiny): the export's quantized tier passes on
-    the shared graph, config.json names both forms, and `scredge parity` passes on it."""
+def test_quantized_shared_artifact(tiny_opset21, tmp_path, capsys):
+    """`export --quantize int4 --cache shared` (tiny, streamed: the stamped float graph's
+    weights read one at a time from its data file): the export's quantized tier passes on
+    the shared graph, config.json names both forms, the TensorRT form reads its float
+    tensors from the onnxruntime form's data file, and `scredge parity` passes on it."""
+    from scredge.contract import ONNX_DATA_FILE, TRT_ONNX_FILE
     from scredge.export import pipeline
 
-    model, proto = tiny_opset21
-
-    def graph(_model, _opset):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        return copy
-
-    monkeypatch.setattr(pipeline, "export_graph", graph)
+    model, _ = tiny_opset21
     out = pipeline.export_artifact(model, tmp_path / "int4", quantize=QuantSpec(4),
                                    cache="shared")
     config = json.loads((out / "config.json").read_text())
     graphs = config["quantization"]["graphs"]
     assert config["graph_version"] == 3
     assert graphs["ort"]["cache"] == "shared" and graphs["trt"]["cache"] == "concat"
+    trt = onnx.load(str(out / TRT_ONNX_FILE), load_external_data=False)
+    files = {e.value for i in trt.graph.initializer for e in i.external_data
+             if e.key == "location"}
+    assert ONNX_DATA_FILE in files  # its norms: stored once, in the ort form's file
     assert main(["parity", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["passed"]
 

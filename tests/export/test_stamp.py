@@ -5,14 +5,11 @@ the graph to graph inputs and initializer values), and onnxruntime's logits of b
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from stamp_cases import CASES, canonical
 
 from scredge.artifact import sha256_file
 from scredge.config import SCRConfig
@@ -21,26 +18,6 @@ from scredge.export.pipeline import cast_for_export
 from scredge.export.stamp import stamp_graph
 from scredge.export.stream_write import dedup_small, write_onnx
 from scredge.ref import build_model
-
-
-def canonical(proto) -> tuple[Counter, list, list]:
-    """(multiset of node fingerprints, graph-output fingerprints, sorted node names): a
-    fingerprint names a node's op, attributes and, recursively, what feeds it."""
-    fp = {v.name: ("in", v.name) for v in proto.graph.input}
-    for t in proto.graph.initializer:
-        a = numpy_helper.to_array(t)
-        fp[t.name] = ("init", a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest())
-    fp[""] = ("none",)
-    nodes = Counter()
-    for n in proto.graph.node:
-        attrs = tuple(sorted((a.name, str(onnx.helper.get_attribute_value(a)))
-                             for a in n.attribute))
-        key = hashlib.sha1(repr((n.op_type, n.domain, attrs, n.name,
-                                 [fp[i] for i in n.input])).encode()).hexdigest()
-        nodes[key] += 1
-        for k, o in enumerate(n.output):
-            fp[o] = (key, k)
-    return nodes, [fp[o.name] for o in proto.graph.output], sorted(n.name for n in proto.graph.node)
 
 
 def run(path, c: SCRConfig, dtype: str) -> np.ndarray:
@@ -57,13 +34,6 @@ def run(path, c: SCRConfig, dtype: str) -> np.ndarray:
             feeds[i.name] = rng.standard_normal(shape).astype(dt) * 0.1 + (
                 1.0 if i.name.endswith("den") else 0.0)
     return s.run(["logits"], feeds)[0]
-
-
-CASES = {
-    "scr-all": dict(scr_layers=(0, 1, 2, 3, 4), tie_embeddings=True),
-    "plain-untied": dict(scr_layers=(), tie_embeddings=False),
-    "scr-ends-qwen2-window": dict(scr_layers=(0, 4), attention_bias=True, window=16),
-}
 
 
 # each case traces the model twice (whole, and the 3-layer trace it is stamped from): one
