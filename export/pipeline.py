@@ -48,7 +48,12 @@ from scredge.destination import (
 )
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
-from scredge.export.ort_shared_cache import check_cache_option, write_float_shared
+from scredge.export.ort_shared_cache import (
+    check_cache_option,
+    default_cache,
+    default_note,
+    write_float_shared,
+)
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.export.quantized_artifact import quantize_artifact
 from scredge.export.reference_pass import GREEDY_TOKENS, finish_reference, record_reference
@@ -328,7 +333,7 @@ def write_reference(model, path: Path | None) -> dict:
 
 
 def check_all(out: Path, c, dtype: str, opset: int, force: bool, quantize, target: str,
-              cache: str, memory_check: bool) -> tuple[str, ...]:
+              cache: str | None, memory_check: bool) -> tuple[str, ...]:
     """Every refusal before work starts; the backends whose graphs are written."""
     check_options(out, dtype, opset, force, c.window)
     check_quantize(quantize, dtype, opset, c)
@@ -365,16 +370,17 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, stream: bool, slim_flo
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
-                    quantize: QuantSpec | None = None, cache: str = "concat",
+                    quantize: QuantSpec | None = None, cache: str | None = None,
                     log: Callable[[str], None] = lambda s: None,
                     keep_reference: bool = True, target: str = "all",
                     memory_check: bool = True) -> Path:
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
     Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
     `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
-    quantized tier (section 5) in both of its graphs; with `cache="shared"` the onnxruntime
-    graph is the in-place KV-cache form (SCR_SPEC v3 section 3, export/ort_shared_cache.py)
-    and TensorRT reads the concat form from model.trt.onnx. `keep_reference`: keep the
+    quantized tier (section 5) in both of its graphs; `cache` the onnxruntime graph's KV
+    cache: "shared" the in-place form (SCR_SPEC v3 section 3, export/ort_shared_cache.py;
+    TensorRT then reads the concat form from model.trt.onnx), "concat", or None for
+    `default_cache`'s choice (shared where verified). `keep_reference`: keep the
     float32 reference weights (model.safetensors; the CLI's default is a slim folder without
     them); `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds;
     `memory_check`: refuse a model the memory available cannot hold (export/memory_check.py)."""
@@ -382,6 +388,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     c = model.config
     opset = default_opset(quantize) if opset is None else opset
     targets = check_all(out, c, dtype, opset, force, quantize, target, cache, memory_check)
+    note, cache = default_note(cache, dtype, targets), cache or default_cache(dtype, targets)
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
@@ -397,7 +404,8 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             not keep_reference and quantize is None, log)
         config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
                                  "external_data": large, "target": target,
-                                 REFERENCE_KEY: {"sha256": sha, "kept": keep_reference}})
+                                 REFERENCE_KEY: {"sha256": sha, "kept": keep_reference},
+                                 **note})
         if tokenizer is not None:
             tokenizer.copy_into(tmp)
             config[TOKENIZER_KEY] = tokenizer.describe()

@@ -55,8 +55,9 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
                                         "recorded at export (parity/heldout.npz)")
         from scredge.quantized_tier import run_quantized_parity
 
-        report = run_quantized_parity(artifact, _runner(artifact, backend, device, cuda_graph),
-                                      artifact.graph_file(backend))
+        runner = _runner(artifact, backend, device, cuda_graph)
+        report = run_quantized_parity(artifact, runner, getattr(runner, "graph", None)
+                                      or artifact.graph_file(backend))
         report.precision, report.backend = artifact.precision, backend
         return report
     if record:

@@ -18,7 +18,12 @@ from scredge.cli import main
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.export.graph import export_graph
-from scredge.export.ort_shared_cache import check_cache_option, to_shared_cache
+from scredge.export.ort_shared_cache import (
+    check_cache_option,
+    default_cache,
+    default_note,
+    to_shared_cache,
+)
 from scredge.export.plan_graphs import quantize_graphs
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.ref import build_model
@@ -72,21 +77,10 @@ def test_quantized_shared_equals_quantized_concat(bits, w8_graph):
 
 
 @pytest.mark.slow
-def test_quantized_shared_artifact(tiny_opset21, tmp_path, monkeypatch, capsys):
-    """`export --quantize int4 --cache shared` (tiny): the export's quantized tier passes on
-    the shared graph, config.json names both forms, and `scredge parity` passes on it."""
-    from scredge.export import pipeline
-
-    model, proto = tiny_opset21
-
-    def graph(_model, _opset):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        return copy
-
-    monkeypatch.setattr(pipeline, "export_graph", graph)
-    out = pipeline.export_artifact(model, tmp_path / "int4", quantize=QuantSpec(4),
-                                   cache="shared")
+def test_quantized_default_is_the_shared_form(tiny_quantized, capsys):
+    """`export --quantize int4` (tiny) without --cache: the export's quantized tier passed
+    on the shared graph, config.json names both forms, and `scredge parity` passes on it."""
+    out = tiny_quantized[4]
     config = json.loads((out / "config.json").read_text())
     graphs = config["quantization"]["graphs"]
     assert config["graph_version"] == 3
@@ -100,3 +94,16 @@ def test_cache_option_refused_before_work():
         check_cache_option("paged", "float32")
     with pytest.raises(ScredgeError, match="float32 graphs only"):
         check_cache_option("shared", "float16")
+    assert check_cache_option(None, "float16", ("trt",)) is None  # not given: the default's
+
+
+def test_default_cache_form():
+    """Shared wherever it is verified; concat for a TensorRT-only folder and for float16
+    (whose graph the attention fusions do not match: see default_note's reason)."""
+    assert default_cache("float32") == "shared"
+    assert default_cache("float32", ("ort",)) == "shared"
+    assert default_cache("float32", ("trt",)) == "concat"
+    assert default_cache("float16") == "concat"
+    assert default_note(None, "float16", ("ort", "trt"))["cache_default"]["cache"] == "concat"
+    assert default_note("concat", "float16", ("ort",)) == {}
+    assert default_note(None, "float32", ("ort",)) == {}
