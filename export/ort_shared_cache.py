@@ -149,37 +149,15 @@ def to_shared_cache(proto, config: SCRConfig) -> int:
     return len(found)
 
 
-# Export dtypes whose onnxruntime graph stays in the concat form when `--cache` is not
-# given, and why (also recorded in config.json): the fusions the shared form is built on
-# (ort_fusions, ort_attention) match the float32 graph only; a float16 graph computes its
-# RMSNorm and softmax in float32 between Cast nodes and casts the rotary cos/sin, so no
-# attention block fuses and the rewrite has no Attention node to turn into
-# GroupQueryAttention.
-CONCAT_ONLY_DTYPES = {
-    "float16": "float16 graphs: the attention fusions the shared form is built on match "
-               "float32 graphs only (a float16 graph casts around RMSNorm, rotary and softmax)",
-}
-
-
-def default_cache(dtype: str, targets: tuple[str, ...] = ("ort", "trt")) -> str:
+def default_cache(targets: tuple[str, ...] = ("ort", "trt")) -> str:
     """The KV-cache form of the onnxruntime graph when `--cache` is not given: shared
-    (SCR_SPEC v3 section 3) wherever it is verified, concat for a folder without an
-    onnxruntime graph (`--target trt`) and for the dtypes of CONCAT_ONLY_DTYPES."""
-    if "ort" not in targets or dtype in CONCAT_ONLY_DTYPES:
-        return CACHE_CONCAT
-    return CACHE_SHARED
+    (SCR_SPEC v3 section 3) for every export dtype, quantized or not (a float16 graph's
+    attention fuses through its Casts, ort_attention.py), and concat for a folder without
+    an onnxruntime graph (`--target trt`)."""
+    return CACHE_SHARED if "ort" in targets else CACHE_CONCAT
 
 
-def default_note(cache: str | None, dtype: str, targets: tuple[str, ...]) -> dict:
-    """config.json's `export` additions that say why a default export kept the concat form
-    for its onnxruntime graph ({} where the default is shared or the form was asked for)."""
-    if cache is not None or "ort" not in targets or dtype not in CONCAT_ONLY_DTYPES:
-        return {}
-    return {"cache_default": {CACHE_KEY: CACHE_CONCAT, "reason": CONCAT_ONLY_DTYPES[dtype]}}
-
-
-def check_cache_option(cache: str | None, dtype: str,
-                       targets: tuple[str, ...] = ("ort", "trt")) -> None:
+def check_cache_option(cache: str | None, targets: tuple[str, ...] = ("ort", "trt")) -> None:
     """Refuse an unknown `--cache` or one this form was not verified for, before any work;
     None (not given) is `default_cache`'s choice, always valid."""
     if cache is None:
@@ -192,12 +170,6 @@ def check_cache_option(cache: str | None, dtype: str,
                            received="--cache shared --target trt",
                            expected="--target ort or --target all with --cache shared",
                            fix="drop --cache shared (TensorRT reads the concat form)")
-    if cache == CACHE_SHARED and dtype in CONCAT_ONLY_DTYPES:
-        raise ScredgeError("the shared KV-cache form is not available for this dtype",
-                           received=f"--dtype {dtype} --cache shared",
-                           expected="--dtype float32 (quantized or not) with --cache shared",
-                           fix=f"drop --cache shared ({CONCAT_ONLY_DTYPES[dtype]}), "
-                               "or export float32")
 
 
 def shared_graph(float_proto, config: SCRConfig):

@@ -51,7 +51,6 @@ from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
 from scredge.export.ort_shared_cache import (
     check_cache_option,
     default_cache,
-    default_note,
     write_float_shared,
 )
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
@@ -338,7 +337,7 @@ def check_all(out: Path, c, dtype: str, opset: int, force: bool, quantize, targe
     check_options(out, dtype, opset, force, c.window)
     check_quantize(quantize, dtype, opset, c)
     targets = check_target(target)
-    check_cache_option(cache, dtype, targets)
+    check_cache_option(cache, targets)
     if memory_check:
         from scredge.export.memory_check import check_export_memory
         from scredge.ref.train_memory import available_memory
@@ -388,7 +387,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     c = model.config
     opset = default_opset(quantize) if opset is None else opset
     targets = check_all(out, c, dtype, opset, force, quantize, target, cache, memory_check)
-    note, cache = default_note(cache, dtype, targets), cache or default_cache(dtype, targets)
+    cache = cache or default_cache(targets)
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
@@ -404,8 +403,7 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
             not keep_reference and quantize is None, log)
         config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
                                  "external_data": large, "target": target,
-                                 REFERENCE_KEY: {"sha256": sha, "kept": keep_reference},
-                                 **note})
+                                 REFERENCE_KEY: {"sha256": sha, "kept": keep_reference}})
         if tokenizer is not None:
             tokenizer.copy_into(tmp)
             config[TOKENIZER_KEY] = tokenizer.describe()

@@ -140,12 +140,17 @@ class SharedDecoder(Decoder):
         room = self._capacity - (0 if self._c.window is None else self._c.window - 1)
         if self._c.window is not None and T > room:  # a long prompt: chunks that fit
             parts, extras = [], []
-            for s in range(0, T, room):
-                parts.append(self.step(ids[:, s:s + room], positions[:, s:s + room]).copy())
+            for s in range(0, T, room):  # one step() to the caller, several calls here
+                parts.append(self._call(ids[:, s:s + room], positions[:, s:s + room]).copy())
                 extras.append(self.last_extra)
             self.last_extra = {n: np.concatenate([e[n] for e in extras], axis=1)
                                for n in self.extra_outputs}
             return np.concatenate(parts, axis=1)
+        return self._call(ids, positions)
+
+    def _call(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One graph call of T tokens that fit the buffers once room is made."""
+        B, T = ids.shape
         self._make_room(T)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         positions = np.ascontiguousarray(positions, dtype=np.int64)

@@ -45,7 +45,7 @@ def test_folder_contents_and_manifest(artifact):
     assert config["export"]["dtype"] == "float32" and config["export"]["opset"] == 18
     assert config["io"]["inputs"][:4] == ["input_ids", "position_ids", "attention_mask",
                                           "past_key_values.0.key"]
-    assert config["graph_version"] == 3 and "cache_default" not in config["export"]
+    assert config["graph_version"] == 3
     assert config["cache"] == {"ort": "shared", "trt": "concat"}
     assert config["graphs"] == {"ort": "model.onnx", "trt": "model.trt.onnx"}
     assert {"torch", "onnx", "onnxruntime", "scredge"} <= set(config["versions"])

@@ -33,10 +33,8 @@ def test_export_config_float16(tmp_path, micro_config, capsys):
     verify_manifest(out)
     config, raw = read_config(out)
     assert config == MICRO.with_(scr_layers=(1,)) and raw["export"]["dtype"] == "float16"
-    # float16 keeps the concat form by default, and config.json says why (docs/kv-cache.md)
-    assert raw["graph_version"] == 2 and "cache" not in raw
-    assert raw["export"]["cache_default"]["cache"] == "concat"
-    assert "float32 graphs only" in raw["export"]["cache_default"]["reason"]
+    # float16 too: the shared form by default, verified at the float16 logits tier (above)
+    assert raw["graph_version"] == 3 and raw["cache"] == {"ort": "shared", "trt": "concat"}
 
 
 def test_export_default_cache_per_target(tmp_path, micro_config):
@@ -50,7 +48,6 @@ def test_export_default_cache_per_target(tmp_path, micro_config):
         raw = json.loads((out / "config.json").read_text())
         assert raw.get("cache") == want and raw["graph_version"] == (3 if want else 2)
         assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
-        assert "cache_default" not in raw["export"]
 
 
 def test_export_weights_with_checkpoint_config(tmp_path, micro_config):
@@ -88,7 +85,6 @@ def test_scr_layers_all_means_every_layer_for_every_source(tmp_path, capsys):
     (["--preset", "huge"], "unknown preset"),
     (["--scr-layers", "0,x"], "invalid --scr-layers"),
     (["--scr-layers", "0,7"], "scr_layers"),
-    (["--dtype", "float16", "--cache", "shared"], "not available for this dtype"),
     (["--target", "trt", "--cache", "shared"], "an onnxruntime graph form"),
 ])
 def test_refusals_write_nothing(tmp_path, extra, needle, capsys, monkeypatch):

@@ -21,7 +21,6 @@ from scredge.export.graph import export_graph
 from scredge.export.ort_shared_cache import (
     check_cache_option,
     default_cache,
-    default_note,
     to_shared_cache,
 )
 from scredge.export.plan_graphs import quantize_graphs
@@ -91,19 +90,13 @@ def test_quantized_default_is_the_shared_form(tiny_quantized, capsys):
 
 def test_cache_option_refused_before_work():
     with pytest.raises(ScredgeError, match="unknown KV-cache form"):
-        check_cache_option("paged", "float32")
-    with pytest.raises(ScredgeError, match="float32 graphs only"):
-        check_cache_option("shared", "float16")
-    assert check_cache_option(None, "float16", ("trt",)) is None  # not given: the default's
+        check_cache_option("paged")
+    with pytest.raises(ScredgeError, match="an onnxruntime graph form"):
+        check_cache_option("shared", ("trt",))
+    assert check_cache_option(None, ("trt",)) is None  # not given: the default's
 
 
 def test_default_cache_form():
-    """Shared wherever it is verified; concat for a TensorRT-only folder and for float16
-    (whose graph the attention fusions do not match: see default_note's reason)."""
-    assert default_cache("float32") == "shared"
-    assert default_cache("float32", ("ort",)) == "shared"
-    assert default_cache("float32", ("trt",)) == "concat"
-    assert default_cache("float16") == "concat"
-    assert default_note(None, "float16", ("ort", "trt"))["cache_default"]["cache"] == "concat"
-    assert default_note("concat", "float16", ("ort",)) == {}
-    assert default_note(None, "float32", ("ort",)) == {}
+    """Shared wherever there is an onnxruntime graph; concat for a TensorRT-only folder."""
+    assert default_cache() == default_cache(("ort",)) == "shared"
+    assert default_cache(("trt",)) == "concat"
