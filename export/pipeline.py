@@ -376,13 +376,12 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
     Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
     `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
-    quantized tier (section 5) in both of its graphs; `cache` the onnxruntime graph's KV
-    cache: "shared" the in-place form (SCR_SPEC v3 section 3, export/ort_shared_cache.py;
-    TensorRT then reads the concat form from model.trt.onnx), "concat", or None for
-    `default_cache`'s choice (shared where verified). `keep_reference`: keep the
-    float32 reference weights (model.safetensors; the CLI's default is a slim folder without
-    them); `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds;
-    `memory_check`: refuse a model the memory available cannot hold (export/memory_check.py)."""
+    quantized tier (section 5) in both of its graphs; `cache` "shared" (None: the default
+    with an onnxruntime graph): the in-place KV cache (SCR_SPEC v3 section 3), TensorRT
+    reads concat from model.trt.onnx; "concat". `keep_reference`: keep the float32
+    reference weights (model.safetensors; the CLI's default: a slim folder); `target`:
+    'all', 'ort' or 'trt', the backends whose graphs the folder holds; `memory_check`:
+    refuse a model the memory available cannot hold (export/memory_check.py)."""
     out = Path(out).absolute()
     c = model.config
     opset = default_opset(quantize) if opset is None else opset
