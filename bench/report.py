@@ -40,7 +40,8 @@ def run_bench(folder: str | Path, *, backend: str = "ort", device: str = "auto",
     settings = dict(gen_len=gen_len, batch=batch, warmup=warmup, repeat=repeat)
     result = latency.bench(runner, prompt_len=prompt_len, **settings)
     result["precision"] = artifact.precision
-    result["graph"] = artifact.graph_file(backend)
+    # the file that ran (onnxruntime on CUDA may run a shared folder's concat graph)
+    result["graph"] = getattr(runner, "graph", None) or artifact.graph_file(backend)
     lines = latency.summary_lines(result)
     lines[0] += f", {artifact.precision} ({result['graph']})"
     if cuda_graph:  # the same engine uncaptured, in this run: the ratio is the gain

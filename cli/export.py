@@ -67,10 +67,11 @@ def add(sub) -> None:
                         "tokenizer")
     p.add_argument("--target", default="all", choices=["all", "ort", "trt"],
                    help="the backends whose graphs the folder holds (default all)")
-    p.add_argument("--cache", choices=["concat", "shared"], default="concat",
-                   help="the onnxruntime graph's KV cache: concat (default: whole caches in "
-                        "and out) or shared (SCR_SPEC v3: one in-place buffer per layer, "
-                        "GroupQueryAttention; float32 and quantized; onnxruntime >= 1.32)")
+    p.add_argument("--cache", choices=["concat", "shared"],
+                   help="the onnxruntime graph's KV cache: shared (default; SCR_SPEC v3: "
+                        "one in-place buffer per layer, GroupQueryAttention; onnxruntime >= "
+                        "1.32) or concat (whole caches in and out); TensorRT's graph is "
+                        "always concat (model.trt.onnx beside a shared model.onnx)")
     p.add_argument("--ignore-memory-check", action="store_true",
                    help="export even when the estimate of the memory needed exceeds what "
                         "is available (refused by default, before any work)")
@@ -82,7 +83,12 @@ def add(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scredge.export.ort_shared_cache import check_cache_option
-    from scredge.export.pipeline import check_options, default_opset, export_artifact
+    from scredge.export.pipeline import (
+        check_options,
+        check_target,
+        default_opset,
+        export_artifact,
+    )
     from scredge.export.quantize import parse_quantize_args
     from scredge.export.sources import select_source
 
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                 args.embedding)
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
-    check_cache_option(args.cache, args.dtype)
+    check_cache_option(args.cache, check_target(args.target))
     src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
                         run=args.from_run, gguf=args.from_gguf,
                         config=args.config, weights=args.weights, scr_layers=args.scr_layers,

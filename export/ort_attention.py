@@ -71,7 +71,9 @@ def _match_attention(g: Graph, sm) -> _AttentionMatch | None:
     rows, past/present concat, masked_fill) -> its pieces, or None."""
     if sm.op_type != "Softmax" or attr(sm, "axis", -1) != -1:
         return None
-    where = g.only(sm.input[0], "Where")
+    # a float16 graph takes the softmax in float32: Where -> Cast -> Softmax -> Cast
+    cast_in = g.only(sm.input[0], "Cast")
+    where = g.only(cast_in.input[0] if cast_in else sm.input[0], "Where")
     if where is None:
         return None
     cond, a, b = where.input
@@ -96,8 +98,10 @@ def _match_attention(g: Graph, sm) -> _AttentionMatch | None:
     q_head = _head_input(g, qg.input[0] if qg else mm.input[0])
     k_cat = _cache_concat(g, kt.input[0])
     k_head = k_cat and _head_input(g, k_cat.input[1])
-    pv = g.next(sm.output[0], "MatMul")
-    if q_head is None or k_head is None or pv is None or pv.input[0] != sm.output[0]:
+    cast_out = g.next(sm.output[0], "Cast") if cast_in else None
+    probs = (cast_out or sm).output[0]
+    pv = g.next(probs, "MatMul")
+    if q_head is None or k_head is None or pv is None or pv.input[0] != probs:
         return None
     v_cat = _cache_concat(g, pv.input[1])
     v_head = v_cat and _unheads(g, v_cat.input[1])
@@ -107,7 +111,7 @@ def _match_attention(g: Graph, sm) -> _AttentionMatch | None:
     if v_head is None or not flat:
         return None
     nodes = [*q_head[1], *k_head[1], *v_head[1], k_cat, v_cat, kt, mm, where, sm, pv, tr,
-             flat] + [n for n in (qg, mul, back) if n is not None]
+             flat] + [n for n in (qg, mul, back, cast_in, cast_out) if n is not None]
     return _AttentionMatch(q_head[0], k_head[0], v_head[0], k_cat.input[0], v_cat.input[0],
                            k_cat.output[0], v_cat.output[0], keep, scale, flat.output[0], nodes,
                            (q_head[1][0].name, k_head[1][0].name))

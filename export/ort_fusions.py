@@ -144,8 +144,8 @@ def _match_rotary(g: Graph, add):
             t = split.input[0]
             if t not in mul_c.input:
                 continue
-            unsq_c = g.producer.get(other(mul_c, t))
-            unsq_s = g.producer.get(other(mul_s, cat_name))
+            unsq_c = _past_cast(g, other(mul_c, t))
+            unsq_s = _past_cast(g, other(mul_s, cat_name))
             if not all(u is not None and u.op_type == "Unsqueeze" for u in (unsq_c, unsq_s)):
                 continue
             if any(g.const(u.input[1]) is None or list(np.ravel(g.const(u.input[1]))) != [1]
@@ -154,6 +154,26 @@ def _match_rotary(g: Graph, add):
             if len(g.consumers[t]) != 2:  # the cos Mul and the Split only
                 continue
             return t, unsq_c.input[0], unsq_s.input[0], [mul_c, split, neg, cat, mul_s, add]
+    return None
+
+
+def _past_cast(g: Graph, name: str):
+    """The node producing `name`, or, when that is a `Cast` (a float16 graph casts the
+    float32 cos/sin to float16 before the rotary's Mul), the node producing its input."""
+    node = g.producer.get(name)
+    if node is not None and node.op_type == "Cast":
+        node = g.producer.get(node.input[0])
+    return node
+
+
+def _rotary_dtype(g: Graph, t: str) -> int | None:
+    """The element type the rotary's caches must have: the Cast's `to` on the cos path of
+    a float16 graph (the `Mul` reading `t` and a Cast), None for a float32 graph."""
+    for user in g.consumers[t]:
+        if user is not None and user.op_type == "Mul":
+            cast = g.producer.get(other(user, t))
+            if cast is not None and cast.op_type == "Cast":
+                return attr(cast, "to")
     return None
 
 
@@ -171,9 +191,10 @@ def _half_angles(g: Graph, cos: str, sin: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _rotary_inputs(angles: str, head_dim: int, ids: str):
-    """Nodes making what RotaryEmbedding reads: caches cos(a), sin(a) as [B*T, Dh/2] rows,
-    and each token's row [B, T] (0 .. B*T-1)."""
+def _rotary_inputs(angles: str, head_dim: int, ids: str, to: int | None = None):
+    """Nodes making what RotaryEmbedding reads: caches cos(a), sin(a) as [B*T, Dh/2] rows
+    (cast to element type `to` when given: the activations' float16), and each token's row
+    [B, T] (0 .. B*T-1)."""
     helper, numpy_helper = require("onnx").helper, require("onnx").numpy_helper
     p = "/ort_rotary/"
     consts = {p + "rows": np.array([-1, head_dim // 2], np.int64),
@@ -181,9 +202,13 @@ def _rotary_inputs(angles: str, head_dim: int, ids: str):
     inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
     nodes = []
     for op in ("Cos", "Sin"):
+        rows = p + op + ("_rows" if to else "_cache")
         nodes += [helper.make_node(op, [angles], [p + op], name=p + op),
-                  helper.make_node("Reshape", [p + op, p + "rows"], [p + op + "_cache"],
+                  helper.make_node("Reshape", [p + op, p + "rows"], [rows],
                                    name=p + op + "/Reshape")]
+        if to:
+            nodes.append(helper.make_node("Cast", [rows], [p + op + "_cache"], to=to,
+                                          name=p + op + "/Cast"))
     nodes += [helper.make_node("Size", [ids], [p + "count"], name=p + "Size"),
               helper.make_node("Range", [p + "s0", p + "count", p + "s1"], [p + "flat"],
                                name=p + "Range"),
@@ -212,7 +237,8 @@ def _fuse_rotaries(g: Graph, head_dim: int, ids: str) -> _RotaryRewrite:
     angles = _half_angles(g, cos, sin)
     if angles is None:
         return _RotaryRewrite([], set(), [], [], 0)
-    nodes, inits, cos_cache, sin_cache, row_ids = _rotary_inputs(angles, head_dim, ids)
+    nodes, inits, cos_cache, sin_cache, row_ids = _rotary_inputs(
+        angles, head_dim, ids, _rotary_dtype(g, matches[0][0]))
     new, dead = [], set()
     for t, _, _, sub in matches:
         dead.update(id(n) for n in sub)
@@ -278,9 +304,11 @@ def _pack_matmuls(g: Graph) -> tuple[list, set, list, int]:
 
 
 def fuse_for_onnxruntime(proto, config: SCRConfig, read=None) -> FusionCounts:
-    """Rewrite `proto` (an onnxruntime-form graph of `config`, float32 activations) in
-    place. The first pass's rewrites touch disjoint nodes; attention matches on its result
-    (the 4-D rotary nodes it made). `read`: how a constant's value is read (Graph)."""
+    """Rewrite `proto` (an onnxruntime-form graph of `config`, float32 activations, or
+    float16 ones: rotary and attention match through its Casts, RMSNorm, computed in
+    float32 between Casts, is left as it is) in place. The first pass's rewrites touch
+    disjoint nodes; attention matches on its result (the 4-D rotary nodes it made).
+    `read`: how a constant's value is read (Graph)."""
     from scredge.export.ort_attention import fuse_attention
 
     onnx = require("onnx")

@@ -149,8 +149,19 @@ def to_shared_cache(proto, config: SCRConfig) -> int:
     return len(found)
 
 
-def check_cache_option(cache: str, dtype: str, targets: tuple[str, ...] = ("ort", "trt")) -> None:
-    """Refuse an unknown `--cache` or one this form was not verified for, before any work."""
+def default_cache(targets: tuple[str, ...] = ("ort", "trt")) -> str:
+    """The KV-cache form of the onnxruntime graph when `--cache` is not given: shared
+    (SCR_SPEC v3 section 3) for every export dtype, quantized or not (a float16 graph's
+    attention fuses through its Casts, ort_attention.py), and concat for a folder without
+    an onnxruntime graph (`--target trt`)."""
+    return CACHE_SHARED if "ort" in targets else CACHE_CONCAT
+
+
+def check_cache_option(cache: str | None, targets: tuple[str, ...] = ("ort", "trt")) -> None:
+    """Refuse an unknown `--cache` or one this form was not verified for, before any work;
+    None (not given) is `default_cache`'s choice, always valid."""
+    if cache is None:
+        return
     if cache not in CACHE_FORMS:
         raise ScredgeError("unknown KV-cache form", received=repr(cache),
                            expected=f"one of {list(CACHE_FORMS)}")
@@ -159,11 +170,6 @@ def check_cache_option(cache: str, dtype: str, targets: tuple[str, ...] = ("ort"
                            received="--cache shared --target trt",
                            expected="--target ort or --target all with --cache shared",
                            fix="drop --cache shared (TensorRT reads the concat form)")
-    if cache == CACHE_SHARED and dtype != "float32":
-        raise ScredgeError("the shared KV-cache form is verified for float32 graphs only",
-                           received=f"--dtype {dtype} --cache shared",
-                           expected="--dtype float32 (quantized or not) with --cache shared",
-                           fix="drop --cache shared, or export float32")
 
 
 def shared_graph(float_proto, config: SCRConfig):

@@ -48,7 +48,11 @@ from scredge.destination import (
 )
 from scredge.errors import ScredgeError
 from scredge.export.graph import DEFAULT_OPSET, MIN_OPSET, export_graph
-from scredge.export.ort_shared_cache import check_cache_option, write_float_shared
+from scredge.export.ort_shared_cache import (
+    check_cache_option,
+    default_cache,
+    write_float_shared,
+)
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.export.quantized_artifact import quantize_artifact
 from scredge.export.reference_pass import GREEDY_TOKENS, finish_reference, record_reference
@@ -328,12 +332,12 @@ def write_reference(model, path: Path | None) -> dict:
 
 
 def check_all(out: Path, c, dtype: str, opset: int, force: bool, quantize, target: str,
-              cache: str, memory_check: bool) -> tuple[str, ...]:
+              cache: str | None, memory_check: bool) -> tuple[str, ...]:
     """Every refusal before work starts; the backends whose graphs are written."""
     check_options(out, dtype, opset, force, c.window)
     check_quantize(quantize, dtype, opset, c)
     targets = check_target(target)
-    check_cache_option(cache, dtype, targets)
+    check_cache_option(cache, targets)
     if memory_check:
         from scredge.export.memory_check import check_export_memory
         from scredge.ref.train_memory import available_memory
@@ -365,23 +369,24 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, slim_float: bool,
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
                     opset: int | None = None, force: bool = False,
                     source: dict | None = None, tokenizer: TokenizerFiles | None = None,
-                    quantize: QuantSpec | None = None, cache: str = "concat",
+                    quantize: QuantSpec | None = None, cache: str | None = None,
                     log: Callable[[str], None] = lambda s: None,
                     keep_reference: bool = True, target: str = "all",
                     memory_check: bool = True) -> Path:
     """Export the float32 reference `model` to a verified artifact folder at `out`, with the
     Hugging Face `tokenizer` files when given (copied, listed in the manifest); with
     `quantize`, a weight-only int8/int4 artifact (SCR_SPEC section 4) that must meet the
-    quantized tier (section 5) in both of its graphs; with `cache="shared"` the onnxruntime
-    graph is the in-place KV-cache form (SCR_SPEC v3 section 3, export/ort_shared_cache.py)
-    and TensorRT reads the concat form from model.trt.onnx. `keep_reference`: keep the
-    float32 reference weights (model.safetensors; the CLI's default is a slim folder without
-    them); `target`: 'all', 'ort' or 'trt', the backends whose graphs the folder holds;
-    `memory_check`: refuse a model the memory available cannot hold (export/memory_check.py)."""
+    quantized tier (section 5) in both of its graphs; `cache` "shared" (None: the default
+    with an onnxruntime graph): the in-place KV cache (SCR_SPEC v3 section 3), TensorRT
+    reads concat from model.trt.onnx; "concat". `keep_reference`: keep the float32
+    reference weights (model.safetensors; the CLI's default: a slim folder); `target`:
+    'all', 'ort' or 'trt', the backends whose graphs the folder holds; `memory_check`:
+    refuse a model the memory available cannot hold (export/memory_check.py)."""
     out = Path(out).absolute()
     c = model.config
     opset = default_opset(quantize) if opset is None else opset
     targets = check_all(out, c, dtype, opset, force, quantize, target, cache, memory_check)
+    cache = cache or default_cache(targets)
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))

@@ -51,17 +51,15 @@ from scredge.tiers import quantized_thresholds
 from scredge.tokenizer_files import TokenizerFiles
 
 EXTERNAL_DATA_BYTES = 1 << 30
-# onnxruntime fuses DequantizeLinear+MatMul into MatMulNBits with int8 *activations* unless
-# told otherwise; level 0 keeps the TensorRT form weight-only, as TensorRT runs it.
-QDQ_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
 
 
 def ort_session(path: Path, dequantize_form: bool = False):
     """A CPU onnxruntime session for a quantized graph (weight-only numerics)."""
+    from scredge.runtime.loaders import DEQUANTIZE_FORM_ENTRIES
     from scredge.runtime.loaders import ort_session as make_session
 
     return make_session(path, "cpu",
-                        config_entries={QDQ_ACCURACY_KEY: "0"} if dequantize_form else None)
+                        config_entries=DEQUANTIZE_FORM_ENTRIES if dequantize_form else None)
 
 
 def _save(proto, path: Path) -> None:

@@ -29,7 +29,7 @@ from scredge.parity.graph_surgery import hidden_output, realign_alone, with_hidd
 from scredge.parity.report import ParityReport, TierResult
 from scredge.runtime.cache import empty_state, state_from_outputs
 from scredge.runtime.generation import positions
-from scredge.runtime.loaders import Artifact, ort_session, verified_graph
+from scredge.runtime.loaders import Artifact, ort_graph, ort_kind, ort_session, verified_graph
 from scredge.tiers import Thresholds, compare_logits, hidden_metrics
 
 
@@ -71,14 +71,16 @@ def op_tier_with(run_case, artifact: Artifact, golden: Golden, th: Thresholds,
 def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str,
                  dump: Path | None = None) -> tuple[list[TierResult], dict | None]:
     """Layer, logits and teacher-forced decode tiers, and the first divergence."""
-    graph, external = verified_graph(artifact, ONNX_FILE)  # the bytes the manifest lists
+    # the graph load_ort runs there (CUDA: a shared folder's concat graph), as verified
+    name, form = ort_graph(artifact, ort_kind(device))
+    graph, external = verified_graph(artifact, name)  # the bytes the manifest lists
     session = ort_session(with_hidden_outputs(graph), device, external_data=external,
                           external_folder=artifact.folder)
     names = [o.name for o in session.get_outputs()]
     c = artifact.config
     B = golden.steps_ids[0].shape[0]
     state = empty_state(c, B, artifact.kv_dtype)
-    shared = _shared_decoder(artifact, session, B)
+    shared = _shared_decoder(artifact, session, B) if form == CACHE_SHARED else None
     start, first, worst_layer = 0, None, (1.0, 0.0)
     logit_reports = []
     for k, (ids, ref_logits, ref_hidden) in enumerate(zip(
@@ -124,10 +126,7 @@ def decode_tiers(artifact: Artifact, golden: Golden, th: Thresholds, device: str
 
 def _shared_decoder(artifact: Artifact, session, batch: int):
     """For a shared-cache graph (SCR_SPEC v3 section 3): a SharedDecoder over `session` (the
-    graph with every layer's hidden state as an output) that fetches those outputs too;
-    None for the concat form."""
-    if artifact.cache_form("ort") != CACHE_SHARED:
-        return None
+    graph with every layer's hidden state as an output) that fetches those outputs too."""
     from scredge.runtime.runners.ort_runner import OrtRunner
     from scredge.runtime.shared_cache import SharedDecoder
 

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scredge.artifact import listed_member, read_listed_bytes
-from scredge.contract import GOLDEN_FILE
+from scredge.contract import CACHE_SHARED, GOLDEN_FILE
 from scredge.errors import ScredgeError
 from scredge.golden_file import Golden
 from scredge.parity.report import ParityReport
 from scredge.quantized_tier import QuantizedReport
-from scredge.runtime.loaders import load_ort, open_artifact
+from scredge.runtime.loaders import load_ort, open_artifact, ort_graph, ort_kind
 from scredge.tiers import Thresholds, tier_thresholds, with_overrides
 
 
@@ -46,6 +46,15 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
         raise ScredgeError("--dump replays a call in onnxruntime: it needs --backend ort",
                            received="--backend trt --dump", expected="--backend ort --dump DIR")
     artifact = open_artifact(folder)
+    if dump is not None and ort_graph(artifact, ort_kind(device))[1] == CACHE_SHARED:
+        raise ScredgeError(
+            "--dump writes one call's inputs to replay, which the shared KV-cache form has "
+            "not (its cache is a buffer updated in place across calls)",
+            received=f"{artifact.folder}: onnxruntime graph with the shared cache (the "
+                     "default form)",
+            expected="a concat-form graph for --dump",
+            fix="run without --dump (the first divergence is still reported), or export "
+                "with --cache concat and dump that folder")
     if artifact.quantization:  # its own tier, from the held-out reference (SCR_SPEC section 5)
         given = [f for f, v in (("--record", record), ("--live", live), ("--dump", dump),
                                 ("--dtype", dtype)) if v]
@@ -55,8 +64,9 @@ def check(folder: str | Path, *, backend: str = "ort", device: str = "auto",
                                         "recorded at export (parity/heldout.npz)")
         from scredge.quantized_tier import run_quantized_parity
 
-        report = run_quantized_parity(artifact, _runner(artifact, backend, device, cuda_graph),
-                                      artifact.graph_file(backend))
+        runner = _runner(artifact, backend, device, cuda_graph)
+        report = run_quantized_parity(artifact, runner, getattr(runner, "graph", None)
+                                      or artifact.graph_file(backend))
         report.precision, report.backend = artifact.precision, backend
         return report
     if record:

@@ -286,6 +286,40 @@ def _check_onnxruntime_version(artifact: Artifact, installed: str) -> None:
                            fix=f"pip install 'onnxruntime>={need}'")
 
 
+# onnxruntime fuses a quantized TensorRT form's DequantizeLinear + MatMul into MatMulNBits
+# with int8 *activations* unless told otherwise; level 0 keeps that form weight-only, as
+# TensorRT runs it and as the export's tier check measured it
+DEQUANTIZE_FORM_ENTRIES = {"session.qdq_matmulnbits_accuracy_level": "0"}
+
+
+def ort_kind(device: str) -> str:
+    """'cuda' when onnxruntime will run on the CUDA provider for `device`, else 'cpu'."""
+    return "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def ort_graph(artifact: Artifact, kind: str) -> tuple[str, str]:
+    """(graph file, KV-cache form) that onnxruntime runs for `artifact` on `kind` ('cpu' |
+    'cuda'). The shared form runs on the CPU provider only (runtime/shared_cache.py: its
+    row moves and joins are host copies), so on CUDA a folder whose onnxruntime graph is
+    shared runs its TensorRT graph instead: the concat form of the same verified export,
+    standard ONNX that onnxruntime runs too (float: the graph with the scr.Realign
+    function; quantized: blocked DequantizeLinear, the form the export's tier check ran in
+    onnxruntime). A folder without one (`--target ort`) is refused by name."""
+    name, form = artifact.graph_file("ort"), artifact.cache_form("ort")
+    if kind != "cuda" or form != CACHE_SHARED:
+        return name, form
+    if "trt" in artifact.graphs and artifact.cache_form("trt") == CACHE_CONCAT:
+        return artifact.graphs["trt"], CACHE_CONCAT
+    raise ScredgeError(
+        "this artifact's onnxruntime graph has the shared KV cache, which runs on the CPU "
+        "provider only, and the folder holds no concat-form graph for CUDA",
+        received=f"{artifact.folder} ({name}: cache shared; graphs: {sorted(artifact.graphs)})",
+        expected="device='cpu', or a folder with a concat-form graph",
+        fix="run it with --device cpu, or export it again with --cache concat (or "
+            "--target all, whose model.trt.onnx onnxruntime runs on CUDA): scredge export "
+            f"... --cache concat --out {artifact.folder} --force")
+
+
 def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = None,
              realign_library: Path | None = None):
     """An OrtRunner for `artifact`; uses its saved optimised graph when it fits and the
@@ -296,11 +330,13 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
     from scredge.runtime.realign_kernel import FUNCTION, RealignKernel, pick
     from scredge.runtime.runners.ort_runner import OrtRunner
 
-    kind = "cuda" if ort_providers(device)[0] == "CUDAExecutionProvider" else "cpu"
-    _check_onnxruntime_version(artifact, ort.__version__)
+    kind = ort_kind(device)
+    name, form = ort_graph(artifact, kind)
+    fallback = name != artifact.graph_file("ort")  # CUDA: the TensorRT graph (concat)
+    if not fallback:
+        _check_onnxruntime_version(artifact, ort.__version__)
     realign = (pick(kind, realign_library) if artifact.config.scr_layers
                else RealignKernel(FUNCTION, reason="no SCR layer in this model"))
-    name = artifact.graph_file("ort")
     optimized = artifact.engines.get(f"ort-{kind}")
     # the offline-optimised graph has the function inlined (no Realign node left), so the
     # kernel needs model.onnx
@@ -313,7 +349,9 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
     graph, external = verified_graph(artifact, name)
     try:
         session = ort_session(graph, device, threads=threads, optimize=optimize, realign=realign,
-                              external_data=external, external_folder=artifact.folder)
+                              external_data=external, external_folder=artifact.folder,
+                              config_entries=DEQUANTIZE_FORM_ENTRIES
+                              if fallback and artifact.quantization else None)
     except ScredgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types (Fail, ...)
@@ -322,6 +360,5 @@ def load_ort(artifact: Artifact, device: str = "auto", threads: int | None = Non
                            expected="an ONNX graph written by scredge export / build",
                            fix=f"re-export the folder: scredge export ... --out "
                                f"{artifact.folder} --force") from exc
-    check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder,
-                      artifact.cache_form("ort"))
-    return OrtRunner(session, artifact.config, artifact.kv_dtype, realign)
+    check_ort_session(session, artifact.config, artifact.kv_dtype, artifact.folder, form)
+    return OrtRunner(session, artifact.config, artifact.kv_dtype, realign, graph=name)

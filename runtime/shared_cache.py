@@ -35,6 +35,7 @@ from scredge.contract import (
     TOTAL_SEQUENCE_LENGTH,
 )
 from scredge.errors import ScredgeError
+from scredge.runtime.cache import HostState
 from scredge.runtime.runners.base import Decoder
 
 MIN_CAPACITY = 256  # the first capacity of an unbounded (no window) cache, in tokens
@@ -139,12 +140,17 @@ class SharedDecoder(Decoder):
         room = self._capacity - (0 if self._c.window is None else self._c.window - 1)
         if self._c.window is not None and T > room:  # a long prompt: chunks that fit
             parts, extras = [], []
-            for s in range(0, T, room):
-                parts.append(self.step(ids[:, s:s + room], positions[:, s:s + room]).copy())
+            for s in range(0, T, room):  # one step() to the caller, several calls here
+                parts.append(self._call(ids[:, s:s + room], positions[:, s:s + room]).copy())
                 extras.append(self.last_extra)
             self.last_extra = {n: np.concatenate([e[n] for e in extras], axis=1)
                                for n in self.extra_outputs}
             return np.concatenate(parts, axis=1)
+        return self._call(ids, positions)
+
+    def _call(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One graph call of T tokens that fit the buffers once room is made."""
+        B, T = ids.shape
         self._make_room(T)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         positions = np.ascontiguousarray(positions, dtype=np.int64)
@@ -314,9 +320,50 @@ class SharedDecoder(Decoder):
                     for name, a in self._carry[self._set].items()})
         return out
 
-    def host_state(self):
-        raise ScredgeError("a shared-cache decoder hands rows over with join/select",
-                           received="host_state()", expected="join(other) / select(rows)")
+    def host_state(self) -> HostState:
+        """The state in the concat form (SCR_SPEC section 3), copied: each row's last keys
+        (W-1 at most with a window, as the concat form keeps) right-aligned, left-padded
+        to the longest row with mask 0, and the SCR carries. What speculative decoding
+        snapshots and rolls back to (`load_state`); rows change hands with join/select."""
+        self._check_live()
+        B, c = self.batch, self._c
+        slots = self._slot[:B]
+        n = self._len[slots].astype(np.int64)
+        keep = n if c.window is None else np.minimum(n, c.max_cache)
+        P = int(keep.max(initial=0))
+        mask = np.zeros((B, P), np.int64)
+        arrays = {}
+        for name, a in self._kv.items():
+            out = np.zeros((B, *a.shape[1:2], P, a.shape[3]), a.dtype)
+            for b, (s, m, k) in enumerate(zip(slots, n, keep)):
+                out[b, :, P - k:] = a[s, :, m - k:m]
+                mask[b, P - k:] = 1
+            arrays[name] = out
+        arrays.update({name: a[slots].copy() for name, a in self._carry[self._set].items()})
+        return HostState(arrays, mask)
+
+    def load_state(self, state: HostState) -> None:
+        """Continue from a concat-form `state` (`host_state`'s, or joined ones): each row's
+        real slots (mask 1) are copied to the front of a row of the buffers; no pads."""
+        self._check_live()
+        B = state.batch
+        real = state.mask.astype(bool)
+        counts = real.sum(axis=1)
+        longest = int(counts.max(initial=0))
+        cap = self._capacity
+        while cap < longest:  # no window only: a window's state holds W-1 < C keys
+            cap *= 2
+        if B > self._rows_cap or cap > self._capacity:
+            self._allocate(max(B, self._rows_cap), cap)
+        for name, a in self._kv.items():
+            src = state.arrays[name]
+            for b in range(B):
+                a[b, :, :counts[b]] = src[b][:, real[b]]
+        for name, a in self._carry[self._set].items():
+            a[:B] = state.arrays[name]
+        self._len[:B] = counts
+        self._slot = np.arange(B)
+        self.batch, self.past = B, longest
 
     def release(self) -> None:
         self.released = True

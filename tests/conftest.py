@@ -26,7 +26,8 @@ def micro() -> SCRConfig:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory):
-    """The `tiny` preset (W = 128) with decisive weights: (reference model, folder)."""
+    """The `tiny` preset (W = 128) with decisive weights: (reference model, folder), exported
+    with the defaults (the onnxruntime graph in the shared KV-cache form, SCR_SPEC v3)."""
     from scredge.export.pipeline import export_artifact
     from scredge.ref import build_model
 
@@ -45,6 +46,18 @@ def small_window_artifact(tmp_path_factory):
     model = build_model(WINDOWED, seed=1, gamma=0.5, std=0.08)
     out = tmp_path_factory.mktemp("runtime") / "w16"
     export_artifact(model, out)
+    return model, out
+
+
+@pytest.fixture(scope="session")
+def small_window_concat(small_window_artifact, tmp_path_factory):
+    """The same W = 16 model exported `--cache concat` (one graph for both backends, v2
+    attention_mask): for the tests of the concat form itself and its OrtDecoder."""
+    from scredge.export.pipeline import export_artifact
+
+    model, _ = small_window_artifact
+    out = tmp_path_factory.mktemp("runtime") / "w16-concat"
+    export_artifact(model, out, cache="concat")
     return model, out
 
 
@@ -86,7 +99,8 @@ def tiny_opset21():
 @pytest.fixture(scope="session")
 def tiny_quantized(tiny_opset21, tmp_path_factory):
     """{bits: folder}: int8 and int4 artifacts of `tiny` through export_artifact (SCR_SPEC
-    section 4), with the session's float graph standing in for a second torch export."""
+    section 4; the default, shared-cache onnxruntime form), with the session's float graph
+    standing in for a second torch export."""
     from onnx_graphs import export_graph_stand_in
 
     from scredge.export import pipeline
@@ -99,6 +113,22 @@ def tiny_quantized(tiny_opset21, tmp_path_factory):
         mp.setattr(pipeline, "export_graph", export_graph_stand_in(proto))
         return {bits: pipeline.export_artifact(model, root / f"int{bits}",
                                                quantize=QuantSpec(bits)) for bits in (8, 4)}
+
+
+@pytest.fixture(scope="session")
+def tiny_int4_concat(tiny_opset21, tmp_path_factory):
+    """An int4 artifact of `tiny` exported `--cache concat` (the streamed float graph the
+    quantizer reads one weight at a time; export/quant_store.py), built as tiny_quantized."""
+    from onnx_graphs import export_graph_stand_in
+
+    from scredge.export import pipeline
+    from scredge.export.quantize import QuantSpec
+
+    model, proto = tiny_opset21
+    out = tmp_path_factory.mktemp("quantized_concat") / "int4"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "export_graph", export_graph_stand_in(proto))
+        return pipeline.export_artifact(model, out, quantize=QuantSpec(4), cache="concat")
 
 
 @pytest.fixture(scope="session")

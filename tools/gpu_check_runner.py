@@ -96,21 +96,26 @@ def check_artifact(folder: Path, tokens: int, cuda=None, cuda_graph: bool = Fals
 
     from scredge.runtime import trt_profiles as tp
     from scredge.runtime.engine import Engine
-    from scredge.runtime.loaders import open_artifact
+    from scredge.runtime.loaders import open_artifact, ort_session
     from scredge.runtime.runners.cuda_ops import CudaOps
+    from scredge.runtime.runners.ort_runner import OrtRunner
     from scredge.runtime.runners.trt_graphs import CudaGraphMode
     from scredge.runtime.runners.trt_runner import TrtRunner
 
     artifact = open_artifact(folder)
     config = artifact.config
     cuda = cuda or CudaOps()
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    # the graph TensorRT would build from (concat form; a shared folder's model.trt.onnx)
+    graph = str(folder / artifact.graph_file("trt"))
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     limits = tp.Limits.from_profiles(tp.profiles(config, max_batch=2), config)
     mode = CudaGraphMode.CAPTURE if cuda_graph else CudaGraphMode.OFF
     runner = TrtRunner(None, config, artifact.kv_dtype, limits, cuda, cuda_graph=mode)
     runner.engine = OrtBackedEngine(session, runner.input_metadata, cuda)
     gpu_engine = Engine(runner, artifact)
-    host_engine = Engine.load(folder, backend="ort", device="cpu")
+    # the oracle: onnxruntime on the host running that same graph (same graph, same inputs)
+    host_engine = Engine(OrtRunner(ort_session(Path(graph), "cpu"), config, artifact.kv_dtype),
+                         artifact)
 
     rng = np.random.default_rng(0)
     report = {"artifact": str(folder), "dtype": artifact.dtype, "window": config.window,

@@ -34,9 +34,13 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
 class OrtRunner(Runner):
     backend = "ort"
 
-    def __init__(self, session, config: SCRConfig, kv_dtype, realign=None) -> None:
+    def __init__(self, session, config: SCRConfig, kv_dtype, realign=None,
+                 graph: str | None = None) -> None:
         super().__init__(config, kv_dtype)
         self.session = session
+        # the artifact's graph file the session runs (loaders.ort_graph: on CUDA a folder
+        # whose onnxruntime graph has the shared cache runs its concat TensorRT graph)
+        self.graph = graph
         # what runs the Realign nodes (runtime.realign_kernel.RealignKernel; None: not said)
         self.realign = realign
         self.providers = list(session.get_providers())

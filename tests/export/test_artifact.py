@@ -28,27 +28,43 @@ def artifact(tmp_path_factory):
 
 
 def test_folder_contents_and_manifest(artifact):
+    """The default export (SCR_SPEC v3 section 3): the onnxruntime graph in the shared
+    cache form (model.onnx), TensorRT's in the concat form (model.trt.onnx)."""
     model, out = artifact
+    graphs = ["model.onnx", "model.trt.onnx"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "manifest.json", "model.onnx", "model.safetensors"]
+        "config.json", "manifest.json", "model.onnx", "model.safetensors", "model.trt.onnx"]
     manifest = json.loads((out / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         data = (out / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
-    assert set(manifest["files"]) == {"config.json", "model.onnx", "model.safetensors"}
+    assert set(manifest["files"]) == {"config.json", *graphs, "model.safetensors"}
     verify_manifest(out)
     config = json.loads((out / "config.json").read_text())
     assert SCRConfig.from_dict(config["model"]) == CFG
     assert config["export"]["dtype"] == "float32" and config["export"]["opset"] == 18
     assert config["io"]["inputs"][:4] == ["input_ids", "position_ids", "attention_mask",
                                           "past_key_values.0.key"]
-    assert config["graph_version"] == 2
+    assert config["graph_version"] == 3
+    assert config["cache"] == {"ort": "shared", "trt": "concat"}
+    assert config["graphs"] == {"ort": "model.onnx", "trt": "model.trt.onnx"}
     assert {"torch", "onnx", "onnxruntime", "scredge"} <= set(config["versions"])
     assert "prefill" in config["export"]["verification"]
     # the weights the graph came from, loadable as the reference
     again = load_checkpoint(out / "model.safetensors")
     assert all((a == b).all() for a, b in zip(again.state_dict().values(),
                                               model.state_dict().values()))
+
+
+def test_concat_folder_stays_graph_version_2(tmp_path):
+    """--cache concat: one graph for both backends, no v3 key, graph_version 2 (SCR_SPEC
+    section 3: version 3 only where a v3 feature is used)."""
+    out = export_artifact(build_model(CFG, seed=5), tmp_path / "cat", cache="concat")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "manifest.json", "model.onnx", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["graph_version"] == 2 and "cache" not in config and "graphs" in config
+    assert config["graphs"] == {"ort": "model.onnx", "trt": "model.onnx"}
 
 
 def test_manifest_catches_tampering(artifact, tmp_path):

@@ -33,6 +33,21 @@ def test_export_config_float16(tmp_path, micro_config, capsys):
     verify_manifest(out)
     config, raw = read_config(out)
     assert config == MICRO.with_(scr_layers=(1,)) and raw["export"]["dtype"] == "float16"
+    # float16 too: the shared form by default, verified at the float16 logits tier (above)
+    assert raw["graph_version"] == 3 and raw["cache"] == {"ort": "shared", "trt": "concat"}
+
+
+def test_export_default_cache_per_target(tmp_path, micro_config):
+    """No --cache: --target ort writes the shared form; --target trt the concat form only
+    (TensorRT's), never refused for the default; --cache concat still writes concat."""
+    base = ["export", "--config", str(micro_config)]
+    for target, cache, want in (("ort", [], {"ort": "shared"}), ("trt", [], None),
+                                ("ort", ["--cache", "concat"], None)):
+        out = tmp_path / f"{target}{len(cache)}"
+        assert main([*base, "--target", target, *cache, "--out", str(out)]) == 0
+        raw = json.loads((out / "config.json").read_text())
+        assert raw.get("cache") == want and raw["graph_version"] == (3 if want else 2)
+        assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
 
 
 def test_export_weights_with_checkpoint_config(tmp_path, micro_config):
@@ -70,6 +85,7 @@ def test_scr_layers_all_means_every_layer_for_every_source(tmp_path, capsys):
     (["--preset", "huge"], "unknown preset"),
     (["--scr-layers", "0,x"], "invalid --scr-layers"),
     (["--scr-layers", "0,7"], "scr_layers"),
+    (["--target", "trt", "--cache", "shared"], "an onnxruntime graph form"),
 ])
 def test_refusals_write_nothing(tmp_path, extra, needle, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

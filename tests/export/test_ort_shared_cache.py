@@ -18,7 +18,11 @@ from scredge.cli import main
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.export.graph import export_graph
-from scredge.export.ort_shared_cache import check_cache_option, to_shared_cache
+from scredge.export.ort_shared_cache import (
+    check_cache_option,
+    default_cache,
+    to_shared_cache,
+)
 from scredge.export.plan_graphs import quantize_graphs
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.ref import build_model
@@ -72,17 +76,12 @@ def test_quantized_shared_equals_quantized_concat(bits, w8_graph):
 
 
 @pytest.mark.slow
-def test_quantized_shared_artifact(tiny_opset21, tmp_path, capsys):
-    """`export --quantize int4 --cache shared` (tiny, streamed: the stamped float graph's
-    weights read one at a time from its data file): the export's quantized tier passes on
-    the shared graph, config.json names both forms, the TensorRT form reads its float
-    tensors from the onnxruntime form's data file, and `scredge parity` passes on it."""
+def test_quantized_default_is_the_shared_form(tiny_quantized, capsys):
+    """`export --quantize int4` (tiny) without --cache: the export's quantized tier passed
+    on the shared graph, config.json names both forms, and `scredge parity` passes on it."""
+    out = tiny_quantized[4]
     from scredge.contract import ONNX_DATA_FILE, TRT_ONNX_FILE
-    from scredge.export import pipeline
 
-    model, _ = tiny_opset21
-    out = pipeline.export_artifact(model, tmp_path / "int4", quantize=QuantSpec(4),
-                                   cache="shared")
     config = json.loads((out / "config.json").read_text())
     graphs = config["quantization"]["graphs"]
     assert config["graph_version"] == 3
@@ -97,6 +96,13 @@ def test_quantized_shared_artifact(tiny_opset21, tmp_path, capsys):
 
 def test_cache_option_refused_before_work():
     with pytest.raises(ScredgeError, match="unknown KV-cache form"):
-        check_cache_option("paged", "float32")
-    with pytest.raises(ScredgeError, match="float32 graphs only"):
-        check_cache_option("shared", "float16")
+        check_cache_option("paged")
+    with pytest.raises(ScredgeError, match="an onnxruntime graph form"):
+        check_cache_option("shared", ("trt",))
+    assert check_cache_option(None, ("trt",)) is None  # not given: the default's
+
+
+def test_default_cache_form():
+    """Shared wherever there is an onnxruntime graph; concat for a TensorRT-only folder."""
+    assert default_cache() == default_cache(("ort",)) == "shared"
+    assert default_cache(("trt",)) == "concat"

@@ -46,11 +46,14 @@ def exported(tmp_path_factory):
 
 def test_default_folder_holds_graph_golden_and_config_only(exported):
     folder = exported["slim"]
-    assert _files(folder) == ["config.json", "manifest.json", ONNX_FILE, GOLDEN_FILE]
+    assert _files(folder) == ["config.json", "manifest.json", ONNX_FILE, TRT_ONNX_FILE,
+                              GOLDEN_FILE]
     verify_manifest(folder)
     _, raw = read_config(folder)
     reference = raw["export"]["reference"]
-    assert reference["kept"] is False and raw["graphs"] == {"ort": ONNX_FILE, "trt": ONNX_FILE}
+    # the default: a shared-cache onnxruntime graph, the concat TensorRT graph beside it
+    assert reference["kept"] is False and raw["graphs"] == {"ort": ONNX_FILE,
+                                                            "trt": TRT_ONNX_FILE}
     assert raw["export"]["target"] == "all"
     # the golden file recorded at export names the weights the kept folder stores
     kept = exported["kept"]
@@ -60,7 +63,8 @@ def test_default_folder_holds_graph_golden_and_config_only(exported):
 
 def test_kept_folder_has_the_weights_and_no_golden(exported):
     folder = exported["kept"]
-    assert _files(folder) == ["config.json", "manifest.json", ONNX_FILE, WEIGHTS_FILE]
+    assert _files(folder) == ["config.json", "manifest.json", ONNX_FILE, WEIGHTS_FILE,
+                              TRT_ONNX_FILE]
     _, raw = read_config(folder)
     assert raw["export"]["reference"] == {"sha256": sha256_file(folder / WEIGHTS_FILE),
                                           "kept": True}

@@ -15,3 +15,12 @@ def recorded(small_window_artifact, tmp_path_factory):
     shutil.copytree(small_window_artifact[1], folder)
     assert main(["parity", str(folder), "--record"]) == 0
     return folder
+
+
+@pytest.fixture(scope="module")
+def recorded_concat(small_window_concat, tmp_path_factory):
+    """The same weights exported --cache concat, recorded: the form --dump replays."""
+    folder = tmp_path_factory.mktemp("parity") / "c"
+    shutil.copytree(small_window_concat[1], folder)
+    assert main(["parity", str(folder), "--record"]) == 0
+    return folder

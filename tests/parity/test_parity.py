@@ -55,18 +55,29 @@ def _inject_fault(folder, layer: int, scale: float = 1.05) -> None:
     add_to_manifest(folder, [ONNX_FILE])  # a consistent folder with a real defect inside
 
 
-def test_injected_fault_is_bisected_to_its_layer_and_step(recorded, tmp_path, capsys):
+@pytest.mark.parametrize("form", ["shared", "concat"])
+def test_injected_fault_is_bisected_to_its_layer_and_step(form, request, tmp_path, capsys):
+    """Both forms bisect the fault; the concat form's first divergent call is dumped for
+    polygraphy, the shared form (no single-call replay) refuses --dump by name."""
     faulty = tmp_path / "faulty"
-    shutil.copytree(recorded, faulty)
+    shutil.copytree(request.getfixturevalue("recorded" if form == "shared"
+                                            else "recorded_concat"), faulty)
+    capsys.readouterr()  # what recording the fixture printed
     _inject_fault(faulty, layer=1)
     dump = tmp_path / "repro"
-    assert main(["parity", str(faulty), "--json", "--dump", str(dump)]) == 1
+    if form == "shared":
+        assert main(["parity", str(faulty), "--dump", str(dump)]) == 2
+        assert "--cache concat" in capsys.readouterr().err and not dump.exists()
+    assert main(["parity", str(faulty), "--json",
+                 *(["--dump", str(dump)] if form == "concat" else [])]) == 1
     report = json.loads(capsys.readouterr().out)
     first = report["first_divergence"]
     assert (first["step"], first["layer"], first["tier"]) == (0, 1, "layer")
     tiers = {t["tier"]: t["passed"] for t in report["tiers"]}
     assert tiers["layer"] is False and tiers["logits"] is False
     assert tiers["op (Realign)"] is True  # the op itself is fine: the fault is elsewhere
+    if form == "shared":
+        return
     with np.load(dump / "inputs.npz") as z:
         assert z["input_ids"].shape == (2, 24) and "past_key_values.0.key" in z.files
     assert "polygraphy run" in (dump / "README.txt").read_text()

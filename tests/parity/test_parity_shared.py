@@ -22,15 +22,16 @@ TIERS = {"op (Realign)", "layer", "logits", "teacher-forced decode", "free-runni
 
 @pytest.fixture(scope="module")
 def both_forms(small_window_artifact, tmp_path_factory):
-    """(concat folder with the golden file, shared folder of the same weights with a copy)."""
+    """(concat folder with the golden file, the default (shared) folder of the same weights
+    with a copy)."""
     from scredge.export.pipeline import export_artifact
 
-    model, concat_src = small_window_artifact
+    model, shared_src = small_window_artifact
     root = tmp_path_factory.mktemp("shared_parity")
-    concat = root / "concat"
-    shutil.copytree(concat_src, concat)
+    concat = export_artifact(model, root / "concat", cache="concat")
     assert main(["parity", str(concat), "--record"]) == 0  # recorded once
-    shared = export_artifact(model, root / "shared", cache="shared")
+    shared = root / "shared"
+    shutil.copytree(shared_src, shared)
     (shared / GOLDEN_FILE).parent.mkdir(exist_ok=True)
     shutil.copy(concat / GOLDEN_FILE, shared / GOLDEN_FILE)
     add_to_manifest(shared, [GOLDEN_FILE])

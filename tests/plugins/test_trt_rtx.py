@@ -37,7 +37,8 @@ def tiny(rtx, tmp_path_factory):
     out = {}
     for dtype in DTYPES:
         folder = export_artifact(source.model, root / dtype, dtype=dtype)
-        out[dtype] = (read_config(folder)[0], onnx.load(str(folder / "model.onnx")))
+        config, raw = read_config(folder)  # TensorRT's graph: the concat form
+        out[dtype] = (config, onnx.load(str(folder / raw["graphs"]["trt"])))
     return out
 
 

@@ -88,7 +88,8 @@ def test_admit_into_a_running_batch_and_retire_mid_batch(engine):
         batch.step()
     batch.admit([Request(PROMPTS[1], MIXED[2], 8, 25, tag="late")])
     assert [r.tag for r in batch.rows] == ["long", "dropped", "late"]
-    assert batch.decoder.batch == 3 and batch.decoder.padded
+    # rows of unequal length (concat-form view: the shorter ones left-padded, mask 0)
+    assert batch.decoder.batch == 3 and not batch.decoder.host_state().mask.all()
     for _ in range(3):
         batch.step()
     batch.retire([batch.rows[1]])

@@ -18,7 +18,21 @@ SAMPLED = dict(temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.2)
 
 @pytest.fixture(scope="module")
 def engine(small_window_artifact):
+    """The default export: the shared KV-cache form (rows of their own lengths, no pads)."""
     return Engine.load(small_window_artifact[1])
+
+
+@pytest.fixture(scope="module", params=["shared", "concat"])
+def any_engine(request, small_window_artifact):
+    """Both forms of the same weights (the concat one left-pads joined rows, mask 0)."""
+    if request.param == "shared":
+        return Engine.load(small_window_artifact[1])
+    return Engine.load(request.getfixturevalue("small_window_concat")[1])
+
+
+def _has_pads(decoder) -> bool:
+    """Rows of unequal length, seen through the concat-form state (mask 0 = pad)."""
+    return not decoder.host_state().mask.all()
 
 
 class StepSpy:
@@ -93,7 +107,7 @@ def test_join_mid_run_equals_each_alone(engine, newcomer_params):
     got = {0: [int(gen.next_token()[0]) for _ in range(6)], 1: []}
     newcomer = engine.generator(PROMPTS[1], seed=8, **newcomer_params)
     gen.join(newcomer)
-    assert gen.batch == 2 and gen.decoder.padded
+    assert gen.batch == 2 and _has_pads(gen.decoder)
     for _ in range(12):
         token = gen.next_token()
         got[0].append(int(token[0]))
@@ -105,19 +119,20 @@ def test_join_mid_run_equals_each_alone(engine, newcomer_params):
     assert got[1] == engine.generate(PROMPTS[1], 17, seed=8, **newcomer_params).ids
 
 
-def test_decoder_join_select_and_state(engine):
-    """Runner level: `Decoder.join` left-pads the shorter cache with mask 0 and stacks the
-    carries; `select` reorders and drops rows and the all-pad columns with them. Oracle:
-    the state each decoder held alone."""
-    runner = engine.runner
+def test_decoder_join_select_and_state(any_engine):
+    """Runner level: after `Decoder.join` the state (concat form: the shared decoder's
+    `host_state` gives it too) has the shorter cache left-padded with mask 0 and the
+    carries stacked; `select` reorders and drops rows and the all-pad columns with them.
+    Oracle: the state each decoder held alone."""
+    runner = any_engine.runner
     a, b = runner.decoder(1), runner.decoder(1)
     a.step(np.array([PROMPTS[0]]), np.arange(3)[None])
     b.step(np.array([PROMPTS[1]]), np.arange(9)[None])
     sa, sb = a.host_state(), b.host_state()
     a.join(b)
     assert b.released and a.batch == 2 and a.past == 9
-    np.testing.assert_array_equal(a.mask, [[0] * 6 + [1] * 3, [1] * 9])
     joined = a.host_state()
+    np.testing.assert_array_equal(joined.mask, [[0] * 6 + [1] * 3, [1] * 9])
     for name, value in sa.arrays.items():
         if name.startswith("past_key_values."):
             np.testing.assert_array_equal(joined.arrays[name][0, :, 6:], value[0])
@@ -126,9 +141,9 @@ def test_decoder_join_select_and_state(engine):
             np.testing.assert_array_equal(joined.arrays[name][0], value[0])
         np.testing.assert_array_equal(joined.arrays[name][1], sb.arrays[name][0])
     a.select([1, 0])
-    np.testing.assert_array_equal(a.mask, [[1] * 9, [0] * 6 + [1] * 3])
+    np.testing.assert_array_equal(a.host_state().mask, [[1] * 9, [0] * 6 + [1] * 3])
     a.leave([0])
-    assert a.batch == 1 and a.past == 3 and not a.padded  # the pads went with the long row
+    assert a.batch == 1 and a.past == 3 and not _has_pads(a)  # the pads left with the row
     for name, value in a.host_state().arrays.items():
         np.testing.assert_array_equal(value, sa.arrays[name])
     a.release()

@@ -32,16 +32,23 @@ def test_seeded_sampling_and_batches_match_the_reference(small_window_artifact):
     assert [r.ids for r in got] == want
 
 
-def test_long_generation_stays_within_the_window(small_window_artifact):
-    """Oracle: the reference loop over 300 tokens, far past W = 16; the decoder's cache never
-    exceeds W-1 positions."""
+@pytest.mark.parametrize("form", ["shared", "concat"])
+def test_long_generation_stays_within_the_window(small_window_artifact, form, request):
+    """Oracle: the reference loop over 300 tokens, far past W = 16; the memory stays
+    constant: the concat cache never exceeds W-1 positions, the shared buffer keeps its
+    capacity (2W) and no row holds more."""
     model, folder = small_window_artifact
+    if form == "concat":
+        folder = request.getfixturevalue("small_window_concat")[1]
     engine = Engine.load(folder)
     gen = engine.generator([1, 2, 3], temperature=0, max_new_tokens=300)
     ids = []
     while not gen.is_done():
         ids.append(int(gen.next_token()[0]))
-        assert gen.decoder.past <= 15
+        if form == "concat":
+            assert gen.decoder.past <= 15
+        else:
+            assert gen.decoder.capacity == 32 and gen.decoder.lengths.max() <= 32
     assert ids == ref_generate(model, [1, 2, 3], 300)[0]
 
 

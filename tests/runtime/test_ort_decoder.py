@@ -11,8 +11,8 @@ from scredge.runtime import Engine
 from scredge.runtime.cache import empty_state, state_from_outputs
 
 
-def test_bound_path_equals_stateless_infer(small_window_artifact):
-    runner = Engine.load(small_window_artifact[1]).runner
+def test_bound_path_equals_stateless_infer(small_window_concat):
+    runner = Engine.load(small_window_concat[1]).runner
     bound = runner.decoder(2)
     bound._binding = runner.session.io_binding()  # the path the CUDA provider takes
     bound._state = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in bound._state.items()}

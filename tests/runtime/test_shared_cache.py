@@ -37,16 +37,16 @@ def _config(window):
                      d_ff=128, window=window, scr_layers=(1,))
 
 
-def _forms(window, seed=3):
+def _forms(window, seed=3, dtype="float32"):
     """(reference model, concat runner, shared runner, shared proto) of one small model."""
     c = _config(window)
     model = build_model(c, seed=seed).eval()
-    plain = export_graph(cast_for_export(model, "float32"))
+    plain = export_graph(cast_for_export(model, dtype))
     shared, _ = shared_graph(plain, c)
 
     def runner(proto):
         return OrtRunner(ort_session(proto.SerializeToString(), "cpu", threads=1), c,
-                         np.float32)
+                         np.float16 if dtype == "float16" else np.float32)
 
     return model, runner(plain), runner(shared), shared
 
@@ -111,6 +111,28 @@ def test_matches_reference_and_concat_past_several_windows(form, request):
         assert dec.capacity == 16 and (dec.lengths <= 16).all()
     else:
         assert dec.capacity >= total and (dec.lengths == total).all()
+
+
+def test_float16_matches_reference_and_concat_past_several_windows():
+    """float16 (the default form for it too): its attention fuses through the graph's Casts;
+    60 positions of a W = 8 model (prefill 5, a 12-token chunk, compactions), every call at
+    the float16 logits tier of SCR_SPEC section 5 against the float32 reference and
+    against the float16 concat form."""
+    from scredge.tiers import compare_logits, logits_thresholds
+
+    model, concat, shared, proto = _forms(8, dtype="float16")
+    assert [n.op_type for n in proto.graph.node].count("GroupQueryAttention") == 2
+    B, total = 2, 60
+    ids = np.random.default_rng(1).integers(0, 256, (B, total))
+    ref, cat = reference_stepper(model), concat.decoder(B)
+    dec = SharedDecoder(shared, B, capacity=16)
+    th = logits_thresholds("float16")
+    for s, e in _calls(total, {0: 5, 30: 12}):
+        x, pos = ids[:, s:e], positions(s, B, e - s)
+        got = dec.step(x, pos).copy()
+        for want in (ref(x, pos), cat.step(x, pos)):
+            report = compare_logits(want, got, th)
+            assert report.passed, (s, e, report.summary())
 
 
 def _alone(runner, prompt, steps):

@@ -32,7 +32,7 @@ def emulated_trt(monkeypatch):
         limits = tp.Limits.from_profiles(tp.profiles(config, max_batch=2), config)
         mode = CudaGraphMode.CAPTURE if cuda_graph else CudaGraphMode.OFF
         runner = TrtRunner(None, config, artifact.kv_dtype, limits, fake, cuda_graph=mode)
-        session = ort.InferenceSession(str(artifact.folder / "model.onnx"),
+        session = ort.InferenceSession(str(artifact.folder / artifact.graph_file("trt")),
                                        providers=["CPUExecutionProvider"])
         runner.engine = tool.OrtBackedEngine(session, runner.input_metadata, fake)
         runners.append(runner)

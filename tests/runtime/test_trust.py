@@ -151,20 +151,33 @@ def test_config_that_disagrees_with_its_graph(art, fields, needle, capsys):
     assert "does not match the graph" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("window", [8, 32, 15, 17])
-def test_window_probe_without_the_recorded_window(art, window):
-    """A graph without the export's window record (an older export, or the record
-    stripped): the probe call, P = W-1 past positions in, must give P' = W-1 out."""
+def _strip_window_record(folder) -> None:
     import onnx
 
-    folder, _ = art
     model = onnx.load(folder / "model.onnx")
     del model.metadata_props[:]
     onnx.save(model, folder / "model.onnx")
     rehash(folder)
+
+
+@pytest.mark.parametrize("window", [8, 32, 15, 17])
+def test_window_probe_without_the_recorded_window(small_window_concat, tmp_path, window):
+    """A concat graph without the export's window record (an older export, or the record
+    stripped): the probe call, P = W-1 past positions in, must give P' = W-1 out."""
+    folder = copy_artifact(small_window_concat[1], tmp_path / "art")
+    _strip_window_record(folder)
     assert Engine.load(folder).generate("Hi", 3).ids  # still opens with the right window
     edit_config(folder, window=window)
     with pytest.raises(ScredgeError, match="window"):
+        load_ort(open_artifact(folder), device="cpu")
+
+
+def test_shared_graph_without_the_window_record_is_refused(art):
+    """The shared form (the default) has no probe (its feed is not the concat form's): a
+    graph without the record is refused by name, never run with a guessed window."""
+    folder, _ = art
+    _strip_window_record(folder)
+    with pytest.raises(ScredgeError, match="does not match the graph: window"):
         load_ort(open_artifact(folder), device="cpu")
 
 
