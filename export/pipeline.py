@@ -275,34 +275,40 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
     weights one at a time (export/stream_write.py); a model that cannot be stamped, and
     `trace` None, are traced whole. A quantized export then quantizes the written graph's
     weights one at a time (export/quant_store.py)."""
+    import gc
+
     onnx = require("onnx")
+    from scredge.export.stream_write import dedup_small, trim_heap, write_ahead, write_onnx
     from scredge.ref.mapped import release_all
 
     c = model.config
+    mapped = getattr(model, "mapped_weights", None)
+    release = (lambda name: None) if mapped is None else mapped.release
+    # the large weights are written while the trace still runs, the graph then points at
+    # them (float32 stamped graphs: float16 with SCR layers is traced whole)
+    ahead = (write_ahead(model, dtype, tmp / ONNX_DATA_FILE, release) if trace is not None
+             and dtype == "float32" and stamp_trace_layers(c) else None)
+    gc.collect()  # the reference pass's garbage, while the trace still runs
     stamped = None if trace is None else trace()
     if stamped is None:
+        if ahead is not None:
+            ahead.close()
+            (tmp / ONNX_DATA_FILE).unlink()
         proto = export_graph(cast_for_export(model, dtype), opset)
         _window_record(proto, c.window)
         large = proto.ByteSize() > EXTERNAL_DATA_BYTES
         onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
         return proto, large, len(proto.graph.node), {}
-    from scredge.export.stream_write import dedup_small, trim_heap, write_onnx
-
     log(f"  stamped {c.n_layers} layers out of a {len(stamp_trace_layers(c))}-layer trace")
     _window_record(stamped.proto, c.window)
     params = model.state_dict()
     dedup_small(stamped, params)
-    mapped = getattr(model, "mapped_weights", None)
-    data = write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE,
-                      release=(lambda name: None) if mapped is None else mapped.release)
+    data = write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE, release, ahead)
     release_all(model)
     onnx.checker.check_model(str(tmp / ONNX_FILE))
     nodes = len(stamped.proto.graph.node)
-    del stamped
-    import gc
-
-    gc.collect()
+    del stamped  # freed as its last reference goes; cycles were collected before
     trim_heap()
     return None, True, nodes, {ONNX_DATA_FILE: data}
 
@@ -351,12 +357,13 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, stream: bool, slim_flo
     trace = start_trace(model, dtype, opset, stream)
     try:
         golden = record_reference(model, GREEDY_TOKENS if slim_float else 0, log)
+        # while the trace still runs (its child on the other core)
+        entry = write_reference(model, None if slim_float and stream else tmp / WEIGHTS_FILE)
         proto, large, nodes, known = write_graph(model, dtype, opset, tmp, trace, log)
     except BaseException:
         if trace is not None:
             trace.cancel()  # the trace's child process ends with the export
         raise
-    entry = write_reference(model, None if slim_float and stream else tmp / WEIGHTS_FILE)
     if (tmp / WEIGHTS_FILE).exists():
         known[WEIGHTS_FILE] = entry
     return golden, proto, large, nodes, known, entry["sha256"]
