@@ -85,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
     from scredge.export.pipeline import check_options, default_opset, export_artifact
     from scredge.export.quantize import parse_quantize_args
     from scredge.export.sources import select_source
-    from scredge.export.stamp_apart import early_trace, submit_early
 
     out = Path(args.out)
     # refuse bad options before building or loading anything
@@ -93,32 +92,16 @@ def run(args: argparse.Namespace) -> int:
                                 args.calibration, args.mixed_precision, args.int4_grid,
                                 args.embedding)
     opset = default_opset(quant) if args.opset is None else args.opset
-    # the graph's trace, the export's longest step, starts before the model is read: its
-    # child is forked now and given the config as soon as the source's is read
-    with early_trace(_source_bytes(args)):
-        check_options(out.absolute(), args.dtype, opset, args.force, window=None)
-        check_cache_option(args.cache, args.dtype)
-        src = select_source(preset=args.preset, pretrained=args.pretrained,
-                            llama=args.from_llama, run=args.from_run, gguf=args.from_gguf,
-                            config=args.config, weights=args.weights,
-                            scr_layers=args.scr_layers, seed=args.seed,
-                            on_config=lambda c: submit_early(c, args.dtype, opset))
-        path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,
-                               cache=args.cache, force=args.force, source=src.description,
-                               tokenizer=src.tokenizer, log=lambda s: print(s, flush=True),
-                               keep_reference=args.keep_reference, target=args.target,
-                               memory_check=not args.ignore_memory_check)
+    check_options(out.absolute(), args.dtype, opset, args.force, window=None)
+    check_cache_option(args.cache, args.dtype)
+    src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
+                        run=args.from_run, gguf=args.from_gguf,
+                        config=args.config, weights=args.weights, scr_layers=args.scr_layers,
+                        seed=args.seed)
+    path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,
+                           cache=args.cache, force=args.force, source=src.description,
+                           tokenizer=src.tokenizer, log=lambda s: print(s, flush=True),
+                           keep_reference=args.keep_reference, target=args.target,
+                           memory_check=not args.ignore_memory_check)
     print(f"wrote {path}")
     return 0
-
-
-def _source_bytes(args: argparse.Namespace) -> int:
-    """The size of the model files the export reads (0 when unknown or seeded)."""
-    if args.from_llama is not None:
-        files = list(Path(args.from_llama).glob("*.safetensors"))
-    else:
-        files = [p for p in (args.from_gguf, args.weights) if p is not None]
-    try:
-        return sum(Path(f).stat().st_size for f in files)
-    except OSError:
-        return 0  # the source's own check says what is wrong

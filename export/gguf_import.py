@@ -233,11 +233,9 @@ def gguf_tokenizer(path: Path, hf: dict, vocab: int):
     return files
 
 
-def load_gguf(path: Path, scr_layers: tuple[int, ...] | None = None, seed: int = 0,
-              on_config=None):
+def load_gguf(path: Path, scr_layers: tuple[int, ...] | None = None, seed: int = 0):
     """A Llama-family GGUF as a float32 reference with SCR layers at gamma = 0
-    (scredge.ref.hf_import.HFModel), every check before the model is allocated;
-    `on_config(config)`, when given, is called then."""
+    (scredge.ref.hf_import.HFModel), every check before the model is allocated."""
     from scredge.ref.hf_import import HFModel
     from scredge.ref.model import build_model
 
@@ -248,8 +246,6 @@ def load_gguf(path: Path, scr_layers: tuple[int, ...] | None = None, seed: int =
     hf = hf_config(reader, arch)
     config = llama_config(hf, scr_layers)
     tokenizer = gguf_tokenizer(path, hf, config.vocab_size)
-    if on_config is not None:
-        on_config(config)
     model = build_model(config, seed, gamma=0.0)
     read_tensors(reader, arch, config, dict(model.named_parameters()))
     description = {"kind": "gguf", "file": str(path.absolute()), "architecture": arch,

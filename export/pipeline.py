@@ -278,15 +278,14 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
     import gc
 
     onnx = require("onnx")
-    from scredge.export.stream_write import dedup_small, trim_heap, write_ahead, write_onnx
+    from scredge.export import stream_write as sw
     from scredge.ref.mapped import release_all
 
     c = model.config
-    mapped = getattr(model, "mapped_weights", None)
-    release = (lambda name: None) if mapped is None else mapped.release
+    release = sw.release_of(model)
     # the large weights are written while the trace still runs, the graph then points at
     # them (float32 stamped graphs: float16 with SCR layers is traced whole)
-    ahead = (write_ahead(model, dtype, tmp / ONNX_DATA_FILE, release) if trace is not None
+    ahead = (sw.write_ahead(model, dtype, tmp / ONNX_DATA_FILE, release) if trace is not None
              and dtype == "float32" and stamp_trace_layers(c) else None)
     gc.collect()  # the reference pass's garbage, while the trace still runs
     stamped = None if trace is None else trace()
@@ -303,13 +302,13 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
     log(f"  stamped {c.n_layers} layers out of a {len(stamp_trace_layers(c))}-layer trace")
     _window_record(stamped.proto, c.window)
     params = model.state_dict()
-    dedup_small(stamped, params)
-    data = write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE, release, ahead)
+    sw.dedup_small(stamped, params)
+    data = sw.write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE, release, ahead)
     release_all(model)
     onnx.checker.check_model(str(tmp / ONNX_FILE))
     nodes = len(stamped.proto.graph.node)
     del stamped  # freed as its last reference goes; cycles were collected before
-    trim_heap()
+    sw.trim_heap()
     return None, True, nodes, {ONNX_DATA_FILE: data}
 
 
@@ -320,17 +319,16 @@ def stamp_trace_layers(c) -> list[int]:
     return [] if plan is None else plan[1]
 
 
-def write_reference(model, path: Path | None) -> dict:
+def write_reference(model, path: Path | None, threaded: bool = True) -> dict:
     """The float32 reference checkpoint (scredge.ref.save_checkpoint's file), streamed one
     tensor at a time; its manifest entry (sha256, bytes). `path` None: hashed, not
-    written (a slim folder names the weights by their hash only)."""
-    from scredge.export.stream_write import write_safetensors
+    written (a slim folder names the weights by their hash only); `threaded`: hashed in a
+    worker thread (False: in this one, beside the trace's child)."""
+    from scredge.export.stream_write import release_of, write_safetensors
     from scredge.ref.checkpoint import CONFIG_METADATA_KEY
 
-    mapped = getattr(model, "mapped_weights", None)
     meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
-    return write_safetensors(model.state_dict(), path, meta,
-                             release=(lambda name: None) if mapped is None else mapped.release)
+    return write_safetensors(model.state_dict(), path, meta, release_of(model), threaded)
 
 
 def check_all(out: Path, c, dtype: str, opset: int, force: bool, quantize, target: str,
@@ -358,7 +356,8 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, stream: bool, slim_flo
     try:
         golden = record_reference(model, GREEDY_TOKENS if slim_float else 0, log)
         # while the trace still runs (its child on the other core)
-        entry = write_reference(model, None if slim_float and stream else tmp / WEIGHTS_FILE)
+        entry = write_reference(model, None if slim_float and stream else tmp / WEIGHTS_FILE,
+                                threaded=trace is None)
         proto, large, nodes, known = write_graph(model, dtype, opset, tmp, trace, log)
     except BaseException:
         if trace is not None:

@@ -97,12 +97,10 @@ def select_source(*, preset: str = "tiny", pretrained: str | None = None,
                   gguf: Path | None = None,
                   config: Path | None = None,
                   weights: Path | None = None, scr_layers: str | None = None,
-                  seed: int = 0, on_config=None) -> ModelSource:
+                  seed: int = 0) -> ModelSource:
     """The model `scredge export` exports, from its source options: one of pretrained,
     llama (a Hugging Face folder), gguf (a GGUF file), run (a training run folder), weights
-    (with an optional config), config, preset; `scr_layers` is the --scr-layers text;
-    `on_config(config)` is called as soon as a Hugging Face folder's or GGUF file's config
-    is known, before its weights are read (the export starts its graph's trace then)."""
+    (with an optional config), config, preset; `scr_layers` is the --scr-layers text."""
     parse_scr_layers(scr_layers, None)  # its syntax, before anything is loaded
     if run is not None:
         _refuse_config_options("--from-run", "the run's checkpoint", config=config,
@@ -113,11 +111,9 @@ def select_source(*, preset: str = "tiny", pretrained: str | None = None,
                                weights=weights, scr_layers=scr_layers)
         return from_pretrained(pretrained)
     if llama is not None:
-        return from_llama(llama, parse_scr_layers(scr_layers, None), seed=seed,
-                          on_config=on_config)
+        return from_llama(llama, parse_scr_layers(scr_layers, None), seed=seed)
     if gguf is not None:
-        return from_gguf(gguf, parse_scr_layers(scr_layers, None), seed=seed,
-                         on_config=on_config)
+        return from_gguf(gguf, parse_scr_layers(scr_layers, None), seed=seed)
     if weights is not None:
         src = from_files(config, weights)
         layers = parse_scr_layers(scr_layers, src.model.config.n_layers)
@@ -137,21 +133,21 @@ def select_source(*, preset: str = "tiny", pretrained: str | None = None,
 
 # ---- Hugging Face Llama family -------------------------------------------------------
 def from_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
-               seed: int = 0, on_config=None) -> ModelSource:
+               seed: int = 0) -> ModelSource:
     """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto the weights of a
     local Llama, Mistral or Qwen2 folder (scredge.ref.hf_import)."""
     from scredge.ref.hf_import import load_llama
 
-    hf = load_llama(Path(folder), scr_layers, seed, on_config)
+    hf = load_llama(Path(folder), scr_layers, seed)
     return ModelSource(hf.model, hf.description, hf.tokenizer)
 
 
 def from_gguf(path: Path, scr_layers: tuple[int, ...] | None = None,
-              seed: int = 0, on_config=None) -> ModelSource:
+              seed: int = 0) -> ModelSource:
     """Retrofit SCR layers (gamma = 0) onto a Llama, Mistral or Qwen2 GGUF file's weights,
     dequantized to float32, with the tokenizer and chat template it carries
     (scredge.export.gguf_import)."""
     from scredge.export.gguf_import import load_gguf
 
-    hf = load_gguf(Path(path), scr_layers, seed, on_config)
+    hf = load_gguf(Path(path), scr_layers, seed)
     return ModelSource(hf.model, hf.description, hf.tokenizer)

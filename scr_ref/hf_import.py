@@ -114,7 +114,7 @@ def scr_file_config(folder: Path, config: SCRConfig,
 
 
 def load_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
-               seed: int = 0, on_config=None) -> HFModel:
+               seed: int = 0) -> HFModel:
     """Retrofit SCR layers (seeded relevance/gate/proj, gamma = 0) onto the weights of a
     local Llama, Mistral or Qwen2 folder; `scr_layers` None = every layer. A folder written
     by `scredge export-hf` gets its own trained SCR layers back (HF_SCR_FILE).
@@ -122,8 +122,7 @@ def load_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
     The base weights are not copied: float32 tensors are views of the memory-mapped files
     (scredge.ref.mapped; `model.mapped_weights` hands their pages back), other dtypes are
     converted one tensor at a time. The SCR layers get exactly the values `build_model`
-    would give them (the same seeded stream). `on_config(config)`, when given, is called
-    as soon as the config is known, before any weight is read."""
+    would give them (the same seeded stream)."""
     from scredge.ref.checkpoint import check_tensor_names_and_shapes
     from scredge.ref.mapped import MappedSafetensors
     from scredge.ref.model import SCRForCausalLM, rotary_inv_freq
@@ -131,8 +130,6 @@ def load_llama(folder: Path, scr_layers: tuple[int, ...] | None = None,
     torch = require("torch")
     folder = Path(folder)
     hf, config, tokenizer = hf_config_and_tokenizer(folder, scr_layers)
-    if on_config is not None:
-        on_config(config)
     mapped = MappedSafetensors(safetensors_files(folder))
     tensors = {k: v for k, v in mapped.tensors.items()
                if not k.endswith("rotary_emb.inv_freq")}
