@@ -282,17 +282,9 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
     from scredge.ref.mapped import release_all
 
     c = model.config
-    release = sw.release_of(model)
-    # the large weights are written while the trace still runs, the graph then points at
-    # them (float32 stamped graphs: float16 with SCR layers is traced whole)
-    ahead = (sw.write_ahead(model, dtype, tmp / ONNX_DATA_FILE, release) if trace is not None
-             and dtype == "float32" and stamp_trace_layers(c) else None)
     gc.collect()  # the reference pass's garbage, while the trace still runs
     stamped = None if trace is None else trace()
     if stamped is None:
-        if ahead is not None:
-            ahead.close()
-            (tmp / ONNX_DATA_FILE).unlink()
         proto = export_graph(cast_for_export(model, dtype), opset)
         _window_record(proto, c.window)
         large = proto.ByteSize() > EXTERNAL_DATA_BYTES
@@ -303,7 +295,7 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
     _window_record(stamped.proto, c.window)
     params = model.state_dict()
     sw.dedup_small(stamped, params)
-    data = sw.write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE, release, ahead)
+    data = sw.write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE, sw.release_of(model))
     release_all(model)
     onnx.checker.check_model(str(tmp / ONNX_FILE))
     nodes = len(stamped.proto.graph.node)

@@ -159,103 +159,34 @@ def set_external(init, location: str, offset: int, length: int) -> None:
 
 
 def write_onnx(stamped: StampedGraph, params: dict, onnx_path: Path, data_name: str,
-               release=lambda name: None, ahead: DataFile | None = None) -> dict:
+               release=lambda name: None) -> dict:
     """Every weight of `stamped` into `data_name` beside `onnx_path`, one at a time (the
     gaps that align them written as zeros), then the graph; returns the data file's
-    manifest entry (sha256 and bytes, hashed as it was written: scredge.artifact).
-    `ahead` (`write_ahead`'s, that file) holds weights written before the graph was
-    known: the graph points at those it uses, and the file is written anew when the graph
-    leaves any unused (the file holds exactly the graph's weights)."""
+    manifest entry (sha256 and bytes, hashed as it was written: scredge.artifact)."""
     onnx = require("onnx")
     g = stamped.proto.graph
     todo = [i for i in g.initializer if i.name in stamped.recipes]
-    if ahead is not None and not set(ahead.placed) <= {
-            _key(stamped.recipes[i.name]) for i in todo}:
-        ahead.close()  # a guess the graph does not use: no stray bytes in the file
-        ahead = None
-    total = sum(_nbytes(init, stamped.recipes[init.name]) for init in todo
-                if ahead is None or _key(stamped.recipes[init.name]) not in ahead.placed)
-    data = ahead or DataFile(onnx_path.parent / data_name)
-    data.bar = Progress("writing weights", total) if total else None
-    try:
+    total = sum(int(np.prod(list(i.dims))) * np.dtype(stamped.recipes[i.name].dtype).itemsize
+                for i in todo)
+    bar = Progress("writing weights", total)
+    offset = 0
+    with HashedFile(onnx_path.parent / data_name) as f:
         for init in todo:
             r = stamped.recipes[init.name]
-            where = data.placed.get(_key(r)) if data is ahead else None
-            set_external(init, data_name, *(where or data.put(r, params, release)))
-    finally:
-        entry = data.close()
+            f.write(bytes(-offset % ALIGN))
+            offset += -offset % ALIGN
+            length = 0
+            for chunk in recipe_chunks(r, params):
+                f.write(chunk.data)
+                length += chunk.nbytes
+                bar.update(chunk.nbytes)
+            set_external(init, data_name, offset, length)
+            offset += length
+            f.settle()  # hashed: its source pages can go
+            release(r.param)
+    bar.close()
     onnx.save_model(stamped.proto, str(onnx_path))
-    return entry
-
-
-def _key(r: Recipe) -> tuple:
-    return r.param, r.transform, np.dtype(r.dtype).str
-
-
-def _nbytes(init, r: Recipe) -> int:
-    return int(np.prod(list(init.dims))) * np.dtype(r.dtype).itemsize
-
-
-class DataFile:
-    """A graph's external data file, written a tensor at a time at page-aligned offsets
-    (the gaps zeros) and hashed as written; `placed`: (param, transform, dtype) ->
-    (offset, length) of each tensor written."""
-
-    def __init__(self, path: Path, threaded: bool = True) -> None:
-        self._f = HashedFile(path, threaded)
-        self.offset = 0
-        self.placed: dict[tuple, tuple[int, int]] = {}
-        self.bar: Progress | None = None
-
-    def put(self, r: Recipe, params: dict, release) -> tuple[int, int]:
-        pad = -self.offset % ALIGN
-        self._f.write(bytes(pad))
-        start, length = self.offset + pad, 0
-        for chunk in recipe_chunks(r, params):
-            self._f.write(chunk.data)
-            length += chunk.nbytes
-            if self.bar is not None:
-                self.bar.update(chunk.nbytes)
-        self.offset = start + length
-        self._f.settle()  # hashed: its source pages can go
-        release(r.param)
-        self.placed[_key(r)] = (start, length)
-        return start, length
-
-    def close(self) -> dict:
-        """The file's manifest entry (sha256, bytes)."""
-        if self.bar is not None:
-            self.bar.close()
-        self._f.__exit__(None, None, None)
-        return self._f.entry()
-
-
-def write_ahead(model, dtype: str, path: Path, release=lambda name: None) -> DataFile:
-    """The model's large weights (more than _DEDUP_LIMIT elements: never merged by
-    `dedup_small`) written to `path` while the graph's trace still runs, each in the form
-    its graph most likely reads it: an nn.Linear weight transposed (the exporter's MatMul
-    reads [in, out]), any other parameter as it is, in the export dtype; SCR layers' left
-    for `write_onnx`. A guess only: `write_onnx` checks every one against the graph.
-    Hashed in this thread: the trace's child has the other core meanwhile."""
-    torch = require("torch")
-    np_dtype = np.dtype(np.float16 if dtype == "float16" else np.float32)
-    linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    params = model.state_dict()
-    data = DataFile(path, threaded=False)
-    guesses = [Recipe(name, "T" if name in linear else "id", np_dtype)
-               for name, p in model.named_parameters()
-               if ".scr." not in name and p.numel() > _DEDUP_LIMIT]
-    data.bar = Progress("writing weights", sum(
-        int(np.prod(params[r.param].shape)) * np_dtype.itemsize for r in guesses))
-    try:
-        for r in guesses:
-            data.put(r, params, release)
-    except BaseException:
-        data.close()
-        raise
-    data.bar.close()
-    data.bar = None
-    return data
+    return f.entry()
 
 
 class HashedFile:
