@@ -83,9 +83,11 @@ def _dynamic_shapes(c: SCRConfig, max_seq: int):
     )
 
 
-def export_graph(model, opset: int = DEFAULT_OPSET, max_seq: int = 1 << 20):
+def export_graph(model, opset: int = DEFAULT_OPSET, max_seq: int = 1 << 20,
+                 full_check: bool = True):
     """Trace `model` (already in its export dtype) to an onnx.ModelProto with the
-    `scr.Realign` nodes and function, spec names and readable node names."""
+    `scr.Realign` nodes and function, spec names and readable node names; checked by
+    onnx's checker (`full_check`: with strict shape inference too)."""
     torch = require("torch")
     onnx = require("onnx")
     c: SCRConfig = model.config
@@ -109,7 +111,7 @@ def export_graph(model, opset: int = DEFAULT_OPSET, max_seq: int = 1 << 20):
     _attach_realign_function(proto, opset)
     _name_dynamic_dims(proto)
     proto.producer_name = "scredge"
-    onnx.checker.check_model(proto, full_check=True)
+    onnx.checker.check_model(proto, full_check=full_check)
     return proto
 
 

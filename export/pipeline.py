@@ -279,10 +279,14 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
     weights one at a time (export/stream_write.py); a model that cannot be stamped, and
     `trace` None, are traced whole. A quantized export then quantizes the written graph's
     weights one at a time (export/quant_store.py)."""
+    import gc
+
     onnx = require("onnx")
+    from scredge.export import stream_write as sw
     from scredge.ref.mapped import release_all
 
     c = model.config
+    gc.collect()  # the reference pass's garbage, while the trace still runs
     stamped = None if trace is None else trace()
     if stamped is None:
         proto = export_graph(cast_for_export(model, dtype), opset)
@@ -291,23 +295,16 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
         onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
         return proto, large, len(proto.graph.node), {}
-    from scredge.export.stream_write import dedup_small, trim_heap, write_onnx
-
     log(f"  stamped {c.n_layers} layers out of a {len(stamp_trace_layers(c))}-layer trace")
     _window_record(stamped.proto, c.window)
     params = model.state_dict()
-    dedup_small(stamped, params)
-    mapped = getattr(model, "mapped_weights", None)
-    data = write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE,
-                      release=(lambda name: None) if mapped is None else mapped.release)
+    sw.dedup_small(stamped, params)
+    data = sw.write_onnx(stamped, params, tmp / ONNX_FILE, ONNX_DATA_FILE, sw.release_of(model))
     release_all(model)
     onnx.checker.check_model(str(tmp / ONNX_FILE))
     nodes = len(stamped.proto.graph.node)
-    del stamped
-    import gc
-
-    gc.collect()
-    trim_heap()
+    del stamped  # freed as its last reference goes; cycles were collected before
+    sw.trim_heap()
     return None, True, nodes, {ONNX_DATA_FILE: data}
 
 
@@ -318,17 +315,16 @@ def stamp_trace_layers(c) -> list[int]:
     return [] if plan is None else plan[1]
 
 
-def write_reference(model, path: Path | None) -> dict:
+def write_reference(model, path: Path | None, threaded: bool = True) -> dict:
     """The float32 reference checkpoint (scredge.ref.save_checkpoint's file), streamed one
     tensor at a time; its manifest entry (sha256, bytes). `path` None: hashed, not
-    written (a slim folder names the weights by their hash only)."""
-    from scredge.export.stream_write import write_safetensors
+    written (a slim folder names the weights by their hash only); `threaded`: hashed in a
+    worker thread (False: in this one, beside the trace's child)."""
+    from scredge.export.stream_write import release_of, write_safetensors
     from scredge.ref.checkpoint import CONFIG_METADATA_KEY
 
-    mapped = getattr(model, "mapped_weights", None)
     meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
-    return write_safetensors(model.state_dict(), path, meta,
-                             release=(lambda name: None) if mapped is None else mapped.release)
+    return write_safetensors(model.state_dict(), path, meta, release_of(model), threaded)
 
 
 def check_all(out: Path, c, dtype: str, opset: int, force: bool, quantize, target: str,
@@ -355,12 +351,14 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, slim_float: bool,
     trace = start_trace(model, dtype, opset)
     try:
         golden = record_reference(model, GREEDY_TOKENS if slim_float else 0, log)
+        # while the trace still runs (its child on the other core)
+        entry = write_reference(model, None if slim_float else tmp / WEIGHTS_FILE,
+                                threaded=trace is None)
         proto, large, nodes, known = write_graph(model, dtype, opset, tmp, trace, log)
     except BaseException:
         if trace is not None:
             trace.cancel()  # the trace's child process ends with the export
         raise
-    entry = write_reference(model, None if slim_float else tmp / WEIGHTS_FILE)
     if (tmp / WEIGHTS_FILE).exists():
         known[WEIGHTS_FILE] = entry
     return golden, proto, large, nodes, known, entry["sha256"]

@@ -69,6 +69,13 @@ def trim_heap() -> None:
         pass
 
 
+def release_of(model):
+    """The model's `mapped_weights.release` (scredge.ref.mapped: hands a tensor's source
+    pages back), or a no-op for a model whose weights are ordinary tensors."""
+    mapped = getattr(model, "mapped_weights", None)
+    return (lambda name: None) if mapped is None else mapped.release
+
+
 def _source(params: dict, name: str) -> np.ndarray:
     return params[name].detach().numpy()
 
@@ -184,16 +191,17 @@ def write_onnx(stamped: StampedGraph, params: dict, onnx_path: Path, data_name: 
 
 class HashedFile:
     """A file written in order and hashed as it is written (sha256, in a worker thread:
-    hashlib lets go of the GIL on large buffers, so hashing overlaps the next write);
+    hashlib lets go of the GIL on large buffers, so hashing overlaps the next write; with
+    `threaded` False, in this thread: one core, the other left to the trace's child);
     `path` None: hashed only, nothing written. `entry()`: the manifest entry."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, threaded: bool = True) -> None:
         import hashlib
         from concurrent.futures import ThreadPoolExecutor
 
         self.path, self.size = path, 0
         self._hash = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(1)
+        self._pool = ThreadPoolExecutor(1) if threaded else None
         self._pending = None
         self._f = None if path is None else open(path, "wb")
 
@@ -202,7 +210,8 @@ class HashedFile:
 
     def __exit__(self, *exc) -> None:
         self.settle()
-        self._pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()
         if self._f is not None:
             self._f.close()
 
@@ -215,7 +224,10 @@ class HashedFile:
     def write(self, data) -> None:
         data = memoryview(data).cast("B")
         self.settle()  # one buffer in flight: the caller may reuse the one before
-        self._pending = self._pool.submit(self._hash.update, data)
+        if self._pool is None:
+            self._hash.update(data)
+        else:
+            self._pending = self._pool.submit(self._hash.update, data)
         if self._f is not None:
             self._f.write(data)
         self.size += data.nbytes
@@ -229,7 +241,7 @@ _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
 
 
 def write_safetensors(params: dict, path: Path | None, metadata: dict[str, str],
-                      release=lambda name: None) -> dict:
+                      release=lambda name: None, threaded: bool = True) -> dict:
     """A safetensors file of `params` (torch tensors), header first, then each tensor's
     bytes in turn (the format of safetensors.torch.save_file, with sorted names); returns
     its manifest entry (sha256, bytes). `path` None: the file's hash only, nothing written
@@ -246,7 +258,7 @@ def write_safetensors(params: dict, path: Path | None, metadata: dict[str, str],
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     bar = Progress("writing reference" if path is not None else "hashing reference", offset)
-    with HashedFile(path) as f:
+    with HashedFile(path, threaded) as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
         for name in names:
