@@ -10,7 +10,9 @@ benchmarks/bench_export_genai.py's `timed`); the two alternate; medians over --r
 
 Usage: python benchmarks/bench_quant_export.py [--quantize int4] [--target ort]
        [--repeat 1] [--work DIR] [--no-builder] [--json]
-Prints each run, then per tool the median wall / CPU / peak and the folder's files.
+Prints each run, then per tool the median wall / CPU / peak and the folder's files. Each
+run's log (`--work`/TOOL-PRECISION.log) has every line stamped with the seconds since the
+start and the resident MiB then; `.log.rss` holds the memory sampled every 0.2 s.
 """
 
 from __future__ import annotations
@@ -30,9 +32,57 @@ sys.path.insert(0, str(HERE.parent / "tools"))
 from bench_export_genai import folder_mib  # noqa: E402
 
 
+def _rss_mib(pid: int) -> float:
+    """VmRSS of `pid` in MiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its children (the trace's forked child), from /proc."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *(int(c) for c in f.read().split())]
+    except OSError:
+        return [pid]
+
+
+class Sampler:
+    """The child's resident memory every `every` seconds, on a thread: the largest VmRSS of
+    its process tree now (`now`), and each sample written to `path` (seconds, MiB), so the
+    peak can be placed against the log's stamped lines (tracemalloc sees neither numpy's
+    nor torch's buffers)."""
+
+    def __init__(self, pid: int, t0: float, path: Path, every: float = 0.2):
+        import threading
+
+        self.pid, self.t0, self.every, self.now = pid, t0, every, 0.0
+        self.out = open(path, "w")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            self.now = max((_rss_mib(p) for p in _tree(self.pid)), default=0.0)
+            self.out.write(f"{time.perf_counter() - self.t0:.2f}\t{self.now:.0f}\n")
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.out.close()
+
+
 def timed(cmd: list[str], log: Path) -> dict:
     """Wall s, CPU s (user + sys) and peak RSS MiB of `cmd`, a child process of its own,
-    its output kept in `log` (each line stamped with the seconds since the start)."""
+    its output kept in `log` (each line stamped with the seconds since the start and the
+    resident MiB then), its memory sampled into `log` + '.rss' (Sampler)."""
     import os
     import subprocess
     import time
@@ -40,11 +90,13 @@ def timed(cmd: list[str], log: Path) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace")
+    sampler = Sampler(proc.pid, t0, log.with_name(log.name + ".rss"))
     with open(log, "w") as out:
         for text in proc.stdout:
-            out.write(f"{time.perf_counter() - t0:8.1f} {text}")
+            out.write(f"{time.perf_counter() - t0:8.1f} {sampler.now:6.0f}M {text}")
             out.flush()
     _, status, usage = os.wait4(proc.pid, 0)
+    sampler.stop()
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"{' '.join(cmd)} failed: see {log}")
     return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
