@@ -87,16 +87,21 @@ def add_tokenizer(folder: Path) -> Path:
 def timed(cmd: list[str], log: Path) -> dict:
     """Wall s, CPU s (user + sys) and peak RSS MiB of `cmd`, a child process of its own,
     its stdout and stderr kept in `log` (each line stamped with the seconds since the
-    start); a failed run stops the benchmark naming the log, with its last lines."""
+    start and the resident MiB then; the memory samples in `log` + '.rss', rss_sampler.py);
+    a failed run stops the benchmark naming the log, with its last lines."""
+    from rss_sampler import Sampler
+
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace")
     log.parent.mkdir(parents=True, exist_ok=True)
+    sampler = Sampler(proc.pid, t0, log.with_name(log.name + ".rss"))
     with open(log, "w") as out:
         for text in proc.stdout:
-            out.write(f"{time.perf_counter() - t0:8.1f} {text}")
+            out.write(f"{time.perf_counter() - t0:8.1f} {sampler.now:6.0f}M {text}")
             out.flush()
     _, status, usage = os.wait4(proc.pid, 0)
+    sampler.stop()
     if os.waitstatus_to_exitcode(status):
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f"{' '.join(map(str, cmd))} failed; its output: {log}\n{tail}")

@@ -10,7 +10,9 @@ benchmarks/bench_export_genai.py's `timed`); the two alternate; medians over --r
 
 Usage: python benchmarks/bench_quant_export.py [--quantize int4] [--target ort]
        [--repeat 1] [--work DIR] [--no-builder] [--json]
-Prints each run, then per tool the median wall / CPU / peak and the folder's files.
+Prints each run, then per tool the median wall / CPU / peak and the folder's files. Each
+run's log (`--work`/TOOL-PRECISION.log) has every line stamped with the seconds since the
+start and the resident MiB then; `.log.rss` holds the memory sampled every 0.2 s.
 """
 
 from __future__ import annotations

@@ -60,8 +60,17 @@ def heldout_ids(vocab_size: int, tokens: int = HELDOUT_TOKENS,
 def record_heldout(model, weights_sha256: str, tokens: int = HELDOUT_TOKENS,
                    tokenizer: TokenizerFiles | None = None) -> Heldout:
     """Run the float32 reference `model` over the held-out ids (needs torch)."""
+    from scredge.export.stream_write import trim_heap
     from scredge.export.verify import reference_stepper
 
     ids, source = heldout_ids(model.config.vocab_size, tokens, tokenizer)
-    return Heldout(weights_sha256, source, ids, teacher_forced_stats(reference_stepper(model),
-                                                                     ids))
+    step = reference_stepper(model)
+
+    def trimmed(ids, pos):
+        # the KV cache grows a chunk at a time: the heap's freed smaller copies go back
+        # now, not after the pass (resident until then, they grew with the cache)
+        logits = step(ids, pos)
+        trim_heap()
+        return logits
+
+    return Heldout(weights_sha256, source, ids, teacher_forced_stats(trimmed, ids))

@@ -20,7 +20,7 @@ estimate, decides); if none passes, the refusal names the best plan tried.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -36,6 +36,11 @@ PRECISION_BITS = {"int4": 4, "int8": 8, "float": 32}
 PROMOTE_STEPS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.35, 0.50, 0.75)
 FISHER_SEQ = 128  # tokens per calibration sequence (one squared gradient each)
 FISHER_TOKENS = 2048  # calibration tokens the Fisher information is averaged over
+# the Fisher sums are as large as the matrices: they are gathered in this many passes over
+# the calibration text, each for a run of consecutive matrices holding about an equal share
+# of the weights, so only that share's sums are held at a time (the same numbers: each
+# weight's squared gradients are summed in the same order whatever else requires grad)
+FISHER_PASSES = 2
 
 
 def reference_matrices(model) -> dict[str, object]:
@@ -86,17 +91,35 @@ def _untied(model):
             p.grad = None
 
 
+def fisher_groups(sizes: dict[str, int], passes: int = FISHER_PASSES) -> list[list[str]]:
+    """The matrices (`sizes`: name -> weights, in model order) cut into at most `passes`
+    runs of consecutive matrices of about equal weight (each run one Fisher pass)."""
+    total, groups, acc = sum(sizes.values()), [[]], 0
+    for name, n in sizes.items():
+        if groups[-1] and acc >= total * len(groups) / passes:
+            groups.append([])
+        groups[-1].append(name)
+        acc += n
+    return groups
+
+
 def fisher_diagonals(model, ids: np.ndarray, tokens: int = FISHER_TOKENS,
-                     seq: int = FISHER_SEQ) -> dict[str, np.ndarray]:
-    """Per matrix, the empirical Fisher information of each weight ([N, K] float32): the
-    squared gradient of a sequence's mean next-token loss, averaged over calibration
-    sequences and times `seq`. A tied head gets its own gradient (a parameter sharing the
-    table's storage stands in for it). Each gradient is squared into its sum as soon as
-    backward makes it and then freed: one matrix's gradient is held at a time, besides the
-    sums (as large as the matrices) and the model (not copied)."""
+                     seq: int = FISHER_SEQ,
+                     names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """Per matrix (those in `names`, default all), the empirical Fisher information of
+    each weight ([N, K] float32): the squared gradient of a sequence's mean next-token
+    loss, averaged over calibration sequences and times `seq`. A tied head gets its own
+    gradient (a parameter sharing the table's storage stands in for it). Each gradient is
+    squared into its sum as soon as backward makes it and then freed: one matrix's gradient
+    is held at a time, besides the sums (as large as the matrices asked for) and the model
+    (not copied); backward stops below the lowest matrix asked for."""
+    from scredge.export.stream_write import trim_heap
+
     torch = require("torch")
     with _untied(model) as m:
         mats = reference_matrices(m)
+        if names is not None:
+            mats = {k: mats[k] for k in names}
         sums = {k: torch.zeros(w.shape, dtype=torch.float32) for k, w in mats.items()}
         def square_into(total):
             def hook(p) -> None:
@@ -115,6 +138,7 @@ def fisher_diagonals(model, ids: np.ndarray, tokens: int = FISHER_TOKENS,
                 logits, _ = m(x[None, :-1], torch.arange(seq)[None])
                 torch.nn.functional.cross_entropy(logits[0], x[1:]).backward()
                 del logits
+                trim_heap()  # this sequence's activations and gradients, not under the next
         finally:
             for h in hooks:
                 h.remove()

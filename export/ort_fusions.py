@@ -268,11 +268,13 @@ def _stack(arrays: list[np.ndarray], ns: list[int]) -> np.ndarray:
     return rows.reshape((sum(ns), *arrays[0].shape[1:])) if arrays[0].ndim > 1 else rows.ravel()
 
 
-def _pack_matmuls(g: Graph) -> tuple[list, set, list, int]:
+def _pack_matmuls(g: Graph, hold=None) -> tuple[list, set, list, int]:
     """MatMulNBits nodes reading the same activation (q/k/v, gate/up) -> one MatMulNBits
     over the stacked rows + a Split back into the original outputs: one weight pass and
-    one kernel instead of several. The packed integers and scales are the same bytes."""
-    helper, numpy_helper = require("onnx").helper, require("onnx").numpy_helper
+    one kernel instead of several. The packed integers and scales are the same bytes.
+    `hold(array, name)`: the stacked tensors' initializers (plan_graphs.planned_graph's)."""
+    helper = require("onnx").helper
+    hold = hold or require("onnx").numpy_helper.from_array
     groups: dict[tuple, list] = defaultdict(list)
     for node in g.nodes:
         key = _pack_key(g, node)
@@ -289,33 +291,35 @@ def _pack_matmuls(g: Graph) -> tuple[list, set, list, int]:
         for k in range(1, len(first.input)):
             value = _stack([g.const(m.input[k]) for m in members], ns)
             names.append(f"{stem}_in{k}")
-            inits.append(numpy_helper.from_array(value, names[-1]))
+            inits.append(hold(value, names[-1]))
         attrs = {a.name: helper.get_attribute_value(a) for a in first.attribute}
         attrs["N"] = sum(ns)
         merged = helper.make_node("MatMulNBits", [first.input[0], *names], [stem + "_out"],
                                   name=stem, domain=ORT_DOMAIN, **attrs)
         split = helper.make_node("Split", [stem + "_out", stem + "_sizes"],
                                  [m.output[0] for m in members], name=stem + "/Split", axis=-1)
-        inits.append(numpy_helper.from_array(np.array(ns, np.int64), stem + "_sizes"))
+        inits.append(require("onnx").numpy_helper.from_array(np.array(ns, np.int64),
+                                                             stem + "_sizes"))
         new.append((first, [merged, split]))
         dead.update(id(m) for m in members[1:])
         packed += len(members)
     return new, dead, inits, packed
 
 
-def fuse_for_onnxruntime(proto, config: SCRConfig, read=None) -> FusionCounts:
+def fuse_for_onnxruntime(proto, config: SCRConfig, read=None, hold=None) -> FusionCounts:
     """Rewrite `proto` (an onnxruntime-form graph of `config`, float32 activations, or
     float16 ones: rotary and attention match through its Casts, RMSNorm, computed in
     float32 between Casts, is left as it is) in place. The first pass's rewrites touch
     disjoint nodes; attention matches on its result (the 4-D rotary nodes it made).
-    `read`: how a constant's value is read (Graph)."""
+    `read`: how a constant's value is read (Graph); `hold`: how a packed tensor becomes an
+    initializer (_pack_matmuls)."""
     from scredge.export.ort_attention import fuse_attention
 
     onnx = require("onnx")
     g = Graph(proto.graph, read)
     norm_new, norm_dead, n_norm, n_skip = _fuse_rms_norms(g)
     rot = _fuse_rotaries(g, config.head_dim, INPUT_IDS)
-    pack_new, pack_dead, pack_inits, n_packed = _pack_matmuls(g)
+    pack_new, pack_dead, pack_inits, n_packed = _pack_matmuls(g, hold)
     replace = {id(old): [new] for old, new in norm_new + rot.new}
     replace.update({id(old): new for old, new in pack_new})
     rewrite(proto, g, replace, norm_dead | rot.dead | pack_dead, rot.inits + pack_inits,

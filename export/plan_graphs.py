@@ -84,12 +84,13 @@ class MatrixNumbers:
 
 
 def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
-                  block: int, share_embedding: bool = False):
+                  block: int, share_embedding: bool = False, hold=None):
     """A copy of `base` (its head materialized) where each weight MatMul whose matrix the plan
     puts at int4 / int8 becomes a `MatMulNBits` holding `numbers(matrix, grids(matrix, precision))`
     (zero points when the grid has them); "float" matrices stay MatMul. With
     `share_embedding`, a tied embedding reads the quantized head's table
-    (`share_tied_embedding`)."""
+    (`share_tied_embedding`). `hold(array, name)`: the initializer of a quantized tensor
+    (export/quant_store.FloatSource.hold keeps the bytes beside the graph; default: in it)."""
     onnx = require("onnx")
     proto = onnx.ModelProto()
     proto.CopyFrom(base)
@@ -101,7 +102,7 @@ def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
             nodes.append(node)
             continue
         grid = grids(by_node[node.name], precision)
-        new, inits = _nbits_node(node, grid, *numbers(by_node[node.name], grid), block)
+        new, inits = _nbits_node(node, grid, *numbers(by_node[node.name], grid), block, hold)
         nodes.extend(n for n in new if n.output[0] not in made)
         proto.graph.initializer.extend(i for i in inits if i.name not in made)
         made.update([*(n.output[0] for n in new), *(i.name for i in inits)])
@@ -161,19 +162,20 @@ def share_tied_embedding(proto) -> bool:
     return True
 
 
-def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, block: int):
+def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, block: int,
+                hold=None):
     """MatMulNBits for MatMul `node` (named as onnxruntime's quantizer names it)."""
     from scredge.export.qgrid import pack_weights, pack_zero_points
 
-    helper, numpy_helper = require("onnx").helper, require("onnx").numpy_helper
+    helper = require("onnx").helper
+    hold = hold or require("onnx").numpy_helper.from_array
     n, k = q.shape
     w = node.input[1]
-    inits = [numpy_helper.from_array(pack_weights(q, grid.bits, block), f"{w}_Q{grid.bits}"),
-             numpy_helper.from_array(np.ascontiguousarray(s.ravel().astype(np.float32)),
-                                     f"{w}_scales")]
+    inits = [hold(pack_weights(q, grid.bits, block), f"{w}_Q{grid.bits}"),
+             hold(np.ascontiguousarray(s.ravel().astype(np.float32)), f"{w}_scales")]
     fold = grid.kind == "asym_float" and grid.bits == 4 and k % block == 0
     if not grid.symmetric and not fold:
-        inits.append(numpy_helper.from_array(pack_zero_points(z, grid), f"{w}_zero_points"))
+        inits.append(hold(pack_zero_points(z, grid), f"{w}_zero_points"))
     out = f"{node.output[0]}_nbits" if fold else node.output[0]
     # folded: float32 compute (level 0), the numbers the float zero points gave; level 4's
     # int8 activations kept the tier on SmolLM2 but changed its greedy chat answers
@@ -183,11 +185,12 @@ def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, b
                            accuracy_level=0 if fold else ORT_ACCURACY_LEVEL)
     if not fold:
         return [new], inits
-    more, extra = _zero_point_correction(node, out, s, z, block)
+    more, extra = _zero_point_correction(node, out, s, z, block, hold)
     return [new, *more], inits + extra
 
 
-def _zero_point_correction(node, nbits_out: str, s: np.ndarray, z: np.ndarray, block: int):
+def _zero_point_correction(node, nbits_out: str, s: np.ndarray, z: np.ndarray, block: int,
+                           hold):
     """Float zero points without onnxruntime's slow path: its CPU MatMulNBits has no fast
     kernel for them (benchmarks/bench_matmulnbits_zero_points.py: ~50x per node), so
     (q - z) * s = (q - 8) * s + (8 - z) * s: MatMulNBits with the default zero point 8, plus
@@ -202,8 +205,8 @@ def _zero_point_correction(node, nbits_out: str, s: np.ndarray, z: np.ndarray, b
     inits = [numpy_helper.from_array(np.array([0, 0, blocks, block], np.int64),
                                      f"block_shape_{blocks}x{block}"),
              numpy_helper.from_array(np.array([-1], np.int64), "block_axis"),
-             numpy_helper.from_array(np.ascontiguousarray(((8.0 - z) * s).T.astype(np.float32)),
-                                     f"{w}_zero_point_correction")]
+             hold(np.ascontiguousarray(((8.0 - z) * s).T.astype(np.float32)),
+                  f"{w}_zero_point_correction")]
     nodes = [helper.make_node("Reshape", [x, inits[0].name], [f"{x}_blocks_of_{block}"],
                               name=f"{sums}/Reshape"),
              helper.make_node("ReduceSum", [f"{x}_blocks_of_{block}", inits[1].name],
@@ -243,20 +246,23 @@ def ort_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers,
     """The onnxruntime form of `plan`: MatMulNBits + onnxruntime's fused kernels. `source`:
     the export/quant_store.FloatSource a base whose weights are not loaded reads them from
     (and checks the graph with)."""
+    hold = None if source is None else source.hold
     proto = planned_graph(base, plan, ort_grids(spec), numbers, spec.block_size,
-                          share_embedding=spec.quantize_embedding)
+                          share_embedding=spec.quantize_embedding, hold=hold)
     (require("onnx").checker.check_model if source is None else source.check)(proto)
     # after the checker: SimplifiedLayerNormalization is onnxruntime's, in the ONNX domain,
     # which the checker does not know; onnxruntime loads and the tier runs the result
-    return proto, fuse_for_onnxruntime(proto, config, None if source is None else source.read)
+    return proto, fuse_for_onnxruntime(proto, config, None if source is None else source.read,
+                                       hold)
 
 
 def trt_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers,
              source=None):
     """The TensorRT form of `plan`: symmetric weights, DequantizeLinear + MatMul (`source`:
     as in ort_form)."""
+    read, hold = (None, None) if source is None else (source.read, source.hold)
     proto = to_dequantize_form(planned_graph(base, plan, trt_grids, numbers,
-                                             spec.block_size))
+                                             spec.block_size, hold=hold), read, hold)
     (require("onnx").checker.check_model if source is None else source.check)(proto)
     return proto
 

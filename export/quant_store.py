@@ -18,7 +18,7 @@ both forms keep) is not written again: the later graph points at the earlier gra
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,11 @@ from scredge.deps import require
 from scredge.export.stream_write import ALIGN, CHUNK_BYTES, set_external
 
 SOURCE_FILE = ".float-source.data"  # the float graph's data while a quantized export runs
+# where a planned graph's quantized tensors are while it is built: numpy arrays beside the
+# graph (FloatSource.held), not bytes inside it. protobuf (upb) keeps every byte ever put in
+# a message until the whole message goes, so tensors rewritten by the passes after the
+# quantizer (the packed q/k/v, the TensorRT form's) would all stay resident together
+HELD = ".held-in-memory"
 INLINE_BYTES = 1024  # smaller initializers stay in the graph (shape constants, scalars)
 # page-aligned tensors can be mapped by onnxruntime rather than copied; quantized ones are
 # repacked by their kernels anyway, so only large float ones are worth the padding (a page
@@ -53,6 +58,7 @@ class FloatSource:
 
     folder: Path
     transposed: dict[str, str]  # a tied head's [D, V] initializer -> the embedding's
+    held: dict[str, np.ndarray] = field(default_factory=dict)  # name -> bytes (HELD)
 
     @classmethod
     def open(cls, folder: Path, onnx_file: str, data_file: str):
@@ -77,6 +83,25 @@ class FloatSource:
         ext = _external(init)
         return ext is not None and ext["location"] == SOURCE_FILE
 
+    def is_held(self, init) -> bool:
+        ext = _external(init)
+        return ext is not None and ext["location"] == HELD
+
+    def hold(self, array: np.ndarray, name: str, data_type: int | None = None,
+             dims: list[int] | None = None):
+        """An initializer `name` whose value is `array`, kept in `held` rather than in the
+        graph (small ones inline); `data_type` / `dims` when `array` is the raw bytes of
+        another type (INT4 two to a byte)."""
+        onnx = require("onnx")
+        if data_type is None and array.nbytes <= INLINE_BYTES:
+            return onnx.numpy_helper.from_array(array, name)
+        init = onnx.TensorProto(name=name, dims=list(array.shape if dims is None else dims),
+                                data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+                                if data_type is None else data_type)
+        self.held[name] = np.ascontiguousarray(array)
+        set_external(init, HELD, 0, self.held[name].nbytes)
+        return init
+
     def tie_head(self, proto, table, name: str) -> None:
         """The tied head's [D, V] initializer `name`: the embedding `table`'s bytes, read
         transposed (materialize_tied_head for a graph whose weights are not loaded)."""
@@ -99,7 +124,8 @@ class FloatSource:
         (those initializers are a few bytes each), not on a copy of the graph."""
         onnx = require("onnx")
         g = proto.graph
-        lazy = [k for k, init in enumerate(g.initializer) if self.is_lazy(init)]
+        lazy = [k for k, init in enumerate(g.initializer)
+                if self.is_lazy(init) or self.is_held(init)]
         held = [onnx.TensorProto() for _ in lazy]
         for k, copy in zip(lazy, held):
             copy.CopyFrom(g.initializer[k])
@@ -117,6 +143,8 @@ class FloatSource:
     def read(self, init) -> np.ndarray:
         """The value of `init` (a float graph initializer), from the source when lazy."""
         numpy_helper = require("onnx").numpy_helper
+        if self.is_held(init):
+            return self.held[init.name]
         if not self.is_lazy(init):
             return numpy_helper.to_array(init)
         ext = _external(init)
@@ -132,6 +160,9 @@ class FloatSource:
     def chunks(self, init):
         """`read(init)`'s bytes in row chunks of about CHUNK_BYTES (a transposed head
         whole: it is the one matrix read so)."""
+        if self.is_held(init):
+            yield memoryview(self.held[init.name]).cast("B")
+            return
         if init.name in self.transposed or not self.is_lazy(init):
             yield self.read(init).tobytes()
             return
@@ -166,19 +197,19 @@ class TensorStore:
         offset = 0
         with open(tmp, "wb") as f:
             for init in proto.graph.initializer:
-                lazy = self.source.is_lazy(init)
+                lazy, held = self.source.is_lazy(init), self.source.is_held(init)
                 if lazy and init.name in self.shared:
                     set_external(init, *self.shared[init.name])
                     continue
-                if not lazy and (_external(init) is not None
-                                 or len(init.raw_data) <= INLINE_BYTES):
+                if not (lazy or held) and (_external(init) is not None
+                                           or len(init.raw_data) <= INLINE_BYTES):
                     continue
                 size = _nbytes(init)
                 align = ALIGN if lazy and size >= PAGE_ALIGNED_BYTES else SMALL_ALIGN
                 offset = (offset + align - 1) // align * align
                 f.seek(offset)
                 length = 0
-                for chunk in (self.source.chunks(init) if lazy else (init.raw_data,)):
+                for chunk in (self.source.chunks(init) if lazy or held else (init.raw_data,)):
                     f.write(chunk)
                     length += len(chunk)
                 set_external(init, data_name, offset, length)
@@ -190,6 +221,7 @@ class TensorStore:
         else:
             tmp.unlink()
             (path.parent / data_name).unlink(missing_ok=True)
+        self.source.held.clear()  # in the file now (or not in the graph: dropped)
         onnx.save_model(proto, str(path))
         self._written[path.name] = floats
 

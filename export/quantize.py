@@ -300,12 +300,15 @@ def positive_scales(w: np.ndarray, scales: np.ndarray, block: int, bits: int):
     return w, scales * sign
 
 
-def to_dequantize_form(ort_proto):
+def to_dequantize_form(ort_proto, read=None, hold=None):
     """The TensorRT form of a symmetric MatMulNBits graph: each MatMulNBits(A, Bq, scales)
     becomes DequantizeLinear(W int, scales, axis 0, block) -> MatMul(A, W), with
-    W = q - 2^(bits-1) (MatMulNBits' implicit zero point), transposed to [K, N]."""
+    W = q - 2^(bits-1) (MatMulNBits' implicit zero point), transposed to [K, N]. `read` /
+    `hold`: how an initializer's value is read / a new one made (export/quant_store.py's
+    FloatSource keeps them beside the graph; default: in it)."""
     onnx = require("onnx")
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    read = read or numpy_helper.to_array
     proto = onnx.ModelProto()
     proto.CopyFrom(ort_proto)
     inits = {i.name: i for i in proto.graph.initializer}
@@ -319,16 +322,19 @@ def to_dequantize_form(ort_proto):
                                received=node.name, fix="quantize with method rtn")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         bits, block, k, n = attrs["bits"], attrs["block_size"], attrs["K"], attrs["N"]
-        q = _unpack(numpy_helper.to_array(inits[node.input[1]]), bits, n, k)
+        q = _unpack(read(inits[node.input[1]]), bits, n, k)
         w = (q - (1 << (bits - 1))).T  # [K, N] signed
-        scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1).T  # [K/block, N]
+        scales = read(inits[node.input[2]]).reshape(n, -1).T  # [K/block, N]
         w, scales = positive_scales(w, scales, block, bits)
         base = node.input[1].rsplit("_Q", 1)[0]
         qtype = onnx.TensorProto.INT4 if bits == 4 else onnx.TensorProto.INT8
         w_name, s_name = f"{base}_DQ_q{bits}", f"{base}_DQ_scales"
+        scales = np.ascontiguousarray(scales.astype(np.float32))
         proto.graph.initializer.extend([
-            helper.make_tensor(w_name, qtype, list(w.shape), _raw(w, bits), raw=True),
-            numpy_helper.from_array(np.ascontiguousarray(scales.astype(np.float32)), s_name)])
+            helper.make_tensor(w_name, qtype, list(w.shape), _raw(w, bits), raw=True)
+            if hold is None else hold(np.frombuffer(_raw(w, bits), np.uint8), w_name, qtype,
+                                      list(w.shape)),
+            numpy_helper.from_array(scales, s_name) if hold is None else hold(scales, s_name)])
         drop.update(node.input[1:3])
         stem = node.name.removesuffix(f"_Q{bits}")
         nodes.append(helper.make_node("DequantizeLinear", [w_name, s_name], [w_name + "_out"],

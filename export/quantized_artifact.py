@@ -132,21 +132,34 @@ class PlanSearch:
 
     def _costs_of(self, backend: str) -> list:
         """Every matrix's sensitivities on `backend`'s grids. The Fisher information is
-        measured once and turned into the costs of every backend still to be planned, then
-        dropped (it is as large as the weights); the numbers are computed, not kept."""
+        measured in FISHER_PASSES passes, each over a share of the matrices, and turned
+        into the costs of every backend still to be planned, then dropped (it is as large
+        as the weights measured); the numbers are computed, not kept."""
         if backend not in self._costs:
-            from scredge.export.mixed import fisher_diagonals
+            import time
+
+            from scredge.export.mixed import fisher_diagonals, fisher_groups
 
             self.log("measuring each matrix's sensitivity on the calibration text ...")
-            fisher = fisher_diagonals(self.model, self.cal_ids)
-            b = self.spec.block_size
-            for other in dict.fromkeys((backend, *self.targets)):  # each backend once
-                grids = ort_grids(self.spec) if other == "ort" else trt_grids
-                self._costs[other] = matrix_costs(
-                    LazyWeights(self.numbers.weight), fisher,
-                    lambda m, p, g=grids: dequantize(*self.numbers.compute(m, g(m, p)), b))
-            del fisher
-            _hand_back(self.model)
+            self.numbers.forget()  # not held under the Fisher sums; remade for the next plan
+            b, costs = self.spec.block_size, {}
+            for group in fisher_groups(self.numbers.sizes):
+                t0 = time.perf_counter()
+                fisher = fisher_diagonals(self.model, self.cal_ids, names=group)
+                _hand_back(self.model)
+                t1 = time.perf_counter()
+                for other in dict.fromkeys((backend, *self.targets)):  # each backend once
+                    grids = ort_grids(self.spec) if other == "ort" else trt_grids
+                    costs.setdefault(other, []).extend(matrix_costs(
+                        LazyWeights({m: self.numbers.weight[m] for m in group}), fisher,
+                        lambda m, p, g=grids: dequantize(*self.numbers.compute(m, g(m, p)),
+                                                         b)))
+                del fisher
+                self.log(f"  {len(group)} matrices: Fisher information {t1 - t0:.1f} s, "
+                         f"sensitivities {time.perf_counter() - t1:.1f} s")
+            order = {m: k for k, m in enumerate(self.numbers.names)}
+            for other, found in costs.items():
+                self._costs[other] = sorted(found, key=lambda c: order[c.name])
         return self._costs[backend]
 
     def choose(self, backend: str) -> Chosen:
@@ -281,6 +294,13 @@ def quantize_artifact(tmp: Path, float_proto, model, spec: QuantSpec,
     the backends whose form is written (--target). Each form is the first plan
     (export/mixed.py) whose graph passes the quantized tier; none: refused. `cache`
     "shared": the onnxruntime form gets the in-place KV cache (export/ort_shared_cache.py)."""
+    from scredge.ref.mapped import map_onto_file
+
+    # a reference held in ordinary memory (a dequantized GGUF) reads the checkpoint just
+    # written instead, so its pages go back between the passes below like a mapped one's
+    if map_onto_file(model, tmp / WEIGHTS_FILE):
+        log(f"  the reference now reads {WEIGHTS_FILE} (mapped: its pages are handed back "
+            "between passes)")
     _hand_back(model)  # what the float graph's verification left (its session, its heap)
     cal = calibrate(model, spec, tokenizer, log)
     hessians = None

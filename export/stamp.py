@@ -46,7 +46,9 @@ _DEDUP_LIMIT = 1024  # onnx_ir's DeduplicateInitializersPass: tensors of at most
 class Recipe:
     """One weight initializer: `transform` of parameter `param` of the real model, in
     `dtype` (numpy). transform: "id", "T" (2-D transposed), "fold_w" / "fold_b" (the SCR
-    projection's transposed weight / bias times its scale, export/fold_scale.py)."""
+    projection's transposed weight / bias times its scale, export/fold_scale.py), "h" (as
+    is, rounded through float16: the float32 parameters of a float16 export,
+    pipeline.cast_for_export's Realign relevance and gate)."""
 
     param: str
     transform: str
@@ -186,8 +188,8 @@ def stamp_graph(c: SCRConfig, dtype: str, opset: int) -> StampedGraph | None:
     """The decoder graph of `c` (export dtype `dtype`) with weight recipes, or None when the
     model must be traced whole."""
     plan = trace_config(c)
-    if plan is None or (dtype == "float16" and c.scr_layers):
-        return None  # float16 with SCR layers: not yet stamped exactly (traced whole)
+    if plan is None:
+        return None
     traced_c, real = plan
     model, traced = _trace(traced_c, dtype, opset)
     try:
@@ -284,7 +286,7 @@ def _relayer(param: str, layer: int) -> str:
 
 
 def _weight_name(traced_name: str, r: Recipe, param: str) -> str:
-    if traced_name.startswith("m.") and r.transform in ("id", "fold_w", "fold_b"):
+    if traced_name.startswith("m.") and r.transform in ("id", "h", "fold_w", "fold_b"):
         m = _PARAM_LAYER.match(traced_name)
         layer = _PARAM_LAYER.match(param)
         if m and layer:
@@ -315,7 +317,7 @@ def _find_recipes(traced, model) -> dict[str, Recipe]:
             out[init.name] = Recipe(stem + ("weight" if kind == "fold_w" else "bias"), kind, dt)
             continue
         if init.name.startswith("m.") and init.name[2:] in params:
-            out[init.name] = Recipe(init.name[2:], "id", dt)
+            out[init.name] = Recipe(init.name[2:], _as_is(init, params[init.name[2:]]), dt)
             continue
         if dt not in (np.float32, np.float16):
             continue
@@ -324,6 +326,18 @@ def _find_recipes(traced, model) -> dict[str, Recipe]:
         if hit is not None:
             out[init.name] = Recipe(hit[0], hit[1], dt)
     return out
+
+
+def _as_is(init, param: np.ndarray) -> str:
+    """"id", or "h" when the initializer holds the parameter rounded through float16 (a
+    float32 parameter of a float16 export: the model was halved, then that parameter made
+    float32 again)."""
+    numpy_helper = require("onnx").numpy_helper
+    value = numpy_helper.to_array(init)
+    if value.dtype != np.float32 or np.array_equal(value, param.astype(np.float32)):
+        return "id"
+    rounded = param.astype(np.float16).astype(np.float32)
+    return "h" if np.array_equal(value, rounded) else "id"
 
 
 def _real_recipes(found: dict, real: list[int]) -> dict[str, Recipe]:

@@ -91,6 +91,8 @@ def recipe_chunks(r: Recipe, params: dict) -> Iterator[np.ndarray]:
         for c0 in range(0, w.shape[1], step):
             yield np.ascontiguousarray(w[:, c0:c0 + step].T.astype(r.dtype, copy=False))
         return
+    if r.transform == "h":  # rounded through float16 (stamp.Recipe)
+        w = w.astype(np.float16)
     rows = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
     step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * w.itemsize))
     for r0 in range(0, rows.shape[0], step):

@@ -90,3 +90,23 @@ def release_all(model) -> None:
     mapped = getattr(model, "mapped_weights", None)
     if mapped is not None:
         mapped.release()
+
+
+def map_onto_file(model, path: Path) -> bool:
+    """Make `model`'s float32 parameters views of the safetensors file at `path` (the
+    export's own reference checkpoint, written from these very parameters), so that a
+    reference held in ordinary memory (a dequantized GGUF) becomes pages that
+    `release_all` can hand back between passes. Each tensor is checked equal to the
+    parameter it replaces; returns False (the model unchanged) when the model is mapped
+    already or the file does not hold exactly its parameters."""
+    if getattr(model, "mapped_weights", None) is not None or not Path(path).is_file():
+        return False
+    mapped = MappedSafetensors([Path(path)])
+    state = model.state_dict()
+    if set(state) != set(mapped.tensors) or any(
+            v.dtype != torch.float32 or not torch.equal(v, mapped.tensors[k])
+            for k, v in state.items()):
+        return False
+    model.load_state_dict(mapped.tensors, strict=True, assign=True)
+    model.mapped_weights = mapped
+    return True

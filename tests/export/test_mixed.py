@@ -25,6 +25,7 @@ from scredge.export.mixed import (
     Plan,
     candidate_plans,
     fisher_diagonals,
+    fisher_groups,
     reference_matrices,
     untied_copy,
 )
@@ -84,6 +85,24 @@ def test_plans_promote_the_highest_gain_per_bit_first():
     assert plans[1].mean_bits() == pytest.approx((4 * 800 + 8 * 200) / 1000)
     assert plans[1].fraction("int4") == pytest.approx(0.8)
     assert Plan.uniform("int4", {"a": 1}).summary().startswith("1 int4 / 0 int8 / 0 float")
+
+
+def test_fisher_in_groups_equals_fisher_whole(tiny_opset21):
+    """Oracle: fisher_diagonals over every matrix at once; each group's pass gives the same
+    numbers, bit for bit (export/mixed.py FISHER_PASSES)."""
+    from scredge.export.heldout import training_text
+
+    model, _ = tiny_opset21
+    ids = np.frombuffer(training_text()[-5000:], np.uint8).astype(np.int64)
+    whole = fisher_diagonals(model, ids, tokens=256)
+    sizes = {k: v.numel() for k, v in reference_matrices(model).items()}
+    groups = fisher_groups(sizes, 2)
+    assert len(groups) == 2 and sum(groups, []) == list(sizes)
+    parts = {}
+    for group in groups:
+        parts.update(fisher_diagonals(model, ids, tokens=256, names=group))
+    assert parts.keys() == whole.keys()
+    assert all(np.array_equal(parts[k], whole[k]) for k in whole)
 
 
 @pytest.fixture(scope="module")

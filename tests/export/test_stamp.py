@@ -37,16 +37,12 @@ def run(path, c: SCRConfig, dtype: str) -> np.ndarray:
 
 
 # each case traces the model twice (whole, and the 3-layer trace it is stamped from): one
-# case runs by default, the others are slow
+# case runs by default, the others are slow. float16 with SCR layers: Realign's relevance
+# and gate stay float32 but were rounded through float16 (pipeline.cast_for_export), which
+# the stamped weights must reproduce (stamp.Recipe's "h")
 PARAMS = [pytest.param(case, dtype, marks=() if (case, dtype) == ("scr-all", "float32")
                        else pytest.mark.slow)
-          for case in sorted(CASES) for dtype in ("float32", "float16")
-          if dtype == "float32" or not CASES[case]["scr_layers"]]
-
-
-def test_float16_with_scr_layers_is_traced_whole():
-    """Oracle: the documented fallback (stamp.stamp_graph returns None before tracing)."""
-    assert stamp_graph(SCRConfig.preset("tiny").with_(n_layers=5), "float16", 18) is None
+          for case in sorted(CASES) for dtype in ("float32", "float16")]
 
 
 @pytest.mark.parametrize(("case", "dtype"), PARAMS)
