@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # its sibling scripts (bench_quant, rss_sampler), however run
 SHAPES = {
     "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536,
                                    num_hidden_layers=30, num_attention_heads=9,

@@ -16,7 +16,10 @@ def test_timed_keeps_the_output_and_a_failure_names_its_log(tmp_path):
     r = bench.timed([sys.executable, "-c", "import sys; print('out', flush=True); print('err', "
                                            "file=sys.stderr)"], ok)
     assert set(r) == {"wall_s", "cpu_s", "peak_rss_mib"} and r["peak_rss_mib"] > 0
-    assert [line.split(None, 1)[1] for line in ok.read_text().splitlines()] == ["out", "err"]
+    lines = [line.split(None, 2) for line in ok.read_text().splitlines()]  # seconds, MiB, text
+    assert [text for _, _, text in lines] == ["out", "err"]
+    assert all(mib.endswith("M") for _, mib, _ in lines)
+    assert (ok.parent / "ok.log.rss").is_file()  # the memory samples beside the log
     bad = tmp_path / "logs" / "bad.log"
     with pytest.raises(SystemExit) as stop:
         bench.timed([sys.executable, "-c", "print('the reason'); raise SystemExit(3)"], bad)
