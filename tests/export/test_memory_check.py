@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from scredge import memory
 from scredge.config import SCRConfig
 from scredge.errors import ScredgeError
 from scredge.export.memory_check import check_export_memory, export_memory_estimate
 from scredge.export.pipeline import export_artifact
-from scredge.ref import build_model, train_memory
+from scredge.ref import build_model
 
 MIB = 1 << 20
 # SmolLM2-135M's shape: measured 1,046-1,110 MiB (exporting process) + ~730 MiB (trace child)
@@ -25,7 +26,7 @@ def test_estimate_covers_the_measured_peak():
 
 
 def test_too_large_is_refused_before_any_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_memory, "available_memory", lambda device="cpu": 100 * MIB)
+    monkeypatch.setattr(memory, "available_cpu_memory", lambda: 100 * MIB)
     with pytest.raises(ScredgeError, match="more memory than is available") as err:
         export_artifact(build_model(SCRConfig()), tmp_path / "art")
     assert "GiB" in str(err.value) and "--ignore-memory-check" in str(err.value)
