@@ -12,10 +12,12 @@ Usage: python benchmarks/bench_export_genai.py [--shapes smollm2-135m qwen2.5-0.
        [--precisions fp32 fp16 int4] [--repeat 3] [--no-builder] [--work DIR] [--json]
        [--scr-layers none|all] [--cache concat shared]
        python benchmarks/bench_export_genai.py --decode [--contexts 16 1024] [--tokens 32]
-       [--hf SMOLLM2_FOLDER]
-Decode: ms/token at each context (batch 1, one intra-op thread) of our float32 and int4
-artifacts of the smollm2-135m folder against onnxruntime-genai's fp32 and int4 builds of it,
-each measurement its own process (benchmarks/bench_quant.py's workers), alternating.
+       [--hf SMOLLM2_FOLDER] [--gguf SMOLLM2_GGUF] [--threads 2] [--precisions ...]
+Decode: ms/token at each context (batch 1, greedy, `--threads` intra-op threads) of our
+artifacts of the smollm2-135m folder at each precision (fp32 int8 int4 unless given; each
+--cache form when given) against onnxruntime-genai's fp32 and int4 builds of it, and
+llama.cpp on the GGUF file as it is (--gguf), each measurement its own process
+(benchmarks/bench_quant.py's workers), alternating round after round.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ SHAPES = {
                                    rms_norm_eps=1e-6, tie_word_embeddings=True)),
 }
 OURS = {"fp32": [], "fp16": ["--dtype", "float16"], "int4": ["--quantize", "int4"],
-        "int8": ["--quantize", "int8"]}
+        "int8": ["--quantize", "int8"],
+        # int4 on the grids other than the default (asym_float, float32 compute): integer
+        # zero points or none, with int8 activations (accuracy_level 4) as the builder's
+        "int4-asym": ["--quantize", "int4", "--int4-grid", "asym"],
+        "int4-sym": ["--quantize", "int4", "--int4-grid", "sym"]}
 
 
 def save_folder(shape: str, folder: Path) -> Path:
@@ -137,7 +143,7 @@ def export_rows(args, work: Path) -> list[dict]:
     rows = []
     for shape in args.shapes:
         hf = save_folder(shape, work / f"hf-{shape}")
-        for precision in args.precisions:
+        for precision in args.precisions or ["fp32"]:
             runs: dict[str, list[dict]] = {t: [] for t in tools(args)}
             for i in range(args.repeat):
                 for tool in runs:
@@ -187,46 +193,85 @@ def line(row: dict) -> str:
     return text
 
 
-def decode_rows(args, work: Path) -> list[dict]:
-    """ms/token of ours (fp32, int4) and onnxruntime-genai's (fp32, int4) on smollm2-135m."""
+def decode_folders(args, work: Path) -> dict[str, Path]:
+    """The runs of the decode table, by name: ours at each --precisions (each --cache form),
+    onnxruntime-genai's fp32 and int4 builds of the same folder, and llama.cpp on --gguf."""
     hf = args.hf or save_folder("smollm2-135m", work / "hf-smollm2-135m")
     folders = {}
+    for p in args.precisions or ["fp32", "int8", "int4"]:
+        for cache in args.cache or [None]:
+            out = work / (f"scredge-smollm2-135m-{p}" + ("" if cache is None else f"-{cache}"))
+            if not (out / "manifest.json").is_file():
+                timed(ours_cmd(hf, out, p, cache=cache), work / "logs" / f"{out.name}.log")
+            folders[f"scredge {p}" + ("" if cache is None else f" {cache}")] = out
     for p in ("fp32", "int4"):
-        out = work / f"scredge-smollm2-135m-{p}"
-        if not (out / "manifest.json").is_file():
-            timed(ours_cmd(hf, out, p), work / "logs" / f"{out.name}.log")
-        folders[f"scredge {p}"] = out
         gout = work / f"builder-smollm2-135m-{p}"
         if not (gout / "genai_config.json").is_file():
             timed(builder_cmd(hf, gout, p, work / "builder-cache"),
                   work / "logs" / f"{gout.name}.log")
         cfg = json.loads((gout / "genai_config.json").read_text())
-        cfg["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = 1
+        options = cfg["model"]["decoder"].setdefault("session_options", {})
+        options["intra_op_num_threads"] = args.threads
         (gout / "genai_config.json").write_text(json.dumps(cfg, indent=4))
         folders[f"genai {p}"] = gout
+    if args.gguf:
+        folders["llama.cpp"] = args.gguf
+    return folders
+
+
+def decode_sample(name: str, folder: Path, ctx: int, args, work: Path) -> float:
+    """ms/token of one run in its own process (benchmarks/bench_quant.py's workers)."""
+    cmd = [sys.executable, str(HERE / "bench_quant.py"), "--worker", str(folder),
+           "--prompt", str(ctx), "--tokens", str(args.tokens), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        log = work / "logs" / f"worker-{folder.name}-{ctx}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(proc.stdout + proc.stderr)
+        raise SystemExit(f"{name} worker failed; its output: {log}\n{proc.stderr[-3000:]}")
+    return 1e3 / json.loads(proc.stdout.strip().splitlines()[-1])["decode_tokens_per_s"]
+
+
+def roofline(args, work: Path) -> None:
+    """The float32 decode floor: every weight read once per token (the tied head reads the
+    whole embedding table) at the machine's read bandwidth with `--threads` threads."""
+    import math
+
+    from bench_decode import read_bandwidth_gbs
+    from safetensors import safe_open
+
+    hf = args.hf or work / "hf-smollm2-135m"
+    with safe_open(str(hf / "model.safetensors"), "np") as f:
+        weights = 4 * sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    bw = read_bandwidth_gbs(args.threads)
+    print(f"read bandwidth {bw:.1f} GB/s ({args.threads} threads, median of 7): float32 "
+          f"weights {weights / 1e6:.0f} MB -> floor {weights / bw / 1e6:.2f} ms/token",
+          flush=True)
+
+
+def decode_rows(args, work: Path) -> list[dict]:
+    """ms/token of every run of decode_folders at each context, alternating runs round
+    after round; medians, each against genai fp32 / int4 of the same run."""
+    folders = decode_folders(args, work)
+    roofline(args, work)
     rows = []
     for ctx in args.contexts:
         samples: dict[str, list[float]] = {k: [] for k in folders}
         for _ in range(args.repeat):
             for name, folder in folders.items():
-                cmd = [sys.executable, str(HERE / "bench_quant.py"), "--worker", str(folder),
-                       "--prompt", str(ctx), "--tokens", str(args.tokens), "--threads", "1"]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode:
-                    log = work / "logs" / f"worker-{folder.name}-{ctx}.log"
-                    log.parent.mkdir(parents=True, exist_ok=True)
-                    log.write_text(proc.stdout + proc.stderr)
-                    raise SystemExit(f"{name} worker failed; its output: {log}\n"
-                                     f"{proc.stderr[-3000:]}")
-                tps = json.loads(proc.stdout.strip().splitlines()[-1])["decode_tokens_per_s"]
-                samples[name].append(1e3 / tps)
+                samples[name].append(decode_sample(name, folder, ctx, args, work))
         row = {"context": ctx, **{k: statistics.median(v) for k, v in samples.items()},
                "samples": samples}
         rows.append(row)
-        print(f"context {ctx:5d}: " + "  ".join(
-            f"{k} {row[k]:.2f} ms/token" for k in folders)
-            + f"  | fp32 ours/genai {row['scredge fp32'] / row['genai fp32']:.2f}x, int4 "
-              f"{row['scredge int4'] / row['genai int4']:.2f}x", flush=True)
+        print(f"context {ctx:5d}, {args.threads} thread(s), median of {args.repeat}:",
+              flush=True)
+        for k in folders:
+            print(f"  {k:<22} {row[k]:7.2f} ms/token  ({min(samples[k]):.2f}-"
+                  f"{max(samples[k]):.2f})  genai fp32 / this {row['genai fp32'] / row[k]:.2f}x"
+                  f"  genai int4 / this {row['genai int4'] / row[k]:.2f}x", flush=True)
+    if len(rows) > 1:  # the growth with the context: the last context against the first
+        print(f"ms/token at {rows[-1]['context']} / at {rows[0]['context']}: " + "  ".join(
+            f"{k} {rows[-1][k] / rows[0][k]:.2f}x" for k in folders), flush=True)
     return rows
 
 
@@ -234,7 +279,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"],
                     choices=sorted(SHAPES))
-    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=sorted(OURS))
+    ap.add_argument("--precisions", nargs="+", default=None, choices=sorted(OURS),
+                    help="ours (default: fp32; --decode: fp32 int8 int4)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-builder", dest="builder", action="store_false",
                     help="ours alone (a shape the builder's run does not fit in time)")
@@ -247,6 +293,11 @@ def main() -> None:
     ap.add_argument("--decode", action="store_true", help="decode ms/token instead")
     ap.add_argument("--contexts", nargs="+", type=int, default=[16, 1024])
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="--decode: intra-op threads of every run (llama.cpp's included)")
+    ap.add_argument("--gguf", type=Path, default=None,
+                    help="--decode: also llama.cpp (pip install llama-cpp-python) on this GGUF "
+                         "(SmolLM2's: python tools/smollm2.py prints its path)")
     ap.add_argument("--hf", type=Path, default=None,
                     help="--decode: this Hugging Face folder instead of the random one of "
                          "SmolLM2's shape (the real model: benchmarks/smollm2_folder.py OUT)")

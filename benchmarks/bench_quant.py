@@ -251,6 +251,36 @@ def genai_worker(folder: Path, prompt: int, tokens: int, threads: int) -> dict:
     return {**_result(steps, tokens), "precision": "genai"}
 
 
+def llamacpp_worker(gguf: Path, prompt: int, tokens: int, threads: int) -> dict:
+    """llama.cpp (`llama-cpp-python`) on a GGUF file as it is: eval the prompt, then one
+    eval per token of the greedy (argmax) pick of the last logits. `threads` for both
+    the prompt and the token steps."""
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import Llama
+
+    def pick(llm) -> int:  # argmax of the last token's logits, read in place (no copy)
+        logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),))))
+
+    steps: list[float] = []
+    for r in range(2):  # a warm-up generation, then the measured one, each in a new context
+        llm = Llama(model_path=str(gguf), n_ctx=prompt + tokens + 8, n_batch=512,
+                    n_threads=threads, n_threads_batch=threads, verbose=False)
+        ids = np.random.default_rng(0).integers(0, llm.n_vocab(), size=prompt).tolist()
+        llm.eval(ids)
+        tok = pick(llm)  # from the prompt's logits: TTFT, not decode
+        times = []
+        for _ in range(tokens - 1):
+            t = time.perf_counter()
+            llm.eval([tok])
+            tok = pick(llm)
+            times.append(time.perf_counter() - t)
+        steps = times if r else steps
+        llm.close()
+    return {**_result(steps, tokens), "precision": "llama.cpp " + gguf.name}
+
+
 def measure(folder: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(folder), "--prompt", str(args.prompt),
            "--tokens", str(args.tokens), "--threads", str(args.threads)]
@@ -346,7 +376,8 @@ def main() -> None:
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker is not None:
-        fn = genai_worker if (args.worker / "genai_config.json").is_file() else worker
+        fn = (llamacpp_worker if args.worker.suffix == ".gguf" else genai_worker
+              if (args.worker / "genai_config.json").is_file() else worker)
         print(json.dumps(fn(args.worker, args.prompt, args.tokens, args.threads)))
         return
     report = run(args)

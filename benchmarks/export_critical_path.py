@@ -53,7 +53,7 @@ def main() -> None:
             mark("joined")
             return got
 
-        joined.cancel = result.cancel
+        joined.cancel, joined.apart = result.cancel, result.apart
         return joined
 
     def stamped(*a, **k):

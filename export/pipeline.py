@@ -276,8 +276,8 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
     manifest entries of the files hashed as written).
 
     `trace` (`start_trace`'s): stamp the graph out of the shallow trace and write the
-    weights one at a time (export/stream_write.py); a model that cannot be stamped, and
-    `trace` None, are traced whole. A quantized export then quantizes the written graph's
+    weights one at a time (export/stream_write.py); a model that cannot be stamped is
+    traced whole. A quantized export then quantizes the written graph's
     weights one at a time (export/quant_store.py)."""
     import gc
 
@@ -287,7 +287,7 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
 
     c = model.config
     gc.collect()  # the reference pass's garbage, while the trace still runs
-    stamped = None if trace is None else trace()
+    stamped = trace()
     if stamped is None:
         proto = export_graph(cast_for_export(model, dtype), opset)
         _window_record(proto, c.window)
@@ -353,11 +353,10 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, slim_float: bool,
         golden = record_reference(model, GREEDY_TOKENS if slim_float else 0, log)
         # while the trace still runs (its child on the other core)
         entry = write_reference(model, None if slim_float else tmp / WEIGHTS_FILE,
-                                threaded=trace is None)
+                                threaded=not trace.apart)
         proto, large, nodes, known = write_graph(model, dtype, opset, tmp, trace, log)
     except BaseException:
-        if trace is not None:
-            trace.cancel()  # the trace's child process ends with the export
+        trace.cancel()  # the trace's child process ends with the export
         raise
     if (tmp / WEIGHTS_FILE).exists():
         known[WEIGHTS_FILE] = entry

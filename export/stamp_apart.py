@@ -30,10 +30,13 @@ def start_stamp(c: SCRConfig, dtype: str, opset: int,
                 apart: bool) -> Callable[[], StampedGraph | None]:
     """A function that returns `stamp_graph(c, dtype, opset)`: with `apart`, computed
     from now on in a child process (the function waits for it; its `cancel` ends the child
-    of an export that stops before); else computed when called."""
+    of an export that stops before); else computed when called. Its `apart` says which: the
+    caller hashes the reference weights in a worker thread only when no child shares the
+    cores."""
     if not apart:
         result = lambda: stamp_graph(c, dtype, opset)  # noqa: E731
         result.cancel = lambda: None
+        result.apart = False
         return result
     import multiprocessing
 
@@ -81,6 +84,7 @@ def start_stamp(c: SCRConfig, dtype: str, opset: int,
         receive.close()
 
     result.cancel = cancel
+    result.apart = True
     return result
 
 
