@@ -57,7 +57,9 @@ OURS = {"fp32": [], "fp16": ["--dtype", "float16"], "int4": ["--quantize", "int4
         # int4 on the grids other than the default (asym_float, float32 compute): integer
         # zero points or none, with int8 activations (accuracy_level 4) as the builder's
         "int4-asym": ["--quantize", "int4", "--int4-grid", "asym"],
-        "int4-sym": ["--quantize", "int4", "--int4-grid", "sym"]}
+        "int4-sym": ["--quantize", "int4", "--int4-grid", "sym"],
+        # the default grid with int8 activations (--activations int8)
+        "int4-a8": ["--quantize", "int4", "--activations", "int8"]}
 
 
 def save_folder(shape: str, folder: Path) -> Path:

@@ -49,6 +49,11 @@ def add(sub) -> None:
                    help="--quantize int4: the onnxruntime form's grid (default asym_float: "
                         "float zero points; asym: integer zero points; sym); the TensorRT "
                         "form is always symmetric")
+    p.add_argument("--activations", choices=["int8", "float32"],
+                   help="--quantize: the onnxruntime form's MatMulNBits activations: int8 "
+                        "(accuracy_level 4, onnxruntime-genai's; faster) or float32 (level 0). "
+                        "Default: int8, except float32 for int4 on float zero points (the "
+                        "default asym_float grid). The quantized tier judges either")
     p.add_argument("--embedding", choices=["shared", "float"],
                    help="--quantize, tied embeddings: shared (default) reads the quantized "
                         "head's table in the onnxruntime form (GatherBlockQuantized); float "
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # refuse bad options before building or loading anything
     quant = parse_quantize_args(args.quantize, args.block_size, args.quant_method, args.dtype,
                                 args.calibration, args.mixed_precision, args.int4_grid,
-                                args.embedding)
+                                args.embedding, args.activations)
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
     check_cache_option(args.cache, check_target(args.target))

@@ -20,7 +20,6 @@ from scredge.export.ort_fusions import MIN_ONNXRUNTIME, FusionCounts, fuse_for_o
 from scredge.export.qgrid import Grid
 from scredge.export.quantize import (
     HEAD,
-    ORT_ACCURACY_LEVEL,
     ORT_FORMAT,
     QUANTIZER,
     TIED_HEAD_SUFFIX,
@@ -84,13 +83,16 @@ class MatrixNumbers:
 
 
 def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
-                  block: int, share_embedding: bool = False, hold=None):
+                  block: int, share_embedding: bool = False, hold=None,
+                  level: Callable[[bool], int] | None = None):
     """A copy of `base` (its head materialized) where each weight MatMul whose matrix the plan
     puts at int4 / int8 becomes a `MatMulNBits` holding `numbers(matrix, grids(matrix, precision))`
     (zero points when the grid has them); "float" matrices stay MatMul. With
     `share_embedding`, a tied embedding reads the quantized head's table
     (`share_tied_embedding`). `hold(array, name)`: the initializer of a quantized tensor
-    (export/quant_store.FloatSource.hold keeps the bytes beside the graph; default: in it)."""
+    (export/quant_store.FloatSource.hold keeps the bytes beside the graph; default: in it).
+    `level(folded)`: MatMulNBits' accuracy_level (QuantSpec.accuracy_level; default: its
+    default activations)."""
     onnx = require("onnx")
     proto = onnx.ModelProto()
     proto.CopyFrom(base)
@@ -102,7 +104,8 @@ def planned_graph(base, plan: dict[str, str], grids: GridOf, numbers: Numbers,
             nodes.append(node)
             continue
         grid = grids(by_node[node.name], precision)
-        new, inits = _nbits_node(node, grid, *numbers(by_node[node.name], grid), block, hold)
+        new, inits = _nbits_node(node, grid, *numbers(by_node[node.name], grid), block, hold,
+                                 level)
         nodes.extend(n for n in new if n.output[0] not in made)
         proto.graph.initializer.extend(i for i in inits if i.name not in made)
         made.update([*(n.output[0] for n in new), *(i.name for i in inits)])
@@ -163,12 +166,13 @@ def share_tied_embedding(proto) -> bool:
 
 
 def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, block: int,
-                hold=None):
+                hold=None, level: Callable[[bool], int] | None = None):
     """MatMulNBits for MatMul `node` (named as onnxruntime's quantizer names it)."""
     from scredge.export.qgrid import pack_weights, pack_zero_points
 
     helper = require("onnx").helper
     hold = hold or require("onnx").numpy_helper.from_array
+    level = level or QuantSpec(grid.bits).accuracy_level
     n, k = q.shape
     w = node.input[1]
     inits = [hold(pack_weights(q, grid.bits, block), f"{w}_Q{grid.bits}"),
@@ -177,12 +181,10 @@ def _nbits_node(node, grid: Grid, q: np.ndarray, s: np.ndarray, z: np.ndarray, b
     if not grid.symmetric and not fold:
         inits.append(hold(pack_zero_points(z, grid), f"{w}_zero_points"))
     out = f"{node.output[0]}_nbits" if fold else node.output[0]
-    # folded: float32 compute (level 0), the numbers the float zero points gave; level 4's
-    # int8 activations kept the tier on SmolLM2 but changed its greedy chat answers
     new = helper.make_node("MatMulNBits", [node.input[0], *(i.name for i in inits)],
                            [out], name=f"{node.name}_Q{grid.bits}",
                            domain=ORT_DOMAIN, K=k, N=n, bits=grid.bits, block_size=block,
-                           accuracy_level=0 if fold else ORT_ACCURACY_LEVEL)
+                           accuracy_level=level(fold))
     if not fold:
         return [new], inits
     more, extra = _zero_point_correction(node, out, s, z, block, hold)
@@ -248,7 +250,8 @@ def ort_form(base, plan: dict[str, str], spec: QuantSpec, numbers: Numbers,
     (and checks the graph with)."""
     hold = None if source is None else source.hold
     proto = planned_graph(base, plan, ort_grids(spec), numbers, spec.block_size,
-                          share_embedding=spec.quantize_embedding, hold=hold)
+                          share_embedding=spec.quantize_embedding, hold=hold,
+                          level=spec.accuracy_level)
     (require("onnx").checker.check_model if source is None else source.check)(proto)
     # after the checker: SimplifiedLayerNormalization is onnxruntime's, in the ONNX domain,
     # which the checker does not know; onnxruntime loads and the tier runs the result
@@ -357,6 +360,8 @@ def config_section(spec: QuantSpec, chosen: dict, ort_file: str,
         "symmetric": Grid(4, spec.int4_grid).symmetric if spec.bits == 4 else True,
         "mixed_precision": "auto" if spec.mixed else "off",
         "weights": "weight-only",
+        # the onnxruntime form's MatMulNBits activations (QuantSpec.accuracy_level)
+        "activations": spec.activations or "int8 (float32 for int4 on float zero points)",
         "matrices": list(next(iter(chosen.values())).plan.precision),
         "float": ["embeddings (unless a graph's `embedding` says otherwise)", "norms",
                   "Realign inputs (float32)"],

@@ -51,6 +51,8 @@ QUANT_OPSET = 21  # blocked DequantizeLinear and INT4 tensors
 # float32 path measured 3.5x slower than float32 weights on `tiny`. The quantized tier at
 # export judges the result, activations included.
 ORT_ACCURACY_LEVEL = 4
+# MatMulNBits' activations (--activations): int8 is accuracy_level 4, float32 level 0
+ACTIVATIONS = ("int8", "float32")
 ORT_FORMAT = "MatMulNBits"
 TRT_FORMAT = "DequantizeLinear+MatMul"
 QUANTIZER = "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
@@ -68,11 +70,13 @@ class QuantSpec:
     mixed: bool = False  # measured mixed precision (int4 only): promote until the tier passes
     grid: str | None = None  # the onnxruntime form's int4 grid (qgrid.GRIDS); None: default
     quantize_embedding: bool = False  # a tied embedding shares the quantized head's table
+    activations: str | None = None  # MatMulNBits' activations (ACTIVATIONS); None: default
 
     @classmethod
     def parse(cls, text: str | int, block_size: int | None, method: str | None,
               calibration: str | Path | None = None, mixed: str | None = None,
-              grid: str | None = None, embedding: str | None = None) -> QuantSpec:
+              grid: str | None = None, embedding: str | None = None,
+              activations: str | None = None) -> QuantSpec:
         """`int8` / `int4` (or 8 / 4) from the command line, checked, with the command line's
         defaults (DEFAULT_METHOD; measured mixed precision for int4); a calibration file is
         read and checked here too (the model is not needed for that)."""
@@ -88,7 +92,11 @@ class QuantSpec:
         spec = cls(bits, DEFAULT_BLOCK_SIZE if block_size is None else block_size, method,
                    None if calibration is None else Path(calibration),
                    mixed=bits == 4 and method != "hqq" and (mixed or "auto") == "auto",
-                   grid=grid, quantize_embedding=(embedding or "shared") == "shared")
+                   grid=grid, quantize_embedding=(embedding or "shared") == "shared",
+                   activations=activations)
+        if activations not in (None, *ACTIVATIONS):
+            raise ScredgeError("unknown --activations", received=repr(activations),
+                               expected=f"one of {list(ACTIVATIONS)}")
         if spec.method not in QUANT_METHODS:
             raise ScredgeError("unknown quantization method", received=repr(spec.method),
                                expected=f"one of {list(QUANT_METHODS)}")
@@ -113,6 +121,18 @@ class QuantSpec:
         """Whether the export runs the reference over a calibration text (GPTQ's Hessians,
         the mixed-precision plan's sensitivities)."""
         return self.method in CALIBRATED_METHODS or self.mixed
+
+    def accuracy_level(self, folded: bool) -> int:
+        """MatMulNBits' accuracy_level in the onnxruntime form: `folded`, an int4 matrix on
+        float zero points folded into a correction (plan_graphs._zero_point_correction),
+        defaults to float32 activations (level 0: exactly the numbers its grid gives; int8
+        ones kept the tier on SmolLM2 but changed its greedy chat answers); every other
+        matrix to int8 activations (level 4, what onnxruntime-genai's builder sets; its
+        int8 weights at level 0 ran 3.5x slower than float32 on `tiny`). `--activations`
+        chooses for all; the quantized tier judges the result either way."""
+        if self.activations is None:
+            return 0 if folded else ORT_ACCURACY_LEVEL
+        return ORT_ACCURACY_LEVEL if self.activations == "int8" else 0
 
     @property
     def int4_grid(self) -> str:
@@ -166,19 +186,22 @@ def check_float32(dtype: str) -> None:
 def parse_quantize_args(text: str | None, block_size: int | None, method: str | None,
                         dtype: str, calibration: str | Path | None = None,
                         mixed: str | None = None, grid: str | None = None,
-                        embedding: str | None = None) -> QuantSpec | None:
+                        embedding: str | None = None,
+                        activations: str | None = None) -> QuantSpec | None:
     """The command line's --quantize / --block-size / --quant-method / --calibration, checked
     before any model is loaded or anything written."""
     if text is None:
         given = [f for f, v in (("--block-size", block_size), ("--quant-method", method),
                                 ("--calibration", calibration), ("--mixed-precision", mixed),
-                                ("--int4-grid", grid), ("--embedding", embedding))
+                                ("--int4-grid", grid), ("--embedding", embedding),
+                                ("--activations", activations))
                  if v is not None]
         if given:
             raise ScredgeError("these options need --quantize", received=given,
                                expected="--quantize int8 or --quantize int4 with them")
         return None
-    spec = QuantSpec.parse(text, block_size, method, calibration, mixed, grid, embedding)
+    spec = QuantSpec.parse(text, block_size, method, calibration, mixed, grid, embedding,
+                           activations)
     check_float32(dtype)
     return spec
 
@@ -259,8 +282,8 @@ def quantize_ort(proto, spec: QuantSpec, nodes: list[str]):
             kept = [x for x in node.attribute if x.name != "accuracy_level"]
             del node.attribute[:]
             node.attribute.extend(kept)
-            node.attribute.append(onnx.helper.make_attribute("accuracy_level",
-                                                             ORT_ACCURACY_LEVEL))
+            node.attribute.append(onnx.helper.make_attribute(
+                "accuracy_level", spec.accuracy_level(folded=False)))
     done = sum(n.op_type == "MatMulNBits" for n in out.graph.node)
     if done != len(nodes):
         raise ScredgeError("onnxruntime's quantizer skipped weight matrices",

@@ -124,3 +124,20 @@ def test_sources_with_their_own_config_name_the_options_they_refuse(source):
     with pytest.raises(ScredgeError) as err:
         select_source(**source, scr_layers="all", weights=Path("w.safetensors"))
     assert err.value.received.endswith("with --weights, --scr-layers")
+
+
+def test_int8_activations_reach_every_matmulnbits(tmp_path, micro_config):
+    """--activations int8 on the default int4 grid (float zero points, float32 activations
+    by default): every MatMulNBits of the onnxruntime graph at accuracy_level 4, the
+    config says so, and the artifact passed the quantized tier (the export refuses
+    otherwise). Oracle: the graph's attributes as onnxruntime reads them."""
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "i8"
+    assert main(["export", "--config", str(micro_config), "--quantize", "int4",
+                 "--activations", "int8", "--target", "ort", "--out", str(out)]) == 0
+    verify_manifest(out)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    levels = [a.i for n in graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"]
+    assert levels and set(levels) == {4}
+    assert json.loads((out / "config.json").read_text())["quantization"]["activations"] == "int8"

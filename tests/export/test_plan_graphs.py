@@ -46,3 +46,31 @@ def test_float_zero_points_fold_into_a_block_sum_correction(k):
     expected = x.astype(np.float64) @ dequantize(q, s, z, BLOCK).T.astype(np.float64)
     got = _run(nodes, inits, k, n, x)
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max() * np.sqrt(k)
+
+
+def test_int8_activations_on_folded_float_zero_points():
+    """--activations int8 on the float-zero-point grid: the same folded nodes at level 4
+    (onnxruntime quantizes each block of activations to int8). Oracle: the dequantized
+    weights' matmul, within the error of rounding the activations to 8 bits (each block's
+    max / 127 / 2 per element, summed over K with the weights' magnitudes)."""
+    onnx = pytest.importorskip("onnx")
+    from scredge.export.quantize import QuantSpec
+
+    rng = np.random.default_rng(1)
+    n, k = 48, 576
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    q, s, z = rtn(w, Grid(4, "asym_float"), BLOCK)
+    mm = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="/m/MatMul")
+    level = QuantSpec(4, activations="int8").accuracy_level
+    nodes, inits = plan_graphs._nbits_node(mm, Grid(4, "asym_float"), q, s, z, BLOCK,
+                                           level=level)
+    nbits = [nd for nd in nodes if nd.op_type == "MatMulNBits"]
+    assert {a.name: a.i for a in nbits[0].attribute}["accuracy_level"] == 4
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    wq = dequantize(q, s, z, BLOCK).astype(np.float64)
+    expected = x.astype(np.float64) @ wq.T
+    step = np.abs(x).reshape(2, 3, k // BLOCK, BLOCK).max(-1) / 127
+    bound = (np.repeat(step, BLOCK, -1) / 2) @ np.abs(wq).T
+    got = _run(nodes, inits, k, n, x)
+    assert np.all(np.abs(got - expected) <= bound + 1e-4)
+    assert np.abs(got - expected).max() > 0  # int8 activations really were used

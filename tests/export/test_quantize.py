@@ -148,6 +148,7 @@ def test_an_artifact_that_misses_the_tier_is_refused(tiny_opset21, tmp_path, mon
     (["--quantize", "int4", "--block-size", "24"], "invalid quantization block size"),
     (["--quantize", "int8", "--quant-method", "hqq"], "hqq is offered for int4 only"),
     (["--block-size", "32"], "need --quantize"),
+    (["--activations", "int8"], "need --quantize"),
     (["--quantize", "int4", "--opset", "18"], "opset 21"),
 ])
 def test_bad_quantize_options_are_refused(argv, message, tmp_path, capsys):
@@ -156,6 +157,20 @@ def test_bad_quantize_options_are_refused(argv, message, tmp_path, capsys):
     assert main(["export", "--preset", "tiny", "--out", str(out), *argv]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_activations_choose_the_accuracy_level_of_every_matrix():
+    """Oracle: onnxruntime's MatMulNBits levels (0: float32 activations, 4: int8). The
+    default keeps float32 for int4 on folded float zero points only; --activations sets
+    all; an unknown value is refused by name."""
+    default = QuantSpec.parse("int4", None, None)
+    assert (default.accuracy_level(folded=True), default.accuracy_level(folded=False)) == (0, 4)
+    fast = QuantSpec.parse("int4", None, None, activations="int8")
+    assert (fast.accuracy_level(folded=True), fast.accuracy_level(folded=False)) == (4, 4)
+    exact = QuantSpec.parse("int8", None, None, activations="float32")
+    assert (exact.accuracy_level(folded=True), exact.accuracy_level(folded=False)) == (0, 0)
+    with pytest.raises(ScredgeError, match="unknown --activations"):
+        QuantSpec.parse("int4", None, None, activations="int16")
 
 
 def test_a_quantspec_built_in_code_is_refused_the_same_way(tmp_path):
