@@ -79,6 +79,7 @@ class _Stamper:
         self.inits = {i.name for i in self.g.initializer}
         self.inits_with_recipe: set[str] = set()
         self.own0: set[str] | None = None  # layer 0's values with a template counterpart
+        self.untwin: dict[str, str] = {}  # twin value -> template value (set by the pairing)
         # template value -> what the twin's counterpart makes (to find chain inputs)
         self.twin: dict[str, str] = {}
         if self.before:
@@ -90,7 +91,6 @@ class _Stamper:
             self.pairs = list(zip(one, two))
             self.twin = {o: b.output[k] for a, b in self.pairs for k, o in enumerate(a.output)}
         self.pair = {id(b): a for a, b in self.pairs}  # twin node -> template node
-        self.untwin = {t: o for o, t in self.twin.items()}
 
     def made_in(self, value: str) -> int | None:
         p = self.producer.get(value)
