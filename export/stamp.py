@@ -3,18 +3,21 @@
 Tracing costs time per layer and, with the weights inside the graph, memory per weight;
 a 30-layer model traced whole took minutes and several copies of its weights. Every
 interior layer of one kind exports to the same nodes, so this traces a model of the same
-config with few layers (`trace_config`: the first layer, two interior ones, the last one
-when its kind differs) and a small vocabulary, with distinct random weights, then:
+config with few layers (`trace_config`: two when all layers are of one kind, else the
+first layer, two interior ones, the last one when its kind differs) and a small
+vocabulary, with distinct random weights, then:
 
 - finds each traced node's layer (its name scope; the few nodes the exporter names after
   the model, like the rotary `Split`, by the layer all their readers belong to);
-- pairs interior layers 1 and 2 node by node: an input both read under one name is shared
-  (the rotary cos/sin, the mask, shape constants), one that layer 2 reads from layer 1
-  where layer 1 read it from layer 0 is the residual chain, an initializer they read under
-  different names is a per-layer weight;
-- copies layer 1 for every interior layer of the real model and renames the traced last
-  layer, graph inputs and outputs (`past_key_values.i.*`, `present.i.*`, SCR carries) after
-  the real layer, then names the nodes as `graph._rename_nodes` does for a full trace;
+- pairs the template layer 1 with a twin, layer 0 or layer 2, node by node
+  (export/stamp_pair.py): an input both read under one name is shared (the rotary
+  cos/sin, the mask, shape constants), one that the later layer reads from the earlier
+  where the earlier read it from the layer before is the residual chain, an initializer
+  they read under different names is a per-layer weight;
+- copies layer 1 for every interior layer of the real model (and the last one, from a
+  2-layer trace) and renames the traced last layer, graph inputs and outputs
+  (`past_key_values.i.*`, `present.i.*`, SCR carries) after the real layer, then names
+  the nodes as `graph._rename_nodes` does for a full trace;
 - describes each weight initializer by a `Recipe` (which parameter of the real model, which
   transform: as is, transposed, SCR scale folded), found by comparing the traced graph's
   initializers with the traced model's parameters, so the weights are written later one at
@@ -33,10 +36,9 @@ import numpy as np
 
 from scredge.config import SCRConfig
 from scredge.deps import require
+from scredge.export.stamp_pair import _IO, _CannotStamp, _io_rename, _Stamper, _value
 
 TRACE_SEED = 1234
-_LAYER = re.compile(r"/model/layers\.(\d+)/")
-_IO = re.compile(r"^(past_key_values|present|scr_past|scr_present)\.(\d+)\.(.+)$")
 _PARAM_LAYER = re.compile(r"^(m\.)?model\.layers\.(\d+)\.")
 _FOLD = re.compile(r"^m\.model\.layers\.(\d+)\.scr\.proj\.(weight_t|bias)_x_scale$")
 _DEDUP_LIMIT = 1024  # onnx_ir's DeduplicateInitializersPass: tensors of at most this size
@@ -65,9 +67,11 @@ class StampedGraph:
     recipes: dict[str, Recipe]  # initializer name -> how to make it
 
 
-def trace_config(c: SCRConfig) -> tuple[SCRConfig, list[int]] | None:
+def trace_config(c: SCRConfig, two: bool = True) -> tuple[SCRConfig, list[int]] | None:
     """(the shallow config to trace, real layer of each traced layer; -1 = a second
-    interior layer, only compared), or None when the model cannot be stamped."""
+    interior layer, only compared), or None when the model cannot be stamped. `two`: a
+    model whose layers are all of one kind is traced with two (each traced layer costs
+    ~1.5 CPU-s of the export's critical path at SmolLM2's shape)."""
     n = c.n_layers
     if n <= 3:
         return None
@@ -75,8 +79,11 @@ def trace_config(c: SCRConfig) -> tuple[SCRConfig, list[int]] | None:
     if len(set(kinds[1:n - 1])) != 1:
         return None
     mid = kinds[1]
-    layout = [kinds[0], mid, mid] + ([kinds[-1]] if kinds[-1] != mid else [])
-    real = [0, 1, -1, n - 1] if len(layout) == 4 else [0, 1, n - 1]
+    if two and len(set(kinds)) == 1:
+        layout, real = [mid, mid], [0, n - 1]
+    else:
+        layout = [kinds[0], mid, mid] + ([kinds[-1]] if kinds[-1] != mid else [])
+        real = [0, 1, -1, n - 1] if len(layout) == 4 else [0, 1, n - 1]
     dims = {c.d_model, c.d_ff, c.head_dim, c.n_heads, c.n_kv_heads, c.n_kv_heads * c.head_dim}
     vocab = next(v for v in range(1009, 4000, 2) if v not in dims)
     traced = c.with_(n_layers=len(layout), vocab_size=vocab,
@@ -102,100 +109,22 @@ def _trace(c: SCRConfig, dtype: str, opset: int):
     return model, export_graph(cast_for_export(model, dtype), opset, full_check=False)
 
 
-def _layers_of_nodes(graph) -> list[int]:
-    """Each node's layer (-1: the model's own nodes)."""
-    nodes = list(graph.node)
-    layer = [int(m.group(1)) if (m := _LAYER.match(n.name)) else None for n in nodes]
-    readers: dict[str, list[int]] = {}
-    for j, n in enumerate(nodes):
-        for i in n.input:
-            readers.setdefault(i, []).append(j)
-    outputs = {o.name for o in graph.output}
-    for j in reversed(range(len(nodes))):  # readers come later in a topological order
-        if layer[j] is not None:
-            continue
-        seen = {layer[r] for o in nodes[j].output for r in readers.get(o, [])}
-        graph_out = any(o in outputs for o in nodes[j].output)
-        one = seen.pop() if len(seen) == 1 else None
-        layer[j] = one if one is not None and not graph_out else -1
-    return layer
-
-
-def _io_rename(name: str, layer: int) -> str:
-    m = _IO.match(name)
-    return f"{m.group(1)}.{layer}.{m.group(3)}" if m else name
-
-
-class _Stamper:
-    """The renaming state of one stamping (see the module docstring)."""
-
-    def __init__(self, traced, real_layers: list[int], n_layers: int) -> None:
-        self.g = traced.graph
-        self.real = real_layers
-        self.n = n_layers
-        self.layer = _layers_of_nodes(self.g)
-        nodes = list(self.g.node)
-        self.by_layer = {t: [n for n, lay in zip(nodes, self.layer) if lay == t]
-                         for t in range(len(real_layers))}
-        self.producer = {o: (j, k) for j, n in enumerate(nodes) for k, o in enumerate(n.output)}
-        self.inits = {i.name for i in self.g.initializer}
-        self.inits_with_recipe: set[str] = set()
-        one, two = self.by_layer[1], self.by_layer[2]
-        if len(one) != len(two) or any(a.op_type != b.op_type or len(a.input) != len(b.input)
-                                        for a, b in zip(one, two)):
-            raise _CannotStamp("interior layers 1 and 2 differ in form")
-        self.pair = {id(b): a for a, b in zip(one, two)}  # layer 2 node -> layer 1 node
-        # template value -> what layer 2's counterpart makes (to find chain inputs)
-        self.twin = {o: b.output[k] for a, b in zip(one, two) for k, o in enumerate(a.output)}
-
-    def made_in(self, value: str) -> int | None:
-        p = self.producer.get(value)
-        return None if p is None else self.layer[p[0]]
-
-    def classify(self, a, b, k: int) -> tuple[str, str | None]:
-        """How template node `a` reads its input k, given layer-2 twin `b`: ("own"),
-        ("shared"), ("chain", template value it continues), ("io"), ("weight")."""
-        x, y = a.input[k], b.input[k]
-        if x == "":
-            return "shared", None
-        if self.made_in(x) == 1:
-            return ("own", None) if self.twin.get(x) == y else _fail(f"{a.name} input {k}")
-        if x == y:
-            return "shared", None
-        if x in self.inits:
-            return "weight", None
-        if _IO.match(x) and _io_rename(x, 2) == y:
-            return "io", None
-        if self.made_in(y) == 1:  # layer 2 reads it from layer 1: the chain
-            return "chain", y
-        return _fail(f"{a.name} input {k} ({x} / {y})")
-
-
-class _CannotStamp(Exception):
-    pass
-
-
-def _fail(what: str):
-    raise _CannotStamp(what)
-
-
-def _value(name: str, layer: int) -> str:
-    """A template value's name in stamped layer `layer`."""
-    return name if _IO.match(name) else f"/model/layers.{layer}/{name}"
-
-
 def stamp_graph(c: SCRConfig, dtype: str, opset: int) -> StampedGraph | None:
     """The decoder graph of `c` (export dtype `dtype`) with weight recipes, or None when the
     model must be traced whole."""
-    plan = trace_config(c)
-    if plan is None:
-        return None
-    traced_c, real = plan
-    model, traced = _trace(traced_c, dtype, opset)
-    try:
-        return _stamp(c, traced_c, real, model, traced)
-    except _CannotStamp:
-        return None
+    for two in (True, False):
+        plan = trace_config(c, two)
+        if plan is None:
+            return None
+        traced_c, real = plan
+        model, traced = _trace(traced_c, dtype, opset)
+        try:
+            return _stamp(c, traced_c, real, model, traced)
+        except _CannotStamp:
+            # a 2-layer trace whose layers 0 and 1 do not pair is traced again with 3
+            if len(real) != 2:
+                return None
+    return None
 
 
 def _stamp(c: SCRConfig, tc: SCRConfig, real: list[int], model, traced) -> StampedGraph:
@@ -207,21 +136,24 @@ def _stamp(c: SCRConfig, tc: SCRConfig, real: list[int], model, traced) -> Stamp
     rename: dict[str, str] = {name: _weight_name(name, r, r.param)
                               for name, r in recipes.items() if name.startswith("m.")}
     for node in s.by_layer[K - 1]:  # the traced last layer is the real last layer
-        rename.update({o: _io_rename(o, last) for o in node.output})
-    for v in traced.graph.input:
+        rename.update({o: _value(_io_rename(o, last), last) if s.before else _io_rename(o, last)
+                       for o in node.output})
+    # (in a 2-layer trace, layer 1's inputs read outside the template keep their names:
+    # a trace of any depth reads the past length off `past_key_values.1.key`)
+    for v in ([] if s.before else traced.graph.input):
         m = _IO.match(v.name)
         if m and int(m.group(2)) == K - 1:
             rename[v.name] = _io_rename(v.name, last)
-    # the traced layer before the last one stands for real layer N-2, a stamped one
-    for node in s.by_layer[K - 2]:
+    # the traced layer before the last one stands for real layer N-2, a stamped one (in a
+    # 2-layer trace the last layer is stamped too, and layer 0 is real layer 0)
+    for node in ([] if s.before else s.by_layer[K - 2]):
         tmpl = node if K == 3 else s.pair[id(node)]
         rename.update({o: _value(_io_rename(t, last - 1), last - 1)
                        for o, t in zip(node.output, tmpl.output)})
-    plans = [[s.classify(a, b, k) for k in range(len(a.input))]
-             for a, b in zip(s.by_layer[1], s.by_layer[2])]
+    plans = [[s.classify(a, b, k) for k in range(len(a.input))] for a, b in s.pairs]
     weights: dict[str, Recipe] = {}
     stamped = [_stamp_node(a, plan, i, weights, found)
-               for i in range(1, last) for a, plan in zip(s.by_layer[1], plans)]
+               for i in s.stamped for a, plan in zip(s.by_layer[1], plans)]
     nodes, placed = [], False
     for node, lay in zip(traced.graph.node, s.layer):
         if lay == 1 or (lay == 2 and K == 4):
@@ -422,7 +354,7 @@ def _value_info(g, tg, rename: dict, c: SCRConfig, tc: SCRConfig, s: _Stamper,
     for v in tg.value_info:
         if v.name in traced_inits or v.name in dropped:
             continue
-        names = ([_value(_io_rename(v.name, i), i) for i in range(1, c.n_layers - 1)]
+        names = ([_value(_io_rename(v.name, i), i) for i in s.stamped]
                  if v.name in produced_in_1 else [rename.get(v.name, v.name)])
         for name in names:
             if name in made:

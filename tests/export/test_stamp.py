@@ -13,9 +13,10 @@ from stamp_cases import CASES, canonical
 
 from scredge.artifact import sha256_file
 from scredge.config import SCRConfig
+from scredge.export import stamp_pair
 from scredge.export.graph import export_graph
 from scredge.export.pipeline import cast_for_export
-from scredge.export.stamp import stamp_graph
+from scredge.export.stamp import stamp_graph, trace_config
 from scredge.export.stream_write import dedup_small, write_onnx
 from scredge.ref import build_model
 
@@ -67,3 +68,36 @@ def test_stamped_graph_equals_the_full_trace(tmp_path, case, dtype):
     assert [v.name for v in full.graph.output] == [v.name for v in got.graph.output]
     np.testing.assert_array_equal(run(tmp_path / "full.onnx", c, dtype),
                                   run(tmp_path / "stamped.onnx", c, dtype))
+
+
+def test_trace_config_traces_two_layers_only_when_all_layers_are_of_one_kind():
+    """Oracle: the layer kinds of each config, written out by hand."""
+    tiny = SCRConfig.preset("tiny")
+    for scr, layout, real in [((), (), [0, 7]), (tuple(range(8)), (0, 1), [0, 7]),
+                              ((0,), (0,), [0, 1, 7]), ((7,), (3,), [0, 1, -1, 7]),
+                              ((0, 7), (0, 3), [0, 1, -1, 7])]:
+        traced, got = trace_config(tiny.with_(n_layers=8, scr_layers=scr))
+        assert (traced.scr_layers, got, traced.n_layers) == (layout, real, len(real))
+    traced, got = trace_config(tiny.with_(n_layers=8, scr_layers=()), two=False)
+    assert (traced.n_layers, got) == (3, [0, 1, 7])
+    assert trace_config(tiny.with_(n_layers=8, scr_layers=(2,))) is None
+
+
+def test_a_two_layer_trace_that_does_not_pair_is_traced_again_with_three(monkeypatch):
+    """Oracle: the graph stamped from the 3-layer trace when the 2-layer pairing fails is
+    the one stamped from the 2-layer trace, node for node (which test above holds to the
+    full trace)."""
+    c = SCRConfig.preset("tiny").with_(n_layers=5, **CASES["plain-untied"])
+    two = stamp_graph(c, "float32", 18)
+    traced = []
+
+    def failing(s):
+        traced.append(len(s.real))
+        raise stamp_pair._CannotStamp("forced")
+
+    monkeypatch.setattr(stamp_pair, "_match_before", failing)
+    three = stamp_graph(c, "float32", 18)
+    assert traced == [2] and three is not None
+    a, b = (sorted((n.op_type, n.name) for n in g.proto.graph.node) for g in (two, three))
+    assert a == b
+    assert sorted(two.recipes.values(), key=repr) == sorted(three.recipes.values(), key=repr)
