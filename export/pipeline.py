@@ -348,6 +348,11 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, slim_float: bool,
     then the graph and the reference weights: (golden, proto or None, external, nodes,
     manifest entries of the files hashed as written, the reference weights' sha256). A
     slim float folder names its reference weights by their hash: they are never written."""
+    from scredge.export.stream_write import trim_heap
+
+    # what loading freed (--from-llama's seeded SCR draws discard a base-shaped tensor at a
+    # time: ~0.2 GB of free heap) leaves this process, and its trace child, before they peak
+    trim_heap()
     trace = start_trace(model, dtype, opset)
     try:
         golden = record_reference(model, GREEDY_TOKENS if slim_float else 0, log)
