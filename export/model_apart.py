@@ -48,7 +48,7 @@ def export_apart(load: Callable[[], object], out: str | Path, *, dtype: str = "f
         got = _run_child(load, tmp, out, dtype=dtype, opset=opset, force=force, cache=cache,
                          keep_reference=keep_reference, target=target,
                          memory_check=memory_check, log=log)
-        if got is not None:  # the child wrote and verified the graph; this half finishes
+        if got is not None:  # the child wrote the graph: verified and finished here
             w, config, targets, cache_form = got
             P.finish_half(w, ReferenceConfig(SCRConfig.from_dict(config)), tmp, out,
                           dtype=dtype, quantize=None, tokenizer=None, targets=targets,
