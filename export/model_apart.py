@@ -13,6 +13,7 @@ a process without torch the same session sits on ~0.1 GB. Same halves, same code
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -74,7 +75,15 @@ def _run_child(load, tmp: Path, out: Path, **kw):
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(send, load, tmp, out, kw))
-    child.start()
+    # every object alive now is frozen out of the child's garbage collector: the export
+    # collects garbage (pipeline.write_graph), and an onnxruntime session a caller left in
+    # a reference cycle (a test suite, a script) would be destroyed there, its thread
+    # pool's condition variables waiting forever on threads the fork did not copy
+    gc.freeze()
+    try:
+        child.start()
+    finally:
+        gc.unfreeze()
     send.close()
     try:
         try:

@@ -94,3 +94,36 @@ def test_its_log_lines_reach_the_callers_log(tmp_path):
     assert seen[0].startswith("exporting float32 graph")
     assert any(line.startswith("verifying with onnxruntime") for line in seen)
     assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+CYCLE = """
+import gc, sys
+import numpy as np, onnx, onnxruntime as ort
+from onnx import TensorProto, helper
+from scredge.export.model_apart import export_apart
+from scredge.export.sources import select_source
+
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "g", [x],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = 2  # a thread pool: its condition variables are the hazard
+session = ort.InferenceSession(helper.make_model(graph).SerializeToString(), opts,
+                               providers=["CPUExecutionProvider"])
+session.run(None, {"x": np.ones(4, np.float32)})
+gc.disable()
+holder = {"session": session}
+holder["self"] = holder  # a cycle: only the collector frees it
+del session, holder
+export_apart(lambda: select_source(preset="tiny"), sys.argv[1], keep_reference=False)
+print("ok")
+"""
+
+
+def test_a_session_left_in_a_cycle_by_the_caller_does_not_hang_the_child(tmp_path):
+    """Oracle: the export ends. Without gc.freeze around the fork, the child's collection
+    destroyed the caller's session and waited forever on its thread pool (seen in a test
+    suite)."""
+    run = subprocess.run([sys.executable, "-c", CYCLE, str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
