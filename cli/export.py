@@ -105,10 +105,23 @@ def run(args: argparse.Namespace) -> int:
     opset = default_opset(quant) if args.opset is None else args.opset
     check_options(out.absolute(), args.dtype, opset, args.force, window=None)
     check_cache_option(args.cache, check_target(args.target))
-    src = select_source(preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
-                        run=args.from_run, gguf=args.from_gguf,
-                        config=args.config, weights=args.weights, scr_layers=args.scr_layers,
-                        seed=args.seed)
+
+    def load():
+        return select_source(
+            preset=args.preset, pretrained=args.pretrained, llama=args.from_llama,
+            run=args.from_run, gguf=args.from_gguf, config=args.config, weights=args.weights,
+            scr_layers=args.scr_layers, seed=args.seed)
+
+    if quant is None:  # the model in a child; verified here, without torch (model_apart)
+        from scredge.export.model_apart import export_apart
+
+        path = export_apart(load, out, dtype=args.dtype, opset=opset, cache=args.cache,
+                            force=args.force, keep_reference=args.keep_reference,
+                            target=args.target, memory_check=not args.ignore_memory_check,
+                            log=lambda s: print(s, flush=True))
+        print(f"wrote {path}")
+        return 0
+    src = load()
     path = export_artifact(src.model, out, dtype=args.dtype, opset=opset, quantize=quant,
                            cache=args.cache, force=args.force, source=src.description,
                            tokenizer=src.tokenizer, log=lambda s: print(s, flush=True),

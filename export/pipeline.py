@@ -8,7 +8,6 @@ folder behind (and, with `force`, leaves the old one untouched).
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import os
 import platform
@@ -16,14 +15,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import scredge
 from scredge import contract
 from scredge.artifact import (
-    check_manifest,
-    read_member_json,
     write_manifest,
 )
 from scredge.contract import (
@@ -53,6 +51,15 @@ from scredge.export.ort_shared_cache import (
     default_cache,
     write_float_shared,
 )
+from scredge.export.partial_folder import (  # noqa: F401 (re-exported: tests, callers)
+    PARTIAL_INFIX,
+    _lock,
+    _share_permissions,
+    check_destination,
+    check_replaceable,
+    clean_stale_partials,
+    verify_manifest_listing,
+)
 from scredge.export.quantize import QUANT_OPSET, QuantSpec
 from scredge.export.quantized_artifact import quantize_artifact
 from scredge.export.reference_pass import GREEDY_TOKENS, finish_reference, record_reference
@@ -63,7 +70,6 @@ from scredge.tokenizer_files import TokenizerFiles
 DTYPES = ("float32", "float16")
 TARGETS = ("all", *BACKENDS)  # --target: the backends whose graphs the folder holds
 EXTERNAL_DATA_BYTES = 1 << 30
-PARTIAL_INFIX = ".partial-"  # `.NAME.partial-XXXX`: an export in progress beside NAME
 
 
 def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | None) -> None:
@@ -94,101 +100,6 @@ def check_options(out: Path, dtype: str, opset: int, force: bool, window: int | 
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ScredgeError("the output's parent folder is not writable", received=str(parent),
                            fix="choose a writable --out or fix the folder's permissions")
-
-
-def check_destination(out: Path, force: bool) -> None:
-    """`out` is new, or (with force) a folder `check_replaceable` passes: checked at the
-    start and again by replace_folder at the moment of the replacement."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ScredgeError("output path exists and is not a folder", received=str(out),
-                           fix="choose another --out; scredge replaces only its own folders")
-    if out.exists() and not force:
-        raise ScredgeError("output folder already exists", received=str(out),
-                           fix="pass --force to replace it, or choose another --out")
-    if out.exists():
-        check_replaceable(out)
-
-
-def check_replaceable(out: Path) -> None:
-    """--force replaces only an empty folder or a scredge artifact: one whose manifest.json
-    lists every file in it (so nothing of the user's inside it goes with it)."""
-    try:
-        found = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                       if not p.is_dir() or p.is_symlink())
-    except OSError as exc:
-        raise ScredgeError("cannot read the output folder", received=f"{out}: {exc}",
-                           fix="choose another --out") from exc
-    if not found:
-        return
-    try:
-        manifest = verify_manifest_listing(out)
-    except ScredgeError as exc:
-        raise ScredgeError(
-            "--force replaces only a scredge artifact folder (or an empty one); this is not one",
-            received=f"{out} holds {_listing(found)} ({exc.what})",
-            expected="a folder written by `scredge export`, or an empty folder",
-            fix="choose another --out, or move its contents away yourself") from exc
-    unlisted = [f for f in found if f != contract.MANIFEST_FILE and f not in manifest]
-    if unlisted:
-        raise ScredgeError(
-            "--force would delete files the artifact's manifest does not list",
-            received=f"{out} holds {_listing(unlisted)} besides the artifact",
-            expected="only the files its manifest.json lists",
-            fix="move those files out of the folder, or choose another --out")
-
-
-def verify_manifest_listing(folder: Path) -> set[str]:
-    """The files an artifact folder's manifest lists (structure checked, not hashes)."""
-    manifest = check_manifest(
-        read_member_json(folder, contract.MANIFEST_FILE, contract.MANIFEST_FILE), folder)
-    return set(manifest["files"])
-
-
-def _listing(names: list[str], most: int = 8) -> str:
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
-def clean_stale_partials(out: Path, log: Callable[[str], None] = lambda s: None) -> list[Path]:
-    """Remove `.NAME.partial-*` folders that an interrupted export (kill -9) left beside
-    `out`. A live export holds an exclusive lock on its folder, so only folders nobody
-    locks are stale; and only folders of plain files (what an export writes) are removed."""
-    removed = []
-    for tmp in sorted(out.parent.glob(f".{glob_escape(out.name)}{PARTIAL_INFIX}*")):
-        if tmp.is_symlink() or not tmp.is_dir() or _locked(tmp):
-            continue
-        entries = list(tmp.iterdir())
-        if any(e.is_symlink() or not e.is_file() for e in entries):
-            continue  # not what an export writes: not ours to delete
-        shutil.rmtree(tmp, ignore_errors=True)
-        log(f"removed {tmp.name}, left by an interrupted export")
-        removed.append(tmp)
-    return removed
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
-
-
-def _lock(folder: Path) -> int:
-    """An exclusive lock on `folder`, held while the descriptor is open (freed by the
-    kernel when the process dies, however it dies)."""
-    fd = os.open(folder, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
-def _locked(folder: Path) -> bool:
-    try:
-        fd = _lock(folder)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return True  # cannot tell: leave it alone
-    os.close(fd)
-    return False
 
 
 def cast_for_export(model, dtype: str):
@@ -254,14 +165,6 @@ def check_quantize(quantize: QuantSpec | None, dtype: str, opset: int, config) -
                            received=f"--opset {opset}",
                            expected=f">= {QUANT_OPSET} (blocked DequantizeLinear, INT4)",
                            fix="drop --opset (a quantized export defaults to 21)")
-
-
-def _share_permissions(tmp: Path) -> None:
-    """mkdtemp/mkstemp create private files: give the folder the modes the umask gives."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [tmp, *tmp.rglob("*")]:
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _window_record(proto, window) -> None:
@@ -348,6 +251,11 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, slim_float: bool,
     then the graph and the reference weights: (golden, proto or None, external, nodes,
     manifest entries of the files hashed as written, the reference weights' sha256). A
     slim float folder names its reference weights by their hash: they are never written."""
+    from scredge.export.stream_write import trim_heap
+
+    # what loading freed (--from-llama's seeded SCR draws discard a base-shaped tensor at a
+    # time: ~0.2 GB of free heap) leaves this process, and its trace child, before they peak
+    trim_heap()
     trace = start_trace(model, dtype, opset)
     try:
         golden = record_reference(model, GREEDY_TOKENS if slim_float else 0, log)
@@ -361,6 +269,91 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, slim_float: bool,
     if (tmp / WEIGHTS_FILE).exists():
         known[WEIGHTS_FILE] = entry
     return golden, proto, large, nodes, known, entry["sha256"]
+
+
+def open_partial(out: Path, log: Callable[[str], None]) -> tuple[Path, int]:
+    """The export's temporary folder beside `out`, locked while the export lives (stale ones
+    of interrupted exports removed first): (folder, lock descriptor)."""
+    clean_stale_partials(out, log)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
+        return tmp, _lock(tmp)
+    except OSError as exc:
+        raise ScredgeError("cannot create the output folder", received=f"{out}: {exc.strerror}",
+                           fix="choose a writable --out") from exc
+
+
+@dataclass
+class Written:
+    """What an export's first half (the reference pass, the graph and the weights written,
+    `write_half`) hands its verification (`finish_half`): picklable, so that
+    export/model_apart.py sends it from the process that held the model."""
+
+    golden: object  # scredge.golden_file.Golden: the reference's calls, replayed
+    proto: object | None  # the graph when traced whole, else None (streamed to the folder)
+    known: dict  # manifest entries of the files hashed as written
+    sha256: str  # of the reference weights
+    config: dict  # config.json before verification
+    t1: float  # perf_counter when the graph was written
+
+
+def write_half(model, tmp: Path, *, dtype: str, opset: int, source: dict | None,
+               tokenizer: TokenizerFiles | None, quantize: QuantSpec | None,
+               keep_reference: bool, target: str, log: Callable[[str], None]) -> Written:
+    """The reference pass beside the trace, the graph and weights written into `tmp`, the
+    tokenizer copied, config.json's sections so far."""
+    t0 = time.perf_counter()
+    log(f"exporting {dtype} graph (opset {opset}) ...")
+    golden, proto, large, nodes, known, sha = write_parts(
+        model, tmp, dtype, opset, not keep_reference and quantize is None, log)
+    config = config_json(model.config, {
+        "dtype": dtype, "opset": opset, "source": source or {}, "external_data": large,
+        "target": target, REFERENCE_KEY: {"sha256": sha, "kept": keep_reference}})
+    if tokenizer is not None:
+        tokenizer.copy_into(tmp)
+        config[TOKENIZER_KEY] = tokenizer.describe()
+        log(f"  tokenizer: {', '.join(tokenizer.files)} (eos ids "
+            f"{list(tokenizer.eos_token_ids)})")
+    t1 = time.perf_counter()
+    log(f"  graph written in {t1 - t0:.1f} s ({nodes} nodes)")
+    return Written(golden, proto, known, sha, config, t1)
+
+
+def finish_half(w: Written, model, tmp: Path, out: Path, *, dtype: str,
+                quantize: QuantSpec | None, tokenizer: TokenizerFiles | None,
+                targets: tuple[str, ...], cache: str, keep_reference: bool, force: bool,
+                log: Callable[[str], None]) -> None:
+    """Verify the written graph(s) against the golden, finish the folder and rename it into
+    place. `model` is read for its config only, except by a quantized export."""
+    config, known = w.config, w.known
+    log("verifying with onnxruntime against the reference ...")
+    report = verify_onnx(tmp / ONNX_FILE, model, dtype, w.golden)
+    for line in report.lines():
+        log("  " + line)
+    if not report.passed:
+        raise ScredgeError(
+            f"export verification failed: the {dtype} graph does not meet the logits tier",
+            received=report.failures(),
+            expected="SCR_SPEC section 5, logits tier",
+            fix="nothing was written; report this with the model and options used")
+    config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
+    config[GRAPHS_KEY] = {b: ONNX_FILE for b in targets}
+    if quantize is not None:
+        config[contract.QUANT_CONFIG_KEY] = section = quantize_artifact(
+            tmp, w.proto, model, quantize, log, tokenizer, targets, cache)
+        config["export"]["external_data"] = (tmp / ONNX_DATA_FILE).is_file()
+        known.pop(ONNX_DATA_FILE, None)  # the quantizer replaced it: hash it anew
+        config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
+    elif cache == contract.CACHE_SHARED:
+        config.update(write_float_shared(tmp, w.proto, model, dtype, log, targets, w.golden))
+    if cache == contract.CACHE_SHARED:
+        config[GRAPH_VERSION_KEY] = contract.GRAPH_VERSION_V3
+    finish_reference(tmp, w.golden, w.sha256, keep_reference, quantize is not None, log)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    write_manifest(tmp, known)
+    _share_permissions(tmp)
+    log(f"  verified in {time.perf_counter() - w.t1:.1f} s")
+    replace_folder(tmp, out, lambda o: check_destination(o, force))
 
 
 def export_artifact(model, out: str | Path, *, dtype: str = "float32",
@@ -378,63 +371,21 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     reads concat from model.trt.onnx; "concat". `keep_reference`: keep the float32
     reference weights (model.safetensors; the CLI's default: a slim folder); `target`:
     'all', 'ort' or 'trt', the backends whose graphs the folder holds; `memory_check`:
-    refuse a model the memory available cannot hold (export/memory_check.py)."""
+    refuse a model the memory available cannot hold (export/memory_check.py).
+    export/model_apart.py runs the same two halves in two processes."""
     out = Path(out).absolute()
-    c = model.config
     opset = default_opset(quantize) if opset is None else opset
-    targets = check_all(out, c, dtype, opset, force, quantize, target, cache, memory_check)
+    targets = check_all(out, model.config, dtype, opset, force, quantize, target, cache,
+                        memory_check)
     cache = cache or default_cache(targets)
-    clean_stale_partials(out, log)
+    tmp, lock = open_partial(out, log)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
-        lock = _lock(tmp)
-    except OSError as exc:
-        raise ScredgeError("cannot create the output folder", received=f"{out}: {exc.strerror}",
-                           fix="choose a writable --out") from exc
-    try:
-        t0 = time.perf_counter()
-        log(f"exporting {dtype} graph (opset {opset}) ...")
-        golden, proto, large, nodes, known, sha = write_parts(
-            model, tmp, dtype, opset, not keep_reference and quantize is None, log)
-        config = config_json(c, {"dtype": dtype, "opset": opset, "source": source or {},
-                                 "external_data": large, "target": target,
-                                 REFERENCE_KEY: {"sha256": sha, "kept": keep_reference}})
-        if tokenizer is not None:
-            tokenizer.copy_into(tmp)
-            config[TOKENIZER_KEY] = tokenizer.describe()
-            log(f"  tokenizer: {', '.join(tokenizer.files)} (eos ids "
-                f"{list(tokenizer.eos_token_ids)})")
-        t1 = time.perf_counter()
-        log(f"  graph written in {t1 - t0:.1f} s ({nodes} nodes)")
-
-        log("verifying with onnxruntime against the reference ...")
-        report = verify_onnx(tmp / ONNX_FILE, model, dtype, golden)
-        for line in report.lines():
-            log("  " + line)
-        if not report.passed:
-            raise ScredgeError(
-                f"export verification failed: the {dtype} graph does not meet the logits tier",
-                received=report.failures(),
-                expected="SCR_SPEC section 5, logits tier",
-                fix="nothing was written; report this with the model and options used")
-        config["export"]["verification"] = {n: r.summary() for n, r in report.phases}
-        config[GRAPHS_KEY] = {b: ONNX_FILE for b in targets}
-        if quantize is not None:
-            config[contract.QUANT_CONFIG_KEY] = section = quantize_artifact(
-                tmp, proto, model, quantize, log, tokenizer, targets, cache)
-            config["export"]["external_data"] = (tmp / ONNX_DATA_FILE).is_file()
-            known.pop(ONNX_DATA_FILE, None)  # the quantizer replaced it: hash it anew
-            config[GRAPHS_KEY] = {b: g["file"] for b, g in section["graphs"].items()}
-        elif cache == contract.CACHE_SHARED:
-            config.update(write_float_shared(tmp, proto, model, dtype, log, targets, golden))
-        if cache == contract.CACHE_SHARED:
-            config[GRAPH_VERSION_KEY] = contract.GRAPH_VERSION_V3
-        finish_reference(tmp, golden, sha, keep_reference, quantize is not None, log)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        write_manifest(tmp, known)
-        _share_permissions(tmp)
-        log(f"  verified in {time.perf_counter() - t1:.1f} s")
-        replace_folder(tmp, out, lambda o: check_destination(o, force))
+        w = write_half(model, tmp, dtype=dtype, opset=opset, source=source,
+                       tokenizer=tokenizer, quantize=quantize,
+                       keep_reference=keep_reference, target=target, log=log)
+        finish_half(w, model, tmp, out, dtype=dtype, quantize=quantize, tokenizer=tokenizer,
+                    targets=targets, cache=cache, keep_reference=keep_reference,
+                    force=force, log=log)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         refuse_disk_full(exc, out)

@@ -57,6 +57,7 @@ def verify_onnx(onnx_path: Path, model, dtype: str, golden=None,
     """Compare `onnx_path` run by onnxruntime (CPU) with `model`, the float32 reference;
     with `golden` (export/reference_pass.py), the reference's calls recorded there are
     replayed (all of its decode steps) instead of run again."""
+    from scredge.export.stream_write import trim_heap
     from scredge.runtime.loaders import ort_session
 
     vocab = model.config.vocab_size
@@ -70,9 +71,14 @@ def verify_onnx(onnx_path: Path, model, dtype: str, golden=None,
     else:
         reference = recorded_reference(model, vocab, dtype, **kwargs)
     # unpacked weights: onnxruntime reads them where it mapped the file, no packed copy;
-    # threads that sleep rather than spin between the few calls made here
+    # threads that sleep rather than spin between the few calls made here; no arena (a
+    # few calls of small activations); the C heap's free pages handed back first, so what
+    # a previous step freed is not resident under the session (a float16 graph's weights
+    # are float32 copies in onnxruntime's memory: its peak)
+    trim_heap()
     session = ort_session(onnx_path, "cpu", config_entries={
-        "session.disable_prepacking": "1", "session.intra_op.allow_spinning": "0"})
+        "session.disable_prepacking": "1", "session.intra_op.allow_spinning": "0"},
+        arena=False)
     kv = np.float16 if dtype == "float16" else np.float32
     runner = OrtRunner(session, model.config, kv)
     return teacher_forced(reference, runner.decoder(kwargs.get("batch", 2)).step,

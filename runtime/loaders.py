@@ -212,7 +212,7 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
                 profile_prefix: Path | None = None,
                 config_entries: dict[str, str] | None = None, realign=None,
                 external_data: dict[str, bytes] | None = None,
-                external_folder: Path | None = None):
+                external_folder: Path | None = None, arena: bool = True):
     """The one place an onnxruntime InferenceSession is made: `model` a path or serialized
     bytes, on `device` ('auto' | 'cpu' | 'cuda', see `ort_providers`); `optimize` False for
     a graph optimised offline; `save_optimized` writes the optimised graph there;
@@ -221,7 +221,8 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
     `realign_kernel.RealignKernel` whose custom-op library is registered (None: none);
     `external_data` the graph's external data files by name, already in memory (with bytes,
     `external_folder` is the folder onnxruntime resolves any other external reference in,
-    and confines it to)."""
+    and confines it to); `arena` False: the CPU allocator frees each buffer when done with
+    it rather than keeping a growing arena (less memory, the same kernels and numbers)."""
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
                                 or threads < 0):
         raise ScredgeError("invalid thread count", received=repr(threads)[:80],
@@ -229,6 +230,7 @@ def ort_session(model: Path | bytes, device: str = "cpu", *, threads: int | None
     ort = require("onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
