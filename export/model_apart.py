@@ -13,17 +13,14 @@ a process without torch the same session sits on ~0.1 GB. Same halves, same code
 
 from __future__ import annotations
 
-import gc
-import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from scredge.config import SCRConfig
-from scredge.destination import refuse_disk_full
 from scredge.errors import ScredgeError
 from scredge.export import pipeline as P
+from scredge.export.stamp_apart import start_frozen
 
 
 class ReferenceConfig:
@@ -44,8 +41,7 @@ def export_apart(load: Callable[[], object], out: str | Path, *, dtype: str = "f
     A graph traced whole (not streamed) is finished in the child as before."""
     out = Path(out).absolute()
     opset = P.default_opset(None) if opset is None else opset
-    tmp, lock = P.open_partial(out, log)
-    try:
+    with P.partial_folder(out, log) as tmp:
         got = _run_child(load, tmp, out, dtype=dtype, opset=opset, force=force, cache=cache,
                          keep_reference=keep_reference, target=target,
                          memory_check=memory_check, log=log)
@@ -55,12 +51,6 @@ def export_apart(load: Callable[[], object], out: str | Path, *, dtype: str = "f
                           dtype=dtype, quantize=None, tokenizer=None, targets=targets,
                           cache=cache_form, keep_reference=keep_reference, force=force,
                           log=log)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        refuse_disk_full(exc, out)
-        raise
-    finally:
-        os.close(lock)
     return out
 
 
@@ -75,15 +65,10 @@ def _run_child(load, tmp: Path, out: Path, **kw):
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(send, load, tmp, out, kw))
-    # every object alive now is frozen out of the child's garbage collector: the export
-    # collects garbage (pipeline.write_graph), and an onnxruntime session a caller left in
-    # a reference cycle (a test suite, a script) would be destroyed there, its thread
-    # pool's condition variables waiting forever on threads the fork did not copy
-    gc.freeze()
-    try:
-        child.start()
-    finally:
-        gc.unfreeze()
+    # frozen out of the child's collector: the export collects garbage
+    # (pipeline.write_graph), and an onnxruntime session a caller left in a reference cycle
+    # (a test suite, a script) would be destroyed there, waiting forever on its threads
+    start_frozen(child)
     send.close()
     try:
         try:

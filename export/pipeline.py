@@ -7,6 +7,7 @@ folder behind (and, with `force`, leaves the old one untouched).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -271,16 +272,26 @@ def write_parts(model, tmp: Path, dtype: str, opset: int, slim_float: bool,
     return golden, proto, large, nodes, known, entry["sha256"]
 
 
-def open_partial(out: Path, log: Callable[[str], None]) -> tuple[Path, int]:
-    """The export's temporary folder beside `out`, locked while the export lives (stale ones
-    of interrupted exports removed first): (folder, lock descriptor)."""
+@contextlib.contextmanager
+def partial_folder(out: Path, log: Callable[[str], None]):
+    """The export's temporary folder beside `out` (stale ones of interrupted exports removed
+    first), locked while the export lives; on any error it is removed (a full disk named as
+    such, destination.refuse_disk_full) and the error raised again."""
     clean_stale_partials(out, log)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_INFIX}", dir=out.parent))
-        return tmp, _lock(tmp)
+        lock = _lock(tmp)
     except OSError as exc:
         raise ScredgeError("cannot create the output folder", received=f"{out}: {exc.strerror}",
                            fix="choose a writable --out") from exc
+    try:
+        yield tmp
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        refuse_disk_full(exc, out)
+        raise
+    finally:
+        os.close(lock)
 
 
 @dataclass
@@ -378,18 +389,11 @@ def export_artifact(model, out: str | Path, *, dtype: str = "float32",
     targets = check_all(out, model.config, dtype, opset, force, quantize, target, cache,
                         memory_check)
     cache = cache or default_cache(targets)
-    tmp, lock = open_partial(out, log)
-    try:
+    with partial_folder(out, log) as tmp:
         w = write_half(model, tmp, dtype=dtype, opset=opset, source=source,
                        tokenizer=tokenizer, quantize=quantize,
                        keep_reference=keep_reference, target=target, log=log)
         finish_half(w, model, tmp, out, dtype=dtype, quantize=quantize, tokenizer=tokenizer,
                     targets=targets, cache=cache, keep_reference=keep_reference,
                     force=force, log=log)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        refuse_disk_full(exc, out)
-        raise
-    finally:
-        os.close(lock)
     return out

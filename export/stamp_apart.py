@@ -58,14 +58,9 @@ def start_stamp(c: SCRConfig, dtype: str, opset: int,
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(send, c.to_dict(), dtype, opset), daemon=True)
-    # the child starts with every object the parent had frozen out of the collector: its
-    # collections (~540 in the trace) then skip them and copy none of their pages, ~0.5
-    # of the trace's ~1 CPU-s of collection; the parent collects them again at once
-    gc.freeze()
-    try:
-        child.start()
-    finally:
-        gc.unfreeze()
+    # frozen: the trace's ~540 collections skip the parent's objects and copy none of their
+    # pages, ~0.5 of the trace's ~1 CPU-s of collection
+    start_frozen(child)
     send.close()
 
     def result() -> StampedGraph | None:
@@ -94,6 +89,18 @@ def start_stamp(c: SCRConfig, dtype: str, opset: int,
     result.cancel = cancel
     result.apart = True
     return result
+
+
+def start_frozen(child) -> None:
+    """Start the forked process `child` with every object alive now frozen out of its
+    garbage collector (the parent's collector takes them back at once): the child's
+    collections skip them, copying none of their pages, and never finalize there an object
+    the parent owns."""
+    gc.freeze()
+    try:
+        child.start()
+    finally:
+        gc.unfreeze()
 
 
 def _child(send, config: dict, dtype: str, opset: int) -> None:
