@@ -83,6 +83,22 @@ def test_trace_config_traces_two_layers_only_when_all_layers_are_of_one_kind():
     assert trace_config(tiny.with_(n_layers=8, scr_layers=(2,))) is None
 
 
+def test_trace_config_traces_the_vocabulary_and_mlp_width_as_sizes_the_graph_has_nowhere_else():
+    """The traced model is narrow (its parameters were most of the trace child's memory);
+    each stand-in is set back to one real size by the stamp, so it may equal no other size
+    of the graph. Oracle: the config's sizes, listed by hand."""
+    c = SCRConfig.preset("tiny").with_(n_layers=8, d_model=1024, n_heads=8, n_kv_heads=1,
+                                      d_ff=1009 * 3, window=1012, scr_layers=())
+    traced, _ = trace_config(c)
+    stand_ins = {traced.vocab_size, traced.d_ff}
+    sizes = {c.d_model, c.d_ff, c.head_dim, c.n_heads, c.n_kv_heads, c.window - 1, c.window,
+             c.window + 1}
+    assert len(stand_ins) == 2 and not stand_ins & sizes
+    assert traced.d_ff < c.d_ff and traced.vocab_size < 4000
+    assert (traced.d_model, traced.n_heads, traced.n_kv_heads, traced.window) == (
+        c.d_model, c.n_heads, c.n_kv_heads, c.window)
+
+
 def test_a_two_layer_trace_that_does_not_pair_is_traced_again_with_three(monkeypatch):
     """Oracle: the graph stamped from the 3-layer trace when the 2-layer pairing fails is
     the one stamped from the 2-layer trace, node for node (which test above holds to the
