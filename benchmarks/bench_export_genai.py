@@ -1,6 +1,9 @@
 """`scredge export --from-llama` against onnxruntime-genai's model builder on the same
-Hugging Face folder: wall time, CPU time and peak resident memory of each, every run in its
-own child process (its own VmHWM, read by os.wait4), the two alternating, medians.
+Hugging Face folder: wall time, CPU time and memory of each, every run in its own child
+process, the two alternating, medians. Memory twice: `peak` is the largest resident set of
+one process (VmHWM, os.wait4's ru_maxrss), `tree` the largest Pss summed over the whole
+process tree, sampled every 0.2 s (rss_sampler.py): our export runs a model process and a
+trace process side by side, and only the tree says what the machine must hold.
 
 Folders: random weights of a real model's shape, float32, written by transformers'
 save_pretrained (smollm2-135m: LlamaForCausalLM; qwen2.5-0.5b / qwen2.5-1.5b:
@@ -115,7 +118,7 @@ def timed(cmd: list[str], log: Path) -> dict:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f"{' '.join(map(str, cmd))} failed; its output: {log}\n{tail}")
     return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mib": usage.ru_maxrss / 1024}
+            "peak_rss_mib": usage.ru_maxrss / 1024, "tree_pss_mib": sampler.tree_pss}
 
 
 def folder_mib(folder: Path) -> float:
@@ -159,7 +162,8 @@ def export_rows(args, work: Path) -> list[dict]:
                     r["folder_mib"] = folder_mib(out)
                     runs[tool].append(r)
                     print(f"  {shape} {precision} {tool}: {r['wall_s']:.1f} s wall, "
-                          f"{r['cpu_s']:.1f} s CPU, peak {r['peak_rss_mib']:.0f} MiB",
+                          f"{r['cpu_s']:.1f} s CPU, peak {r['peak_rss_mib']:.0f} MiB, "
+                          f"tree {r['tree_pss_mib']:.0f} MiB",
                           file=sys.stderr, flush=True)
                     shutil.rmtree(work / "builder-cache", ignore_errors=True)
             row = {"shape": shape, "precision": precision, "hf_mib": folder_mib(hf)}
@@ -178,7 +182,8 @@ def line(row: dict) -> str:
     for k in ours:
         s = row[k]
         text += (f" {k} {s['wall_s']:6.1f} s wall {s['cpu_s']:6.1f} s CPU "
-                 f"{s['peak_rss_mib']:6.0f} MiB peak {s['folder_mib']:6.0f} MiB folder |")
+                 f"{s['peak_rss_mib']:6.0f} MiB peak {s['tree_pss_mib']:6.0f} MiB tree "
+                 f"{s['folder_mib']:6.0f} MiB folder |")
     s = row[ours[0]]
     if len(ours) > 1:  # each form against the first, within this run
         for k in ours[1:]:
@@ -189,9 +194,11 @@ def line(row: dict) -> str:
     b = row.get("builder")
     if b:
         text += (f" builder {b['wall_s']:6.1f} s wall {b['cpu_s']:6.1f} s CPU "
-                 f"{b['peak_rss_mib']:6.0f} MiB peak {b['folder_mib']:6.0f} MiB folder | "
+                 f"{b['peak_rss_mib']:6.0f} MiB peak {b['tree_pss_mib']:6.0f} MiB tree "
+                 f"{b['folder_mib']:6.0f} MiB folder | "
                  f"ratio wall {s['wall_s'] / b['wall_s']:.2f}x CPU {s['cpu_s'] / b['cpu_s']:.2f}x"
-                 f" memory {s['peak_rss_mib'] / b['peak_rss_mib']:.2f}x")
+                 f" memory {s['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
+                 f" tree {s['tree_pss_mib'] / b['tree_pss_mib']:.2f}x")
     return text
 
 

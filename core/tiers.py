@@ -132,7 +132,7 @@ def compare_logits(ref: np.ndarray, got: np.ndarray, t: LogitsThresholds) -> Log
         max_abs = max(max_abs, float(np.abs(r - g).max()))
         lr, lg = _log_softmax(r), _log_softmax(g)
         kl = max(kl, float(np.max(np.sum(np.exp(lr) * (lr - lg), axis=-1))))
-        top2 = np.sort(r, axis=-1)[:, -2:]
+        top2 = np.partition(r, (-2, -1), axis=-1)[:, -2:]  # a sort cost ~1 s a graph at 152k
         margins.append(top2[:, 1] - top2[:, 0])
         ref_top.append(r.argmax(-1))
         got_top.append(g.argmax(-1))
