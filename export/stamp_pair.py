@@ -140,9 +140,14 @@ def _same_form(a, b) -> bool:
 
 
 def _reads_alike(s: _Stamper, a, b) -> bool:
-    """Whether layer-0 node `b` can be template node `a`'s counterpart."""
+    """Whether layer-0 node `b` can be template node `a`'s counterpart. A node of a layer's
+    own modules pairs only with one of its twin's: a model-level node read by layer 0 alone
+    counts as layer 0's, and may read alike too (in a float16 trace, the position ids'
+    Cast reads alike the first norm's Cast of the residual chain), so taking it would leave
+    the real counterpart unpaired (and the 2-layer trace traced again with 3)."""
     if (not _same_form(a, b) or a.domain != b.domain or len(a.output) != len(b.output)
-            or list(a.attribute) != list(b.attribute)):
+            or list(a.attribute) != list(b.attribute)
+            or (_LAYER.match(a.name) is None) != (_LAYER.match(b.name) is None)):
         return False
     try:
         for k in range(len(a.input)):

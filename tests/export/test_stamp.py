@@ -117,3 +117,23 @@ def test_a_two_layer_trace_that_does_not_pair_is_traced_again_with_three(monkeyp
     a, b = (sorted((n.op_type, n.name) for n in g.proto.graph.node) for g in (two, three))
     assert a == b
     assert sorted(two.recipes.values(), key=repr) == sorted(three.recipes.values(), key=repr)
+
+
+def test_a_float16_model_of_one_layer_kind_is_stamped_from_one_two_layer_trace(monkeypatch):
+    """Regression: in a float16 trace the position ids' Cast (a model-level node that only
+    layer 0 reads) read alike the first norm's Cast, took its place in the pairing, and
+    every float16 export was traced twice (2 layers, then 3). Oracle: the traces made,
+    counted; the graph's equality with a full trace is the slow float16 cases above."""
+    from scredge.export import stamp
+
+    made = []
+    trace = stamp._trace
+
+    def counted(c, *args):
+        made.append(c.n_layers)
+        return trace(c, *args)
+
+    monkeypatch.setattr(stamp, "_trace", counted)
+    c = SCRConfig.preset("tiny").with_(n_layers=5, **CASES["plain-untied"])
+    assert stamp_graph(c, "float16", 18) is not None
+    assert made == [2]
