@@ -199,7 +199,7 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
         onnx.save_model(proto, str(tmp / ONNX_FILE), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=ONNX_DATA_FILE)
         return proto, large, len(proto.graph.node), {}
-    log(f"  stamped {c.n_layers} layers out of a {len(stamp_trace_layers(c))}-layer trace")
+    log(f"  stamped {c.n_layers} layers out of a {stamped.traced_layers}-layer trace")
     _window_record(stamped.proto, c.window)
     params = model.state_dict()
     sw.dedup_small(stamped, params)
@@ -210,13 +210,6 @@ def write_graph(model, dtype: str, opset: int, tmp: Path, trace,
     del stamped  # freed as its last reference goes; cycles were collected before
     sw.trim_heap()
     return None, True, nodes, {ONNX_DATA_FILE: data}
-
-
-def stamp_trace_layers(c) -> list[int]:
-    from scredge.export.stamp import trace_config
-
-    plan = trace_config(c)
-    return [] if plan is None else plan[1]
 
 
 def write_reference(model, path: Path | None, threaded: bool = True) -> dict:

@@ -65,6 +65,7 @@ class Recipe:
 class StampedGraph:
     proto: object  # onnx.ModelProto; weight initializers carry dims and dtype, no data
     recipes: dict[str, Recipe]  # initializer name -> how to make it
+    traced_layers: int  # of the trace it was stamped from (2, or 3-4 when 2 did not pair)
 
 
 def trace_config(c: SCRConfig, two: bool = True) -> tuple[SCRConfig, list[int]] | None:
@@ -176,7 +177,7 @@ def _stamp(c: SCRConfig, tc: SCRConfig, real: list[int], model, traced) -> Stamp
     final = {rename.get(k, k): r for k, r in recipes.items()} | weights
     dropped = {o for n in s.by_layer[2] for o in n.output} if K == 4 else set()
     proto = _assemble(traced, tc, c, nodes, rename, final, s, dropped)
-    return StampedGraph(proto, final)
+    return StampedGraph(proto, final, len(real))
 
 
 def _copy_node(node, rename: dict[str, str]):

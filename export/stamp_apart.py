@@ -78,7 +78,7 @@ def start_stamp(c: SCRConfig, dtype: str, opset: int,
             return None
         proto = require("onnx").ModelProto()
         proto.ParseFromString(got[0])
-        return StampedGraph(proto, got[1])
+        return StampedGraph(proto, got[1], got[2])
 
     def cancel() -> None:
         if child.is_alive():
@@ -109,7 +109,8 @@ def _child(send, config: dict, dtype: str, opset: int) -> None:
         require("torch").set_num_threads(1)
         stamped = stamp_graph(SCRConfig.from_dict(config), dtype, opset)
         send.send(("ok", None if stamped is None else
-                   (stamped.proto.SerializeToString(), stamped.recipes)))
+                   (stamped.proto.SerializeToString(), stamped.recipes,
+                    stamped.traced_layers)))
     except Exception:  # handed to the parent, which raises it
         import traceback
 

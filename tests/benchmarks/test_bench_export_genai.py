@@ -13,9 +13,11 @@ from scripts import load_script
 def test_timed_keeps_the_output_and_a_failure_names_its_log(tmp_path):
     bench = load_script("benchmarks/bench_export_genai.py")
     ok = tmp_path / "logs" / "ok.log"
-    r = bench.timed([sys.executable, "-c", "import sys; print('out', flush=True); print('err', "
-                                           "file=sys.stderr)"], ok)
-    assert set(r) == {"wall_s", "cpu_s", "peak_rss_mib"} and r["peak_rss_mib"] > 0
+    # the child lives 0.5 s: the memory sampler (every 0.2 s) sees its tree at least once
+    r = bench.timed([sys.executable, "-c", "import sys, time; print('out', flush=True); "
+                                           "print('err', file=sys.stderr); time.sleep(0.5)"], ok)
+    assert set(r) == {"wall_s", "cpu_s", "peak_rss_mib", "tree_pss_mib"}
+    assert r["peak_rss_mib"] > 0 and r["tree_pss_mib"] > 0
     lines = [line.split(None, 2) for line in ok.read_text().splitlines()]  # seconds, MiB, text
     assert [text for _, _, text in lines] == ["out", "err"]
     assert all(mib.endswith("M") for _, mib, _ in lines)
