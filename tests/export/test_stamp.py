@@ -101,6 +101,7 @@ def test_trace_config_traces_the_vocabulary_and_mlp_width_as_sizes_the_graph_has
         c.d_model, c.n_heads, c.n_kv_heads, c.window)
 
 
+@pytest.mark.slow  # three traces (20 s); no model exported by the tests falls back any more
 def test_a_two_layer_trace_that_does_not_pair_is_traced_again_with_three(monkeypatch):
     """Oracle: the graph stamped from the 3-layer trace when the 2-layer pairing fails is
     the one stamped from the 2-layer trace, node for node (which test above holds to the
