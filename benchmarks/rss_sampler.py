@@ -27,7 +27,7 @@ def _pss_mib(pid: int) -> float:
         return 0.0
 
 
-def _tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (an export's model child and its trace child), from
     /proc."""
     out = [pid]
@@ -35,7 +35,7 @@ def _tree(pid: int) -> list[int]:
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 for child in f.read().split():
-                    out += _tree(int(child))
+                    out += process_tree(int(child))
     except OSError:
         pass  # gone meanwhile
     return out
@@ -62,7 +62,7 @@ class Sampler:
         import time
 
         while not self._stop.is_set():
-            tree = _tree(self.pid)
+            tree = process_tree(self.pid)
             self.now = max((_rss_mib(p) for p in tree), default=0.0)
             pss = sum(_pss_mib(p) for p in tree)
             self.tree_pss = max(self.tree_pss, pss)

@@ -9,23 +9,11 @@ Prints each maximum in MiB with the second it was reached, and the command's exi
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
-
-def tree(pid: int) -> list[int]:
-    """`pid` and all its descendants, from /proc."""
-    out = [pid]
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                for child in f.read().split():
-                    out += tree(int(child))
-    except OSError:
-        pass  # gone meanwhile
-    return out
+from rss_sampler import process_tree  # its sibling: run as a script, its folder is on the path
 
 
 def rss_pss_kib(pid: int) -> tuple[int, int]:
@@ -47,7 +35,7 @@ def main(argv: list[str]) -> int:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     best = {"largest process": (0, 0.0), "summed RSS": (0, 0.0), "summed PSS": (0, 0.0)}
     while proc.poll() is None:
-        values = [rss_pss_kib(p) for p in tree(proc.pid)]
+        values = [rss_pss_kib(p) for p in process_tree(proc.pid)]
         now = {"largest process": max((r for r, _ in values), default=0),
                "summed RSS": sum(r for r, _ in values),
                "summed PSS": sum(p for _, p in values)}
